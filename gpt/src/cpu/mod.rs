@@ -1,0 +1,3 @@
+//! The CPU backend: the f32 reference every GPU kernel is tested against.
+
+pub mod gemm;

@@ -1,0 +1,1 @@
+//! tools: the data, mx and bench command-line programs live in src/bin.
