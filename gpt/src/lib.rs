@@ -2,3 +2,9 @@
 
 pub mod cpu;
 pub mod precision;
+pub mod config;
+pub mod layout;
+pub mod backend;
+pub mod mx;
+pub mod model;
+pub mod rng;

@@ -1,0 +1,92 @@
+//! The op set every backend implements, at the granularity a GPU wants: fused residual +
+//! layernorm, matmul with bias and optional GELU epilogue, flash-style attention, fused
+//! classifier, AdamW on FP32 master weights, global gradient norm. The model's forward and
+//! backward are written once in terms of these (model.rs).
+//!
+//! A backend owns four arenas (parameters, gradients, activations, activation-gradient
+//! scratch) laid out by `layout.rs`, plus the AdamW moments; ops name their operands with
+//! `TensorRef`s into those arenas. Integer arguments are shapes.
+
+use crate::layout::TensorRef;
+use crate::mx::{GemmId, MxConfig, MxTelemetry};
+use crate::precision::BackwardMode;
+
+/// How one linear layer's backward GEMMs are computed, and the ids that key their randomness.
+#[derive(Clone, Copy, Debug)]
+pub struct LinearBackward {
+    pub mode: BackwardMode,
+    pub dgrad: GemmId,
+    pub wgrad: GemmId,
+}
+
+/// Everything a backend reports about itself in logs and benchmark records.
+#[derive(Clone, Debug)]
+pub struct BackendInfo {
+    pub name: String,
+    pub device: String,
+    pub threads: usize,
+}
+
+#[derive(Debug)]
+pub struct BackendError(pub String);
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for BackendError {}
+
+pub type BResult<T> = Result<T, BackendError>;
+
+#[allow(clippy::too_many_arguments)]
+pub trait Backend {
+    fn info(&self) -> BackendInfo;
+
+    // --- state transfer (host <-> backend), for init, checkpoints and tests
+    fn write(&mut self, dst: TensorRef, values: &[f32]) -> BResult<()>;
+    fn read(&self, src: TensorRef) -> BResult<Vec<f32>>;
+    /// FP32 master weights, first and second AdamW moments: the optimizer state.
+    fn read_optimizer(&self) -> BResult<(Vec<f32>, Vec<f32>, Vec<f32>)>;
+    fn write_optimizer(&mut self, master: &[f32], m: &[f32], v: &[f32]) -> BResult<()>;
+
+    fn set_mx_config(&mut self, cfg: MxConfig) -> BResult<()>;
+    /// Quantization telemetry accumulated since the last call (empty in bf16 mode).
+    fn take_mx_telemetry(&mut self) -> MxTelemetry;
+
+    /// Token ids of the current micro batch ([B*T] each); targets may be absent (inference).
+    fn set_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> BResult<()>;
+    fn zero_grads(&mut self) -> BResult<()>;
+
+    // --- forward ops
+    /// out[b,t,:] = wte[token] + wpe[t]
+    fn encoder_forward(&mut self, out: TensorRef, wte: TensorRef, wpe: TensorRef, t: usize, c: usize) -> BResult<()>;
+    fn layernorm_forward(&mut self, out: TensorRef, mean: TensorRef, rstd: TensorRef, inp: TensorRef, w: TensorRef, b: TensorRef, c: usize) -> BResult<()>;
+    /// res_out = res_in + delta; ln_out = layernorm(res_out)
+    fn residual_layernorm_forward(&mut self, res_out: TensorRef, ln_out: TensorRef, mean: TensorRef, rstd: TensorRef, res_in: TensorRef, delta: TensorRef, w: TensorRef, b: TensorRef, c: usize) -> BResult<()>;
+    /// out = inp · W^T + bias; with `gelu_out`, also gelu_out = gelu(out).
+    fn matmul_forward(&mut self, out: TensorRef, inp: TensorRef, w: TensorRef, bias: Option<TensorRef>, gelu_out: Option<TensorRef>, rows: usize, ic: usize, oc: usize) -> BResult<()>;
+    fn attention_forward(&mut self, out: TensorRef, lse: TensorRef, qkv: TensorRef, b: usize, t: usize, c: usize, nh: usize) -> BResult<()>;
+    /// Per-row loss of the current targets; with `dloss`, overwrites logits with
+    /// dloss * (softmax - onehot) (the fused classifier).
+    fn classifier(&mut self, logits: TensorRef, losses: TensorRef, vp: usize, v: usize, dloss: Option<f32>) -> BResult<()>;
+
+    // --- backward ops (parameter gradients accumulate; activation gradients as documented)
+    fn encoder_backward(&mut self, dwte: TensorRef, dwpe: TensorRef, dout: TensorRef, t: usize, c: usize) -> BResult<()>;
+    /// dinp += ..., dw += ..., db += ...
+    fn layernorm_backward(&mut self, dinp: TensorRef, dw: TensorRef, db: TensorRef, dout: TensorRef, inp: TensorRef, w: TensorRef, mean: TensorRef, rstd: TensorRef, c: usize) -> BResult<()>;
+    /// dinp = dout · W (overwritten), dW += dout^T · inp, dbias += colsum(dout); the two GEMMs
+    /// in the precision `prec` (None: high precision, used by the LM head).
+    fn linear_backward(&mut self, dinp: TensorRef, dw: TensorRef, dbias: Option<TensorRef>, dout: TensorRef, inp: TensorRef, w: TensorRef, rows: usize, ic: usize, oc: usize, prec: Option<LinearBackward>) -> BResult<()>;
+    /// d *= gelu'(pre), in place.
+    fn gelu_backward(&mut self, d: TensorRef, pre: TensorRef) -> BResult<()>;
+    /// dqkv (overwritten) from dout.
+    fn attention_backward(&mut self, dqkv: TensorRef, dout: TensorRef, qkv: TensorRef, out: TensorRef, lse: TensorRef, b: usize, t: usize, c: usize, nh: usize) -> BResult<()>;
+    fn zero(&mut self, t: TensorRef) -> BResult<()>;
+
+    // --- optimizer
+    /// L2 norm of the whole gradient buffer.
+    fn grad_norm(&mut self) -> BResult<f32>;
+    /// One AdamW step over every parameter tensor (weight decay where the layout says so).
+    fn adamw(&mut self, hp: &crate::cpu::ops::AdamW) -> BResult<()>;
+}

@@ -1,0 +1,457 @@
+//! The CPU reference ops, as plain functions over f32 slices.
+//!
+//! These define the semantics every backend implements (the GPU kernels are tested against
+//! them), so they favour clarity, but they are also what a user without a GPU trains with, so
+//! each is multithreaded with `runtime::cpu` and written so the compiler vectorizes the inner
+//! loops. One rule everywhere: **results never depend on the thread count**. Work is split so that
+//! each output element is produced by exactly one thread in a fixed summation order (reductions
+//! over rows are split by column, never by row), which is what makes training runs and resumed
+//! runs reproducible bit for bit.
+//!
+//! Shapes use llm.c's names: B batch, T sequence, C channels, OC output channels, NH heads,
+//! Vp padded vocabulary, V real vocabulary; activations are row-major [B*T, C].
+
+use super::gemm::{sgemm, MatRef};
+use runtime::cpu::{parallel_for, parallel_rows_mut};
+
+pub const LAYERNORM_EPS: f32 = 1e-5;
+
+/// A raw pointer that may be shared across the scoped workers of one op, for outputs whose
+/// disjoint parts are strided (attention heads, embedding columns). Every use documents why the
+/// writes of different workers never touch the same element.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32, usize);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    fn new(s: &mut [f32]) -> Self {
+        SharedMut(s.as_mut_ptr(), s.len())
+    }
+    /// # Safety
+    /// No two live slices obtained from the same `SharedMut` may overlap.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+        assert!(offset + len <= self.1, "SharedMut slice out of bounds");
+        std::slice::from_raw_parts_mut(self.0.add(offset), len)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embeddings
+
+/// out[b,t,:] = wte[tokens[b,t], :] + wpe[t, :]
+pub fn encoder_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize) {
+    parallel_rows_mut(out, c, 64, |rows, chunk| {
+        for (i, row) in rows.enumerate() {
+            let tok = tokens[row] as usize;
+            let pos = row % t;
+            let o = &mut chunk[i * c..(i + 1) * c];
+            let e = &wte[tok * c..(tok + 1) * c];
+            let p = &wpe[pos * c..(pos + 1) * c];
+            for j in 0..c {
+                o[j] = e[j] + p[j];
+            }
+        }
+    });
+}
+
+/// dwte[tokens[b,t], :] += dout[b,t,:]; dwpe[t, :] += sum_b dout[b,t,:].
+/// Split by channel ranges: every worker walks all rows in order, so the sum order per element
+/// is fixed.
+pub fn encoder_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens: &[u32], t: usize, c: usize) {
+    let rows = tokens.len();
+    let (wte, wpe) = (SharedMut::new(dwte), SharedMut::new(dwpe));
+    parallel_for(c, 16, |cols| {
+        for row in 0..rows {
+            let tok = tokens[row] as usize;
+            let pos = row % t;
+            let d = &dout[row * c + cols.start..row * c + cols.end];
+            // SAFETY: each worker owns the column range `cols` of every row of dwte/dwpe.
+            let e = unsafe { wte.slice(tok * c + cols.start, cols.len()) };
+            for (x, g) in e.iter_mut().zip(d) {
+                *x += g;
+            }
+            let p = unsafe { wpe.slice(pos * c + cols.start, cols.len()) };
+            for (x, g) in p.iter_mut().zip(d) {
+                *x += g;
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+fn layernorm_row(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32]) -> (f32, f32) {
+    let c = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / c;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c;
+    let rstd = 1.0 / (var + LAYERNORM_EPS).sqrt();
+    for j in 0..x.len() {
+        out[j] = (x[j] - mean) * rstd * w[j] + b[j];
+    }
+    (mean, rstd)
+}
+
+/// out = (inp - mean) * rstd * w + b per row of C; saves mean and rstd for the backward.
+pub fn layernorm_forward(
+    out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], c: usize,
+) {
+    let (mp, rp) = (SharedMut::new(mean), SharedMut::new(rstd));
+    parallel_rows_mut(out, c, 32, |rows, chunk| {
+        for (i, row) in rows.enumerate() {
+            let (m, r) = layernorm_row(&mut chunk[i * c..(i + 1) * c], &inp[row * c..(row + 1) * c], w, b);
+            // SAFETY: row `row` belongs to this worker only.
+            unsafe {
+                mp.slice(row, 1)[0] = m;
+                rp.slice(row, 1)[0] = r;
+            }
+        }
+    });
+}
+
+/// The fused residual + layernorm of the GPU kernels: res_out = res_in + delta, then
+/// ln_out = layernorm(res_out).
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward(
+    res_out: &mut [f32], ln_out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], res_in: &[f32],
+    delta: &[f32], w: &[f32], b: &[f32], c: usize,
+) {
+    let (lp, mp, rp) = (SharedMut::new(ln_out), SharedMut::new(mean), SharedMut::new(rstd));
+    parallel_rows_mut(res_out, c, 32, |rows, chunk| {
+        for (i, row) in rows.enumerate() {
+            let r = &mut chunk[i * c..(i + 1) * c];
+            let (a, d) = (&res_in[row * c..(row + 1) * c], &delta[row * c..(row + 1) * c]);
+            for j in 0..c {
+                r[j] = a[j] + d[j];
+            }
+            // SAFETY: row `row` of ln_out/mean/rstd belongs to this worker only.
+            unsafe {
+                let (m, s) = layernorm_row(lp.slice(row * c, c), r, w, b);
+                mp.slice(row, 1)[0] = m;
+                rp.slice(row, 1)[0] = s;
+            }
+        }
+    });
+}
+
+/// Accumulates the layernorm gradients: dinp += ..., dw += ..., db += ...
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    dinp: &mut [f32], dw: &mut [f32], db: &mut [f32], dout: &[f32], inp: &[f32], w: &[f32],
+    mean: &[f32], rstd: &[f32], c: usize,
+) {
+    let rows = mean.len();
+    parallel_rows_mut(dinp, c, 32, |rs, chunk| {
+        for (i, row) in rs.enumerate() {
+            let (x, d) = (&inp[row * c..(row + 1) * c], &dout[row * c..(row + 1) * c]);
+            let (m, r) = (mean[row], rstd[row]);
+            let mut dnorm_mean = 0.0f32;
+            let mut dnorm_norm_mean = 0.0f32;
+            for j in 0..c {
+                let norm = (x[j] - m) * r;
+                let dnorm = w[j] * d[j];
+                dnorm_mean += dnorm;
+                dnorm_norm_mean += dnorm * norm;
+            }
+            dnorm_mean /= c as f32;
+            dnorm_norm_mean /= c as f32;
+            let o = &mut chunk[i * c..(i + 1) * c];
+            for j in 0..c {
+                let norm = (x[j] - m) * r;
+                let dnorm = w[j] * d[j];
+                o[j] += r * (dnorm - dnorm_mean - norm * dnorm_norm_mean);
+            }
+        }
+    });
+    // dw and db sum over rows: split by columns so the row order is fixed.
+    let (wp, bp) = (SharedMut::new(dw), SharedMut::new(db));
+    parallel_for(c, 16, |cols| {
+        // SAFETY: each worker owns columns `cols` of dw and db.
+        let (gw, gb) = unsafe { (wp.slice(cols.start, cols.len()), bp.slice(cols.start, cols.len())) };
+        for row in 0..rows {
+            let (m, r) = (mean[row], rstd[row]);
+            let x = &inp[row * c + cols.start..row * c + cols.end];
+            let d = &dout[row * c + cols.start..row * c + cols.end];
+            for j in 0..cols.len() {
+                gw[j] += d[j] * ((x[j] - m) * r);
+                gb[j] += d[j];
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear layers (weights stored [OC, IC] row-major, as PyTorch and llm.c do)
+
+/// out[rows, OC] = inp[rows, IC] · W^T + bias
+pub fn matmul_forward(out: &mut [f32], inp: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, ic: usize, oc: usize) {
+    sgemm(MatRef::row_major(inp, rows, ic), MatRef::transposed(w, ic, oc), out, oc, false);
+    if let Some(b) = bias {
+        parallel_rows_mut(out, oc, 64, |_, chunk| {
+            for row in chunk.chunks_exact_mut(oc) {
+                for (o, b) in row.iter_mut().zip(b) {
+                    *o += b;
+                }
+            }
+        });
+    }
+}
+
+/// dinp = dout · W (overwrites), the high-precision dgrad.
+pub fn matmul_backward_input(dinp: &mut [f32], dout: &[f32], w: &[f32], rows: usize, ic: usize, oc: usize) {
+    sgemm(MatRef::row_major(dout, rows, oc), MatRef::row_major(w, oc, ic), dinp, ic, false);
+}
+
+/// dW += dout^T · inp, the high-precision wgrad.
+pub fn matmul_backward_weight(dw: &mut [f32], dout: &[f32], inp: &[f32], rows: usize, ic: usize, oc: usize) {
+    sgemm(MatRef::transposed(dout, oc, rows), MatRef::row_major(inp, rows, ic), dw, ic, true);
+}
+
+/// dbias += column sums of dout [rows, OC]; split by columns (fixed row order).
+pub fn bias_backward(dbias: &mut [f32], dout: &[f32], rows: usize, oc: usize) {
+    let bp = SharedMut::new(dbias);
+    parallel_for(oc, 64, |cols| {
+        // SAFETY: each worker owns columns `cols` of dbias.
+        let g = unsafe { bp.slice(cols.start, cols.len()) };
+        for row in 0..rows {
+            let d = &dout[row * oc + cols.start..row * oc + cols.end];
+            for (x, v) in g.iter_mut().zip(d) {
+                *x += v;
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU, tanh form (GPT-2's)
+
+const GELU_SCALE: f32 = 0.797_884_6; // sqrt(2/pi)
+
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + (GELU_SCALE * (x + 0.044715 * x * x * x)).tanh())
+}
+
+#[inline]
+pub fn gelu_grad(x: f32) -> f32 {
+    let cube = 0.044715 * x * x * x;
+    let arg = GELU_SCALE * (x + cube);
+    let th = arg.tanh();
+    let sech2 = 1.0 - th * th;
+    0.5 * (1.0 + th) + 0.5 * x * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x)
+}
+
+pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
+    parallel_rows_mut(out, 1, 4096, |r, chunk| {
+        for (o, x) in chunk.iter_mut().zip(&inp[r]) {
+            *o = gelu(*x);
+        }
+    });
+}
+
+/// d *= gelu'(pre), in place.
+pub fn gelu_backward_inplace(d: &mut [f32], pre: &[f32]) {
+    parallel_rows_mut(d, 1, 4096, |r, chunk| {
+        for (g, x) in chunk.iter_mut().zip(&pre[r]) {
+            *g *= gelu_grad(*x);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal multi-head attention, flash style: the forward saves only the output and the
+// log-sum-exp of each softmax row; the backward recomputes the probabilities. Never a T x T
+// matrix in memory (one row of T scores per worker).
+
+/// qkv [B, T, 3C] (q | k | v, head h at channels h*hs..), out [B, T, C], lse [B, NH, T].
+pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    let (op, lp) = (SharedMut::new(out), SharedMut::new(lse));
+    parallel_for(b * nh, 1, |pairs| {
+        let mut scores = vec![0.0f32; t];
+        let mut acc = vec![0.0f32; hs];
+        for pair in pairs {
+            let (bi, h) = (pair / nh, pair % nh);
+            let row = |tt: usize, part: usize| {
+                let base = (bi * t + tt) * 3 * c + part * c + h * hs;
+                &qkv[base..base + hs]
+            };
+            for t1 in 0..t {
+                let q = row(t1, 0);
+                let mut maxv = f32::NEG_INFINITY;
+                for t2 in 0..=t1 {
+                    let s = dot(q, row(t2, 1)) * scale;
+                    scores[t2] = s;
+                    maxv = maxv.max(s);
+                }
+                let mut sum = 0.0f32;
+                acc.fill(0.0);
+                for t2 in 0..=t1 {
+                    let p = (scores[t2] - maxv).exp();
+                    sum += p;
+                    axpy(&mut acc, p, row(t2, 2));
+                }
+                let inv = 1.0 / sum;
+                // SAFETY: (bi, h) owns out[bi, :, h*hs..(h+1)*hs] and lse[bi, h, :].
+                let o = unsafe { op.slice((bi * t + t1) * c + h * hs, hs) };
+                for (o, a) in o.iter_mut().zip(&acc) {
+                    *o = a * inv;
+                }
+                unsafe { lp.slice((bi * nh + h) * t + t1, 1)[0] = maxv + sum.ln() };
+            }
+        }
+    });
+}
+
+/// dqkv [B, T, 3C] (overwritten) from dout [B, T, C], using the saved out and lse.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], b: usize, t: usize, c: usize, nh: usize,
+) {
+    let hs = c / nh;
+    let scale = 1.0 / (hs as f32).sqrt();
+    let dp = SharedMut::new(dqkv);
+    parallel_for(b * nh, 1, |pairs| {
+        let mut dscore = vec![0.0f32; t];
+        for pair in pairs {
+            let (bi, h) = (pair / nh, pair % nh);
+            let at = |tt: usize, part: usize| (bi * t + tt) * 3 * c + part * c + h * hs;
+            // SAFETY: (bi, h) owns the head-h channels of q, k and v in dqkv[bi, :, :].
+            for tt in 0..t {
+                for part in 0..3 {
+                    unsafe { dp.slice(at(tt, part), hs) }.fill(0.0);
+                }
+            }
+            for t1 in 0..t {
+                let q = &qkv[at(t1, 0)..at(t1, 0) + hs];
+                let d_o = &dout[(bi * t + t1) * c + h * hs..][..hs];
+                let o = &out[(bi * t + t1) * c + h * hs..][..hs];
+                let l = lse[(bi * nh + h) * t + t1];
+                let d_sum = dot(d_o, o); // sum_t2 P dP, the softmax-backward correction
+                for t2 in 0..=t1 {
+                    let k = &qkv[at(t2, 1)..at(t2, 1) + hs];
+                    let v = &qkv[at(t2, 2)..at(t2, 2) + hs];
+                    let p = (dot(q, k) * scale - l).exp();
+                    // dV[t2] += P * dO[t1]
+                    axpy(unsafe { dp.slice(at(t2, 2), hs) }, p, d_o);
+                    dscore[t2] = p * (dot(d_o, v) - d_sum) * scale;
+                }
+                let dq = unsafe { dp.slice(at(t1, 0), hs) };
+                for t2 in 0..=t1 {
+                    let k = &qkv[at(t2, 1)..at(t2, 1) + hs];
+                    axpy(dq, dscore[t2], k);
+                    axpy(unsafe { dp.slice(at(t2, 1), hs) }, dscore[t2], q);
+                }
+            }
+        }
+    });
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums so the compiler can vectorize without reassociating (fixed order).
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8;
+    for i in 0..chunks {
+        for j in 0..8 {
+            acc[j] += a[i * 8 + j] * b[i * 8 + j];
+        }
+    }
+    let mut s = 0.0;
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
+}
+
+#[inline]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused classifier: softmax + cross-entropy + dlogits in one pass per row; probabilities are
+// never stored (the GPU kernel's contract; on the CPU the logits row is overwritten in place).
+
+/// For every row: losses[row] = logsumexp(logits[row, ..V]) - logits[row, target]. With
+/// `dloss = Some(s)`, overwrites logits[row, :] with s * (softmax - onehot(target)) over the
+/// real vocabulary and 0 over the padding.
+pub fn classifier(logits: &mut [f32], losses: &mut [f32], targets: &[u32], vp: usize, v: usize, dloss: Option<f32>) {
+    let lp = SharedMut::new(losses);
+    parallel_rows_mut(logits, vp, 8, |rows, chunk| {
+        for (i, row) in rows.enumerate() {
+            let x = &mut chunk[i * vp..(i + 1) * vp];
+            let target = targets[row] as usize;
+            let maxv = x[..v].iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
+            let sum: f32 = x[..v].iter().map(|a| (a - maxv).exp()).sum();
+            let log_z = maxv + sum.ln();
+            // SAFETY: row `row` of losses belongs to this worker.
+            unsafe { lp.slice(row, 1)[0] = log_z - x[target] };
+            if let Some(s) = dloss {
+                for a in x[..v].iter_mut() {
+                    *a = (*a - log_z).exp() * s;
+                }
+                x[target] -= s;
+                x[v..].fill(0.0);
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizer
+
+/// Sum of squares of `x` in f64, in fixed 4096-element chunks (independent of thread count).
+pub fn sum_of_squares(x: &[f32]) -> f64 {
+    const CHUNK: usize = 4096;
+    let n_chunks = x.len().div_ceil(CHUNK);
+    let mut partials = vec![0.0f64; n_chunks];
+    parallel_rows_mut(&mut partials, 1, 16, |r, out| {
+        for (o, ci) in out.iter_mut().zip(r) {
+            let s = &x[ci * CHUNK..((ci + 1) * CHUNK).min(x.len())];
+            *o = s.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        }
+    });
+    partials.iter().sum()
+}
+
+/// AdamW hyper-parameters for one update.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step number, for the bias corrections.
+    pub t: u64,
+    /// Multiplies every gradient first (gradient clipping).
+    pub grad_scale: f32,
+}
+
+/// One AdamW update of params (FP32 master weights) in place; `decay` says whether this span
+/// gets weight decay.
+pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamW, decay: bool) {
+    let bc1 = 1.0 - hp.beta1.powi(hp.t as i32);
+    let bc2 = 1.0 - hp.beta2.powi(hp.t as i32);
+    let wd = if decay { hp.weight_decay } else { 0.0 };
+    let (mp, vp) = (SharedMut::new(m), SharedMut::new(v));
+    parallel_rows_mut(params, 1, 8192, |r, p| {
+        // SAFETY: each worker owns the range r of m and v.
+        let (m, v) = unsafe { (mp.slice(r.start, r.len()), vp.slice(r.start, r.len())) };
+        let g = &grads[r];
+        for i in 0..p.len() {
+            let gi = g[i] * hp.grad_scale;
+            m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * gi;
+            v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * gi * gi;
+            let mhat = m[i] / bc1;
+            let vhat = v[i] / bc2;
+            p[i] -= hp.lr * (mhat / (vhat.sqrt() + hp.eps) + wd * p[i]);
+        }
+    });
+}
