@@ -8,3 +8,5 @@ pub mod backend;
 pub mod mx;
 pub mod model;
 pub mod rng;
+pub mod checkpoint;
+pub mod schedule;
