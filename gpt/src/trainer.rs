@@ -1,0 +1,561 @@
+//! The single training loop: data, model, backend, optimizer, schedule, evaluation, sampling,
+//! logging and checkpoints. Every backend runs this same code.
+
+use crate::backend::{Backend, BackendInfo};
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::ModelConfig;
+use crate::cpu::backend::CpuBackend;
+use crate::cpu::ops::AdamW;
+use crate::layout::{Arena, TensorRef};
+use crate::model::{Gpt, PrecisionPlan};
+use crate::mx::{MxConfig, MxTelemetry};
+use crate::precision::BackwardMode;
+use crate::rng::SplitMix64;
+use crate::schedule::{LrSchedule, ScheduleKind};
+use argh::FromArgs;
+use dataio::{BatchLoader, DataSplits, LoaderState, TokenDataset, Tokenizer};
+use serde_json::{json, Value};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Train a GPT-2 style model with MXFP4 (or BF16) backward passes.
+#[derive(FromArgs, Clone, Debug)]
+pub struct TrainArgs {
+    /// model: tiny, small, 124m, 345m, 760m, 1.3b, 6.7b (default tiny)
+    #[argh(option, default = "String::from(\"tiny\")")]
+    pub model: String,
+    /// override the number of layers
+    #[argh(option)]
+    pub layers: Option<usize>,
+    /// override the width C
+    #[argh(option)]
+    pub dim: Option<usize>,
+    /// override the number of attention heads
+    #[argh(option)]
+    pub heads: Option<usize>,
+    /// dataset: Megatron prefix, llm.c shard or glob of shards; PREFIX_train/PREFIX_val are
+    /// used when they exist (default: the Shakespeare corpus, prepared on first use)
+    #[argh(option)]
+    pub data: Option<String>,
+    /// micro batch size B (default 4)
+    #[argh(option, default = "4")]
+    pub batch: usize,
+    /// sequence length T (default: the model's maximum)
+    #[argh(option)]
+    pub seq: Option<usize>,
+    /// tokens per optimizer step; a multiple of B*T, reached by gradient accumulation
+    /// (default B*T)
+    #[argh(option)]
+    pub total_batch_tokens: Option<usize>,
+    /// optimizer steps to train (default 200)
+    #[argh(option, default = "200")]
+    pub steps: u64,
+    /// peak learning rate (default 6e-4)
+    #[argh(option, default = "6e-4")]
+    pub lr: f32,
+    /// final learning rate (default lr/10)
+    #[argh(option)]
+    pub min_lr: Option<f32>,
+    /// warmup steps (default: --warmup-fraction of --steps)
+    #[argh(option)]
+    pub warmup_steps: Option<u64>,
+    /// warmup as a fraction of --steps (default 0.05)
+    #[argh(option)]
+    pub warmup_fraction: Option<f32>,
+    /// schedule after warmup: cosine, linear, constant, wsd (default cosine)
+    #[argh(option, default = "String::from(\"cosine\")")]
+    pub schedule: String,
+    /// WSD: fraction of the steps spent decaying (default 0.2)
+    #[argh(option, default = "0.2")]
+    pub wsd_decay_fraction: f32,
+    /// AdamW beta1 (default 0.9)
+    #[argh(option, default = "0.9")]
+    pub beta1: f32,
+    /// AdamW beta2 (default 0.95)
+    #[argh(option, default = "0.95")]
+    pub beta2: f32,
+    /// AdamW epsilon (default 1e-8)
+    #[argh(option, default = "1e-8")]
+    pub eps: f32,
+    /// weight decay on 2-D tensors (default 0.1)
+    #[argh(option, default = "0.1")]
+    pub weight_decay: f32,
+    /// clip the global gradient norm to this (0 = off; default 1.0)
+    #[argh(option, default = "1.0")]
+    pub grad_clip: f32,
+    /// seed for initialization, data order and MXFP4 randomness (default 1337)
+    #[argh(option, default = "1337")]
+    pub seed: u64,
+    /// evaluate the validation loss every N steps (0 = off; default 50)
+    #[argh(option, default = "50")]
+    pub eval_every: u64,
+    /// validation batches per evaluation (default 10)
+    #[argh(option, default = "10")]
+    pub eval_batches: usize,
+    /// print a text sample every N steps (0 = off; default 0)
+    #[argh(option, default = "0")]
+    pub sample_every: u64,
+    /// tokens per text sample (default 64)
+    #[argh(option, default = "64")]
+    pub sample_tokens: usize,
+    /// cpu, cuda or auto (default auto: the GPU when this build has the CUDA backend and a GPU
+    /// is present)
+    #[argh(option, default = "String::from(\"auto\")")]
+    pub device: String,
+    /// backward GEMM precision: bf16, mxfp4-rtn, mxfp4-rht, mxfp4-sr, mxfp4 (= RHT + SR; the
+    /// recipe) (default bf16)
+    #[argh(option, default = "String::from(\"bf16\")")]
+    pub backward: String,
+    /// Hadamard block size g for the RHT modes: 16, 32, 64, 128, 256 (default 64)
+    #[argh(option, default = "64")]
+    pub hadamard_block: usize,
+    /// keep blocks in BF16 backward: first:N,last:M
+    #[argh(option)]
+    pub bf16_blocks: Option<String>,
+    /// write JSON lines (train and eval records) to this file
+    #[argh(option)]
+    pub log_json: Option<PathBuf>,
+    /// directory for checkpoints
+    #[argh(option)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// write a checkpoint every N steps (0 = only at the end; default 0)
+    #[argh(option, default = "0")]
+    pub checkpoint_every: u64,
+    /// how many checkpoints to keep in --checkpoint-dir (default 3)
+    #[argh(option, default = "3")]
+    pub keep_checkpoints: usize,
+    /// resume from a checkpoint: auto (the latest in --checkpoint-dir, or a fresh start if none)
+    /// or a path
+    #[argh(option)]
+    pub resume: Option<String>,
+    /// CPU worker threads (default: all cores; also MXGPT_THREADS)
+    #[argh(option)]
+    pub threads: Option<usize>,
+}
+
+/// What a run did, for callers (tests, benchmarks) and the end-of-run summary.
+#[derive(Clone, Debug, Default)]
+pub struct TrainSummary {
+    /// (step, loss) of every step this process ran (step is 1-based: steps completed).
+    pub losses: Vec<(u64, f32)>,
+    pub val_losses: Vec<(u64, f32)>,
+    pub last_checkpoint: Option<PathBuf>,
+    pub tokens_per_s: f64,
+    pub ms_per_step: f64,
+    pub backend: Option<BackendInfo>,
+}
+
+/// Everything derived from the arguments before any work starts.
+struct Setup {
+    cfg: ModelConfig,
+    gpt: Gpt,
+    accum: usize,
+    plan: PrecisionPlan,
+    mx: MxConfig,
+    schedule: LrSchedule,
+}
+
+fn setup(args: &TrainArgs) -> Result<Setup, String> {
+    let mut cfg = ModelConfig::named(&args.model)?;
+    if let Some(l) = args.layers {
+        cfg.layers = l;
+    }
+    if let Some(d) = args.dim {
+        cfg.channels = d;
+    }
+    if let Some(h) = args.heads {
+        cfg.heads = h;
+    }
+    cfg.validate()?;
+    let seq = args.seq.unwrap_or(cfg.max_seq);
+    let gpt = Gpt::new(cfg, args.batch, seq)?;
+    let bt = args.batch * seq;
+    let total = args.total_batch_tokens.unwrap_or(bt);
+    if total == 0 || total % bt != 0 {
+        return Err(format!(
+            "--total-batch-tokens {total} must be a positive multiple of the micro batch B*T = {} x {} = {bt}",
+            args.batch, seq
+        ));
+    }
+    let mode: BackwardMode = args.backward.parse()?;
+    let plan = match &args.bf16_blocks {
+        Some(spec) => PrecisionPlan::with_bf16_blocks(mode, cfg.layers, spec)?,
+        None => PrecisionPlan::uniform(mode, cfg.layers),
+    };
+    let mx = MxConfig { mode, hadamard_block: args.hadamard_block, seed: args.seed };
+    if mode.is_mxfp4() {
+        mx.validate().map_err(|e| e.to_string())?;
+        // Every MXFP4 GEMM reduces over C, 3C or 4C (dgrad) or B*T (wgrad) in 32-blocks and,
+        // with RHT, in g-blocks.
+        let block = if mode.uses_rht() { args.hadamard_block.max(32) } else { 32 };
+        if cfg.channels % block != 0 {
+            return Err(format!("--backward {mode} needs the width ({}) to be a multiple of {block} (MX block 32{})", cfg.channels, if mode.uses_rht() { format!(", Hadamard block {}", args.hadamard_block) } else { String::new() }));
+        }
+        if bt % block != 0 {
+            return Err(format!("--backward {mode} needs B*T ({bt}) to be a multiple of {block}: the weight-gradient GEMMs reduce over tokens"));
+        }
+    } else if args.bf16_blocks.is_some() {
+        log::warn!("--bf16-blocks has no effect with --backward bf16");
+    }
+    if args.steps == 0 {
+        return Err("--steps must be at least 1".into());
+    }
+    let warmup = match (args.warmup_steps, args.warmup_fraction) {
+        (Some(_), Some(_)) => return Err("give --warmup-steps or --warmup-fraction, not both".into()),
+        (Some(w), None) => w,
+        (None, f) => {
+            let f = f.unwrap_or(0.05);
+            if !(0.0..=1.0).contains(&f) {
+                return Err(format!("--warmup-fraction {f} is outside [0, 1]"));
+            }
+            (args.steps as f64 * f as f64).round() as u64
+        }
+    };
+    if !(args.lr > 0.0 && args.lr.is_finite()) {
+        return Err(format!("--lr {} must be a positive number", args.lr));
+    }
+    let schedule = LrSchedule {
+        kind: args.schedule.parse::<ScheduleKind>()?,
+        max_lr: args.lr,
+        min_lr: args.min_lr.unwrap_or(args.lr / 10.0),
+        warmup_steps: warmup,
+        total_steps: args.steps,
+        decay_fraction: args.wsd_decay_fraction,
+    };
+    Ok(Setup { cfg, gpt, accum: total / bt, plan, mx, schedule })
+}
+
+/// Picks the backend for `--device`.
+fn make_backend(args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+    match args.device.as_str() {
+        "cpu" => {}
+        "auto" => log::info!("device auto: this build has no CUDA backend (built without the `cuda` feature); using the CPU"),
+        "cuda" => {
+            return Err("--device cuda: this binary was built without the CUDA backend (the `cuda` cargo feature); use --device cpu, or build with --features cuda on a machine with the CUDA toolkit".into())
+        }
+        other => return Err(format!("unknown --device '{other}': expected cpu, cuda or auto")),
+    }
+    Ok(Box::new(CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.to_string())?))
+}
+
+/// Where `data/` and `.cache/` live: `MXGPT_ROOT` (set by the launchers) or the current directory.
+pub fn project_root() -> PathBuf {
+    std::env::var_os("MXGPT_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn open_data(args: &TrainArgs) -> Result<DataSplits, String> {
+    let spec = match &args.data {
+        Some(s) => s.clone(),
+        None => {
+            let prefix = dataio::prepare_shakespeare(&project_root()).map_err(|e| e.to_string())?;
+            log::info!("data: the default Shakespeare corpus ({prefix})");
+            prefix
+        }
+    };
+    dataio::open_splits(&spec).map_err(|e| e.to_string())
+}
+
+struct JsonLog(Option<File>);
+
+impl JsonLog {
+    fn open(path: Option<&Path>, append: bool) -> Result<Self, String> {
+        let Some(p) = path else { return Ok(JsonLog(None)) };
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(p)
+            .map_err(|e| format!("cannot open --log-json {}: {e}", p.display()))?;
+        Ok(JsonLog(Some(f)))
+    }
+    fn record(&mut self, v: Value) -> Result<(), String> {
+        if let Some(f) = &mut self.0 {
+            writeln!(f, "{v}").map_err(|e| format!("writing --log-json: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn train_state_json(args: &TrainArgs, s: &Setup, loader: &LoaderState) -> Value {
+    json!({
+        "seed": args.seed,
+        "batch": s.gpt.batch,
+        "seq": s.gpt.seq,
+        "accum": s.accum,
+        "backward": s.plan.mode.name(),
+        "loader": loader_state_to_json(loader),
+    })
+}
+
+fn format_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn all_params(gpt: &Gpt) -> TensorRef {
+    TensorRef { arena: Arena::Params, offset: 0, len: gpt.params.total }
+}
+
+/// Runs training as the arguments say. Errors are complete sentences for the user.
+pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
+    if let Some(t) = args.threads {
+        if t == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        std::env::set_var("MXGPT_THREADS", t.to_string());
+    }
+    let s = setup(args)?;
+    let data = open_data(args)?;
+    let (b, t) = (s.gpt.batch, s.gpt.seq);
+    let mut loader = BatchLoader::new(&data.train, b, t, args.seed, true).map_err(|e| e.to_string())?;
+    let mut be = make_backend(args, &s.gpt)?;
+    be.set_mx_config(s.mx).map_err(|e| e.to_string())?;
+    let info = be.info();
+    log::info!("model: {} ({:.2}M parameters)", s.cfg, s.gpt.params.total as f64 / 1e6);
+    log::info!(
+        "batch: {b} x {t} tokens x {} accumulation = {} tokens/step; backward {}{}; backend {} ({}, {} threads)",
+        s.accum,
+        b * t * s.accum,
+        s.plan.mode,
+        if s.plan.mode.uses_rht() { format!(" (Hadamard block {})", s.mx.hadamard_block) } else { String::new() },
+        info.name,
+        info.device,
+        info.threads
+    );
+    log::info!("data: {} training tokens{}", data.train.num_tokens(), match &data.val {
+        Some(v) => format!(", {} validation tokens", v.num_tokens()),
+        None => ", no validation split (evaluation off)".into(),
+    });
+
+    // Fresh start or resume.
+    let mut start_step = 0u64;
+    let mut last_checkpoint = None;
+    let resume_path = match args.resume.as_deref() {
+        None => None,
+        Some("auto") => {
+            let dir = args.checkpoint_dir.as_ref().ok_or("--resume auto needs --checkpoint-dir")?;
+            let p = checkpoint::latest(dir)?;
+            if p.is_none() {
+                log::info!("resume auto: no checkpoint in {} yet; starting fresh", dir.display());
+            }
+            p
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    if let Some(path) = &resume_path {
+        let ck = checkpoint::load(path)?;
+        if ck.model != s.cfg {
+            return Err(format!(
+                "checkpoint {} was written for a different model ({}); this run is {}",
+                path.display(),
+                ck.model,
+                s.cfg
+            ));
+        }
+        for (key, now) in [("batch", b), ("seq", t), ("accum", s.accum)] {
+            let then = ck.train[key].as_u64().unwrap_or(0) as usize;
+            if then != now {
+                return Err(format!("checkpoint {} was trained with {key} {then}, this run has {now}: the data position would not carry over", path.display()));
+            }
+        }
+        be.write_optimizer(&ck.params, &ck.adam_m, &ck.adam_v).map_err(|e| e.to_string())?;
+        let state = loader_state_from_json(&ck.train["loader"]).ok_or_else(|| format!("checkpoint {}: no data-loader state", path.display()))?;
+        loader.restore(state).map_err(|e| format!("checkpoint {}: {e}", path.display()))?;
+        start_step = ck.step;
+        last_checkpoint = Some(path.clone());
+        log::info!("resumed from {} at step {start_step}", path.display());
+        if start_step >= args.steps {
+            log::info!("the checkpoint is already at step {start_step} >= --steps {}; nothing to train", args.steps);
+        }
+    } else {
+        be.write(all_params(&s.gpt), &s.gpt.init_params(args.seed)).map_err(|e| e.to_string())?;
+    }
+
+    let mut json_log = JsonLog::open(args.log_json.as_deref(), resume_path.is_some())?;
+    let tokenizer = if args.sample_every > 0 { Some(Tokenizer::gpt2().map_err(|e| e.to_string())?) } else { None };
+    let tokens_per_step = (b * t * s.accum) as f64;
+    let mut inputs = vec![0u32; b * t];
+    let mut targets = vec![0u32; b * t];
+    let mut summary = TrainSummary { last_checkpoint, backend: Some(info), ..Default::default() };
+    let mut recent_ms: Vec<f64> = Vec::new();
+    let mut total_ms = 0.0;
+    let mut timed_steps = 0u64;
+
+    for step in start_step..args.steps {
+        let t0 = Instant::now();
+        be.zero_grads().map_err(|e| e.to_string())?;
+        let mut loss_sum = 0.0f64;
+        let loss_scale = 1.0 / (b * t * s.accum) as f32;
+        for micro in 0..s.accum {
+            loader.next_batch(&mut inputs, &mut targets).map_err(|e| e.to_string())?;
+            be.set_tokens(&inputs, Some(&targets)).map_err(|e| e.to_string())?;
+            let l = s.gpt.forward_backward(be.as_mut(), &s.plan, step as u32, micro as u32, loss_scale).map_err(|e| e.to_string())?;
+            loss_sum += l as f64;
+        }
+        let loss = (loss_sum / s.accum as f64) as f32;
+        let norm = be.grad_norm().map_err(|e| e.to_string())?;
+        let telemetry = be.take_mx_telemetry();
+        if !loss.is_finite() || !norm.is_finite() {
+            return Err(format!(
+                "step {}: non-finite {} (loss {loss}, gradient norm {norm}){}; stopped before updating the weights. {}",
+                step + 1,
+                if loss.is_finite() { "gradient norm" } else { "loss" },
+                mx_nonfinite_note(&telemetry),
+                match &summary.last_checkpoint {
+                    Some(p) => format!("The last good checkpoint is {}.", p.display()),
+                    None => "No checkpoint was written by this run.".into(),
+                }
+            ));
+        }
+        let lr = s.schedule.lr(step);
+        let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip { args.grad_clip / norm } else { 1.0 };
+        let hp = AdamW { lr, beta1: args.beta1, beta2: args.beta2, eps: args.eps, weight_decay: args.weight_decay, t: step + 1, grad_scale };
+        be.adamw(&hp).map_err(|e| e.to_string())?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let done = step + 1;
+        // The first step of a process pays for page faults and warm-up: keep it out of averages.
+        if done > start_step + 1 || args.steps - start_step == 1 {
+            total_ms += ms;
+            timed_steps += 1;
+        }
+        recent_ms.push(ms);
+        if recent_ms.len() > 20 {
+            recent_ms.remove(0);
+        }
+        let avg_ms = recent_ms.iter().sum::<f64>() / recent_ms.len() as f64;
+        let tokens_per_s = tokens_per_step / (ms / 1e3);
+        let eta = format_duration(avg_ms / 1e3 * (args.steps - done) as f64);
+        let mx_note = mx_summary(&telemetry);
+        log::info!(
+            "step {done:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.4} | {ms:.1} ms | {tokens_per_s:.0} tok/s | ETA {eta}{mx_note}",
+            args.steps
+        );
+        let mut rec = json!({"type": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": norm, "ms": ms, "tokens_per_s": tokens_per_s});
+        if s.plan.mode.is_mxfp4() {
+            rec["mx"] = mx_json(&telemetry);
+        }
+        json_log.record(rec)?;
+        summary.losses.push((done, loss));
+
+        let last = done == args.steps;
+        if let Some(val) = &data.val {
+            if args.eval_every > 0 && (done % args.eval_every == 0 || last) {
+                let vl = evaluate(&s.gpt, be.as_mut(), val, args)?;
+                log::info!("step {done:>5}/{} | val loss {vl:.4} | val ppl {:.2}", args.steps, (vl as f64).exp());
+                json_log.record(json!({"type": "eval", "step": done, "val_loss": vl}))?;
+                summary.val_losses.push((done, vl));
+            }
+        }
+        if let Some(tok) = &tokenizer {
+            if done % args.sample_every == 0 || last {
+                let text = sample(&s.gpt, be.as_mut(), tok, args.sample_tokens, args.seed ^ done)?;
+                log::info!("sample at step {done}:\n{text}\n---");
+            }
+        }
+        if let Some(dir) = &args.checkpoint_dir {
+            if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || last {
+                let (params, m, v) = be.read_optimizer().map_err(|e| e.to_string())?;
+                let ck = Checkpoint { model: s.cfg, step: done, params, adam_m: m, adam_v: v, train: train_state_json(args, &s, &loader.state()) };
+                let p = checkpoint::save(dir, &ck)?;
+                checkpoint::prune(dir, args.keep_checkpoints)?;
+                log::info!("checkpoint: {}", p.display());
+                summary.last_checkpoint = Some(p);
+            }
+        }
+    }
+    if timed_steps > 0 {
+        summary.ms_per_step = total_ms / timed_steps as f64;
+        summary.tokens_per_s = tokens_per_step / (summary.ms_per_step / 1e3);
+        log::info!(
+            "done: {} steps, {:.1} ms/step, {:.0} tokens/s (first step excluded)",
+            summary.losses.len(),
+            summary.ms_per_step,
+            summary.tokens_per_s
+        );
+    }
+    Ok(summary)
+}
+
+/// Mean loss over the first `--eval-batches` batches of the validation split (always the same
+/// batches, in order, so evaluations compare across steps and runs).
+fn evaluate(gpt: &Gpt, be: &mut dyn Backend, val: &TokenDataset, args: &TrainArgs) -> Result<f32, String> {
+    let mut loader = BatchLoader::new(val, gpt.batch, gpt.seq, 0, false).map_err(|e| format!("validation split: {e}"))?;
+    let n = gpt.tokens_per_batch();
+    let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
+    let mut sum = 0.0f64;
+    for _ in 0..args.eval_batches.max(1) {
+        loader.next_batch(&mut inputs, &mut targets).map_err(|e| e.to_string())?;
+        be.set_tokens(&inputs, Some(&targets)).map_err(|e| e.to_string())?;
+        sum += gpt.eval_loss(be).map_err(|e| e.to_string())? as f64;
+    }
+    Ok((sum / args.eval_batches.max(1) as f64) as f32)
+}
+
+/// Generates `n` tokens after `<|endoftext|>` by ancestral sampling at temperature 1. Simple
+/// rather than fast: each token re-runs the forward pass over the whole (B, T) window, like
+/// llm.c's sampler (there is no KV cache).
+fn sample(gpt: &Gpt, be: &mut dyn Backend, tok: &Tokenizer, n: usize, seed: u64) -> Result<String, String> {
+    let t = gpt.seq;
+    let vp = gpt.cfg.padded_vocab;
+    let mut rng = SplitMix64::new(seed);
+    let mut tokens = vec![dataio::EOT_TOKEN; gpt.tokens_per_batch()];
+    let mut out = Vec::new();
+    for pos in 1..=n.min(t - 1) {
+        be.set_tokens(&tokens, None).map_err(|e| e.to_string())?;
+        gpt.forward(be).map_err(|e| e.to_string())?;
+        let row = TensorRef { arena: Arena::Acts, offset: gpt.acts.logits.offset + (pos - 1) * vp, len: gpt.cfg.vocab };
+        let logits = be.read(row).map_err(|e| e.to_string())?;
+        let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let probs: Vec<f64> = logits.iter().map(|&l| ((l - m) as f64).exp()).collect();
+        let mut u = rng.next_f64() * probs.iter().sum::<f64>();
+        let mut next = probs.len() - 1;
+        for (i, p) in probs.iter().enumerate() {
+            if u < *p {
+                next = i;
+                break;
+            }
+            u -= p;
+        }
+        tokens[pos] = next as u32;
+        out.push(next as u32);
+    }
+    Ok(tok.decode(&out))
+}
+
+fn mx_summary(t: &MxTelemetry) -> String {
+    match t.summary() {
+        Some(s) => format!(" | mx clip {:.2}% relerr {:.4}", s.clipped_fraction * 100.0, s.relative_error),
+        None => String::new(),
+    }
+}
+
+fn mx_json(t: &MxTelemetry) -> Value {
+    match t.summary() {
+        Some(s) => json!({"clipped_fraction": s.clipped_fraction, "relative_error": s.relative_error, "nonfinite_blocks": s.nonfinite_blocks}),
+        None => Value::Null,
+    }
+}
+
+fn mx_nonfinite_note(t: &MxTelemetry) -> String {
+    match t.summary() {
+        Some(s) if s.nonfinite_blocks > 0 => format!(" ({} MXFP4 blocks held NaN/Inf gradients)", s.nonfinite_blocks),
+        _ => String::new(),
+    }
+}
+
+fn loader_state_to_json(s: &LoaderState) -> Value {
+    json!({"seed": s.seed, "epoch": s.epoch, "next_window": s.next_window})
+}
+
+fn loader_state_from_json(v: &Value) -> Option<LoaderState> {
+    Some(LoaderState { seed: v["seed"].as_u64()?, epoch: v["epoch"].as_u64()?, next_window: v["next_window"].as_u64()? })
+}
