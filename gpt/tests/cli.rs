@@ -1,0 +1,98 @@
+//! `train_gpt` as a user runs it: every bad input gives a clear error naming the problem and a
+//! non-zero exit, and a NaN stops the run without touching the last good checkpoint.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn train_gpt(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_train_gpt")).args(args).output().expect("train_gpt runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn assert_fails(args: &[&str], needles: &[&str]) {
+    let (code, text) = train_gpt(args);
+    assert_ne!(code, 0, "{args:?} should fail; output:\n{text}");
+    for n in needles {
+        assert!(text.contains(n), "{args:?}: expected '{n}' in the error; got:\n{text}");
+    }
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let dir = tmpdir("cli-args");
+    let data = synthetic_dataset(&dir, 8);
+    assert_fails(&["--no-such-flag"], &["--no-such-flag"]);
+    assert_fails(&["--model", "gigantic", "--data", &data], &["gigantic", "124m", "tiny"]);
+    assert_fails(&["--data", &format!("{}/nothing_here", dir.display())], &["nothing_here"]);
+    assert_fails(&["--model", "tiny", "--seq", "4096", "--data", &data], &["--seq 4096", "256"]);
+    assert_fails(&["--model", "tiny", "--batch", "0", "--data", &data], &["--batch"]);
+    assert_fails(&["--model", "tiny", "--backward", "fp3", "--data", &data], &["fp3", "mxfp4-rtn"]);
+    assert_fails(&["--model", "tiny", "--device", "cuda", "--data", &data], &["cuda"]);
+    assert_fails(&["--model", "tiny", "--seq", "64", "--total-batch-tokens", "100", "--data", &data], &["--total-batch-tokens 100"]);
+    assert_fails(&["--model", "tiny", "--schedule", "zigzag", "--data", &data], &["zigzag", "cosine"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_are_named() {
+    let dir = tmpdir("cli-ckpt");
+    let data = synthetic_dataset(&dir, 8);
+    let ck = dir.join("ck");
+    let ck_s = ck.to_string_lossy().to_string();
+    let base = ["--model", "tiny", "--batch", "1", "--seq", "32", "--eval-every", "0", "--data", &data];
+    let mut a = base.to_vec();
+    a.extend(["--steps", "1", "--checkpoint-dir", &ck_s]);
+    let (code, text) = train_gpt(&a);
+    assert_eq!(code, 0, "{text}");
+    let path = ck.join("ckpt_00000001.bin");
+    let p = path.to_string_lossy().to_string();
+
+    // Another model shape.
+    let mut other = base.to_vec();
+    other.extend(["--layers", "3", "--steps", "2", "--resume", &p]);
+    assert_fails(&other, &["ckpt_00000001.bin", "different model", "3 layers"]);
+    // Another micro batch: the data position would not carry over.
+    let mut b = vec!["--model", "tiny", "--batch", "2", "--seq", "32", "--eval-every", "0", "--data", &data];
+    b.extend(["--steps", "2", "--resume", &p]);
+    assert_fails(&b, &["batch 1", "batch"]);
+    // A corrupted file.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    let mut c = base.to_vec();
+    c.extend(["--steps", "2", "--resume", &p]);
+    assert_fails(&c, &["ckpt_00000001.bin", "corrupt"]);
+    // A missing one.
+    let mut m = base.to_vec();
+    m.extend(["--steps", "2", "--resume", "/nonexistent/ckpt.bin"]);
+    assert_fails(&m, &["/nonexistent/ckpt.bin"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tmpdir("cli-nan");
+    let data = synthetic_dataset(&dir, 8);
+    let ck = dir.join("ck");
+    let ck_s = ck.to_string_lossy().to_string();
+    // An absurd learning rate without clipping blows the weights up within a few steps.
+    let args = ["--model", "tiny", "--batch", "1", "--seq", "32", "--eval-every", "0", "--data", &data, "--steps", "50",
+        "--lr", "1e30", "--warmup-steps", "0", "--grad-clip", "0", "--checkpoint-dir", &ck_s, "--checkpoint-every", "1", "--keep-checkpoints", "100"];
+    let (code, text) = train_gpt(&args);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("non-finite"), "{text}");
+    // Every checkpoint left behind is complete and loads; none was written for the bad step.
+    let files: Vec<_> = std::fs::read_dir(&ck).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(!files.is_empty(), "the first step should have been checkpointed:\n{text}");
+    for f in &files {
+        assert!(f.extension().unwrap() == "bin", "leftover temp file {}", f.display());
+        let c = gpt::checkpoint::load(f).unwrap();
+        assert!(c.params.iter().all(|x| x.is_finite()), "{} holds non-finite weights", f.display());
+    }
+    let latest = gpt::checkpoint::latest(&ck).unwrap().unwrap();
+    assert!(text.contains(&*latest.to_string_lossy()), "the error should name the last good checkpoint:\n{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
