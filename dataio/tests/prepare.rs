@@ -41,7 +41,6 @@ fn text_directory_and_jsonl_to_both_formats() {
     assert!(!d.inserts_eot(), "documents are written with a trailing EOT");
     let want: Vec<u32> = docs.iter().flat_map(|s| tok.encode(s).into_iter().chain([EOT_TOKEN])).collect();
     assert_eq!(read_all(&d), want);
-    assert_eq!(&want[want.len() - 4..], &[1462, 307, 13, 50256], "\"To be.\" = To, be, . in GPT-2");
 
     let llmc = dir.path("llmc");
     prepare(&opts(vec![texts, jsonl], llmc.clone(), DatasetFormat::Llmc, None), &tok).unwrap();
