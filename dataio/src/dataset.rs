@@ -35,9 +35,15 @@ impl DatasetFormat {
 }
 
 enum Source {
-    Megatron { file: MegatronFile, insert_eot: bool },
+    Megatron {
+        file: MegatronFile,
+        insert_eot: bool,
+    },
     /// `starts[i]` = stream position of shard i's first token; `starts[len]` = total.
-    Llmc { shards: Vec<TokenArray>, starts: Vec<u64> },
+    Llmc {
+        shards: Vec<TokenArray>,
+        starts: Vec<u64>,
+    },
 }
 
 struct Inner {
@@ -73,7 +79,11 @@ impl TokenDataset {
                 let scan = file.tokens.scan(vocab as u64, EOT_TOKEN as u64)?;
                 let ending_eot = AtomicU64::new(0);
                 runtime::cpu::parallel_for(file.documents, 1 << 16, |docs| {
-                    let n = docs.filter(|&d| file.tokens.get(file.document_start(d + 1) as usize - 1) == EOT_TOKEN).count();
+                    let n = docs
+                        .filter(|&d| {
+                            file.tokens.get(file.document_start(d + 1) as usize - 1) == EOT_TOKEN
+                        })
+                        .count();
                     ending_eot.fetch_add(n as u64, Ordering::Relaxed);
                 });
                 let insert_eot = ending_eot.into_inner() != file.documents as u64;
@@ -83,7 +93,11 @@ impl TokenDataset {
                     num_tokens: stored + if insert_eot { file.documents as u64 } else { 0 },
                     num_documents: file.documents as u64,
                     num_sequences: file.sequences as u64,
-                    max_token: if insert_eot && file.documents > 0 { scan.max_token.max(EOT_TOKEN as u64) } else { scan.max_token },
+                    max_token: if insert_eot && file.documents > 0 {
+                        scan.max_token.max(EOT_TOKEN as u64)
+                    } else {
+                        scan.max_token
+                    },
                     source: Source::Megatron { file, insert_eot },
                 }
             }
@@ -111,7 +125,9 @@ impl TokenDataset {
                 }
             }
         };
-        Ok(TokenDataset { inner: Arc::new(inner) })
+        Ok(TokenDataset {
+            inner: Arc::new(inner),
+        })
     }
 
     pub fn format(&self) -> DatasetFormat {
@@ -157,7 +173,13 @@ impl TokenDataset {
 
     /// True for a Megatron dataset made without `--append-eod` (EOTs are inserted in the stream).
     pub fn inserts_eot(&self) -> bool {
-        matches!(self.inner.source, Source::Megatron { insert_eot: true, .. })
+        matches!(
+            self.inner.source,
+            Source::Megatron {
+                insert_eot: true,
+                ..
+            }
+        )
     }
 
     /// The files behind this dataset.
@@ -170,12 +192,20 @@ impl TokenDataset {
 
     /// Copies stream tokens `start..start + out.len()` into `out`.
     pub fn read_tokens(&self, start: u64, out: &mut [u32]) -> Result<(), DataError> {
-        let end = start.checked_add(out.len() as u64).filter(|&e| e <= self.inner.num_tokens);
+        let end = start
+            .checked_add(out.len() as u64)
+            .filter(|&e| e <= self.inner.num_tokens);
         if end.is_none() {
             return Err(DataError::mismatch(
                 &self.inner.spec,
-                format!("read of tokens {start}..{}", start as u128 + out.len() as u128),
-                format!("a range within the stream of {} tokens", self.inner.num_tokens),
+                format!(
+                    "read of tokens {start}..{}",
+                    start as u128 + out.len() as u128
+                ),
+                format!(
+                    "a range within the stream of {} tokens",
+                    self.inner.num_tokens
+                ),
                 "a range past its end",
             ));
         }
@@ -194,8 +224,14 @@ impl TokenDataset {
                     i += 1;
                 }
             }
-            Source::Megatron { file, insert_eot: false } => file.tokens.copy_to(start as usize, out),
-            Source::Megatron { file, insert_eot: true } => {
+            Source::Megatron {
+                file,
+                insert_eot: false,
+            } => file.tokens.copy_to(start as usize, out),
+            Source::Megatron {
+                file,
+                insert_eot: true,
+            } => {
                 // Document d occupies stream positions [start_d + d, start_d+1 + d), then its EOT.
                 let stream_start = |d: usize| file.document_start(d) + d as u64;
                 let mut lo = 0;
@@ -215,7 +251,8 @@ impl TokenDataset {
                     let in_doc = pos - (doc_begin + d as u64);
                     if in_doc < doc_len {
                         let n = ((doc_len - in_doc) as usize).min(out.len() - done);
-                        file.tokens.copy_to((doc_begin + in_doc) as usize, &mut out[done..done + n]);
+                        file.tokens
+                            .copy_to((doc_begin + in_doc) as usize, &mut out[done..done + n]);
                         done += n;
                         pos += n as u64;
                     } else {
@@ -245,11 +282,19 @@ fn resolve(spec: &str) -> Result<Resolved, DataError> {
     if is_glob(spec) {
         let paths = glob(spec)?;
         if paths.is_empty() {
-            return Err(DataError::mismatch(spec, "glob", "at least one matching llm.c shard", "no matching files"));
+            return Err(DataError::mismatch(
+                spec,
+                "glob",
+                "at least one matching llm.c shard",
+                "no matching files",
+            ));
         }
         return Ok(Resolved::Llmc(paths));
     }
-    let prefix = spec.strip_suffix(".idx").or_else(|| spec.strip_suffix(".bin")).unwrap_or(spec);
+    let prefix = spec
+        .strip_suffix(".idx")
+        .or_else(|| spec.strip_suffix(".bin"))
+        .unwrap_or(spec);
     if Path::new(&format!("{prefix}.idx")).is_file() {
         return Ok(Resolved::Megatron(prefix.to_string()));
     }
@@ -261,7 +306,10 @@ fn resolve(spec: &str) -> Result<Resolved, DataError> {
             return Err(DataError::mismatch(
                 &bin,
                 "byte offset 0",
-                format!("an llm.c shard (magic {}) or a Megatron .bin beside {prefix}.idx", llmc::MAGIC),
+                format!(
+                    "an llm.c shard (magic {}) or a Megatron .bin beside {prefix}.idx",
+                    llmc::MAGIC
+                ),
                 format!("neither (no {prefix}.idx, no llm.c magic)"),
             ));
         }
@@ -279,17 +327,31 @@ pub fn dataset_exists(spec: &str) -> bool {
     if is_glob(spec) {
         return glob(spec).map(|v| !v.is_empty()).unwrap_or(false);
     }
-    let prefix = spec.strip_suffix(".idx").or_else(|| spec.strip_suffix(".bin")).unwrap_or(spec);
+    let prefix = spec
+        .strip_suffix(".idx")
+        .or_else(|| spec.strip_suffix(".bin"))
+        .unwrap_or(spec);
     Path::new(&format!("{prefix}.idx")).is_file() || Path::new(&format!("{prefix}.bin")).is_file()
 }
 
 /// Files matching `dir/pattern`, sorted; wildcards only in the last component.
 pub fn glob(spec: &str) -> Result<Vec<PathBuf>, DataError> {
     let path = Path::new(spec);
-    let pattern = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let pattern = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if is_glob(&dir.to_string_lossy()) {
-        return Err(DataError::mismatch(spec, "glob", "wildcards in the file name only", format!("wildcards in the directory {}", dir.display())));
+        return Err(DataError::mismatch(
+            spec,
+            "glob",
+            "wildcards in the file name only",
+            format!("wildcards in the directory {}", dir.display()),
+        ));
     }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -363,7 +425,11 @@ pub fn open_splits(spec: &str) -> Result<DataSplits, DataError> {
             test: open_opt(spec.replacen("_train", "_test", 1))?,
         });
     }
-    Ok(DataSplits { train, val: None, test: None })
+    Ok(DataSplits {
+        train,
+        val: None,
+        test: None,
+    })
 }
 
 #[cfg(test)]
@@ -371,8 +437,14 @@ mod tests {
     use super::wildcard_match;
     #[test]
     fn wildcards() {
-        assert!(wildcard_match(b"fineweb_train_*.bin", b"fineweb_train_000001.bin"));
-        assert!(!wildcard_match(b"fineweb_train_*.bin", b"fineweb_val_000000.bin"));
+        assert!(wildcard_match(
+            b"fineweb_train_*.bin",
+            b"fineweb_train_000001.bin"
+        ));
+        assert!(!wildcard_match(
+            b"fineweb_train_*.bin",
+            b"fineweb_val_000000.bin"
+        ));
         assert!(wildcard_match(b"a?c*", b"abc"));
         assert!(!wildcard_match(b"a?c", b"ac"));
         assert!(wildcard_match(b"*a*b", b"xxaxxab"));

@@ -33,7 +33,11 @@ impl DataError {
 
     /// A free-form message at `at` in `file`.
     pub fn new(file: impl AsRef<Path>, at: impl Into<String>, detail: impl Into<String>) -> Self {
-        DataError { file: file.as_ref().display().to_string(), at: at.into(), detail: detail.into() }
+        DataError {
+            file: file.as_ref().display().to_string(),
+            at: at.into(),
+            detail: detail.into(),
+        }
     }
 
     /// An I/O failure while doing `what` (e.g. "open", "read", "rename to X").

@@ -84,9 +84,20 @@ pub struct BatchLoader {
 
 impl BatchLoader {
     /// Errors when the dataset has fewer than `batch * seq + 1` tokens.
-    pub fn new(dataset: &TokenDataset, batch: usize, seq: usize, seed: u64, shuffle: bool) -> Result<Self, DataError> {
+    pub fn new(
+        dataset: &TokenDataset,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+        shuffle: bool,
+    ) -> Result<Self, DataError> {
         if batch == 0 || seq == 0 {
-            return Err(DataError::mismatch(dataset.spec(), "batch loader", "batch >= 1 and seq >= 1", format!("batch {batch}, seq {seq}")));
+            return Err(DataError::mismatch(
+                dataset.spec(),
+                "batch loader",
+                "batch >= 1 and seq >= 1",
+                format!("batch {batch}, seq {seq}"),
+            ));
         }
         let need = (batch as u64) * (seq as u64) + 1;
         if dataset.num_tokens() < need {
@@ -98,12 +109,28 @@ impl BatchLoader {
             ));
         }
         let num_windows = (dataset.num_tokens() - 1) / seq as u64;
-        let state = LoaderState { seed, epoch: 0, next_window: 0, batch: batch as u64, seq: seq as u64, num_windows, shuffle: shuffle as u64 };
-        Ok(BatchLoader { dataset: dataset.clone(), order: Self::order_for(&state), state, window: vec![0; seq + 1] })
+        let state = LoaderState {
+            seed,
+            epoch: 0,
+            next_window: 0,
+            batch: batch as u64,
+            seq: seq as u64,
+            num_windows,
+            shuffle: shuffle as u64,
+        };
+        Ok(BatchLoader {
+            dataset: dataset.clone(),
+            order: Self::order_for(&state),
+            state,
+            window: vec![0; seq + 1],
+        })
     }
 
     fn order_for(s: &LoaderState) -> Permutation {
-        Permutation::new(s.num_windows, splitmix64(s.seed) ^ splitmix64(s.epoch.wrapping_add(0x5EED)))
+        Permutation::new(
+            s.num_windows,
+            splitmix64(s.seed) ^ splitmix64(s.epoch.wrapping_add(0x5EED)),
+        )
     }
 
     /// Windows per epoch actually used: W - W mod B.
@@ -113,7 +140,11 @@ impl BatchLoader {
 
     /// The stream position of the window at position `i` of the current epoch's order.
     fn window_start(&self, i: u64) -> u64 {
-        let w = if self.state.shuffle == 1 { self.order.index(i) } else { i };
+        let w = if self.state.shuffle == 1 {
+            self.order.index(i)
+        } else {
+            i
+        };
         w * self.state.seq
     }
 
@@ -156,16 +187,30 @@ impl BatchLoader {
             ("seed", cur.seed, s.seed),
             ("batch", cur.batch, s.batch),
             ("seq", cur.seq, s.seq),
-            ("num_windows (dataset length)", cur.num_windows, s.num_windows),
+            (
+                "num_windows (dataset length)",
+                cur.num_windows,
+                s.num_windows,
+            ),
             ("shuffle", cur.shuffle, s.shuffle),
         ];
         for (field, have, saved) in checks {
             if have != saved {
-                return Err(DataError::mismatch(self.dataset.spec(), format!("loader state field {field}"), format!("{have} (this loader)"), format!("{saved} (saved state)")));
+                return Err(DataError::mismatch(
+                    self.dataset.spec(),
+                    format!("loader state field {field}"),
+                    format!("{have} (this loader)"),
+                    format!("{saved} (saved state)"),
+                ));
             }
         }
         if s.next_window > s.num_windows {
-            return Err(DataError::mismatch(self.dataset.spec(), "loader state field next_window", format!("<= {}", s.num_windows), s.next_window));
+            return Err(DataError::mismatch(
+                self.dataset.spec(),
+                "loader state field next_window",
+                format!("<= {}", s.num_windows),
+                s.next_window,
+            ));
         }
         self.state = s;
         self.order = Self::order_for(&s);

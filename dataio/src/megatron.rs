@@ -40,22 +40,43 @@ impl MegatronFile {
         let idx = TokenArray::map_file(&idx_path)?;
         let p = &idx_path;
         if idx.len() < HEADER_LEN {
-            return Err(DataError::mismatch(p, "header", format!("at least {HEADER_LEN} bytes"), format!("{} bytes", idx.len())));
+            return Err(DataError::mismatch(
+                p,
+                "header",
+                format!("at least {HEADER_LEN} bytes"),
+                format!("{} bytes", idx.len()),
+            ));
         }
         if &idx[..9] != MAGIC {
-            return Err(DataError::mismatch(p, "byte offset 0 (magic)", "MMIDIDX\\x00\\x00", format!("{:?}", String::from_utf8_lossy(&idx[..9]))));
+            return Err(DataError::mismatch(
+                p,
+                "byte offset 0 (magic)",
+                "MMIDIDX\\x00\\x00",
+                format!("{:?}", String::from_utf8_lossy(&idx[..9])),
+            ));
         }
         let version = read_u64(&idx, 9);
         if version != 1 {
-            return Err(DataError::mismatch(p, "byte offset 9 (version)", 1, version));
+            return Err(DataError::mismatch(
+                p,
+                "byte offset 9 (version)",
+                1,
+                version,
+            ));
         }
         let code = idx[17];
         let dtype = Dtype::from_code(code).ok_or_else(|| {
-            DataError::mismatch(p, "byte offset 17 (dtype code)", "an integer dtype code 1,2,3,4,5 or 8", code)
+            DataError::mismatch(
+                p,
+                "byte offset 17 (dtype code)",
+                "an integer dtype code 1,2,3,4,5 or 8",
+                code,
+            )
         })?;
         let sequences = read_u64(&idx, 18);
         let doc_entries = read_u64(&idx, 26);
-        let expect_len = (HEADER_LEN as u128) + (sequences as u128) * 12 + (doc_entries as u128) * 8;
+        let expect_len =
+            (HEADER_LEN as u128) + (sequences as u128) * 12 + (doc_entries as u128) * 8;
         if expect_len != idx.len() as u128 {
             return Err(DataError::mismatch(
                 p,
@@ -65,17 +86,33 @@ impl MegatronFile {
             ));
         }
         if doc_entries < 1 {
-            return Err(DataError::mismatch(p, "byte offset 26 (document count)", "at least 1 (the leading 0)", 0));
+            return Err(DataError::mismatch(
+                p,
+                "byte offset 26 (document count)",
+                "at least 1 (the leading 0)",
+                0,
+            ));
         }
         let bin = TokenArray::map_file(&bin_path)?;
         let item = dtype.size() as u64;
         if bin.len() as u64 % item != 0 {
-            return Err(DataError::mismatch(&bin_path, "file length", format!("a multiple of {item} ({})", dtype.name()), format!("{} bytes", bin.len())));
+            return Err(DataError::mismatch(
+                &bin_path,
+                "file length",
+                format!("a multiple of {item} ({})", dtype.name()),
+                format!("{} bytes", bin.len()),
+            ));
         }
         let file = MegatronFile {
             idx_path: idx_path.clone(),
             idx,
-            tokens: TokenArray { path: bin_path, offset: 0, count: bin.len() / item as usize, dtype, map: bin },
+            tokens: TokenArray {
+                path: bin_path,
+                offset: 0,
+                count: bin.len() / item as usize,
+                dtype,
+                map: bin,
+            },
             sequences: sequences as usize,
             documents: doc_entries as usize - 1,
         };
@@ -129,7 +166,12 @@ impl MegatronFile {
         for s in 0..self.sequences {
             let size = self.size(s);
             if size < 0 {
-                return Err(DataError::mismatch(p, format!("byte offset {} (sizes[{s}])", self.size_offset(s)), "a size >= 0", size));
+                return Err(DataError::mismatch(
+                    p,
+                    format!("byte offset {} (sizes[{s}])", self.size_offset(s)),
+                    "a size >= 0",
+                    size,
+                ));
             }
             let ptr = self.pointer(s);
             if ptr != expected_ptr {
@@ -147,19 +189,33 @@ impl MegatronFile {
             return Err(DataError::mismatch(
                 &self.tokens.path,
                 "file length",
-                format!("{expected_ptr} bytes (sum of the {} sequence sizes in {} x {} bytes)", self.sequences, self.tokens.dtype.name(), item),
+                format!(
+                    "{expected_ptr} bytes (sum of the {} sequence sizes in {} x {} bytes)",
+                    self.sequences,
+                    self.tokens.dtype.name(),
+                    item
+                ),
                 format!("{bin_len} bytes"),
             ));
         }
         let first = self.doc_index(0);
         if first != 0 {
-            return Err(DataError::mismatch(p, format!("byte offset {} (document_indices[0])", self.doc_offset(0)), 0, first));
+            return Err(DataError::mismatch(
+                p,
+                format!("byte offset {} (document_indices[0])", self.doc_offset(0)),
+                0,
+                first,
+            ));
         }
         let last = self.doc_index(self.documents);
         if last != self.sequences as i64 {
             return Err(DataError::mismatch(
                 p,
-                format!("byte offset {} (document_indices[{}])", self.doc_offset(self.documents), self.documents),
+                format!(
+                    "byte offset {} (document_indices[{}])",
+                    self.doc_offset(self.documents),
+                    self.documents
+                ),
                 format!("the sequence count {}", self.sequences),
                 last,
             ));
@@ -210,21 +266,40 @@ impl MegatronWriter {
         let tmp = format!("{prefix}.bin.tmp");
         if let Some(dir) = Path::new(prefix).parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, "create directory", e))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| DataError::io(dir, "create directory", e))?;
             }
         }
         let f = std::fs::File::create(&tmp).map_err(|e| DataError::io(&tmp, "create", e))?;
-        Ok(MegatronWriter { prefix: prefix.to_string(), dtype, bin: std::io::BufWriter::with_capacity(1 << 20, f), sizes: Vec::new(), tokens: 0, max_id: 0 })
+        Ok(MegatronWriter {
+            prefix: prefix.to_string(),
+            dtype,
+            bin: std::io::BufWriter::with_capacity(1 << 20, f),
+            sizes: Vec::new(),
+            tokens: 0,
+            max_id: 0,
+        })
     }
 
     /// Appends one document (one sequence). Empty documents are refused; ids must fit `dtype`.
     pub fn add_document(&mut self, tokens: &[u32]) -> Result<(), DataError> {
         let tmp = format!("{}.bin.tmp", self.prefix);
         if tokens.is_empty() {
-            return Err(DataError::mismatch(&tmp, format!("document {}", self.sizes.len()), "at least 1 token", "an empty document"));
+            return Err(DataError::mismatch(
+                &tmp,
+                format!("document {}", self.sizes.len()),
+                "at least 1 token",
+                "an empty document",
+            ));
         }
-        let size = i32::try_from(tokens.len())
-            .map_err(|_| DataError::mismatch(&tmp, format!("document {}", self.sizes.len()), "at most 2^31-1 tokens", tokens.len()))?;
+        let size = i32::try_from(tokens.len()).map_err(|_| {
+            DataError::mismatch(
+                &tmp,
+                format!("document {}", self.sizes.len()),
+                "at most 2^31-1 tokens",
+                tokens.len(),
+            )
+        })?;
         let limit: u64 = match self.dtype {
             Dtype::U8 => u8::MAX as u64,
             Dtype::I8 => i8::MAX as u64,
@@ -236,7 +311,12 @@ impl MegatronWriter {
         let mut buf = Vec::with_capacity(tokens.len() * self.dtype.size());
         for &t in tokens {
             if t as u64 > limit {
-                return Err(DataError::mismatch(&tmp, format!("document {}", self.sizes.len()), format!("token ids <= {limit} ({})", self.dtype.name()), t));
+                return Err(DataError::mismatch(
+                    &tmp,
+                    format!("document {}", self.sizes.len()),
+                    format!("token ids <= {limit} ({})", self.dtype.name()),
+                    t,
+                ));
             }
             self.max_id = self.max_id.max(t as u64);
             match self.dtype {
@@ -246,7 +326,9 @@ impl MegatronWriter {
                 Dtype::I64 => buf.extend_from_slice(&(t as u64).to_le_bytes()),
             }
         }
-        self.bin.write_all(&buf).map_err(|e| DataError::io(&tmp, "write", e))?;
+        self.bin
+            .write_all(&buf)
+            .map_err(|e| DataError::io(&tmp, "write", e))?;
         self.sizes.push(size);
         self.tokens += tokens.len() as u64;
         Ok(())
@@ -263,8 +345,12 @@ impl MegatronWriter {
     pub fn finish(self) -> Result<(), DataError> {
         let bin_tmp = format!("{}.bin.tmp", self.prefix);
         let idx_tmp = format!("{}.idx.tmp", self.prefix);
-        let f = self.bin.into_inner().map_err(|e| DataError::io(&bin_tmp, "flush", e.into_error()))?;
-        f.sync_all().map_err(|e| DataError::io(&bin_tmp, "sync", e))?;
+        let f = self
+            .bin
+            .into_inner()
+            .map_err(|e| DataError::io(&bin_tmp, "flush", e.into_error()))?;
+        f.sync_all()
+            .map_err(|e| DataError::io(&bin_tmp, "sync", e))?;
         let s = self.sizes.len();
         let mut idx = Vec::with_capacity(HEADER_LEN + 12 * s + 8 * (s + 1));
         idx.extend_from_slice(MAGIC);
@@ -286,8 +372,10 @@ impl MegatronWriter {
         std::fs::write(&idx_tmp, &idx).map_err(|e| DataError::io(&idx_tmp, "write", e))?;
         let bin_path = format!("{}.bin", self.prefix);
         let idx_path = format!("{}.idx", self.prefix);
-        std::fs::rename(&bin_tmp, &bin_path).map_err(|e| DataError::io(&bin_tmp, &format!("rename to {bin_path}"), e))?;
-        std::fs::rename(&idx_tmp, &idx_path).map_err(|e| DataError::io(&idx_tmp, &format!("rename to {idx_path}"), e))?;
+        std::fs::rename(&bin_tmp, &bin_path)
+            .map_err(|e| DataError::io(&bin_tmp, &format!("rename to {bin_path}"), e))?;
+        std::fs::rename(&idx_tmp, &idx_path)
+            .map_err(|e| DataError::io(&idx_tmp, &format!("rename to {idx_path}"), e))?;
         Ok(())
     }
 }

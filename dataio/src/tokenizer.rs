@@ -11,7 +11,8 @@ use std::path::Path;
 use tiktoken_rs::CoreBPE;
 
 /// GPT-2's pre-tokenization regex (as in tiktoken's r50k_base).
-const GPT2_PATTERN: &str = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s";
+const GPT2_PATTERN: &str =
+    r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s";
 
 enum Bpe {
     Shared(&'static CoreBPE),
@@ -26,7 +27,9 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// GPT-2's tokenizer (tiktoken r50k_base, built once per process).
     pub fn gpt2() -> Result<Tokenizer, DataError> {
-        Ok(Tokenizer { bpe: Bpe::Shared(tiktoken_rs::r50k_base_singleton()) })
+        Ok(Tokenizer {
+            bpe: Bpe::Shared(tiktoken_rs::r50k_base_singleton()),
+        })
     }
 
     /// GPT-2 style files: `vocab.json` maps byte-level-unicode strings to ids, `merges.txt`
@@ -34,27 +37,54 @@ impl Tokenizer {
     /// only when the merged tokens' ids increase with the merge order (true for GPT-2's files);
     /// we check that and refuse files where it does not hold.
     pub fn from_files(vocab_json: &Path, merges_txt: &Path) -> Result<Tokenizer, DataError> {
-        let text = std::fs::read_to_string(vocab_json).map_err(|e| DataError::io(vocab_json, "read", e))?;
-        let vocab: HashMap<String, u32> =
-            serde_json::from_str(&text).map_err(|e| DataError::mismatch(vocab_json, format!("line {} column {}", e.line(), e.column()), "a JSON object of string -> id", e))?;
-        let unicode_to_byte: HashMap<char, u8> = bytes_to_unicode().into_iter().map(|(b, c)| (c, b)).collect();
-        let to_bytes = |s: &str| -> Option<Vec<u8>> { s.chars().map(|c| unicode_to_byte.get(&c).copied()).collect() };
+        let text = std::fs::read_to_string(vocab_json)
+            .map_err(|e| DataError::io(vocab_json, "read", e))?;
+        let vocab: HashMap<String, u32> = serde_json::from_str(&text).map_err(|e| {
+            DataError::mismatch(
+                vocab_json,
+                format!("line {} column {}", e.line(), e.column()),
+                "a JSON object of string -> id",
+                e,
+            )
+        })?;
+        let unicode_to_byte: HashMap<char, u8> = bytes_to_unicode()
+            .into_iter()
+            .map(|(b, c)| (c, b))
+            .collect();
+        let to_bytes = |s: &str| -> Option<Vec<u8>> {
+            s.chars()
+                .map(|c| unicode_to_byte.get(&c).copied())
+                .collect()
+        };
         let mut encoder: HashMap<Vec<u8>, u32> = HashMap::with_capacity(vocab.len());
         let mut specials: HashMap<String, u32> = HashMap::new();
         for (piece, &id) in &vocab {
             if piece.starts_with("<|") && piece.ends_with("|>") {
                 specials.insert(piece.clone(), id);
             } else {
-                let bytes = to_bytes(piece).ok_or_else(|| DataError::mismatch(vocab_json, format!("entry {piece:?}"), "a byte-level BPE piece", "characters outside GPT-2's byte alphabet"))?;
+                let bytes = to_bytes(piece).ok_or_else(|| {
+                    DataError::mismatch(
+                        vocab_json,
+                        format!("entry {piece:?}"),
+                        "a byte-level BPE piece",
+                        "characters outside GPT-2's byte alphabet",
+                    )
+                })?;
                 encoder.insert(bytes, id);
             }
         }
         for b in 0..=255u8 {
             if !encoder.contains_key(&vec![b]) {
-                return Err(DataError::mismatch(vocab_json, "byte tokens", "an entry for every one of the 256 bytes", format!("none for byte {b}")));
+                return Err(DataError::mismatch(
+                    vocab_json,
+                    "byte tokens",
+                    "an entry for every one of the 256 bytes",
+                    format!("none for byte {b}"),
+                ));
             }
         }
-        let merges = std::fs::read_to_string(merges_txt).map_err(|e| DataError::io(merges_txt, "read", e))?;
+        let merges = std::fs::read_to_string(merges_txt)
+            .map_err(|e| DataError::io(merges_txt, "read", e))?;
         let max_byte_id = (0..=255u8).map(|b| encoder[&vec![b]]).max().unwrap();
         let mut prev_id: Option<u32> = None;
         for (lineno, line) in merges.lines().enumerate() {
@@ -62,17 +92,40 @@ impl Tokenizer {
                 continue;
             }
             let at = format!("line {}", lineno + 1);
-            let (a, b) = line.split_once(' ').ok_or_else(|| DataError::mismatch(merges_txt, &at, "two pieces separated by a space", line))?;
-            let merged = to_bytes(&format!("{a}{b}")).ok_or_else(|| DataError::mismatch(merges_txt, &at, "byte-level BPE pieces", line))?;
-            let id = *encoder.get(&merged).ok_or_else(|| DataError::mismatch(merges_txt, &at, format!("the merge result {a}{b} in {}", vocab_json.display()), "no such entry"))?;
+            let (a, b) = line.split_once(' ').ok_or_else(|| {
+                DataError::mismatch(merges_txt, &at, "two pieces separated by a space", line)
+            })?;
+            let merged = to_bytes(&format!("{a}{b}")).ok_or_else(|| {
+                DataError::mismatch(merges_txt, &at, "byte-level BPE pieces", line)
+            })?;
+            let id = *encoder.get(&merged).ok_or_else(|| {
+                DataError::mismatch(
+                    merges_txt,
+                    &at,
+                    format!("the merge result {a}{b} in {}", vocab_json.display()),
+                    "no such entry",
+                )
+            })?;
             let floor = prev_id.unwrap_or(max_byte_id);
             if id <= floor {
-                return Err(DataError::mismatch(merges_txt, &at, format!("the merged token's id above {floor} (ids must follow merge order)"), id));
+                return Err(DataError::mismatch(
+                    merges_txt,
+                    &at,
+                    format!("the merged token's id above {floor} (ids must follow merge order)"),
+                    id,
+                ));
             }
             prev_id = Some(id);
         }
-        let bpe = CoreBPE::new(encoder.into_iter().collect(), specials.into_iter().collect(), GPT2_PATTERN).map_err(|e| DataError::new(vocab_json, "building BPE", e.to_string()))?;
-        Ok(Tokenizer { bpe: Bpe::Owned(Box::new(bpe)) })
+        let bpe = CoreBPE::new(
+            encoder.into_iter().collect(),
+            specials.into_iter().collect(),
+            GPT2_PATTERN,
+        )
+        .map_err(|e| DataError::new(vocab_json, "building BPE", e.to_string()))?;
+        Ok(Tokenizer {
+            bpe: Bpe::Owned(Box::new(bpe)),
+        })
     }
 
     fn core(&self) -> &CoreBPE {
@@ -109,7 +162,9 @@ impl Tokenizer {
 /// GPT-2's reversible byte -> printable-unicode mapping (openai/gpt-2 encoder.py): printable
 /// Latin-1 bytes map to themselves, the other 68 bytes to U+0100 upwards in byte order.
 pub fn bytes_to_unicode() -> Vec<(u8, char)> {
-    let keep = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let keep = |b: u8| {
+        (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     let mut next = 256u32;
     (0..=255u8)
         .map(|b| {

@@ -93,12 +93,30 @@ pub(crate) struct ScanResult {
 macro_rules! with_slice {
     ($arr:expr, $s:ident => $body:expr) => {
         match $arr.dtype {
-            Dtype::U8 => { let $s = $arr.typed::<u8>(); $body }
-            Dtype::I8 => { let $s = $arr.typed::<i8>(); $body }
-            Dtype::I16 => { let $s = $arr.typed::<i16>(); $body }
-            Dtype::U16 => { let $s = $arr.typed::<u16>(); $body }
-            Dtype::I32 => { let $s = $arr.typed::<i32>(); $body }
-            Dtype::I64 => { let $s = $arr.typed::<i64>(); $body }
+            Dtype::U8 => {
+                let $s = $arr.typed::<u8>();
+                $body
+            }
+            Dtype::I8 => {
+                let $s = $arr.typed::<i8>();
+                $body
+            }
+            Dtype::I16 => {
+                let $s = $arr.typed::<i16>();
+                $body
+            }
+            Dtype::U16 => {
+                let $s = $arr.typed::<u16>();
+                $body
+            }
+            Dtype::I32 => {
+                let $s = $arr.typed::<i32>();
+                $body
+            }
+            Dtype::I64 => {
+                let $s = $arr.typed::<i64>();
+                $body
+            }
         }
     };
 }
@@ -117,7 +135,11 @@ impl TokenArray {
     fn typed<T>(&self) -> &[T] {
         let bytes = &self.map[self.offset..self.offset + self.count * self.dtype.size()];
         assert_eq!(std::mem::size_of::<T>(), self.dtype.size());
-        assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0, "unaligned token data");
+        assert_eq!(
+            bytes.as_ptr() as usize % std::mem::align_of::<T>(),
+            0,
+            "unaligned token data"
+        );
         // SAFETY: length and alignment checked above; every bit pattern is a valid integer.
         unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, self.count) }
     }
@@ -181,6 +203,9 @@ impl TokenArray {
                 t,
             ));
         }
-        Ok(ScanResult { max_token: max.into_inner(), eot_count: eots.into_inner() })
+        Ok(ScanResult {
+            max_token: max.into_inner(),
+            eot_count: eots.into_inner(),
+        })
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use dataio::{BatchLoader, MegatronWriter, Dtype, Permutation, TokenDataset};
+use dataio::{BatchLoader, Dtype, MegatronWriter, Permutation, TokenDataset};
 use std::collections::HashSet;
 
 /// A dataset whose stream token i is i % 50000 (one document ending in EOT would break that,
@@ -21,14 +21,21 @@ fn permutation_is_a_bijection() {
             let mut seen = vec![false; n as usize];
             for i in 0..n {
                 let x = p.index(i);
-                assert!(x < n && !seen[x as usize], "n {n} key {key}: {x} repeated or out of range");
+                assert!(
+                    x < n && !seen[x as usize],
+                    "n {n} key {key}: {x} repeated or out of range"
+                );
                 seen[x as usize] = true;
             }
         }
     }
     // A shuffle, not the identity, and different keys give different orders.
-    let a: Vec<u64> = (0..1000).map(|i| Permutation::new(1000, 1).index(i)).collect();
-    let b: Vec<u64> = (0..1000).map(|i| Permutation::new(1000, 2).index(i)).collect();
+    let a: Vec<u64> = (0..1000)
+        .map(|i| Permutation::new(1000, 1).index(i))
+        .collect();
+    let b: Vec<u64> = (0..1000)
+        .map(|i| Permutation::new(1000, 2).index(i))
+        .collect();
     assert_ne!(a, (0..1000).collect::<Vec<_>>());
     assert_ne!(a, b);
     // Large domains work without memory: spot-check distinctness on a sample.
@@ -87,7 +94,12 @@ fn deterministic_per_seed_and_resumable() {
     let run = |seed: u64, steps: usize| -> Vec<u32> {
         let mut l = BatchLoader::new(&d, b, t, seed, true).unwrap();
         let (mut x, mut y) = (vec![0u32; b * t], vec![0u32; b * t]);
-        (0..steps).flat_map(|_| { l.next_batch(&mut x, &mut y).unwrap(); x.clone() }).collect()
+        (0..steps)
+            .flat_map(|_| {
+                l.next_batch(&mut x, &mut y).unwrap();
+                x.clone()
+            })
+            .collect()
     };
     // 300 steps crosses epochs (10000/16 = 624 windows, 208 batches per epoch).
     let a = run(5, 300);
@@ -112,9 +124,15 @@ fn deterministic_per_seed_and_resumable() {
     assert_eq!(rest, a[250 * b * t..]);
 
     let mut other_seed = BatchLoader::new(&d, b, t, 9, true).unwrap();
-    assert_err_contains(other_seed.restore(saved), &["seed", "expected 9 (this loader)", "found 5 (saved state)"]);
+    assert_err_contains(
+        other_seed.restore(saved),
+        &["seed", "expected 9 (this loader)", "found 5 (saved state)"],
+    );
     let mut other_shape = BatchLoader::new(&d, b, 8, 5, true).unwrap();
-    assert_err_contains(other_shape.restore(saved), &["seq", "expected 8", "found 16"]);
+    assert_err_contains(
+        other_shape.restore(saved),
+        &["seq", "expected 8", "found 16"],
+    );
 }
 
 #[test]
@@ -125,7 +143,13 @@ fn too_small_dataset_and_bad_buffers() {
     w.add_document(&[1, 2, 3, 4, 50256]).unwrap();
     w.finish().unwrap();
     let d = TokenDataset::open(&p).unwrap();
-    assert_err_contains(BatchLoader::new(&d, 2, 4, 0, true), &["small", "2*4+1 = 9 tokens", "found 5 tokens"]);
+    assert_err_contains(
+        BatchLoader::new(&d, 2, 4, 0, true),
+        &["small", "2*4+1 = 9 tokens", "found 5 tokens"],
+    );
     let mut l = BatchLoader::new(&d, 1, 4, 0, true).unwrap();
-    assert_err_contains(l.next_batch(&mut [0; 3], &mut [0; 4]), &["B*T = 4", "found 3 and 4"]);
+    assert_err_contains(
+        l.next_batch(&mut [0; 3], &mut [0; 4]),
+        &["B*T = 4", "found 3 and 4"],
+    );
 }

@@ -6,8 +6,21 @@ use dataio::prepare::{prepare, PrepareOptions};
 use dataio::{DatasetFormat, TokenDataset, Tokenizer, EOT_TOKEN};
 use std::path::PathBuf;
 
-fn opts(inputs: Vec<PathBuf>, output: String, format: DatasetFormat, split: Option<Vec<u64>>) -> PrepareOptions {
-    PrepareOptions { inputs, output, format, split, json_key: "text".into(), skip_empty: false, progress: false }
+fn opts(
+    inputs: Vec<PathBuf>,
+    output: String,
+    format: DatasetFormat,
+    split: Option<Vec<u64>>,
+) -> PrepareOptions {
+    PrepareOptions {
+        inputs,
+        output,
+        format,
+        split,
+        json_key: "text".into(),
+        skip_empty: false,
+        progress: false,
+    }
 }
 
 fn read_all(d: &TokenDataset) -> Vec<u32> {
@@ -26,28 +39,60 @@ fn text_directory_and_jsonl_to_both_formats() {
     std::fs::write(texts.join("sub/c.txt"), "Third, nested.").unwrap();
     std::fs::write(texts.join("ignored.md"), "not a document").unwrap();
     let jsonl = dir.0.join("docs.jsonl");
-    std::fs::write(&jsonl, "{\"text\": \"Hello, world!\", \"id\": 1}\n\n{\"text\": \"To be.\"}\n").unwrap();
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"Hello, world!\", \"id\": 1}\n\n{\"text\": \"To be.\"}\n",
+    )
+    .unwrap();
     let tok = Tokenizer::gpt2().unwrap();
     // Expected stream, built from the tokenizer per document in the documented order
     // (directory entries sorted, recursively; then JSONL lines).
-    let docs = ["First file.\n", "Second file.", "Third, nested.", "Hello, world!", "To be."];
+    let docs = [
+        "First file.\n",
+        "Second file.",
+        "Third, nested.",
+        "Hello, world!",
+        "To be.",
+    ];
 
     let meg = dir.path("meg");
-    let parts = prepare(&opts(vec![texts.clone(), jsonl.clone()], meg.clone(), DatasetFormat::Megatron, None), &tok).unwrap();
+    let parts = prepare(
+        &opts(
+            vec![texts.clone(), jsonl.clone()],
+            meg.clone(),
+            DatasetFormat::Megatron,
+            None,
+        ),
+        &tok,
+    )
+    .unwrap();
     assert_eq!(parts.len(), 1);
     assert_eq!(parts[0].documents, 5);
     let d = TokenDataset::open(&meg).unwrap();
     assert_eq!(d.format(), DatasetFormat::Megatron);
-    assert!(!d.inserts_eot(), "documents are written with a trailing EOT");
-    let want: Vec<u32> = docs.iter().flat_map(|s| tok.encode(s).into_iter().chain([EOT_TOKEN])).collect();
+    assert!(
+        !d.inserts_eot(),
+        "documents are written with a trailing EOT"
+    );
+    let want: Vec<u32> = docs
+        .iter()
+        .flat_map(|s| tok.encode(s).into_iter().chain([EOT_TOKEN]))
+        .collect();
     assert_eq!(read_all(&d), want);
 
     let llmc = dir.path("llmc");
-    prepare(&opts(vec![texts, jsonl], llmc.clone(), DatasetFormat::Llmc, None), &tok).unwrap();
+    prepare(
+        &opts(vec![texts, jsonl], llmc.clone(), DatasetFormat::Llmc, None),
+        &tok,
+    )
+    .unwrap();
     let d = TokenDataset::open(&llmc).unwrap();
     assert_eq!(d.format(), DatasetFormat::Llmc);
     assert_eq!(d.num_documents(), 5);
-    let want: Vec<u32> = docs.iter().flat_map(|s| [EOT_TOKEN].into_iter().chain(tok.encode(s))).collect();
+    let want: Vec<u32> = docs
+        .iter()
+        .flat_map(|s| [EOT_TOKEN].into_iter().chain(tok.encode(s)))
+        .collect();
     assert_eq!(read_all(&d), want);
 }
 
@@ -55,16 +100,35 @@ fn text_directory_and_jsonl_to_both_formats() {
 fn ratio_split_by_documents() {
     let dir = TempDir::new("split");
     let jsonl = dir.0.join("d.jsonl");
-    let lines: String = (0..20).map(|i| format!("{{\"text\": \"document number {i}\"}}\n")).collect();
+    let lines: String = (0..20)
+        .map(|i| format!("{{\"text\": \"document number {i}\"}}\n"))
+        .collect();
     std::fs::write(&jsonl, lines).unwrap();
     let tok = Tokenizer::gpt2().unwrap();
     let out = dir.path("s");
     // 20 docs at 8,1,1 -> 16, 2, 2 in input order.
-    let parts = prepare(&opts(vec![jsonl], out.clone(), DatasetFormat::Megatron, Some(vec![8, 1, 1])), &tok).unwrap();
-    assert_eq!(parts.iter().map(|p| p.documents).collect::<Vec<_>>(), vec![16, 2, 2]);
+    let parts = prepare(
+        &opts(
+            vec![jsonl],
+            out.clone(),
+            DatasetFormat::Megatron,
+            Some(vec![8, 1, 1]),
+        ),
+        &tok,
+    )
+    .unwrap();
+    assert_eq!(
+        parts.iter().map(|p| p.documents).collect::<Vec<_>>(),
+        vec![16, 2, 2]
+    );
     let s = dataio::open_splits(&out).unwrap();
     let doc_stream = |r: std::ops::Range<i32>| -> Vec<u32> {
-        r.flat_map(|i| tok.encode(&format!("document number {i}")).into_iter().chain([EOT_TOKEN])).collect()
+        r.flat_map(|i| {
+            tok.encode(&format!("document number {i}"))
+                .into_iter()
+                .chain([EOT_TOKEN])
+        })
+        .collect()
     };
     assert_eq!(read_all(&s.train), doc_stream(0..16));
     assert_eq!(read_all(s.val.as_ref().unwrap()), doc_stream(16..18));
@@ -75,15 +139,36 @@ fn ratio_split_by_documents() {
 fn split_leaving_a_part_empty_is_an_error_and_writes_nothing() {
     let dir = TempDir::new("empty-part");
     let jsonl = dir.0.join("d.jsonl");
-    std::fs::write(&jsonl, "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n").unwrap();
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"a\"}\n{\"text\": \"b\"}\n{\"text\": \"c\"}\n",
+    )
+    .unwrap();
     let tok = Tokenizer::gpt2().unwrap();
     let out = dir.path("x");
     // 3 docs at 949,50,1 -> 3, 0, 0.
     assert_err_contains(
-        prepare(&opts(vec![jsonl], out.clone(), DatasetFormat::Megatron, Some(vec![949, 50, 1])), &tok),
-        &["x_val", "split 949,50,1", "at least 1 of the 3 input documents in part val", "found 0 documents"],
+        prepare(
+            &opts(
+                vec![jsonl],
+                out.clone(),
+                DatasetFormat::Megatron,
+                Some(vec![949, 50, 1]),
+            ),
+            &tok,
+        ),
+        &[
+            "x_val",
+            "split 949,50,1",
+            "at least 1 of the 3 input documents in part val",
+            "found 0 documents",
+        ],
     );
-    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1, "only the input remains");
+    assert_eq!(
+        std::fs::read_dir(&dir.0).unwrap().count(),
+        1,
+        "only the input remains"
+    );
 }
 
 #[test]
@@ -94,26 +179,71 @@ fn input_errors_name_file_and_line() {
     let j = dir.0.join("bad.jsonl");
 
     std::fs::write(&j, "{\"text\": \"ok\"}\n{\"text\": 5}\n").unwrap();
-    assert_err_contains(prepare(&opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None), &tok), &["bad.jsonl", "line 2", "a string under \"text\"", "found a number"]);
+    assert_err_contains(
+        prepare(
+            &opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None),
+            &tok,
+        ),
+        &[
+            "bad.jsonl",
+            "line 2",
+            "a string under \"text\"",
+            "found a number",
+        ],
+    );
 
     std::fs::write(&j, "{\"text\": \"ok\"}\n{\"body\": \"x\"}\n").unwrap();
-    assert_err_contains(prepare(&opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None), &tok), &["bad.jsonl", "line 2", "a \"text\" field"]);
+    assert_err_contains(
+        prepare(
+            &opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None),
+            &tok,
+        ),
+        &["bad.jsonl", "line 2", "a \"text\" field"],
+    );
 
     std::fs::write(&j, "{\"text\": \"ok\"}\n{not json\n").unwrap();
-    assert_err_contains(prepare(&opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None), &tok), &["bad.jsonl", "line 2", "invalid JSON"]);
+    assert_err_contains(
+        prepare(
+            &opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None),
+            &tok,
+        ),
+        &["bad.jsonl", "line 2", "invalid JSON"],
+    );
 
     // Empty document: an error naming file:line, or skipped with skip_empty.
-    std::fs::write(&j, "{\"text\": \"ok\"}\n{\"text\": \"\"}\n{\"text\": \"fine\"}\n").unwrap();
-    assert_err_contains(prepare(&opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None), &tok), &["bad.jsonl:2", "--skip-empty", "empty document"]);
+    std::fs::write(
+        &j,
+        "{\"text\": \"ok\"}\n{\"text\": \"\"}\n{\"text\": \"fine\"}\n",
+    )
+    .unwrap();
+    assert_err_contains(
+        prepare(
+            &opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None),
+            &tok,
+        ),
+        &["bad.jsonl:2", "--skip-empty", "empty document"],
+    );
     let mut o = opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None);
     o.skip_empty = true;
     assert_eq!(prepare(&o, &tok).unwrap()[0].documents, 2);
 
     let t = dir.0.join("latin1.txt");
     std::fs::write(&t, b"caf\xe9").unwrap();
-    assert_err_contains(prepare(&opts(vec![t], out.clone(), DatasetFormat::Megatron, None), &tok), &["latin1.txt", "byte offset 3", "UTF-8"]);
+    assert_err_contains(
+        prepare(
+            &opts(vec![t], out.clone(), DatasetFormat::Megatron, None),
+            &tok,
+        ),
+        &["latin1.txt", "byte offset 3", "UTF-8"],
+    );
 
-    assert_err_contains(prepare(&opts(vec![dir.0.join("nope")], out, DatasetFormat::Megatron, None), &tok), &["nope", "nothing at this path"]);
+    assert_err_contains(
+        prepare(
+            &opts(vec![dir.0.join("nope")], out, DatasetFormat::Megatron, None),
+            &tok,
+        ),
+        &["nope", "nothing at this path"],
+    );
 }
 
 #[test]
@@ -123,7 +253,14 @@ fn llmc_output_replaces_a_stale_megatron_index() {
     std::fs::write(&j, "{\"text\": \"abc\"}\n").unwrap();
     let tok = Tokenizer::gpt2().unwrap();
     let out = dir.path("same");
-    prepare(&opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None), &tok).unwrap();
+    prepare(
+        &opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None),
+        &tok,
+    )
+    .unwrap();
     prepare(&opts(vec![j], out.clone(), DatasetFormat::Llmc, None), &tok).unwrap();
-    assert_eq!(TokenDataset::open(&out).unwrap().format(), DatasetFormat::Llmc);
+    assert_eq!(
+        TokenDataset::open(&out).unwrap().format(),
+        DatasetFormat::Llmc
+    );
 }

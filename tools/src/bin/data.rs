@@ -70,51 +70,97 @@ struct Inspect {
 
 /// The repository root: the launcher exports MXGPT_ROOT; otherwise the current directory.
 fn repo_root() -> PathBuf {
-    std::env::var_os("MXGPT_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    std::env::var_os("MXGPT_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn run_prepare(p: Prepare) -> Result<(), DataError> {
     if let Some(corpus) = &p.corpus {
         if corpus != "shakespeare" {
-            return Err(DataError::mismatch("--corpus", "value", "shakespeare", corpus));
+            return Err(DataError::mismatch(
+                "--corpus",
+                "value",
+                "shakespeare",
+                corpus,
+            ));
         }
         if !p.input.is_empty() || p.output.is_some() || p.split.is_some() {
-            return Err(DataError::mismatch("--corpus", "arguments", "no --input, --output or --split with --corpus", "some"));
+            return Err(DataError::mismatch(
+                "--corpus",
+                "arguments",
+                "no --input, --output or --split with --corpus",
+                "some",
+            ));
         }
         let prefix = dataio::prepare_shakespeare(&p.root.unwrap_or_else(repo_root))?;
         for part in ["train", "val"] {
             let d = TokenDataset::open(&format!("{prefix}_{part}"))?;
-            println!("{prefix}_{part}: {} documents, {} tokens", d.num_documents(), d.num_tokens());
+            println!(
+                "{prefix}_{part}: {} documents, {} tokens",
+                d.num_documents(),
+                d.num_tokens()
+            );
         }
         return Ok(());
     }
     if p.input.is_empty() {
-        return Err(DataError::mismatch("prepare", "arguments", "--input PATH (or --corpus shakespeare)", "neither"));
+        return Err(DataError::mismatch(
+            "prepare",
+            "arguments",
+            "--input PATH (or --corpus shakespeare)",
+            "neither",
+        ));
     }
     let format = match p.format.as_str() {
         "megatron" => DatasetFormat::Megatron,
         "llmc" => DatasetFormat::Llmc,
-        other => return Err(DataError::mismatch("--format", "value", "megatron or llmc", other)),
+        other => {
+            return Err(DataError::mismatch(
+                "--format",
+                "value",
+                "megatron or llmc",
+                other,
+            ))
+        }
     };
     let output = match p.output {
         Some(o) => o,
         None => {
             let first = &p.input[0];
-            let stem = first.file_stem().or_else(|| first.file_name()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
+            let stem = first
+                .file_stem()
+                .or_else(|| first.file_name())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "dataset".into());
             repo_root().join("data").join(stem).display().to_string()
         }
     };
     let split = p.split.as_deref().map(parse_split).transpose()?;
-    let opts = PrepareOptions { inputs: p.input, output, format, split, json_key: p.json_key, skip_empty: p.skip_empty, progress: true };
+    let opts = PrepareOptions {
+        inputs: p.input,
+        output,
+        format,
+        split,
+        json_key: p.json_key,
+        skip_empty: p.skip_empty,
+        progress: true,
+    };
     let tok = Tokenizer::gpt2()?;
     let started = std::time::Instant::now();
     let parts = prepare(&opts, &tok)?;
     let secs = started.elapsed().as_secs_f64();
     let total: u64 = parts.iter().map(|p| p.tokens).sum();
     for part in &parts {
-        println!("{}: {} documents, {} tokens", part.prefix, part.documents, part.tokens);
+        println!(
+            "{}: {} documents, {} tokens",
+            part.prefix, part.documents, part.tokens
+        );
     }
-    eprintln!("prepare: {total} tokens in {secs:.1} s ({:.2} M tokens/s)", total as f64 / secs.max(1e-9) / 1e6);
+    eprintln!(
+        "prepare: {total} tokens in {secs:.1} s ({:.2} M tokens/s)",
+        total as f64 / secs.max(1e-9) / 1e6
+    );
     Ok(())
 }
 
@@ -151,4 +197,3 @@ fn main() {
         std::process::exit(1);
     }
 }
-

@@ -10,7 +10,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("dataio-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "dataio-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -34,9 +38,15 @@ pub fn idx_bytes(dtype_code: u8, sizes: &[i32], pointers: &[i64], doc_indices: &
     b.push(dtype_code);
     b.extend_from_slice(&(sizes.len() as u64).to_le_bytes());
     b.extend_from_slice(&(doc_indices.len() as u64).to_le_bytes());
-    sizes.iter().for_each(|s| b.extend_from_slice(&s.to_le_bytes()));
-    pointers.iter().for_each(|p| b.extend_from_slice(&p.to_le_bytes()));
-    doc_indices.iter().for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
+    sizes
+        .iter()
+        .for_each(|s| b.extend_from_slice(&s.to_le_bytes()));
+    pointers
+        .iter()
+        .for_each(|p| b.extend_from_slice(&p.to_le_bytes()));
+    doc_indices
+        .iter()
+        .for_each(|d| b.extend_from_slice(&d.to_le_bytes()));
     b
 }
 
