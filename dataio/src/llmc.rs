@@ -83,12 +83,23 @@ pub(crate) fn open_shard(path: &Path) -> Result<TokenArray, DataError> {
 }
 
 /// Writes one shard: tokens stream to `PATH.tmp`, the header (with the final count) is patched
-/// in at `finish`, then the file is renamed into place.
+/// in at `finish`, then the file is renamed into place (a writer dropped without `finish`
+/// deletes its temporary file).
 pub struct LlmcWriter {
     path: PathBuf,
     tmp: PathBuf,
-    out: std::io::BufWriter<std::fs::File>,
+    /// `None` once finished.
+    out: Option<std::io::BufWriter<std::fs::File>>,
     tokens: u64,
+    scratch: Vec<u8>,
+}
+
+impl Drop for LlmcWriter {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl LlmcWriter {
@@ -107,14 +118,16 @@ impl LlmcWriter {
         Ok(LlmcWriter {
             path: path.to_path_buf(),
             tmp,
-            out,
+            out: Some(out),
             tokens: 0,
+            scratch: Vec::new(),
         })
     }
 
     /// Appends tokens (must be < 65536; the caller adds EOTs as llm.c does).
     pub fn write_tokens(&mut self, tokens: &[u32]) -> Result<(), DataError> {
-        let mut buf = Vec::with_capacity(2 * tokens.len());
+        let buf = &mut self.scratch;
+        buf.clear();
         for &t in tokens {
             let t16 = u16::try_from(t).map_err(|_| {
                 DataError::mismatch(
@@ -134,8 +147,8 @@ impl LlmcWriter {
                 self.tokens + tokens.len() as u64,
             ));
         }
-        self.out
-            .write_all(&buf)
+        let out = self.out.as_mut().expect("writer used after finish");
+        out.write_all(buf)
             .map_err(|e| DataError::io(&self.tmp, "write", e))?;
         self.tokens += tokens.len() as u64;
         Ok(())
@@ -145,11 +158,11 @@ impl LlmcWriter {
         self.tokens
     }
 
-    pub fn finish(self) -> Result<(), DataError> {
+    pub fn finish(mut self) -> Result<(), DataError> {
         use std::io::{Seek, SeekFrom};
-        let tmp = self.tmp;
-        let mut f = self
-            .out
+        let tmp = self.tmp.clone();
+        let out = self.out.take().expect("finish called once");
+        let mut f = out
             .into_inner()
             .map_err(|e| DataError::io(&tmp, "flush", e.into_error()))?;
         let mut header = [0u8; 12];

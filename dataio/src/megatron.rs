@@ -95,7 +95,7 @@ impl MegatronFile {
         }
         let bin = TokenArray::map_file(&bin_path)?;
         let item = dtype.size() as u64;
-        if bin.len() as u64 % item != 0 {
+        if !(bin.len() as u64).is_multiple_of(item) {
             return Err(DataError::mismatch(
                 &bin_path,
                 "file length",
@@ -251,14 +251,25 @@ impl MegatronFile {
 /// Writes a Megatron dataset one document at a time (one sequence per document, like
 /// `preprocess_data.py` without sentence splitting). Tokens stream to `PREFIX.bin.tmp`; the
 /// index is kept in memory (12 bytes per document) and written at `finish`, which renames both
-/// files into place, so a failed run leaves no half-written dataset.
+/// files into place, so a failed run leaves no half-written dataset (a writer dropped without
+/// `finish` deletes its temporary file).
 pub struct MegatronWriter {
     prefix: String,
     dtype: Dtype,
-    bin: std::io::BufWriter<std::fs::File>,
+    /// `None` once finished.
+    bin: Option<std::io::BufWriter<std::fs::File>>,
     sizes: Vec<i32>,
     tokens: u64,
-    max_id: u64,
+    /// Encoding buffer reused across documents.
+    scratch: Vec<u8>,
+}
+
+impl Drop for MegatronWriter {
+    fn drop(&mut self) {
+        if self.bin.take().is_some() {
+            let _ = std::fs::remove_file(format!("{}.bin.tmp", self.prefix));
+        }
+    }
 }
 
 impl MegatronWriter {
@@ -274,10 +285,10 @@ impl MegatronWriter {
         Ok(MegatronWriter {
             prefix: prefix.to_string(),
             dtype,
-            bin: std::io::BufWriter::with_capacity(1 << 20, f),
+            bin: Some(std::io::BufWriter::with_capacity(1 << 20, f)),
             sizes: Vec::new(),
             tokens: 0,
-            max_id: 0,
+            scratch: Vec::new(),
         })
     }
 
@@ -308,7 +319,8 @@ impl MegatronWriter {
             Dtype::I32 => i32::MAX as u64,
             Dtype::I64 => i64::MAX as u64,
         };
-        let mut buf = Vec::with_capacity(tokens.len() * self.dtype.size());
+        let buf = &mut self.scratch;
+        buf.clear();
         for &t in tokens {
             if t as u64 > limit {
                 return Err(DataError::mismatch(
@@ -318,7 +330,6 @@ impl MegatronWriter {
                     t,
                 ));
             }
-            self.max_id = self.max_id.max(t as u64);
             match self.dtype {
                 Dtype::U8 | Dtype::I8 => buf.push(t as u8),
                 Dtype::I16 | Dtype::U16 => buf.extend_from_slice(&(t as u16).to_le_bytes()),
@@ -326,8 +337,8 @@ impl MegatronWriter {
                 Dtype::I64 => buf.extend_from_slice(&(t as u64).to_le_bytes()),
             }
         }
-        self.bin
-            .write_all(&buf)
+        let bin = self.bin.as_mut().expect("writer used after finish");
+        bin.write_all(buf)
             .map_err(|e| DataError::io(&tmp, "write", e))?;
         self.sizes.push(size);
         self.tokens += tokens.len() as u64;
@@ -342,11 +353,11 @@ impl MegatronWriter {
     }
 
     /// Writes the index and moves `PREFIX.bin` and `PREFIX.idx` into place.
-    pub fn finish(self) -> Result<(), DataError> {
+    pub fn finish(mut self) -> Result<(), DataError> {
         let bin_tmp = format!("{}.bin.tmp", self.prefix);
         let idx_tmp = format!("{}.idx.tmp", self.prefix);
-        let f = self
-            .bin
+        let bin = self.bin.take().expect("finish called once");
+        let f = bin
             .into_inner()
             .map_err(|e| DataError::io(&bin_tmp, "flush", e.into_error()))?;
         f.sync_all()

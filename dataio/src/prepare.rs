@@ -320,7 +320,7 @@ impl<'a> DocReader<'a> {
                                         &f.path,
                                         &at,
                                         format!("a string under \"{}\"", self.json_key),
-                                        format!("{}", kind_name(other)),
+                                        kind_name(other),
                                     ))
                                 }
                                 None => {

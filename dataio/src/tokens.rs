@@ -167,6 +167,7 @@ impl TokenArray {
     /// Checks every id is in `0..vocab`, and returns the largest id and the number of `eot`s.
     /// Threads take contiguous chunks; only on failure do we search for the first bad token,
     /// so the error names the lowest offending offset.
+    #[allow(clippy::unnecessary_cast)] // `as i64` is a no-op only in the int64 instance
     pub fn scan(&self, vocab: u64, eot: u64) -> Result<ScanResult, DataError> {
         let max = AtomicU64::new(0);
         let eots = AtomicU64::new(0);
@@ -185,7 +186,7 @@ impl TokenArray {
                     let i = chunk.iter().position(|&t| (t as i64) < 0 || (t as i64) >= vocab as i64).unwrap();
                     let mut b = bad.lock().unwrap();
                     let here = (range.start + i, chunk[i] as i64);
-                    if b.map_or(true, |(j, _)| here.0 < j) {
+                    if b.is_none_or(|(j, _)| here.0 < j) {
                         *b = Some(here);
                     }
                 }

@@ -244,6 +244,13 @@ fn input_errors_name_file_and_line() {
         ),
         &["nope", "nothing at this path"],
     );
+    // Failed runs leave no temporary files behind (the writers delete them when dropped).
+    let tmp: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
 }
 
 #[test]
