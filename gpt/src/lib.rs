@@ -10,3 +10,4 @@ pub mod model;
 pub mod rng;
 pub mod checkpoint;
 pub mod schedule;
+pub mod trainer;

@@ -70,13 +70,13 @@ pub struct TrainArgs {
     /// WSD: fraction of the steps spent decaying (default 0.2)
     #[argh(option, default = "0.2")]
     pub wsd_decay_fraction: f32,
-    /// AdamW beta1 (default 0.9)
+    /// the AdamW beta1 (default 0.9)
     #[argh(option, default = "0.9")]
     pub beta1: f32,
-    /// AdamW beta2 (default 0.95)
+    /// the AdamW beta2 (default 0.95)
     #[argh(option, default = "0.95")]
     pub beta2: f32,
-    /// AdamW epsilon (default 1e-8)
+    /// the AdamW epsilon (default 1e-8)
     #[argh(option, default = "1e-8")]
     pub eps: f32,
     /// weight decay on 2-D tensors (default 0.1)
@@ -108,7 +108,7 @@ pub struct TrainArgs {
     /// recipe) (default bf16)
     #[argh(option, default = "String::from(\"bf16\")")]
     pub backward: String,
-    /// Hadamard block size g for the RHT modes: 16, 32, 64, 128, 256 (default 64)
+    /// the Hadamard block size g for the RHT modes: 16, 32, 64, 128, 256 (default 64)
     #[argh(option, default = "64")]
     pub hadamard_block: usize,
     /// keep blocks in BF16 backward: first:N,last:M
@@ -553,9 +553,19 @@ fn mx_nonfinite_note(t: &MxTelemetry) -> String {
 }
 
 fn loader_state_to_json(s: &LoaderState) -> Value {
-    json!({"seed": s.seed, "epoch": s.epoch, "next_window": s.next_window})
+    json!({"seed": s.seed, "epoch": s.epoch, "next_window": s.next_window, "batch": s.batch, "seq": s.seq,
+           "num_windows": s.num_windows, "shuffle": s.shuffle})
 }
 
 fn loader_state_from_json(v: &Value) -> Option<LoaderState> {
-    Some(LoaderState { seed: v["seed"].as_u64()?, epoch: v["epoch"].as_u64()?, next_window: v["next_window"].as_u64()? })
+    let g = |k: &str| v[k].as_u64();
+    Some(LoaderState {
+        seed: g("seed")?,
+        epoch: g("epoch")?,
+        next_window: g("next_window")?,
+        batch: g("batch")?,
+        seq: g("seq")?,
+        num_windows: g("num_windows")?,
+        shuffle: g("shuffle")?,
+    })
 }
