@@ -161,6 +161,7 @@ impl TokenArray {
 
     /// Index of the `n`-th (0-based) occurrence of `value`, or the number of occurrences when
     /// there are not that many.
+    #[allow(clippy::unnecessary_cast)] // `as i64` is a no-op only in the int64 instance
     pub fn find_nth(&self, value: u32, n: u64) -> Result<usize, u64> {
         let mut seen = 0u64;
         with_slice!(self, s => {
