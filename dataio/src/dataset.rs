@@ -8,6 +8,10 @@
 //! - Megatron otherwise (some document does not end with EOT): every document followed by one
 //!   inserted EOT, so the stream has `tokens + documents` tokens. Positions are mapped back with
 //!   a binary search over the index; nothing is copied.
+//!
+//! Documents in the stream: Megatron's documents; for llm.c, one per EOT (plus one when the
+//! stream does not open with EOT). `documents(range)` and `split(weights)` give views over runs
+//! of whole documents — the read-time ratio split of Megatron's `--split 949,50,1`.
 
 use crate::megatron::MegatronFile;
 use crate::tokens::{Dtype, TokenArray};
@@ -55,10 +59,19 @@ struct Inner {
     max_token: u64,
 }
 
-/// A validated, memory-mapped token dataset. Cloning is cheap (shared mappings).
+/// A validated, memory-mapped token dataset, or a run of its documents (`documents`, `split`).
+/// Cloning is cheap (shared mappings).
 #[derive(Clone)]
 pub struct TokenDataset {
     inner: Arc<Inner>,
+    /// This view: stream tokens `start..start + len` of the whole dataset, holding `documents`
+    /// documents and `sequences` sequences.
+    start: u64,
+    len: u64,
+    documents: u64,
+    sequences: u64,
+    /// The spec, plus the document range for a view (for messages).
+    label: String,
 }
 
 impl TokenDataset {
@@ -108,9 +121,11 @@ impl TokenDataset {
                 for path in &paths {
                     let shard = llmc::open_shard(path)?;
                     let scan = shard.scan(vocab as u64, EOT_TOKEN as u64)?;
-                    // A document starts at every EOT, plus one at a shard not opening with EOT.
-                    let leading = (shard.count > 0 && shard.get(0) != EOT_TOKEN) as u64;
-                    docs += scan.eot_count + leading;
+                    if shards.is_empty() && shard.count > 0 && shard.get(0) != EOT_TOKEN {
+                        docs += 1; // the stream opens mid-document
+                    }
+                    // Each EOT starts a document (llm.c shards may split one across files).
+                    docs += scan.eot_count;
                     max_token = max_token.max(scan.max_token);
                     starts.push(starts.last().unwrap() + shard.count as u64);
                     shards.push(shard);
@@ -126,8 +141,78 @@ impl TokenDataset {
             }
         };
         Ok(TokenDataset {
+            start: 0,
+            len: inner.num_tokens,
+            documents: inner.num_documents,
+            sequences: inner.num_sequences,
+            label: spec.to_string(),
             inner: Arc::new(inner),
         })
+    }
+
+    /// Documents `range` (of this dataset or view) as their own stream; nothing is copied.
+    /// For llm.c data, finding document boundaries scans the tokens for EOTs.
+    pub fn documents(&self, range: std::ops::Range<u64>) -> Result<TokenDataset, DataError> {
+        if range.start > range.end || range.end > self.documents {
+            return Err(DataError::mismatch(
+                &self.label,
+                "document range",
+                format!("a range within 0..{}", self.documents),
+                format!("{}..{}", range.start, range.end),
+            ));
+        }
+        let first_doc = self.inner.first_document_of(self.start) + range.start;
+        let last_doc = first_doc + (range.end - range.start);
+        let start = self.inner.document_stream_start(first_doc);
+        let end = self.inner.document_stream_start(last_doc);
+        let sequences = match &self.inner.source {
+            Source::Megatron { file, .. } => {
+                (file.doc_index(last_doc as usize) - file.doc_index(first_doc as usize)) as u64
+            }
+            Source::Llmc { .. } => range.end - range.start,
+        };
+        Ok(TokenDataset {
+            inner: self.inner.clone(),
+            start,
+            len: end - start,
+            documents: range.end - range.start,
+            sequences,
+            label: format!("{} (documents {first_doc}..{last_doc})", self.inner.spec),
+        })
+    }
+
+    /// A ratio split like Megatron's `--split 949,50,1`: one view per weight, holding
+    /// contiguous runs of documents in order (`prepare::split_bounds` rounding). Errors when a
+    /// part with a non-zero weight would get no document.
+    pub fn split(&self, weights: &[u64]) -> Result<Vec<TokenDataset>, DataError> {
+        if weights.is_empty() || weights.iter().sum::<u64>() == 0 {
+            return Err(DataError::mismatch(
+                &self.label,
+                "split",
+                "weights, not all 0",
+                format!("{weights:?}"),
+            ));
+        }
+        let bounds = crate::prepare::split_bounds(weights, self.documents);
+        let names = crate::prepare::PART_NAMES;
+        let mut parts = Vec::with_capacity(weights.len());
+        for (i, &w) in weights.iter().enumerate() {
+            if w > 0 && bounds[i + 1] == bounds[i] {
+                let list: Vec<String> = weights.iter().map(u64::to_string).collect();
+                return Err(DataError::mismatch(
+                    &self.label,
+                    format!("split {}", list.join(",")),
+                    format!(
+                        "at least 1 of the {} documents in part {}",
+                        self.documents,
+                        names.get(i).unwrap_or(&"?")
+                    ),
+                    "0 documents",
+                ));
+            }
+            parts.push(self.documents(bounds[i]..bounds[i + 1])?);
+        }
+        Ok(parts)
     }
 
     pub fn format(&self) -> DatasetFormat {
@@ -139,26 +224,26 @@ impl TokenDataset {
 
     /// The spec this dataset was opened from.
     pub fn spec(&self) -> &str {
-        &self.inner.spec
+        &self.label
     }
 
     /// Length of the training token stream (see the module docs).
     pub fn num_tokens(&self) -> u64 {
-        self.inner.num_tokens
+        self.len
     }
 
     /// Documents: Megatron's document count; for llm.c, the number of EOT-started documents.
     pub fn num_documents(&self) -> u64 {
-        self.inner.num_documents
+        self.documents
     }
 
     /// Megatron's sequence count (sentences, when made with sentence splitting); for llm.c,
     /// equal to the document count.
     pub fn num_sequences(&self) -> u64 {
-        self.inner.num_sequences
+        self.sequences
     }
 
-    /// Largest token id in the stream.
+    /// Largest token id in the whole dataset (views share it).
     pub fn max_token(&self) -> u64 {
         self.inner.max_token
     }
@@ -194,22 +279,79 @@ impl TokenDataset {
     pub fn read_tokens(&self, start: u64, out: &mut [u32]) -> Result<(), DataError> {
         let end = start
             .checked_add(out.len() as u64)
-            .filter(|&e| e <= self.inner.num_tokens);
+            .filter(|&e| e <= self.len);
         if end.is_none() {
             return Err(DataError::mismatch(
-                &self.inner.spec,
+                &self.label,
                 format!(
                     "read of tokens {start}..{}",
                     start as u128 + out.len() as u128
                 ),
-                format!(
-                    "a range within the stream of {} tokens",
-                    self.inner.num_tokens
-                ),
+                format!("a range within the stream of {} tokens", self.len),
                 "a range past its end",
             ));
         }
-        match &self.inner.source {
+        self.inner.read(self.start + start, out);
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Stream position where document `d` starts (`d == num_documents`: the end).
+    fn document_stream_start(&self, d: u64) -> u64 {
+        if d == self.num_documents {
+            return self.num_tokens;
+        }
+        match &self.source {
+            Source::Megatron { file, insert_eot } => {
+                file.document_start(d as usize) + if *insert_eot { d } else { 0 }
+            }
+            Source::Llmc { shards, starts } => {
+                // Document 0 starts at 0 even without an EOT there; the others at EOTs.
+                let opens_mid_doc = self.num_tokens > 0 && self.read_one(0) != EOT_TOKEN;
+                let mut nth = match (d, opens_mid_doc) {
+                    (0, _) => return 0,
+                    (d, true) => d - 1,
+                    (d, false) => d,
+                };
+                for (shard, &shard_start) in shards.iter().zip(starts) {
+                    match shard.find_nth(EOT_TOKEN, nth) {
+                        Ok(i) => return shard_start + i as u64,
+                        Err(seen) => nth -= seen,
+                    }
+                }
+                unreachable!("document {d} < {} has a start", self.num_documents)
+            }
+        }
+    }
+
+    /// The document that starts at stream position `pos` (a view's first token).
+    fn first_document_of(&self, pos: u64) -> u64 {
+        if pos == 0 {
+            return 0;
+        }
+        // Binary search over document starts; views always start on one.
+        let (mut lo, mut hi) = (0u64, self.num_documents);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.document_stream_start(mid) < pos {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    fn read_one(&self, pos: u64) -> u32 {
+        let mut t = [0u32];
+        self.read(pos, &mut t);
+        t[0]
+    }
+
+    /// Copies stream tokens `start..start + out.len()` (in range: checked by the caller).
+    fn read(&self, start: u64, out: &mut [u32]) {
+        match &self.source {
             Source::Llmc { shards, starts } => {
                 let mut pos = start;
                 let mut done = 0;
@@ -264,7 +406,6 @@ impl TokenDataset {
                 }
             }
         }
-        Ok(())
     }
 }
 
@@ -430,6 +571,24 @@ pub fn open_splits(spec: &str) -> Result<DataSplits, DataError> {
         val: None,
         test: None,
     })
+}
+
+/// One dataset split by ratio at read time, like Megatron's `--split 949,50,1` on a single
+/// `--data-path`: 1 to 3 weights for train, val, test (see `TokenDataset::split`).
+pub fn open_splits_ratio(spec: &str, weights: &[u64]) -> Result<DataSplits, DataError> {
+    if weights.is_empty() || weights.len() > 3 {
+        return Err(DataError::mismatch(
+            spec,
+            "split",
+            "1 to 3 weights (train, val, test)",
+            format!("{} weights", weights.len()),
+        ));
+    }
+    let mut parts = TokenDataset::open(spec)?.split(weights)?.into_iter();
+    let train = parts.next().unwrap();
+    let val = parts.next().filter(|p| p.num_documents() > 0);
+    let test = parts.next().filter(|p| p.num_documents() > 0);
+    Ok(DataSplits { train, val, test })
 }
 
 #[cfg(test)]

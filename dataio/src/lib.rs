@@ -16,7 +16,9 @@ pub mod prepare;
 mod tokenizer;
 mod tokens;
 
-pub use dataset::{dataset_exists, glob, open_splits, DataSplits, DatasetFormat, TokenDataset};
+pub use dataset::{
+    dataset_exists, glob, open_splits, open_splits_ratio, DataSplits, DatasetFormat, TokenDataset,
+};
 pub use error::DataError;
 pub use llmc::LlmcWriter;
 pub use loader::{splitmix64, BatchLoader, LoaderState, Permutation};

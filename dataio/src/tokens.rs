@@ -159,6 +159,24 @@ impl TokenArray {
         })
     }
 
+    /// Index of the `n`-th (0-based) occurrence of `value`, or the number of occurrences when
+    /// there are not that many.
+    #[allow(clippy::unnecessary_cast)] // `as i64` is a no-op only in the int64 instance
+    pub fn find_nth(&self, value: u32, n: u64) -> Result<usize, u64> {
+        let mut seen = 0u64;
+        with_slice!(self, s => {
+            for (i, &t) in s.iter().enumerate() {
+                if t as i64 == value as i64 {
+                    if seen == n {
+                        return Ok(i);
+                    }
+                    seen += 1;
+                }
+            }
+        });
+        Err(seen)
+    }
+
     /// Byte offset in the file of token `i` (for error messages).
     pub fn byte_offset(&self, i: usize) -> usize {
         self.offset + i * self.dtype.size()

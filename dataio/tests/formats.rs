@@ -179,8 +179,9 @@ fn llmc_glob_concatenates_shards_in_name_order() {
     std::fs::write(dir.0.join("fw_val_000000.bin"), llmc_bytes(&[50256, 5])).unwrap();
     let d = TokenDataset::open(&dir.path("fw_train_*.bin")).unwrap();
     assert_eq!(d.files().len(), 4);
-    // Documents: one per EOT, plus one for shard 4, which does not start with EOT.
-    assert_eq!(d.num_documents(), 3);
+    // Documents: one per EOT; shard 4's token continues the previous document (llm.c splits
+    // documents across shards).
+    assert_eq!(d.num_documents(), 2);
     let all = read_all(&d);
     assert_eq!(all, vec![50256, 1, 2, 3, 50256, 7, 8, 9]);
     let mut out = [0u32; 4];
@@ -522,4 +523,75 @@ fn large_scan_finds_first_bad_token_across_threads() {
     assert_eq!(d.max_token(), 50256);
     // EOT (50256) appears at i % 50257 == 50256: floor((n - 50257) / 50257) + 1 times = 99.
     assert_eq!(d.num_documents(), 99 + 1);
+}
+
+// ---- ratio splits at read time (views over document runs) ----
+
+#[test]
+fn split_megatron_into_document_views() {
+    let dir = TempDir::new("view");
+    let p = dir.path("v");
+    // Same bytes as hand_built_megatron_without_eod_inserts_separators.
+    std::fs::write(
+        format!("{p}.bin"),
+        u16_bytes(&[10, 11, 12, 20, 21, 22, 30, 31]),
+    )
+    .unwrap();
+    std::fs::write(
+        format!("{p}.idx"),
+        idx_bytes(8, &[3, 1, 2, 2], &[0, 6, 8, 12], &[0, 1, 3, 4]),
+    )
+    .unwrap();
+    let d = TokenDataset::open(&p).unwrap();
+    let e = EOT_TOKEN;
+    let parts = d.split(&[1, 1, 1]).unwrap();
+    assert_eq!(read_all(&parts[0]), vec![10, 11, 12, e]);
+    assert_eq!(read_all(&parts[1]), vec![20, 21, 22, e]);
+    assert_eq!(read_all(&parts[2]), vec![30, 31, e]);
+    assert_eq!(
+        parts.iter().map(|v| v.num_sequences()).collect::<Vec<_>>(),
+        vec![1, 2, 1]
+    );
+    // A view of a view.
+    let tail = d.documents(1..3).unwrap();
+    assert_eq!(read_all(&tail.documents(1..2).unwrap()), vec![30, 31, e]);
+    assert_err_contains(
+        tail.read_tokens(6, &mut [0; 2]),
+        &["documents 1..3", "within the stream of 7 tokens"],
+    );
+    assert_err_contains(
+        d.documents(2..4),
+        &["document range", "within 0..3", "found 2..4"],
+    );
+    // 3 documents at 949,50,1 -> 3, 0, 0: val would be empty.
+    assert_err_contains(
+        d.split(&[949, 50, 1]),
+        &["v", "split 949,50,1", "in part val", "found 0 documents"],
+    );
+    let s = dataio::open_splits_ratio(&p, &[2, 1]).unwrap();
+    assert_eq!(read_all(&s.train), vec![10, 11, 12, e, 20, 21, 22, e]);
+    assert_eq!(read_all(s.val.as_ref().unwrap()), vec![30, 31, e]);
+    assert!(s.test.is_none());
+}
+
+#[test]
+fn split_llmc_at_eot_boundaries() {
+    let dir = TempDir::new("lview");
+    let e = 50256u16;
+    std::fs::write(dir.0.join("a_1.bin"), llmc_bytes(&[e, 1, 2, 3, e])).unwrap();
+    std::fs::write(dir.0.join("a_2.bin"), llmc_bytes(&[7, 8, e, 9])).unwrap();
+    let d = TokenDataset::open(&dir.path("a_*.bin")).unwrap();
+    assert_eq!(d.num_documents(), 3);
+    let parts = d.split(&[1, 1, 1]).unwrap();
+    let e = EOT_TOKEN;
+    assert_eq!(read_all(&parts[0]), vec![e, 1, 2, 3]);
+    assert_eq!(read_all(&parts[1]), vec![e, 7, 8]);
+    assert_eq!(read_all(&parts[2]), vec![e, 9]);
+    // A stream that opens mid-document: document 0 starts at 0.
+    std::fs::write(dir.0.join("b.bin"), llmc_bytes(&[5, 6, 50256, 7])).unwrap();
+    let b = TokenDataset::open(&dir.path("b.bin")).unwrap();
+    assert_eq!(b.num_documents(), 2);
+    let parts = b.split(&[1, 1]).unwrap();
+    assert_eq!(read_all(&parts[0]), vec![5, 6]);
+    assert_eq!(read_all(&parts[1]), vec![e, 7]);
 }

@@ -153,3 +153,29 @@ fn too_small_dataset_and_bad_buffers() {
         &["B*T = 4", "found 3 and 4"],
     );
 }
+
+#[test]
+fn loader_on_a_view_stays_inside_it() {
+    let dir = TempDir::new("lview");
+    let p = dir.path("docs");
+    let mut w = MegatronWriter::create(&p, Dtype::U16).unwrap();
+    for doc in 0..10u32 {
+        // Document k holds 99 copies of k, then EOT: 100 tokens.
+        let mut toks = vec![doc; 99];
+        toks.push(50256);
+        w.add_document(&toks).unwrap();
+    }
+    w.finish().unwrap();
+    let d = TokenDataset::open(&p).unwrap();
+    let val = &d.split(&[8, 2]).unwrap()[1]; // documents 8 and 9
+    assert_eq!(val.num_tokens(), 200);
+    let mut l = BatchLoader::new(val, 2, 16, 1, true).unwrap();
+    let (mut x, mut y) = (vec![0u32; 32], vec![0u32; 32]);
+    for _ in 0..30 {
+        l.next_batch(&mut x, &mut y).unwrap();
+        assert!(
+            x.iter().chain(&y).all(|&t| t == 8 || t == 9 || t == 50256),
+            "{x:?}"
+        );
+    }
+}

@@ -183,6 +183,15 @@ fn shakespeare_corpus() {
         serde_json::from_str(out.trim()).unwrap()
     };
     let train = inspect("train", None);
+    // With no argument, inspect shows the corpus's training part.
+    let out = Command::new(env!("CARGO_BIN_EXE_data"))
+        .arg("inspect")
+        .env("MXGPT_ROOT", root)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let default: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(default, train);
     let val = inspect("val", Some("3000000"));
     let (nt, nv) = (
         train["tokens"].as_u64().unwrap(),

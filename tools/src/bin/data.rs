@@ -60,9 +60,10 @@ struct Prepare {
 #[argh(subcommand, name = "inspect")]
 /// Print one JSON object describing a dataset (Megatron prefix, llm.c shard or glob).
 struct Inspect {
-    /// dataset prefix, .bin/.idx file, or glob of llm.c shards
+    /// dataset prefix, .bin/.idx file, or glob of llm.c shards (default: the Shakespeare
+    /// corpus's training part, data/shakespeare_train)
     #[argh(positional)]
-    spec: String,
+    spec: Option<String>,
     /// also decode the first N tokens (adds a "text" field)
     #[argh(option)]
     text: Option<usize>,
@@ -165,7 +166,13 @@ fn run_prepare(p: Prepare) -> Result<(), DataError> {
 }
 
 fn run_inspect(i: Inspect) -> Result<(), DataError> {
-    let d = TokenDataset::open(&i.spec)?;
+    let spec = i.spec.unwrap_or_else(|| {
+        repo_root()
+            .join("data/shakespeare_train")
+            .display()
+            .to_string()
+    });
+    let d = TokenDataset::open(&spec)?;
     let mut first = vec![0u32; d.num_tokens().min(16) as usize];
     d.read_tokens(0, &mut first)?;
     let mut obj = serde_json::json!({
