@@ -36,6 +36,20 @@ pub const MODEL_NAMES: &[(&str, usize, usize, usize, usize)] = &[
     ("6.7b", 32, 4096, 32, 2048),
 ];
 
+/// Peak learning rate used when `--lr` is not given: GPT-3's table for the published sizes
+/// (Brown et al. 2020, table 2.1), larger for the small test models.
+pub fn default_lr(name: &str) -> f32 {
+    match name {
+        "tiny" => 3e-3,
+        "small" => 1e-3,
+        "345m" => 3e-4,
+        "760m" => 2.5e-4,
+        "1.3b" => 2e-4,
+        "6.7b" => 1.2e-4,
+        _ => 6e-4,
+    }
+}
+
 pub fn model_names() -> Vec<&'static str> {
     MODEL_NAMES.iter().map(|m| m.0).collect()
 }

@@ -39,6 +39,10 @@ pub struct TrainArgs {
     /// used when they exist (default: the Shakespeare corpus, prepared on first use)
     #[argh(option)]
     pub data: Option<String>,
+    /// split one dataset by document ratio into train,val[,test], like Megatron's
+    /// --split 949,50,1 (default: PREFIX_train/PREFIX_val files when they exist)
+    #[argh(option)]
+    pub split: Option<String>,
     /// micro batch size B (default 4)
     #[argh(option, default = "4")]
     pub batch: usize,
@@ -52,9 +56,10 @@ pub struct TrainArgs {
     /// optimizer steps to train (default 200)
     #[argh(option, default = "200")]
     pub steps: u64,
-    /// peak learning rate (default 6e-4)
-    #[argh(option, default = "6e-4")]
-    pub lr: f32,
+    /// peak learning rate (default: by model, GPT-3's values: 6e-4 for 124m, 3e-4 for 345m,
+    /// 2.5e-4 for 760m, 2e-4 for 1.3b, 1.2e-4 for 6.7b; 3e-3 for tiny, 1e-3 for small)
+    #[argh(option)]
+    pub lr: Option<f32>,
     /// final learning rate (default lr/10)
     #[argh(option)]
     pub min_lr: Option<f32>,
@@ -213,13 +218,14 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
             (args.steps as f64 * f as f64).round() as u64
         }
     };
-    if !(args.lr > 0.0 && args.lr.is_finite()) {
-        return Err(format!("--lr {} must be a positive number", args.lr));
+    let lr = args.lr.unwrap_or_else(|| crate::config::default_lr(&args.model));
+    if !(lr > 0.0 && lr.is_finite()) {
+        return Err(format!("--lr {lr} must be a positive number"));
     }
     let schedule = LrSchedule {
         kind: args.schedule.parse::<ScheduleKind>()?,
-        max_lr: args.lr,
-        min_lr: args.min_lr.unwrap_or(args.lr / 10.0),
+        max_lr: lr,
+        min_lr: args.min_lr.unwrap_or(lr / 10.0),
         warmup_steps: warmup,
         total_steps: args.steps,
         decay_fraction: args.wsd_decay_fraction,
@@ -254,7 +260,13 @@ fn open_data(args: &TrainArgs) -> Result<DataSplits, String> {
             prefix
         }
     };
-    dataio::open_splits(&spec).map_err(|e| e.to_string())
+    match &args.split {
+        Some(ratio) => {
+            let weights = dataio::prepare::parse_split(ratio).map_err(|e| e.to_string())?;
+            dataio::open_splits_ratio(&spec, &weights).map_err(|e| e.to_string())
+        }
+        None => dataio::open_splits(&spec).map_err(|e| e.to_string()),
+    }
 }
 
 struct JsonLog(Option<File>);
