@@ -219,16 +219,28 @@ fn pack_a(dst: &mut [f32], a: MatRef, ic: usize, mc: usize, pc: usize, kc: usize
     for p in 0..mc.div_ceil(mr) {
         let panel = &mut dst[p * mr * kc..(p + 1) * mr * kc];
         let rows = mr.min(mc - p * mr);
-        for i in 0..mr {
-            if i < rows {
-                let base = (ic + p * mr + i) * a.row_stride + pc * a.col_stride;
-                let cs = a.col_stride;
-                for kk in 0..kc {
-                    panel[kk * mr + i] = a.data[base + kk * cs];
-                }
-            } else {
-                for kk in 0..kc {
-                    panel[kk * mr + i] = 0.0;
+        let r0 = ic + p * mr;
+        if a.row_stride == 1 {
+            // Column-major view (a transposed row-major matrix): the `rows` values of one k are
+            // contiguous, so walk k outside and read each column slice in one go.
+            for kk in 0..kc {
+                let src = (pc + kk) * a.col_stride + r0;
+                let dst = &mut panel[kk * mr..(kk + 1) * mr];
+                dst[..rows].copy_from_slice(&a.data[src..src + rows]);
+                dst[rows..].fill(0.0);
+            }
+        } else {
+            for i in 0..mr {
+                if i < rows {
+                    let base = (r0 + i) * a.row_stride + pc * a.col_stride;
+                    let cs = a.col_stride;
+                    for kk in 0..kc {
+                        panel[kk * mr + i] = a.data[base + kk * cs];
+                    }
+                } else {
+                    for kk in 0..kc {
+                        panel[kk * mr + i] = 0.0;
+                    }
                 }
             }
         }
@@ -241,17 +253,27 @@ fn pack_a(dst: &mut [f32], a: MatRef, ic: usize, mc: usize, pc: usize, kc: usize
 fn pack_b(dst: &mut [f32], b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, threads: usize) {
     let pack_panel = |p: usize, panel: &mut [f32]| {
         let cols = nr.min(nc - p * nr);
-        for kk in 0..kc {
-            let row = &mut panel[kk * nr..(kk + 1) * nr];
-            let base = (pc + kk) * b.row_stride + (jc + p * nr) * b.col_stride;
-            if b.col_stride == 1 {
+        let c0 = jc + p * nr;
+        if b.col_stride == 1 {
+            for kk in 0..kc {
+                let row = &mut panel[kk * nr..(kk + 1) * nr];
+                let base = (pc + kk) * b.row_stride + c0;
                 row[..cols].copy_from_slice(&b.data[base..base + cols]);
-            } else {
-                for (j, x) in row[..cols].iter_mut().enumerate() {
-                    *x = b.data[base + j * b.col_stride];
+                row[cols..].fill(0.0);
+            }
+        } else {
+            // A transposed view (the forward's W^T): each column is contiguous along k, so read
+            // columns and scatter into the (L1-resident) panel.
+            if cols < nr {
+                panel.fill(0.0);
+            }
+            for j in 0..cols {
+                let base = (c0 + j) * b.col_stride + pc * b.row_stride;
+                let rs = b.row_stride;
+                for kk in 0..kc {
+                    panel[kk * nr + j] = b.data[base + kk * rs];
                 }
             }
-            row[cols..].fill(0.0);
         }
     };
     let panels = nc.div_ceil(nr);

@@ -128,6 +128,22 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 // --- per-op checks -----------------------------------------------------------------------
 
 #[test]
+fn exp_f32_is_accurate_to_two_ulp() {
+    let mut worst = 0.0f64;
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let got = ops::exp_f32(x) as f64;
+        let want = (x as f64).exp();
+        let ulp = (want as f32).abs() * f32::EPSILON; // spacing near `want`
+        worst = worst.max((got - want).abs() / ulp as f64);
+        x += 0.001_37;
+    }
+    assert!(worst <= 2.0, "worst error {worst} ulp");
+    assert_eq!(ops::exp_f32(0.0), 1.0);
+    assert_eq!(ops::exp_f32(-200.0), 0.0f32.max(ops::exp_f32(-87.3)));
+}
+
+#[test]
 fn layernorm_backward_matches_finite_differences() {
     let (rows, c) = (5, 24);
     let mut x = randn(rows * c, 1, 1.0);

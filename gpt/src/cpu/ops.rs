@@ -38,6 +38,39 @@ impl SharedMut {
 }
 
 // ---------------------------------------------------------------------------------------------
+// exp
+
+/// e^x in f32 to within 2 ulp (Cephes' expf scheme: x = n·ln2 + r with |r| <= ln2/2, a degree-6
+/// polynomial for e^r, then 2^n through the exponent bits). Unlike `f32::exp` (a libm call) it is
+/// branch-free plain arithmetic, so loops over it vectorize; the softmaxes spend most of their
+/// time here. Inputs below -87.3 give 0 (the softmaxes only ever pass x <= 0).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln2 split in a part exact in few bits and a correction, so n·ln2 subtracts exactly.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Round to nearest by the 1.5·2^23 trick (plain adds, no libm call).
+    const ROUNDER: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * LOG2E + ROUNDER) - ROUNDER;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5e-1;
+    let er = p * r * r + r + 1.0;
+    // 2^n: n in [-126, 128] after the clamp; build it in two halves to stay finite.
+    let ni = n as i32;
+    let h = ni / 2;
+    let scale1 = f32::from_bits(((h + 127) as u32) << 23);
+    let scale2 = f32::from_bits(((ni - h + 127) as u32) << 23);
+    er * scale1 * scale2
+}
+
+// ---------------------------------------------------------------------------------------------
 // Embeddings
 
 /// out[b,t,:] = wte[tokens[b,t], :] + wpe[t, :]
@@ -290,7 +323,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], b: usize
                 let mut sum = 0.0f32;
                 acc.fill(0.0);
                 for t2 in 0..=t1 {
-                    let p = (scores[t2] - maxv).exp();
+                    let p = exp_f32(scores[t2] - maxv);
                     sum += p;
                     axpy(&mut acc, p, row(t2, 2));
                 }
@@ -334,7 +367,7 @@ pub fn attention_backward(
                 for t2 in 0..=t1 {
                     let k = &qkv[at(t2, 1)..at(t2, 1) + hs];
                     let v = &qkv[at(t2, 2)..at(t2, 2) + hs];
-                    let p = (dot(q, k) * scale - l).exp();
+                    let p = exp_f32(dot(q, k) * scale - l);
                     // dV[t2] += P * dO[t1]
                     axpy(unsafe { dp.slice(at(t2, 2), hs) }, p, d_o);
                     dscore[t2] = p * (dot(d_o, v) - d_sum) * scale;
@@ -384,23 +417,65 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 pub fn classifier(logits: &mut [f32], losses: &mut [f32], targets: &[u32], vp: usize, v: usize, dloss: Option<f32>) {
     let lp = SharedMut::new(losses);
     parallel_rows_mut(logits, vp, 8, |rows, chunk| {
+        let mut e = vec![0.0f32; v];
         for (i, row) in rows.enumerate() {
             let x = &mut chunk[i * vp..(i + 1) * vp];
-            let target = targets[row] as usize;
-            let maxv = x[..v].iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
-            let sum: f32 = x[..v].iter().map(|a| (a - maxv).exp()).sum();
-            let log_z = maxv + sum.ln();
+            let loss = classifier_row(x, &mut e, targets[row] as usize, v, dloss);
             // SAFETY: row `row` of losses belongs to this worker.
-            unsafe { lp.slice(row, 1)[0] = log_z - x[target] };
-            if let Some(s) = dloss {
-                for a in x[..v].iter_mut() {
-                    *a = (*a - log_z).exp() * s;
-                }
-                x[target] -= s;
-                x[v..].fill(0.0);
-            }
+            unsafe { lp.slice(row, 1)[0] = loss };
         }
     });
+}
+
+fn classifier_row(x: &mut [f32], e: &mut [f32], target: usize, v: usize, dloss: Option<f32>) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked). Same arithmetic, wider vectors, same results.
+            return unsafe { classifier_row_avx2(x, e, target, v, dloss) };
+        }
+    }
+    classifier_row_body(x, e, target, v, dloss)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn classifier_row_avx2(x: &mut [f32], e: &mut [f32], target: usize, v: usize, dloss: Option<f32>) -> f32 {
+    classifier_row_body(x, e, target, v, dloss)
+}
+
+/// One row: loss = logsumexp(x[..v]) - x[target]; with dloss, x <- dloss * (softmax - onehot).
+#[inline(always)]
+fn classifier_row_body(x: &mut [f32], e: &mut [f32], target: usize, v: usize, dloss: Option<f32>) -> f32 {
+    let mut mx = [f32::NEG_INFINITY; 8];
+    for (j, a) in x[..v].iter().enumerate() {
+        mx[j % 8] = mx[j % 8].max(*a);
+    }
+    let maxv = mx.iter().fold(f32::NEG_INFINITY, |m, &a| m.max(a));
+    // One exp per logit: e = exp(x - max), summed in 8 lanes (a fixed order).
+    let mut lanes = [0.0f32; 8];
+    let full = v / 8 * 8;
+    for (ec, xc) in e[..full].chunks_exact_mut(8).zip(x[..full].chunks_exact(8)) {
+        for l in 0..8 {
+            ec[l] = exp_f32(xc[l] - maxv);
+            lanes[l] += ec[l];
+        }
+    }
+    for j in full..v {
+        e[j] = exp_f32(x[j] - maxv);
+        lanes[j % 8] += e[j];
+    }
+    let sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    let loss = maxv + sum.ln() - x[target];
+    if let Some(s) = dloss {
+        let k = s / sum;
+        for (xj, ej) in x[..v].iter_mut().zip(e.iter()) {
+            *xj = ej * k;
+        }
+        x[target] -= s;
+        x[v..].fill(0.0);
+    }
+    loss
 }
 
 // ---------------------------------------------------------------------------------------------
