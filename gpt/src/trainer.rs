@@ -326,10 +326,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         std::env::set_var("MXGPT_THREADS", t.to_string());
     }
     let s = setup(args)?;
+    let mut be = make_backend(args, &s.gpt)?;
     let data = open_data(args)?;
     let (b, t) = (s.gpt.batch, s.gpt.seq);
     let mut loader = BatchLoader::new(&data.train, b, t, args.seed, true).map_err(|e| e.to_string())?;
-    let mut be = make_backend(args, &s.gpt)?;
     be.set_mx_config(s.mx).map_err(|e| e.to_string())?;
     let info = be.info();
     log::info!("model: {} ({:.2}M parameters)", s.cfg, s.gpt.params.total as f64 / 1e6);

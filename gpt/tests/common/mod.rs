@@ -1,7 +1,7 @@
 //! Helpers shared by the trainer's integration tests.
 #![allow(dead_code)]
 
-use dataio::megatron::MegatronWriter;
+use dataio::MegatronWriter;
 use dataio::Dtype;
 use std::path::{Path, PathBuf};
 
