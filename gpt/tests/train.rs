@@ -99,3 +99,8 @@ fn tiny_learns_shakespeare() {
     assert!(first > 10.5, "initial loss {first}, expected about ln(50257) = 10.8");
     assert!(val < 7.5, "validation loss {val} after 60 steps, expected < 7.5");
 }
+
+#[test]
+fn mxfp4_runs_are_deterministic_and_resume_bit_for_bit() {
+    determinism_and_resume("mxfp4");
+}

@@ -1,25 +1,329 @@
-//! TEMPORARY interface shim (replaced by the numerics library when it merges).
+//! MXFP4 numerics: the contract of ../shared/docs/MXFP4.md, implemented exactly. Every other
+//! backend (the Hopper emulation, Blackwell's tcgen05 path) is tested against this code, so the
+//! rules that decide a bit are written out where they are implemented:
+//!
+//! - `philox`: the counter-based generator (SR noise and RHT signs) and how it is keyed;
+//! - `format`: E2M1 / E8M0 and the packed layout;
+//! - `quantize`: one 32-block, RTN or SR;
+//! - `hadamard`: the random Hadamard transform along K;
+//! - `gemm`: the MX GEMM (integer path and its fast f32-lane form).
+//!
+//! `backward_gemm` puts them together for the linear layers' backward GEMMs, the one code path
+//! the CPU backend and `tools/mx gemm` share.
+
+pub mod format;
+pub mod gemm;
+pub mod hadamard;
+pub mod philox;
+pub mod quantize;
+
+use crate::cpu::gemm::{sgemm, MatRef};
 use crate::precision::BackwardMode;
-use crate::cpu::gemm::MatRef;
-#[derive(Clone, Copy, Debug)]
-pub struct MxConfig { pub mode: BackwardMode, pub hadamard_block: usize, pub seed: u64 }
-#[derive(Clone, Copy, Debug, PartialEq, Eq)] #[repr(u8)]
-pub enum LinearKind { Qkv = 0, AttnProj = 1, MlpUp = 2, MlpDown = 3 }
-#[derive(Clone, Copy, Debug, PartialEq, Eq)] #[repr(u8)]
-pub enum GemmKind { Dgrad = 0, Wgrad = 1 }
-#[derive(Clone, Copy, Debug)]
-pub struct GemmId { pub step: u32, pub micro_step: u32, pub layer: u32, pub linear: LinearKind, pub gemm: GemmKind }
-#[derive(Default, Clone, Debug)]
-pub struct MxTelemetry {}
-impl MxTelemetry { pub fn merge(&mut self, _o: &MxTelemetry) {} }
-#[derive(Debug)]
-pub struct MxError(pub String);
-impl std::fmt::Display for MxError { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(&self.0) } }
-#[allow(clippy::too_many_arguments)]
-pub fn backward_gemm(cfg: &MxConfig, _id: &GemmId, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool, _t: Option<&mut MxTelemetry>) -> Result<(), MxError> {
-    if cfg.mode.is_mxfp4() { return Err(MxError("MXFP4 not merged yet".into())); }
-    crate::cpu::gemm::sgemm(a, b, c, ldc, accumulate); Ok(())
+use format::BLOCK;
+pub use quantize::Rounding;
+use runtime::cpu::parallel_rows_mut;
+
+/// The MXFP4 settings of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MxConfig {
+    pub mode: BackwardMode,
+    /// g of the random Hadamard transform (RHT modes only).
+    pub hadamard_block: usize,
+    pub seed: u64,
 }
-pub struct MxSummary { pub clipped_fraction: f64, pub relative_error: f64, pub nonfinite_blocks: u64 }
-impl MxTelemetry { pub fn summary(&self) -> Option<MxSummary> { None } }
-impl MxConfig { pub fn validate(&self) -> Result<(), MxError> { Ok(()) } }
+
+impl MxConfig {
+    pub fn validate(&self) -> Result<(), MxError> {
+        if self.mode.uses_rht() && !hadamard::HADAMARD_BLOCKS.contains(&self.hadamard_block) {
+            return Err(MxError::BadHadamardBlock(self.hadamard_block));
+        }
+        Ok(())
+    }
+
+    pub fn rounding(&self) -> Rounding {
+        if self.mode.uses_sr() {
+            Rounding::Sr
+        } else {
+            Rounding::Rtn
+        }
+    }
+}
+
+/// Which linear layer of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum LinearKind {
+    Qkv = 0,
+    AttnProj = 1,
+    MlpUp = 2,
+    MlpDown = 3,
+}
+
+/// Which backward GEMM: dgrad dX = dY·W (reduces over output features) or wgrad dW = dY^T·X
+/// (reduces over tokens).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum GemmKind {
+    Dgrad = 0,
+    Wgrad = 1,
+}
+
+/// What a random stream is used for within one GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum StreamRole {
+    SrA = 0,
+    SrB = 1,
+    RhtSigns = 2,
+}
+
+/// Identifies one backward GEMM call; keys its random streams so every call gets fresh signs and
+/// noise and a rerun (or a resumed run) gets the same ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemmId {
+    pub step: u32,
+    pub micro_step: u32,
+    pub layer: u32,
+    pub linear: LinearKind,
+    pub gemm: GemmKind,
+}
+
+impl GemmId {
+    /// stream = step << 32 | (micro_step & 0xFF) << 24 | (layer & 0xFFFF) << 8 | linear << 4
+    /// | gemm << 2 | role
+    pub fn stream(&self, role: StreamRole) -> u64 {
+        (self.step as u64) << 32
+            | ((self.micro_step & 0xFF) as u64) << 24
+            | ((self.layer & 0xFFFF) as u64) << 8
+            | (self.linear as u64) << 4
+            | (self.gemm as u64) << 2
+            | role as u64
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxError {
+    /// K of a GEMM is not a multiple of the MX block (32) or of the Hadamard block g.
+    KNotMultiple { k: usize, of: usize, what: &'static str },
+    BadHadamardBlock(usize),
+    Shape(String),
+}
+
+impl std::fmt::Display for MxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MxError::KNotMultiple { k, of, what } => write!(f, "the reduction dimension K = {k} is not a multiple of the {what} {of}"),
+            MxError::BadHadamardBlock(g) => write!(f, "Hadamard block {g} is not one of 16, 32, 64, 128, 256"),
+            MxError::Shape(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::error::Error for MxError {}
+
+/// Quantization telemetry, summed over blocks (cheap: computed while quantizing).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MxTelemetry {
+    pub elements: u64,
+    pub clipped: u64,
+    pub nonfinite_blocks: u64,
+    pub sq_err: f64,
+    pub sq_sum: f64,
+}
+
+/// Derived figures for logs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MxSummary {
+    /// Fraction of elements with |x / 2^e| > 6 (RTN's clipping; 0 under SR).
+    pub clipped_fraction: f64,
+    /// ||Q(x) - x|| / ||x|| over all quantized operands.
+    pub relative_error: f64,
+    pub nonfinite_blocks: u64,
+}
+
+impl MxTelemetry {
+    pub fn merge(&mut self, o: &MxTelemetry) {
+        self.elements += o.elements;
+        self.clipped += o.clipped;
+        self.nonfinite_blocks += o.nonfinite_blocks;
+        self.sq_err += o.sq_err;
+        self.sq_sum += o.sq_sum;
+    }
+
+    fn add_block(&mut self, st: &quantize::BlockStats) {
+        self.elements += BLOCK as u64;
+        self.clipped += st.clipped as u64;
+        self.nonfinite_blocks += st.nonfinite as u64;
+        if !st.nonfinite {
+            self.sq_err += st.sq_err;
+            self.sq_sum += st.sq_sum;
+        }
+    }
+
+    /// None when nothing was quantized.
+    pub fn summary(&self) -> Option<MxSummary> {
+        (self.elements > 0).then(|| MxSummary {
+            clipped_fraction: self.clipped as f64 / self.elements as f64,
+            relative_error: if self.sq_sum > 0.0 { (self.sq_err / self.sq_sum).sqrt() } else { 0.0 },
+            nonfinite_blocks: self.nonfinite_blocks,
+        })
+    }
+}
+
+/// A quantized K-major operand: `rows` rows of K codes (one 4-bit code per byte, unpacked for
+/// speed) and one E8M0 scale per 32-block of each row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MxOperand {
+    pub rows: usize,
+    pub k: usize,
+    pub codes: Vec<u8>,
+    pub scales: Vec<u8>,
+}
+
+impl MxOperand {
+    /// The exchange format: scale bytes (one per block, row-major), then the packed codes (two
+    /// per byte, low nibble first) — what `tools/mx quantize --packed` writes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.scales.clone();
+        out.extend(format::pack_codes(&self.codes));
+        out
+    }
+
+    /// Dequantized values (f32; SR includes the 4/3).
+    pub fn dequantize(&self, sr: bool) -> Vec<f32> {
+        let nblk = self.k / BLOCK;
+        (0..self.rows * self.k)
+            .map(|i| {
+                let (r, k) = (i / self.k, i % self.k);
+                quantize::dequantize(self.codes[i], self.scales[r * nblk + k / BLOCK], sr) as f32
+            })
+            .collect()
+    }
+}
+
+/// Quantizes `rows` K-major rows of `x` (rows x k) block by block; element (r, k) uses counter
+/// r·K + k of `stream` under SR. Parallel over rows; returns the operand and its telemetry.
+pub fn quantize_rows(x: &[f32], rows: usize, k: usize, rounding: Rounding, seed: u64, stream: u64) -> Result<(MxOperand, MxTelemetry), MxError> {
+    if k % BLOCK != 0 {
+        return Err(MxError::KNotMultiple { k, of: BLOCK, what: "MX block" });
+    }
+    if x.len() != rows * k {
+        return Err(MxError::Shape(format!("quantize_rows: {} values for {rows} x {k}", x.len())));
+    }
+    let nblk = k / BLOCK;
+    let mut codes = vec![0u8; rows * k];
+    let mut scales = vec![0u8; rows * nblk];
+    if rows == 0 || k == 0 {
+        return Ok((MxOperand { rows, k, codes, scales }, MxTelemetry::default()));
+    }
+    let tel = std::sync::Mutex::new(MxTelemetry::default());
+    let sp = SharedBytes(scales.as_mut_ptr(), scales.len());
+    parallel_rows_mut(&mut codes, k, 16, |rs, chunk| {
+        let mut local = MxTelemetry::default();
+        for (i, r) in rs.enumerate() {
+            for j in 0..nblk {
+                let src = &x[r * k + j * BLOCK..r * k + (j + 1) * BLOCK];
+                let dst = &mut chunk[i * k + j * BLOCK..i * k + (j + 1) * BLOCK];
+                let (s, st) = quantize::quantize_block(src, rounding, seed, stream, (r * k + j * BLOCK) as u64, dst);
+                // SAFETY: row r's scales belong to this worker.
+                unsafe { sp.set(r * nblk + j, s) };
+                local.add_block(&st);
+            }
+        }
+        tel.lock().unwrap().merge(&local);
+    });
+    Ok((MxOperand { rows, k, codes, scales }, tel.into_inner().unwrap()))
+}
+
+#[derive(Clone, Copy)]
+struct SharedBytes(*mut u8, usize);
+unsafe impl Send for SharedBytes {}
+unsafe impl Sync for SharedBytes {}
+impl SharedBytes {
+    unsafe fn set(&self, i: usize, v: u8) {
+        assert!(i < self.1);
+        *self.0.add(i) = v;
+    }
+}
+
+/// Copies a strided view into a K-major buffer: rows of `k` values. `k_along_cols` says whether
+/// K runs along the view's columns (A: M x K) or rows (B: K x N, giving B^T).
+fn gather_k_major(v: MatRef, k_along_cols: bool) -> Vec<f32> {
+    let (rows, k) = if k_along_cols { (v.rows, v.cols) } else { (v.cols, v.rows) };
+    let mut out = vec![0.0f32; rows * k];
+    if rows == 0 || k == 0 {
+        return out;
+    }
+    // Element (r, kk) of the K-major result sits at v[r*rs + kk*ks] of the view.
+    let (rs, ks) = if k_along_cols { (v.row_stride, v.col_stride) } else { (v.col_stride, v.row_stride) };
+    parallel_rows_mut(&mut out, k, 8, |r_range, chunk| {
+        if ks == 1 {
+            for (i, r) in r_range.enumerate() {
+                chunk[i * k..(i + 1) * k].copy_from_slice(&v.data[r * rs..r * rs + k]);
+            }
+        } else {
+            // Transposing: walk K in tiles so reads along the view's rows stay in cache.
+            const T: usize = 64;
+            let r0 = r_range.start;
+            let n = r_range.len();
+            for k0 in (0..k).step_by(T) {
+                for i in 0..n {
+                    let r = r0 + i;
+                    for kk in k0..(k0 + T).min(k) {
+                        chunk[i * k + kk] = v.data[r * rs + kk * ks];
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// The linear layers' backward GEMM in any `--backward` mode, the one path on the CPU:
+/// C (M x N, leading dim ldc) = A·B, or += when `accumulate`. A is M x K and B is K x N, strided
+/// views (dgrad: A = dY, B = W; wgrad: A = dY^T, B = X). bf16 mode: the f32 sgemm. MXFP4 modes:
+/// both operands gathered K-major, transformed with the same random Hadamard signs (RHT
+/// modes), quantized along K (RTN, or SR with one stream per operand), multiplied by the MX GEMM.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_gemm(cfg: &MxConfig, id: &GemmId, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool, telemetry: Option<&mut MxTelemetry>) -> Result<(), MxError> {
+    if a.cols != b.rows {
+        return Err(MxError::Shape(format!("backward_gemm: A is {}x{}, B is {}x{}", a.rows, a.cols, b.rows, b.cols)));
+    }
+    if !cfg.mode.is_mxfp4() {
+        sgemm(a, b, c, ldc, accumulate);
+        return Ok(());
+    }
+    cfg.validate()?;
+    let k = a.cols;
+    if k % BLOCK != 0 {
+        return Err(MxError::KNotMultiple { k, of: BLOCK, what: "MX block" });
+    }
+    let g = cfg.hadamard_block;
+    if cfg.mode.uses_rht() && k % g != 0 {
+        return Err(MxError::KNotMultiple { k, of: g, what: "Hadamard block g" });
+    }
+    let mut xa = gather_k_major(a, true);
+    let mut xb = gather_k_major(b, false);
+    if cfg.mode.uses_rht() {
+        let signs = hadamard::rht_signs(cfg.seed, id.stream(StreamRole::RhtSigns), g);
+        for x in [&mut xa, &mut xb] {
+            parallel_rows_mut(x, k, 8, |_, chunk| {
+                for row in chunk.chunks_exact_mut(k) {
+                    hadamard::rht_row(row, &signs);
+                }
+            });
+        }
+    }
+    let rounding = cfg.rounding();
+    let (qa, ta) = quantize_rows(&xa, a.rows, k, rounding, cfg.seed, id.stream(StreamRole::SrA))?;
+    let (qb, tb) = quantize_rows(&xb, b.cols, k, rounding, cfg.seed, id.stream(StreamRole::SrB))?;
+    gemm::mx_gemm(&qa, &qb, c, ldc, accumulate, rounding == Rounding::Sr);
+    if let Some(t) = telemetry {
+        t.merge(&ta);
+        t.merge(&tb);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
