@@ -32,6 +32,8 @@ fn bad_arguments_are_named() {
     assert_fails(&["--model", "tiny", "--device", "cuda", "--data", &data], &["cuda"]);
     assert_fails(&["--model", "tiny", "--seq", "64", "--total-batch-tokens", "100", "--data", &data], &["--total-batch-tokens 100"]);
     assert_fails(&["--model", "tiny", "--schedule", "zigzag", "--data", &data], &["zigzag", "cosine"]);
+    // 6.7B parameters at a large batch: refused up front with the estimate, not an OOM kill.
+    assert_fails(&["--model", "6.7b", "--batch", "64", "--device", "cpu", "--data", &data], &["out of memory", "GiB", "--batch"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

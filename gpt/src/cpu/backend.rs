@@ -34,7 +34,20 @@ impl CpuBackend {
         let layout = ParamLayout::new(cfg);
         let acts = ActLayout::new(cfg, batch, seq);
         let n = layout.total;
-        let floats = 5 * n + acts.acts_total + acts.scratch_total;
+        // params, grads, two AdamW moments (the parameters are the master weights on the CPU)
+        let floats = 4 * n + acts.acts_total + acts.scratch_total;
+        let need = floats as f64 * 4.0 / (1u64 << 30) as f64;
+        if let Some(avail) = mem_available_bytes() {
+            let avail = avail as f64 / (1u64 << 30) as f64;
+            if need > avail {
+                return Err(BackendError(format!(
+                    "out of memory: {} at batch {batch} x seq {seq} needs {need:.1} GiB ({:.1} GiB parameters and optimizer state, {:.1} GiB activations), the machine has {avail:.1} GiB available: lower --batch or --seq, or pick a smaller --model",
+                    cfg,
+                    4.0 * n as f64 * 4.0 / (1u64 << 30) as f64,
+                    (acts.acts_total + acts.scratch_total) as f64 * 4.0 / (1u64 << 30) as f64
+                )));
+            }
+        }
         let alloc = |len: usize, what: &str| -> BResult<Vec<f32>> {
             let mut v = Vec::new();
             v.try_reserve_exact(len).map_err(|_| {
@@ -315,6 +328,14 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
+}
+
+/// MemAvailable from /proc/meminfo (None where there is no such file).
+fn mem_available_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// The CPU's model name from /proc/cpuinfo (for logs and benchmark records).
