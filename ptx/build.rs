@@ -53,7 +53,9 @@ fn main() {
         .enumerate()
         .flat_map(|(i, s)| s.targets.iter().map(move |t| (i, t.clone())))
         .collect();
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<Result<String, String>>>> =
         jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
@@ -61,7 +63,9 @@ fn main() {
         for _ in 0..workers {
             scope.spawn(|| loop {
                 let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((i, target)) = jobs.get(j) else { break };
+                let Some((i, target)) = jobs.get(j) else {
+                    break;
+                };
                 let r = build_variant(&sources[*i], target, &nvcc, &ptxas, &out_dir);
                 *results[j].lock().unwrap() = Some(r);
             });
@@ -129,12 +133,16 @@ fn tool(env_var: &str, name: &str) -> PathBuf {
 }
 
 fn collect_sources(dir: &Path) -> Result<Vec<Source>, String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot read kernel dir {}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read kernel dir {}: {e}", dir.display()))?;
     let mut sources = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| format!("{}: {e}", dir.display()))?.path();
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_string();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_string();
         if ext != "cu" && ext != "ptx" {
             continue; // headers (.cuh) and notes are not modules
         }
@@ -143,10 +151,18 @@ fn collect_sources(dir: &Path) -> Result<Vec<Source>, String> {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
         if !stem.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("{}: module names must be [A-Za-z0-9_]", path.display()));
+            return Err(format!(
+                "{}: module names must be [A-Za-z0-9_]",
+                path.display()
+            ));
         }
         let targets = parse_targets(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        sources.push(Source { path, stem, is_cu: ext == "cu", targets });
+        sources.push(Source {
+            path,
+            stem,
+            is_cu: ext == "cu",
+            targets,
+        });
     }
     // .cuh includes are tracked too, so editing a shared header rebuilds.
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -163,7 +179,10 @@ fn collect_sources(dir: &Path) -> Result<Vec<Source>, String> {
 
 /// Targets from the first `// targets:` line, in order (the first is the primary target).
 fn parse_targets(text: &str) -> Result<Vec<String>, String> {
-    let Some(line) = text.lines().find_map(|l| l.trim().strip_prefix("// targets:")) else {
+    let Some(line) = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("// targets:"))
+    else {
         return Ok(DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect());
     };
     let targets: Vec<String> = line.split_whitespace().map(str::to_string).collect();
@@ -171,16 +190,24 @@ fn parse_targets(text: &str) -> Result<Vec<String>, String> {
         return Err("empty '// targets:' line".into());
     }
     for t in &targets {
-        let digits = t.strip_prefix("sm_").map(|d| d.trim_end_matches(['a', 'f']));
+        let digits = t
+            .strip_prefix("sm_")
+            .map(|d| d.trim_end_matches(['a', 'f']));
         if !digits.is_some_and(|d| d.len() >= 2 && d.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(format!("bad target '{t}' in '// targets:' (expected e.g. sm_90a, sm_80)"));
+            return Err(format!(
+                "bad target '{t}' in '// targets:' (expected e.g. sm_90a, sm_80)"
+            ));
         }
     }
     Ok(targets)
 }
 
 fn const_name(stem: &str, target: &str) -> String {
-    format!("{}_{}", stem.to_ascii_uppercase(), target.to_ascii_uppercase())
+    format!(
+        "{}_{}",
+        stem.to_ascii_uppercase(),
+        target.to_ascii_uppercase()
+    )
 }
 
 /// Produces `$OUT_DIR/<stem>.<target>.ptx`, checked by ptxas; returns its path.
@@ -244,7 +271,9 @@ fn check_version(ptx: &str) -> Result<(), String> {
     let v = line.trim();
     let (major, minor) = v.split_once('.').ok_or(format!("bad .version '{v}'"))?;
     let parsed = (major.parse::<u32>(), minor.parse::<u32>());
-    let (Ok(major), Ok(minor)) = parsed else { return Err(format!("bad .version '{v}'")) };
+    let (Ok(major), Ok(minor)) = parsed else {
+        return Err(format!("bad .version '{v}'"));
+    };
     if (major, minor) > MAX_PTX_VERSION {
         return Err(format!(
             "PTX .version {major}.{minor} is newer than {}.{} (driver 580's JIT); use the CUDA 13.0 toolchain",

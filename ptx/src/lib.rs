@@ -53,8 +53,14 @@ pub fn select_variant(module: &str, major: u32, minor: u32) -> Option<&'static V
     let device = (major, minor);
     let mut best: Option<(&'static Variant, (u32, u32, bool))> = None;
     for v in VARIANTS.iter().filter(|v| v.module == module) {
-        let Some((ma, mi, a)) = parse_target(v.target) else { continue };
-        let fits = if a { (ma, mi) == device } else { (ma, mi) <= device };
+        let Some((ma, mi, a)) = parse_target(v.target) else {
+            continue;
+        };
+        let fits = if a {
+            (ma, mi) == device
+        } else {
+            (ma, mi) <= device
+        };
         if !fits {
             continue;
         }
@@ -95,11 +101,18 @@ mod tests {
         for (name, ptx) in MODULES {
             assert!(ptx.contains(".version"), "{name}: no .version line");
             assert!(ptx.contains(".entry"), "{name}: no kernel entry");
-            assert!(VARIANTS.iter().any(|v| v.module == *name), "{name}: no variant");
+            assert!(
+                VARIANTS.iter().any(|v| v.module == *name),
+                "{name}: no variant"
+            );
         }
         for v in VARIANTS {
             let target_line = format!(".target {}", v.target);
-            assert!(v.ptx.contains(&target_line), "{}: PTX lacks '{target_line}'", v.module);
+            assert!(
+                v.ptx.contains(&target_line),
+                "{}: PTX lacks '{target_line}'",
+                v.module
+            );
         }
     }
 
@@ -111,8 +124,13 @@ mod tests {
         for (name, _) in MODULES {
             let h100 = select_variant(name, 9, 0).expect("every module targets sm_90a");
             assert_eq!(h100.target, "sm_90a", "{name}");
-            let has80 = VARIANTS.iter().any(|v| v.module == *name && v.target == "sm_80");
-            assert_eq!(select_variant(name, 8, 0).map(|v| v.target), has80.then_some("sm_80"));
+            let has80 = VARIANTS
+                .iter()
+                .any(|v| v.module == *name && v.target == "sm_80");
+            assert_eq!(
+                select_variant(name, 8, 0).map(|v| v.target),
+                has80.then_some("sm_80")
+            );
             if has80 {
                 // B200 (10.0) cannot run sm_90a PTX but JIT-compiles the sm_80 variant.
                 assert_eq!(select_variant(name, 10, 0).map(|v| v.target), Some("sm_80"));

@@ -59,7 +59,7 @@ fi
 # Function names come from the cust_raw bindings in the cargo registry (fetched if needed). Plus
 # the CUDA 12 entry points we reach through cuGetProcAddress, harmless extra symbols.
 STUB="$DEST/stub"
-if [[ ! -f "$STUB/lib64/libcuda.so" ]]; then
+if [[ ! -f "$STUB/lib64/libcuda.so" || ! -e "$STUB/lib64/libcuda.so.1" ]]; then
   bindings=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cust_raw-0.11.3/src/cuda.rs 2>/dev/null | head -1 || true)
   if [[ -z "$bindings" ]]; then
     (cd "$ROOT" && cargo fetch --quiet) || true
@@ -82,6 +82,9 @@ if [[ ! -f "$STUB/lib64/libcuda.so" ]]; then
   mv "$src.tmp" "$src"
   cc -shared -fPIC -O1 -Wl,-soname,libcuda.so.1 -o "$STUB/lib64/libcuda.so.tmp" "$src"
   mv "$STUB/lib64/libcuda.so.tmp" "$STUB/lib64/libcuda.so"
+  # The SONAME file, so a test binary can be run against the stub on purpose
+  # (LD_LIBRARY_PATH=.toolchain/cuda/stub/lib64) to check the "no driver" error path.
+  ln -sf libcuda.so "$STUB/lib64/libcuda.so.1"
   echo "install-toolchain: stub $STUB/lib64/libcuda.so ($(grep -c '^int ' "$src") symbols)"
 fi
 
