@@ -10,6 +10,8 @@
 //! Nothing here has been run on a GPU yet: the build proves only that every module compiles and
 //! assembles.
 
+pub mod host;
+
 /// One embedded PTX module for one target.
 #[derive(Clone, Copy, Debug)]
 pub struct Variant {

@@ -26,8 +26,12 @@ mod tests;
 
 pub use error::{error_name, CudaError, Result};
 pub use event::Event;
+/// The `half` crate this layer uses for `bf16` / `f16` buffers.
+pub use half;
 pub use launch::{KernelArg, LaunchConfig};
 pub use memory::{DeviceBuffer, DeviceElem};
+/// The embedded kernels (and `ptx::host`, CPU mirrors of their bit-level helpers).
+pub use ptx;
 
 use cust_raw::{CUcontext, CUdevice, CUfunction, CUmodule, CUstream};
 use error::check;
