@@ -68,7 +68,7 @@ pub fn select_variant(module: &str, major: u32, minor: u32) -> Option<&'static V
         }
         // Prefer the exact arch-specific build, then the highest plain target.
         let rank = (ma, mi, a);
-        if best.map_or(true, |(_, r)| rank > r) {
+        if best.is_none_or(|(_, r)| rank > r) {
             best = Some((v, rank));
         }
     }
