@@ -2,3 +2,5 @@
 //! feature, the CUDA context, module registry, device buffers and launch helpers.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;

@@ -1,0 +1,187 @@
+//! Typed device buffers.
+
+use super::error::{check, CudaError, Result};
+use super::{sys, Gpu, KernelArg};
+use cust_raw::CUdeviceptr;
+use std::ffi::c_void;
+use std::marker::PhantomData;
+
+/// Element types that may be copied bytewise between host and device.
+///
+/// # Safety
+/// Plain data: no padding, no pointers, every bit pattern the device writes is a valid value.
+pub unsafe trait DeviceElem: Copy + 'static {
+    const NAME: &'static str;
+}
+macro_rules! elems {
+    ($($t:ty => $n:literal),*) => {$(
+        // SAFETY: primitive numeric types (and half's repr(transparent) u16 wrappers).
+        unsafe impl DeviceElem for $t { const NAME: &'static str = $n; }
+    )*};
+}
+elems!(f32 => "f32", f64 => "f64", half::bf16 => "bf16", half::f16 => "f16", u8 => "u8",
+       i8 => "i8", u16 => "u16", i16 => "i16", u32 => "u32", i32 => "i32", u64 => "u64", i64 => "i64");
+
+/// `len` elements of `T` in device memory, freed on drop. Belongs to the `Gpu` that made it.
+pub struct DeviceBuffer<T: DeviceElem> {
+    ptr: CUdeviceptr,
+    len: usize,
+    _marker: PhantomData<*mut T>,
+}
+
+impl<T: DeviceElem> DeviceBuffer<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn bytes(&self) -> usize {
+        self.len * std::mem::size_of::<T>()
+    }
+    /// The device address, for kernels that take pointers into the middle of a buffer.
+    pub fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
+// SAFETY: passes the 64-bit device address, which is what a `T*` kernel parameter expects.
+unsafe impl<T: DeviceElem> KernelArg for DeviceBuffer<T> {
+    fn as_kernel_param(&self) -> *mut c_void {
+        &self.ptr as *const CUdeviceptr as *mut c_void
+    }
+}
+
+impl<T: DeviceElem> Drop for DeviceBuffer<T> {
+    fn drop(&mut self) {
+        if self.ptr != 0 {
+            // SAFETY: allocated by cuMemAlloc in Gpu::alloc; the error (only possible after a
+            // sticky fault, already reported) is ignored.
+            unsafe { sys::cuMemFree_v2(self.ptr) };
+        }
+    }
+}
+
+fn size_check<T>(a: usize, b: usize, what: &str, tname: &str) -> Result<()> {
+    if a != b {
+        return Err(CudaError::new(
+            format!("{what}: device buffer has {a} {tname}, host slice {b}"),
+            1,
+        ));
+    }
+    let _ = std::mem::size_of::<T>();
+    Ok(())
+}
+
+impl Gpu {
+    /// Uninitialized device memory for `len` elements. Out of memory names the request and what
+    /// is free.
+    pub fn alloc<T: DeviceElem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
+            CudaError::new(
+                format!("allocation of {len} x {} overflows usize", T::NAME),
+                2,
+            )
+        })?;
+        let mut ptr: CUdeviceptr = 0;
+        if bytes > 0 {
+            // SAFETY: valid out-pointer; context current.
+            check(unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes) }, || {
+                let free = self
+                    .memory_info()
+                    .map(|(f, t)| format!("{:.2} GiB free of {:.2} GiB", gib(f), gib(t)));
+                format!(
+                    "cuMemAlloc of {len} x {} ({:.3} GiB) on {}: {}",
+                    T::NAME,
+                    gib(bytes),
+                    self.props().name,
+                    free.unwrap_or_else(|e| format!("free memory unknown ({e})"))
+                )
+            })?;
+        }
+        Ok(DeviceBuffer {
+            ptr,
+            len,
+            _marker: PhantomData,
+        })
+    }
+
+    /// A device copy of `host`.
+    pub fn upload<T: DeviceElem>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
+        let buf = self.alloc::<T>(host.len())?;
+        self.copy_to_device(host, &buf)?;
+        Ok(buf)
+    }
+
+    /// Copies `host` into `dst` (same length) and waits for the copy.
+    pub fn copy_to_device<T: DeviceElem>(&self, host: &[T], dst: &DeviceBuffer<T>) -> Result<()> {
+        size_check::<T>(dst.len, host.len(), "copy_to_device", T::NAME)?;
+        if dst.len == 0 {
+            return Ok(());
+        }
+        // SAFETY: sizes checked; the synchronize keeps `host` borrowed until the copy is done.
+        check(
+            unsafe {
+                sys::cuMemcpyHtoDAsync_v2(dst.ptr, host.as_ptr().cast(), dst.bytes(), self.stream())
+            },
+            || format!("copy of {} B host -> device", dst.bytes()),
+        )?;
+        self.synchronize("copy host -> device")
+    }
+
+    /// Waits for queued work, then copies `src` into `host` (same length).
+    pub fn copy_to_host<T: DeviceElem>(&self, src: &DeviceBuffer<T>, host: &mut [T]) -> Result<()> {
+        size_check::<T>(src.len, host.len(), "copy_to_host", T::NAME)?;
+        if src.len == 0 {
+            return Ok(());
+        }
+        // SAFETY: sizes checked; every DeviceElem bit pattern is valid; synchronized below.
+        check(
+            unsafe {
+                sys::cuMemcpyDtoHAsync_v2(
+                    host.as_mut_ptr().cast(),
+                    src.ptr,
+                    src.bytes(),
+                    self.stream(),
+                )
+            },
+            || format!("copy of {} B device -> host", src.bytes()),
+        )?;
+        self.synchronize("copy device -> host")
+    }
+
+    /// `src` as a new host vector.
+    pub fn download<T: DeviceElem + Default>(&self, src: &DeviceBuffer<T>) -> Result<Vec<T>> {
+        let mut v = vec![T::default(); src.len];
+        self.copy_to_host(src, &mut v)?;
+        Ok(v)
+    }
+
+    /// Stream-ordered device-to-device copy of equal-length buffers.
+    pub fn copy_device<T: DeviceElem>(
+        &self,
+        src: &DeviceBuffer<T>,
+        dst: &DeviceBuffer<T>,
+    ) -> Result<()> {
+        size_check::<T>(dst.len, src.len, "copy_device", T::NAME)?;
+        // SAFETY: both buffers live and of equal size.
+        check(
+            unsafe { sys::cuMemcpyDtoDAsync_v2(dst.ptr, src.ptr, src.bytes(), self.stream()) },
+            || format!("copy of {} B device -> device", src.bytes()),
+        )
+    }
+
+    /// Sets every byte of `buf` to `byte` (stream-ordered). 0xFF poisons f32/bf16 with NaN,
+    /// which tests use to catch elements a kernel forgot to write.
+    pub fn fill_bytes<T: DeviceElem>(&self, buf: &DeviceBuffer<T>, byte: u8) -> Result<()> {
+        // SAFETY: writes exactly the buffer's bytes.
+        check(
+            unsafe { sys::cuMemsetD8Async(buf.ptr, byte, buf.bytes(), self.stream()) },
+            || format!("memset of {} B", buf.bytes()),
+        )
+    }
+}
+
+fn gib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}

@@ -1,0 +1,442 @@
+//! GPU kernel tests (feature `cuda`, need a GPU): each kernel of ptx/kernels against an
+//! independent CPU reference on fresh pseudo-random inputs, outputs poisoned with NaN first
+//! (0xFF bytes), at sizes that are not multiples of the block or tile.
+//!
+//! NOT YET RUN ON A GPU: written and compiled in a session without one. Run on a GPU host with
+//! `cargo test --release -p tests --features cuda --test gpu_kernels` (MXGPT_CUDA_SYNC=1 to
+//! pin asynchronous faults on the launching kernel; compute-sanitizer works on the test binary).
+//!
+//! Tolerances: casts, transpose, encoder (same f32 operations in the same order, then
+//! round-to-nearest bf16) must match bit for bit. GELU: one bf16 rounding of the output
+//! (2^-8 relative) plus f32 tanh error, so 1e-2 relative + 1e-3 absolute against an f64
+//! reference. AdamW: master/m/v 1e-5 relative (nvcc may fuse multiply-adds); bf16 params exactly
+//! the stochastic rounding of the GPU's own master weights. Norms: 1e-5 relative to f64.
+//! NaN never passes (comparisons are written as `!(err <= tol)`).
+#![cfg(feature = "cuda")]
+
+use runtime::cuda::half::bf16;
+use runtime::cuda::ptx::host::{bf16_bits_stochastic, sr_hash};
+use runtime::cuda::{DeviceBuffer, Gpu, LaunchConfig};
+
+fn gpu() -> Gpu {
+    Gpu::new(0).unwrap_or_else(|e| panic!("GPU tests need a CUDA device: {e}"))
+}
+
+/// xorshift64* uniform in [-scale, scale): deterministic, no extra dependency.
+struct Rng(u64);
+impl Rng {
+    fn f32(&mut self, scale: f32) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+    }
+    fn vec_f32(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32(scale)).collect()
+    }
+    fn vec_bf16(&mut self, n: usize, scale: f32) -> Vec<bf16> {
+        (0..n).map(|_| bf16::from_f32(self.f32(scale))).collect()
+    }
+}
+
+/// A device buffer poisoned with NaN bytes, so unwritten outputs fail every comparison.
+fn poisoned<T: runtime::cuda::DeviceElem>(g: &Gpu, n: usize) -> DeviceBuffer<T> {
+    let b = g.alloc::<T>(n).unwrap();
+    g.fill_bytes(&b, 0xFF).unwrap();
+    b
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        let tol = rel * w.abs() + abs;
+        assert!(
+            err <= tol,
+            "{what}[{i}]: got {g}, want {w} (err {err:.3e} > tol {tol:.3e})"
+        );
+    }
+}
+
+fn bits(v: &[bf16]) -> Vec<u16> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn cast_both_ways_exact() {
+    let g = gpu();
+    let f2b = g.kernel("cast", "cast_f32_to_bf16").unwrap();
+    let b2f = g.kernel("cast", "cast_bf16_to_f32").unwrap();
+    let mut rng = Rng(1);
+    for n in [1usize, 255, 4099] {
+        let x = rng.vec_f32(n, 3.0);
+        let dx = g.upload(&x).unwrap();
+        let dy = poisoned::<bf16>(&g, n);
+        unsafe {
+            g.launch(&f2b, LaunchConfig::linear(n, 256), &[&dy, &dx, &n])
+                .unwrap()
+        };
+        let y = g.download(&dy).unwrap();
+        let want: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect(); // RNE
+        assert_eq!(bits(&y), bits(&want), "cast_f32_to_bf16 n={n}");
+        let dz = poisoned::<f32>(&g, n);
+        unsafe {
+            g.launch(&b2f, LaunchConfig::linear(n, 256), &[&dz, &dy, &n])
+                .unwrap()
+        };
+        let z = g.download(&dz).unwrap();
+        let want: Vec<f32> = want.iter().map(|v| v.to_f32()).collect();
+        assert_eq!(z, want, "cast_bf16_to_f32 n={n}");
+    }
+}
+
+#[test]
+fn transpose_exact_on_ragged_shapes() {
+    let g = gpu();
+    let k = g.kernel("cast", "transpose_bf16").unwrap();
+    let mut rng = Rng(2);
+    for (batch, rows, cols) in [
+        (1usize, 1usize, 1usize),
+        (3, 37, 45),
+        (2, 64, 32),
+        (1, 33, 1000),
+    ] {
+        let x = rng.vec_bf16(batch * rows * cols, 1.0);
+        let dx = g.upload(&x).unwrap();
+        let dy = poisoned::<bf16>(&g, x.len());
+        let cfg = LaunchConfig {
+            grid: (
+                cols.div_ceil(32) as u32,
+                rows.div_ceil(32) as u32,
+                batch as u32,
+            ),
+            block: (32, 8, 1),
+            smem_bytes: 0,
+        };
+        let (r, c) = (rows as i32, cols as i32);
+        unsafe { g.launch(&k, cfg, &[&dy, &dx, &r, &c]).unwrap() };
+        let y = g.download(&dy).unwrap();
+        for z in 0..batch {
+            for i in 0..rows {
+                for j in 0..cols {
+                    let got = y[z * rows * cols + j * rows + i].to_bits();
+                    let want = x[z * rows * cols + i * cols + j].to_bits();
+                    assert_eq!(
+                        got, want,
+                        "transpose {batch}x{rows}x{cols} at ({z},{i},{j})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gelu_forward_backward_match_f64() {
+    let g = gpu();
+    let fwd = g.kernel("gelu", "gelu_forward").unwrap();
+    let bwd = g.kernel("gelu", "gelu_backward").unwrap();
+    let s = (2.0f64 / std::f64::consts::PI).sqrt();
+    let mut rng = Rng(3);
+    for n in [1usize, 1000, 3 * 1024 + 7] {
+        let x = rng.vec_bf16(n, 5.0);
+        let dy = rng.vec_bf16(n, 1.0);
+        let (dxin, ddy) = (g.upload(&x).unwrap(), g.upload(&dy).unwrap());
+        let dout = poisoned::<bf16>(&g, n);
+        let ddx = poisoned::<bf16>(&g, n);
+        unsafe {
+            g.launch(&fwd, LaunchConfig::linear(n, 256), &[&dout, &dxin, &n])
+                .unwrap();
+            g.launch(&bwd, LaunchConfig::linear(n, 256), &[&ddx, &dxin, &ddy, &n])
+                .unwrap();
+        }
+        let (mut want_y, mut want_dx) = (vec![], vec![]);
+        for i in 0..n {
+            let v = x[i].to_f64();
+            let th = (s * (v + 0.044715 * v * v * v)).tanh();
+            want_y.push(0.5 * v * (1.0 + th));
+            let d =
+                0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * s * (1.0 + 3.0 * 0.044715 * v * v);
+            want_dx.push(dy[i].to_f64() * d);
+        }
+        let got_y: Vec<f32> = g
+            .download(&dout)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let got_dx: Vec<f32> = g
+            .download(&ddx)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        assert_close(&format!("gelu_forward n={n}"), &got_y, &want_y, 1e-2, 1e-3);
+        assert_close(
+            &format!("gelu_backward n={n}"),
+            &got_dx,
+            &want_dx,
+            1e-2,
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn encoder_forward_and_deterministic_backward() {
+    let g = gpu();
+    let fwd = g.kernel("encoder", "encoder_forward").unwrap();
+    let bwd_wpe = g.kernel("encoder", "encoder_backward_wpe").unwrap();
+    let bwd_wte = g.kernel("encoder", "encoder_backward_wte").unwrap();
+    let (b, t, c, v, max_t) = (3usize, 17usize, 100usize, 50usize, 20usize);
+    let mut rng = Rng(4);
+    let tok: Vec<i32> = (0..b * t).map(|i| ((i * 7 + i / 5) % 13) as i32).collect(); // repeats
+    let wte = rng.vec_bf16(v * c, 1.0);
+    let wpe = rng.vec_bf16(max_t * c, 1.0);
+    let dtok = g.upload(&tok).unwrap();
+    let (dwte_in, dwpe_in) = (g.upload(&wte).unwrap(), g.upload(&wpe).unwrap());
+    let out = poisoned::<bf16>(&g, b * t * c);
+    let (bi, ti, ci) = (b as i32, t as i32, c as i32);
+    unsafe {
+        g.launch(
+            &fwd,
+            LaunchConfig::linear(b * t * c, 256),
+            &[&out, &dtok, &dwte_in, &dwpe_in, &bi, &ti, &ci],
+        )
+        .unwrap()
+    };
+    let got = g.download(&out).unwrap();
+    for bt in 0..b * t {
+        for k in 0..c {
+            let want = bf16::from_f32(
+                wte[tok[bt] as usize * c + k].to_f32() + wpe[(bt % t) * c + k].to_f32(),
+            );
+            assert_eq!(
+                got[bt * c + k].to_bits(),
+                want.to_bits(),
+                "encoder_forward at bt={bt} c={k}"
+            );
+        }
+    }
+
+    // Backward: CSR of positions by token, built as the CudaBackend would.
+    let dout = rng.vec_bf16(b * t * c, 1.0);
+    let mut uniq: Vec<i32> = tok.clone();
+    uniq.sort();
+    uniq.dedup();
+    let mut starts = vec![0i32];
+    let mut positions = vec![];
+    for &u in &uniq {
+        positions.extend((0..b * t).filter(|&p| tok[p] == u).map(|p| p as i32));
+        starts.push(positions.len() as i32);
+    }
+    let grad0_wte = rng.vec_bf16(v * c, 0.1); // accumulate into existing gradients
+    let grad0_wpe = rng.vec_bf16(max_t * c, 0.1);
+    let run = || {
+        let (gwte, gwpe) = (g.upload(&grad0_wte).unwrap(), g.upload(&grad0_wpe).unwrap());
+        let ddout = g.upload(&dout).unwrap();
+        let (du, ds, dp) = (
+            g.upload(&uniq).unwrap(),
+            g.upload(&starts).unwrap(),
+            g.upload(&positions).unwrap(),
+        );
+        let nu = uniq.len() as i32;
+        unsafe {
+            g.launch(
+                &bwd_wpe,
+                LaunchConfig::linear(t * c, 256),
+                &[&gwpe, &ddout, &bi, &ti, &ci],
+            )
+            .unwrap();
+            let cfg = LaunchConfig {
+                grid: (c.div_ceil(256) as u32, nu as u32, 1),
+                block: (256, 1, 1),
+                smem_bytes: 0,
+            };
+            g.launch(&bwd_wte, cfg, &[&gwte, &ddout, &du, &ds, &dp, &nu, &ci])
+                .unwrap();
+        }
+        (
+            bits(&g.download(&gwte).unwrap()),
+            bits(&g.download(&gwpe).unwrap()),
+        )
+    };
+    let (got_wte, got_wpe) = run();
+    let mut want_wte = bits(&grad0_wte);
+    for (ui, &u) in uniq.iter().enumerate() {
+        for k in 0..c {
+            let mut acc = 0f32;
+            for &p in &positions[starts[ui] as usize..starts[ui + 1] as usize] {
+                acc += dout[p as usize * c + k].to_f32();
+            }
+            let dst = u as usize * c + k;
+            want_wte[dst] = bf16::from_f32(grad0_wte[dst].to_f32() + acc).to_bits();
+        }
+    }
+    let mut want_wpe = bits(&grad0_wpe);
+    for i in 0..t * c {
+        let acc = (0..b).fold(0f32, |a, bb| a + dout[bb * t * c + i].to_f32());
+        want_wpe[i] = bf16::from_f32(grad0_wpe[i].to_f32() + acc).to_bits();
+    }
+    assert_eq!(got_wte, want_wte, "encoder_backward_wte");
+    assert_eq!(got_wpe, want_wpe, "encoder_backward_wpe");
+    assert_eq!(
+        run(),
+        (got_wte, got_wpe),
+        "encoder backward must be bitwise reproducible"
+    );
+}
+
+#[test]
+fn adamw_matches_reference_and_rounds_stochastically() {
+    let g = gpu();
+    let k = g.kernel("adamw", "adamw_update").unwrap();
+    let n = 5000usize;
+    let (offset, len) = (123usize, 4000usize); // only [offset, offset+len) may change
+    let mut rng = Rng(5);
+    let master = rng.vec_f32(n, 1.0);
+    let params: Vec<bf16> = master.iter().map(|&x| bf16::from_f32(x)).collect();
+    let grads = rng.vec_bf16(n, 0.1);
+    let m: Vec<f32> = rng.vec_f32(n, 0.01);
+    let v: Vec<f32> = rng.vec_f32(n, 0.01).iter().map(|x| x.abs()).collect();
+    let (lr, b1, b2, eps, wd, scale, seed, step) =
+        (1e-3f32, 0.9f32, 0.95f32, 1e-8f32, 0.1f32, 0.5f32, 42u32, 3);
+    let (c1, c2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
+    let (dp, dmaster, dg, dm, dv) = (
+        g.upload(&params).unwrap(),
+        g.upload(&master).unwrap(),
+        g.upload(&grads).unwrap(),
+        g.upload(&m).unwrap(),
+        g.upload(&v).unwrap(),
+    );
+    unsafe {
+        g.launch(
+            &k,
+            LaunchConfig::linear(len, 256),
+            &[
+                &dp, &dmaster, &dg, &dm, &dv, &offset, &len, &lr, &b1, &b2, &c1, &c2, &eps, &wd,
+                &scale, &seed,
+            ],
+        )
+        .unwrap()
+    };
+    let (gp, gmaster, gm, gv) = (
+        g.download(&dp).unwrap(),
+        g.download(&dmaster).unwrap(),
+        g.download(&dm).unwrap(),
+        g.download(&dv).unwrap(),
+    );
+    for i in 0..n {
+        if i < offset || i >= offset + len {
+            assert_eq!(
+                (gp[i].to_bits(), gmaster[i], gm[i], gv[i]),
+                (params[i].to_bits(), master[i], m[i], v[i]),
+                "index {i} outside the range changed"
+            );
+            continue;
+        }
+        let gr = grads[i].to_f64() * scale as f64;
+        let mi = b1 as f64 * m[i] as f64 + (1.0 - b1 as f64) * gr;
+        let vi = b2 as f64 * v[i] as f64 + (1.0 - b2 as f64) * gr * gr;
+        let w = master[i] as f64;
+        let w = w - lr as f64
+            * ((mi / c1 as f64) / ((vi / c2 as f64).sqrt() + eps as f64) + wd as f64 * w);
+        assert_close(&format!("m[{i}]"), &[gm[i]], &[mi], 1e-5, 1e-8); // m can cancel to ~0
+        assert_close(&format!("v[{i}]"), &[gv[i]], &[vi], 1e-5, 1e-12);
+        assert_close(&format!("master[{i}]"), &[gmaster[i]], &[w], 1e-5, 1e-7);
+        let want = bf16_bits_stochastic(gmaster[i], sr_hash(seed, i as u64));
+        assert_eq!(
+            gp[i].to_bits(),
+            want,
+            "param[{i}] is not the stochastic rounding of master"
+        );
+    }
+}
+
+#[test]
+fn global_norm_and_clip() {
+    let g = gpu();
+    let sq_bf16 = g.kernel("global_norm", "global_norm_squares_bf16").unwrap();
+    let sq_f32 = g.kernel("global_norm", "global_norm_squares_f32").unwrap();
+    let finish = g.kernel("global_norm", "global_norm_finish").unwrap();
+    let clip = g.kernel("global_norm", "clip_by_norm_f32").unwrap();
+    const BLOCKS: usize = 1024; // GLOBAL_NORM_BLOCKS in global_norm.cu
+    let mut rng = Rng(6);
+    for n in [1usize, 777, 1 << 20 | 3] {
+        let xb = rng.vec_bf16(n, 1.0);
+        let xf = rng.vec_f32(n, 1.0);
+        let want_b = xb.iter().map(|v| v.to_f64().powi(2)).sum::<f64>().sqrt();
+        let want_f = xf.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        let partials = poisoned::<f32>(&g, 2 * BLOCKS);
+        let norm = poisoned::<f32>(&g, 1);
+        let (dxb, dxf) = (g.upload(&xb).unwrap(), g.upload(&xf).unwrap());
+        let norm_of = |kernel, x: &dyn runtime::cuda::KernelArg| {
+            let cfg = LaunchConfig {
+                grid: (BLOCKS as u32, 1, 1),
+                block: (256, 1, 1),
+                smem_bytes: 0,
+            };
+            let fin = LaunchConfig {
+                grid: (1, 1, 1),
+                block: (1024, 1, 1),
+                smem_bytes: 0,
+            };
+            let np = BLOCKS as i32;
+            unsafe {
+                g.launch(kernel, cfg, &[&partials, x, &n]).unwrap();
+                g.launch(&finish, fin, &[&norm, &partials, &np]).unwrap();
+            }
+            g.download(&norm).unwrap()[0]
+        };
+        let got_b = norm_of(&sq_bf16, &dxb);
+        let got_f = norm_of(&sq_f32, &dxf);
+        assert_close(&format!("norm bf16 n={n}"), &[got_b], &[want_b], 1e-5, 0.0);
+        assert_close(&format!("norm f32 n={n}"), &[got_f], &[want_f], 1e-5, 0.0);
+        assert_eq!(
+            norm_of(&sq_f32, &dxf).to_bits(),
+            got_f.to_bits(),
+            "norm must be reproducible"
+        );
+
+        // Clip the f32 buffer to half its norm (norm[0] currently holds got_f).
+        let max_norm = (want_f / 2.0) as f32;
+        unsafe {
+            g.launch(
+                &clip,
+                LaunchConfig::linear(n, 256),
+                &[&dxf, &n, &norm, &max_norm],
+            )
+            .unwrap()
+        };
+        let clipped = g.download(&dxf).unwrap();
+        let s = max_norm as f64 / (got_f as f64 + 1e-6);
+        let want: Vec<f64> = xf.iter().map(|&v| v as f64 * s).collect();
+        assert_close(&format!("clip n={n}"), &clipped, &want, 1e-6, 1e-9);
+    }
+}
+
+#[test]
+fn launch_errors_name_the_kernel_and_geometry() {
+    let g = gpu();
+    let k = g.kernel("gelu", "gelu_forward").unwrap();
+    let cfg = LaunchConfig {
+        grid: (1, 1, 1),
+        block: (2048, 1, 1),
+        smem_bytes: 0,
+    };
+    let n = 0usize;
+    let buf = g.alloc::<bf16>(1).unwrap();
+    let e = unsafe { g.launch(&k, cfg, &[&buf, &buf, &n]) }
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("gelu::gelu_forward") && e.contains("block (2048, 1, 1)"),
+        "{e}"
+    );
+    let e = g.kernel("gelu", "no_such_kernel").unwrap_err().to_string();
+    assert!(
+        e.contains("no_such_kernel") && e.contains("CUDA_ERROR_NOT_FOUND"),
+        "{e}"
+    );
+}
