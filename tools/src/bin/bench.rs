@@ -110,17 +110,30 @@ fn run(args: Args) -> Result<i32, String> {
         None | Some("run") => {}
         Some("compare") => {
             let [new] = &args.command[1..] else {
-                return Err("compare takes one result file: bench compare NEW.json --baseline OLD.json".into());
+                return Err(
+                    "compare takes one result file: bench compare NEW.json --baseline OLD.json"
+                        .into(),
+                );
             };
-            let base = args.baseline.as_ref().ok_or("compare needs --baseline FILE")?;
-            return Ok(compare_files(Path::new(new), base, tolerance)?);
+            let base = args
+                .baseline
+                .as_ref()
+                .ok_or("compare needs --baseline FILE")?;
+            return compare_files(Path::new(new), base, tolerance);
         }
         Some("plot") => return plot(&args.command[1..], &args.out, &args.plots_dir),
-        Some(other) => return Err(format!("unknown command '{other}': expected run, compare or plot")),
+        Some(other) => {
+            return Err(format!(
+                "unknown command '{other}': expected run, compare or plot"
+            ))
+        }
     }
     if args.device != "cpu" {
         return Err(match args.device.as_str() {
-            "cuda" => "--device cuda: the CUDA backend is not part of this build yet; use --device cpu".into(),
+            "cuda" => {
+                "--device cuda: the CUDA backend is not part of this build yet; use --device cpu"
+                    .into()
+            }
             d => format!("unknown --device '{d}': expected cpu or cuda"),
         });
     }
@@ -131,13 +144,23 @@ fn run(args: Args) -> Result<i32, String> {
         reps: args.reps.unwrap_or(if q { 3 } else { 10 }).max(1),
         min_time: Duration::from_secs_f64(args.min_time.unwrap_or(if q { 0.0 } else { 1.0 })),
     };
-    let (batch, seq) = (args.batch.unwrap_or(if q { 1 } else { 4 }), args.seq.unwrap_or(if q { 32 } else { 64 }));
+    let (batch, seq) = (
+        args.batch.unwrap_or(if q { 1 } else { 4 }),
+        args.seq.unwrap_or(if q { 32 } else { 64 }),
+    );
     let gpt = Gpt::new(cfg, batch, seq)?;
     let modes = parse_modes(&args.backward)?;
-    let suites: Vec<&str> = args.suite.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let suites: Vec<&str> = args
+        .suite
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     for s in &suites {
         if !["kernels", "step"].contains(s) {
-            return Err(format!("unknown --suite '{s}': expected kernels, step or both comma separated"));
+            return Err(format!(
+                "unknown --suite '{s}': expected kernels, step or both comma separated"
+            ));
         }
     }
     let counters_line = match runtime::counters::Counters::open(0) {
@@ -151,7 +174,10 @@ fn run(args: Args) -> Result<i32, String> {
     let mut ceilings = Ceilings::default();
     if suites.contains(&"kernels") || suites.contains(&"step") {
         ceilings = measure_ceilings(&m, q);
-        eprintln!("ceilings: copy {:.1} GB/s, sgemm {:.1} GFLOP/s", ceilings.copy_gbps, ceilings.sgemm_gflops);
+        eprintln!(
+            "ceilings: copy {:.1} GB/s, sgemm {:.1} GFLOP/s",
+            ceilings.copy_gbps, ceilings.sgemm_gflops
+        );
     }
     if suites.contains(&"kernels") {
         entries.extend(kernels_suite(&gpt, &m, &ceilings));
@@ -226,7 +252,14 @@ impl Stats {
             let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
             ms[lo] + (ms[hi] - ms[lo]) * (x - lo as f64)
         };
-        Stats { median: at(0.5), min: ms[0], max: ms[ms.len() - 1], q1: at(0.25), q3: at(0.75), reps: ms.len() }
+        Stats {
+            median: at(0.5),
+            min: ms[0],
+            max: ms[ms.len() - 1],
+            q1: at(0.25),
+            q3: at(0.75),
+            reps: ms.len(),
+        }
     }
     fn json(&self) -> Value {
         json!({"median_ms": self.median, "min_ms": self.min, "max_ms": self.max,
@@ -256,18 +289,26 @@ fn random_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     (0..n)
         .map(|_| {
             let x = (r.next_f64() * 2.0 - 1.0) as f32 * scale;
-            if x == 0.0 { 0.5 * scale } else { x }
+            if x == 0.0 {
+                0.5 * scale
+            } else {
+                x
+            }
         })
         .collect()
 }
 
 fn random_sets(n: usize, seed: u64, scale: f32) -> Vec<Vec<f32>> {
-    (0..ROTATE).map(|i| random_vec(n, seed * 31 + i as u64, scale)).collect()
+    (0..ROTATE)
+        .map(|i| random_vec(n, seed * 31 + i as u64, scale))
+        .collect()
 }
 
 fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut r = SplitMix64::new(seed);
-    (0..n).map(|_| (r.next_u64() % vocab as u64) as u32).collect()
+    (0..n)
+        .map(|_| (r.next_u64() % vocab as u64) as u32)
+        .collect()
 }
 
 #[derive(Default)]
@@ -292,10 +333,27 @@ fn measure_ceilings(m: &Method, quick: bool) -> Ceilings {
     let g = if quick { 256 } else { 1024 };
     let (a, b) = (random_sets(g * g, 2, 1.0), random_sets(g * g, 3, 1.0));
     let mut c = vec![0.0f32; g * g];
-    let gm = Method { reps: m.reps.min(3), warmup: 1, min_time: Duration::ZERO };
+    let gm = Method {
+        reps: m.reps.min(3),
+        warmup: 1,
+        min_time: Duration::ZERO,
+    };
     // B transposed: the layout of matmul_forward (X · W^T), the model's most common GEMM.
-    let s = measure(&gm, |i| sgemm(MatRef::row_major(&a[i], g, g), MatRef::transposed(&b[i], g, g), &mut c, g, false));
-    Ceilings { copy_gbps, sgemm_gflops: 2.0 * (g * g * g) as f64 / (s.median * 1e-3) / 1e9, sgemm_n: g, copy_bytes: 8 * n }
+    let s = measure(&gm, |i| {
+        sgemm(
+            MatRef::row_major(&a[i], g, g),
+            MatRef::transposed(&b[i], g, g),
+            &mut c,
+            g,
+            false,
+        )
+    });
+    Ceilings {
+        copy_gbps,
+        sgemm_gflops: 2.0 * (g * g * g) as f64 / (s.median * 1e-3) / 1e9,
+        sgemm_n: g,
+        copy_bytes: 8 * n,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -303,11 +361,22 @@ fn measure_ceilings(m: &Method, quick: bool) -> Ceilings {
 
 /// One entry: `flops` and `bytes` are per call (bytes: minimum traffic, each operand once).
 /// GEMMs and attention are compared with the sgemm ceiling, everything else with copy bandwidth.
-fn kernel_entry(name: &str, shape: String, st: Stats, flops: f64, bytes: f64, ceil: &Ceilings) -> Value {
+fn kernel_entry(
+    name: &str,
+    shape: String,
+    st: Stats,
+    flops: f64,
+    bytes: f64,
+    ceil: &Ceilings,
+) -> Value {
     let secs = st.median * 1e-3;
     let (gflops, gbps) = (flops / secs / 1e9, bytes / secs / 1e9);
     let compute_bound = name.starts_with("matmul_") || name.starts_with("attention_");
-    let (bound, pct) = if compute_bound { ("compute", 100.0 * gflops / ceil.sgemm_gflops) } else { ("memory", 100.0 * gbps / ceil.copy_gbps) };
+    let (bound, pct) = if compute_bound {
+        ("compute", 100.0 * gflops / ceil.sgemm_gflops)
+    } else {
+        ("memory", 100.0 * gbps / ceil.copy_gbps)
+    };
     eprintln!("  kernels/{name:<28} {:>10.3} ms", st.median);
     json!({"suite": "kernels", "name": name, "shape": shape, "stats": st.json(), "flops": flops, "bytes": bytes,
            "gflops": gflops, "gbps": gbps, "bound": bound, "pct_of_ceiling": pct})
@@ -315,37 +384,104 @@ fn kernel_entry(name: &str, shape: String, st: Stats, flops: f64, bytes: f64, ce
 
 fn kernels_suite(gpt: &Gpt, m: &Method, ceil: &Ceilings) -> Vec<Value> {
     let cfg = &gpt.cfg;
-    let (b, t, c, nh, vp, v) = (gpt.batch, gpt.seq, cfg.channels, cfg.heads, cfg.padded_vocab, cfg.vocab);
+    let (b, t, c, nh, vp, v) = (
+        gpt.batch,
+        gpt.seq,
+        cfg.channels,
+        cfg.heads,
+        cfg.padded_vocab,
+        cfg.vocab,
+    );
     let bt = b * t;
     let f = 4.0; // bytes per f32
     let mut out = Vec::new();
-    let tokens: Vec<Vec<u32>> = (0..ROTATE).map(|i| random_tokens(bt, v, 7 + i as u64)).collect();
+    let tokens: Vec<Vec<u32>> = (0..ROTATE)
+        .map(|i| random_tokens(bt, v, 7 + i as u64))
+        .collect();
 
     // embeddings
-    let (wte, wpe) = (random_sets(vp * c, 10, 0.02), random_sets(cfg.max_seq * c, 11, 0.02));
+    let (wte, wpe) = (
+        random_sets(vp * c, 10, 0.02),
+        random_sets(cfg.max_seq * c, 11, 0.02),
+    );
     let mut act = vec![0.0f32; bt * c];
-    let st = measure(m, |i| ops::encoder_forward(&mut act, &tokens[i], &wte[i], &wpe[i], t, c));
-    out.push(kernel_entry("encoder_forward", format!("BT={bt} C={c}"), st, (bt * c) as f64, 3.0 * f * (bt * c) as f64, ceil));
+    let st = measure(m, |i| {
+        ops::encoder_forward(&mut act, &tokens[i], &wte[i], &wpe[i], t, c)
+    });
+    out.push(kernel_entry(
+        "encoder_forward",
+        format!("BT={bt} C={c}"),
+        st,
+        (bt * c) as f64,
+        3.0 * f * (bt * c) as f64,
+        ceil,
+    ));
     let dout = random_sets(bt * c, 12, 1.0);
     let (mut dwte, mut dwpe) = (vec![0.0f32; vp * c], vec![0.0f32; cfg.max_seq * c]);
-    let st = measure(m, |i| ops::encoder_backward(&mut dwte, &mut dwpe, &dout[i], &tokens[i], t, c));
-    out.push(kernel_entry("encoder_backward", format!("BT={bt} C={c}"), st, 2.0 * (bt * c) as f64, 5.0 * f * (bt * c) as f64, ceil));
+    let st = measure(m, |i| {
+        ops::encoder_backward(&mut dwte, &mut dwpe, &dout[i], &tokens[i], t, c)
+    });
+    out.push(kernel_entry(
+        "encoder_backward",
+        format!("BT={bt} C={c}"),
+        st,
+        2.0 * (bt * c) as f64,
+        5.0 * f * (bt * c) as f64,
+        ceil,
+    ));
 
     // layernorms
     let x = random_sets(bt * c, 13, 1.0);
     let (w, bias) = (random_vec(c, 14, 1.0), random_vec(c, 15, 0.1));
     let (mut mean, mut rstd) = (vec![0.0f32; bt], vec![0.0f32; bt]);
-    let st = measure(m, |i| ops::layernorm_forward(&mut act, &mut mean, &mut rstd, &x[i], &w, &bias, c));
-    out.push(kernel_entry("layernorm_forward", format!("BT={bt} C={c}"), st, 8.0 * (bt * c) as f64, 2.0 * f * (bt * c) as f64, ceil));
+    let st = measure(m, |i| {
+        ops::layernorm_forward(&mut act, &mut mean, &mut rstd, &x[i], &w, &bias, c)
+    });
+    out.push(kernel_entry(
+        "layernorm_forward",
+        format!("BT={bt} C={c}"),
+        st,
+        8.0 * (bt * c) as f64,
+        2.0 * f * (bt * c) as f64,
+        ceil,
+    ));
     let mut res = vec![0.0f32; bt * c];
-    let st = measure(m, |i| ops::residual_layernorm_forward(&mut res, &mut act, &mut mean, &mut rstd, &x[i], &dout[i], &w, &bias, c));
-    out.push(kernel_entry("residual_layernorm_forward", format!("BT={bt} C={c}"), st, 9.0 * (bt * c) as f64, 4.0 * f * (bt * c) as f64, ceil));
+    let st = measure(m, |i| {
+        ops::residual_layernorm_forward(
+            &mut res, &mut act, &mut mean, &mut rstd, &x[i], &dout[i], &w, &bias, c,
+        )
+    });
+    out.push(kernel_entry(
+        "residual_layernorm_forward",
+        format!("BT={bt} C={c}"),
+        st,
+        9.0 * (bt * c) as f64,
+        4.0 * f * (bt * c) as f64,
+        ceil,
+    ));
     let (mut dx, mut dw, mut db) = (vec![0.0f32; bt * c], vec![0.0f32; c], vec![0.0f32; c]);
-    let st = measure(m, |i| ops::layernorm_backward(&mut dx, &mut dw, &mut db, &dout[i], &x[i], &w, &mean, &rstd, c));
-    out.push(kernel_entry("layernorm_backward", format!("BT={bt} C={c}"), st, 14.0 * (bt * c) as f64, 4.0 * f * (bt * c) as f64, ceil));
+    let st = measure(m, |i| {
+        ops::layernorm_backward(
+            &mut dx, &mut dw, &mut db, &dout[i], &x[i], &w, &mean, &rstd, c,
+        )
+    });
+    out.push(kernel_entry(
+        "layernorm_backward",
+        format!("BT={bt} C={c}"),
+        st,
+        14.0 * (bt * c) as f64,
+        4.0 * f * (bt * c) as f64,
+        ceil,
+    ));
 
     // the linear layers of a block, and the LM head
-    for (name, ic, oc) in [("qkv", c, 3 * c), ("attproj", c, c), ("fc", c, 4 * c), ("fcproj", 4 * c, c), ("lm_head", c, vp)] {
+    for (name, ic, oc) in [
+        ("qkv", c, 3 * c),
+        ("attproj", c, c),
+        ("fc", c, 4 * c),
+        ("fcproj", 4 * c, c),
+        ("lm_head", c, vp),
+    ] {
         let inp = random_sets(bt * ic, 20 + ic as u64, 1.0);
         let wt = random_sets(oc * ic, 21 + oc as u64, 0.02);
         let bs = random_vec(oc, 22, 0.02);
@@ -354,18 +490,52 @@ fn kernels_suite(gpt: &Gpt, m: &Method, ceil: &Ceilings) -> Vec<Value> {
         let gemm_flops = 2.0 * (bt * ic * oc) as f64;
         let gemm_bytes = f * (bt * ic + ic * oc + bt * oc) as f64;
         let shape = format!("rows={bt} IC={ic} OC={oc}");
-        let st = measure(m, |i| ops::matmul_forward(&mut y, &inp[i], &wt[i], Some(&bs), bt, ic, oc));
-        out.push(kernel_entry(&format!("matmul_forward/{name}"), shape.clone(), st, gemm_flops, gemm_bytes, ceil));
+        let st = measure(m, |i| {
+            ops::matmul_forward(&mut y, &inp[i], &wt[i], Some(&bs), bt, ic, oc)
+        });
+        out.push(kernel_entry(
+            &format!("matmul_forward/{name}"),
+            shape.clone(),
+            st,
+            gemm_flops,
+            gemm_bytes,
+            ceil,
+        ));
         let mut dinp = vec![0.0f32; bt * ic];
-        let st = measure(m, |i| ops::matmul_backward_input(&mut dinp, &d[i], &wt[i], bt, ic, oc));
-        out.push(kernel_entry(&format!("matmul_backward_input/{name}"), shape.clone(), st, gemm_flops, gemm_bytes, ceil));
+        let st = measure(m, |i| {
+            ops::matmul_backward_input(&mut dinp, &d[i], &wt[i], bt, ic, oc)
+        });
+        out.push(kernel_entry(
+            &format!("matmul_backward_input/{name}"),
+            shape.clone(),
+            st,
+            gemm_flops,
+            gemm_bytes,
+            ceil,
+        ));
         let mut dwt = vec![0.0f32; oc * ic];
-        let st = measure(m, |i| ops::matmul_backward_weight(&mut dwt, &d[i], &inp[i], bt, ic, oc));
-        out.push(kernel_entry(&format!("matmul_backward_weight/{name}"), shape.clone(), st, gemm_flops, gemm_bytes + f * (oc * ic) as f64, ceil));
+        let st = measure(m, |i| {
+            ops::matmul_backward_weight(&mut dwt, &d[i], &inp[i], bt, ic, oc)
+        });
+        out.push(kernel_entry(
+            &format!("matmul_backward_weight/{name}"),
+            shape.clone(),
+            st,
+            gemm_flops,
+            gemm_bytes + f * (oc * ic) as f64,
+            ceil,
+        ));
         if name != "lm_head" {
             let mut dbias = vec![0.0f32; oc];
             let st = measure(m, |i| ops::bias_backward(&mut dbias, &d[i], bt, oc));
-            out.push(kernel_entry(&format!("bias_backward/{name}"), shape, st, (bt * oc) as f64, f * (bt * oc) as f64, ceil));
+            out.push(kernel_entry(
+                &format!("bias_backward/{name}"),
+                shape,
+                st,
+                (bt * oc) as f64,
+                f * (bt * oc) as f64,
+                ceil,
+            ));
         }
     }
 
@@ -373,20 +543,52 @@ fn kernels_suite(gpt: &Gpt, m: &Method, ceil: &Ceilings) -> Vec<Value> {
     let pre = random_sets(bt * 4 * c, 30, 2.0);
     let mut g = vec![0.0f32; bt * 4 * c];
     let st = measure(m, |i| ops::gelu_forward(&mut g, &pre[i]));
-    out.push(kernel_entry("gelu_forward", format!("N={}", bt * 4 * c), st, 12.0 * (bt * 4 * c) as f64, 2.0 * f * (bt * 4 * c) as f64, ceil));
+    out.push(kernel_entry(
+        "gelu_forward",
+        format!("N={}", bt * 4 * c),
+        st,
+        12.0 * (bt * 4 * c) as f64,
+        2.0 * f * (bt * 4 * c) as f64,
+        ceil,
+    ));
     let st = measure(m, |i| ops::gelu_backward_inplace(&mut g, &pre[i]));
-    out.push(kernel_entry("gelu_backward", format!("N={}", bt * 4 * c), st, 20.0 * (bt * 4 * c) as f64, 3.0 * f * (bt * 4 * c) as f64, ceil));
+    out.push(kernel_entry(
+        "gelu_backward",
+        format!("N={}", bt * 4 * c),
+        st,
+        20.0 * (bt * 4 * c) as f64,
+        3.0 * f * (bt * 4 * c) as f64,
+        ceil,
+    ));
 
     // attention (FLOPs of the causal half actually computed: QK^T and PV, backward 2.5x that)
     let qkv = random_sets(bt * 3 * c, 40, 1.0);
     let (mut ao, mut lse) = (vec![0.0f32; bt * c], vec![0.0f32; b * nh * t]);
     let att_flops = 2.0 * 2.0 * (b * t * (t + 1) / 2 * c) as f64;
     let shape = format!("B={b} T={t} C={c} NH={nh}");
-    let st = measure(m, |i| ops::attention_forward(&mut ao, &mut lse, &qkv[i], b, t, c, nh));
-    out.push(kernel_entry("attention_forward", shape.clone(), st, att_flops, f * (bt * 4 * c) as f64, ceil));
+    let st = measure(m, |i| {
+        ops::attention_forward(&mut ao, &mut lse, &qkv[i], b, t, c, nh)
+    });
+    out.push(kernel_entry(
+        "attention_forward",
+        shape.clone(),
+        st,
+        att_flops,
+        f * (bt * 4 * c) as f64,
+        ceil,
+    ));
     let mut dqkv = vec![0.0f32; bt * 3 * c];
-    let st = measure(m, |i| ops::attention_backward(&mut dqkv, &dout[i], &qkv[i], &ao, &lse, b, t, c, nh));
-    out.push(kernel_entry("attention_backward", shape, st, 2.5 * att_flops, f * (bt * 8 * c) as f64, ceil));
+    let st = measure(m, |i| {
+        ops::attention_backward(&mut dqkv, &dout[i], &qkv[i], &ao, &lse, b, t, c, nh)
+    });
+    out.push(kernel_entry(
+        "attention_backward",
+        shape,
+        st,
+        2.5 * att_flops,
+        f * (bt * 8 * c) as f64,
+        ceil,
+    ));
 
     // classifier (fused softmax + loss + dlogits); it overwrites the logits, so each repetition
     // first restores them, and that copy is timed too (documented in perf/README.md)
@@ -395,9 +597,23 @@ fn kernels_suite(gpt: &Gpt, m: &Method, ceil: &Ceilings) -> Vec<Value> {
     let mut losses = vec![0.0f32; bt];
     let st = measure(m, |i| {
         lg.copy_from_slice(&logits[i]);
-        ops::classifier(&mut lg, &mut losses, &tokens[i], vp, v, Some(1.0 / bt as f32));
+        ops::classifier(
+            &mut lg,
+            &mut losses,
+            &tokens[i],
+            vp,
+            v,
+            Some(1.0 / bt as f32),
+        );
     });
-    out.push(kernel_entry("classifier+restore", format!("BT={bt} Vp={vp}"), st, 6.0 * (bt * v) as f64, 4.0 * f * (bt * vp) as f64, ceil));
+    out.push(kernel_entry(
+        "classifier+restore",
+        format!("BT={bt} Vp={vp}"),
+        st,
+        6.0 * (bt * v) as f64,
+        4.0 * f * (bt * vp) as f64,
+        ceil,
+    ));
 
     // optimizer over the whole model
     let n = gpt.params.total;
@@ -405,11 +621,42 @@ fn kernels_suite(gpt: &Gpt, m: &Method, ceil: &Ceilings) -> Vec<Value> {
     let st = measure(m, |i| {
         std::hint::black_box(ops::sum_of_squares(&grads[i]));
     });
-    out.push(kernel_entry("grad_norm", format!("N={n}"), st, 2.0 * n as f64, f * n as f64, ceil));
-    let (mut p, mut mm, mut vv) = (random_vec(n, 61, 0.02), random_vec(n, 62, 1e-4), random_vec(n, 63, 1e-8).iter().map(|x| x.abs()).collect::<Vec<_>>());
-    let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, t: 10, grad_scale: 1.0 };
-    let st = measure(m, |i| ops::adamw_update(&mut p, &grads[i], &mut mm, &mut vv, &hp, true));
-    out.push(kernel_entry("adamw", format!("N={n}"), st, 12.0 * n as f64, 7.0 * f * n as f64, ceil));
+    out.push(kernel_entry(
+        "grad_norm",
+        format!("N={n}"),
+        st,
+        2.0 * n as f64,
+        f * n as f64,
+        ceil,
+    ));
+    let (mut p, mut mm, mut vv) = (
+        random_vec(n, 61, 0.02),
+        random_vec(n, 62, 1e-4),
+        random_vec(n, 63, 1e-8)
+            .iter()
+            .map(|x| x.abs())
+            .collect::<Vec<_>>(),
+    );
+    let hp = AdamW {
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        t: 10,
+        grad_scale: 1.0,
+    };
+    let st = measure(m, |i| {
+        ops::adamw_update(&mut p, &grads[i], &mut mm, &mut vv, &hp, true)
+    });
+    out.push(kernel_entry(
+        "adamw",
+        format!("N={n}"),
+        st,
+        12.0 * n as f64,
+        7.0 * f * n as f64,
+        ceil,
+    ));
     out
 }
 
@@ -417,7 +664,14 @@ fn kernels_suite(gpt: &Gpt, m: &Method, ceil: &Ceilings) -> Vec<Value> {
 // step suite
 
 /// The phases a step's wall time is split into.
-const PHASES: [&str; 6] = ["forward", "attention", "backward_gemm", "backward_other", "optimizer", "other"];
+const PHASES: [&str; 6] = [
+    "forward",
+    "attention",
+    "backward_gemm",
+    "backward_other",
+    "optimizer",
+    "other",
+];
 
 /// A `Backend` that delegates every call and adds its wall time to a phase. `backward_gemm` is
 /// `linear_backward` (dgrad + wgrad + bias grad; with MXFP4 modes this includes quantization,
@@ -507,7 +761,12 @@ impl<B: Backend> TimedBackend<B> {
 /// yet, say) is recorded with its error instead of numbers.
 fn step_entry(gpt: &Gpt, mode: BackwardMode, m: &Method, ceil: &Ceilings) -> Value {
     let name = format!("step/{}", mode.name());
-    let shape = format!("model={} B={} T={}", model_label(&gpt.cfg), gpt.batch, gpt.seq);
+    let shape = format!(
+        "model={} B={} T={}",
+        model_label(&gpt.cfg),
+        gpt.batch,
+        gpt.seq
+    );
     eprintln!("  {name}: {shape}");
     match run_steps(gpt, mode, m) {
         Ok((st, phases)) => {
@@ -520,8 +779,13 @@ fn step_entry(gpt: &Gpt, mode: BackwardMode, m: &Method, ceil: &Ceilings) -> Val
                 _ => ceil.sgemm_gflops / 1e3,
             };
             let mfu = runtime::counters::mfu(fpt, tokens_per_s, peak);
-            eprintln!("  {name:<36} {:>10.3} ms/step, {tokens_per_s:.0} tok/s, MFU {:.1}%", st.median, 100.0 * mfu);
-            let phase_json: BTreeMap<&str, f64> = PHASES.iter().zip(phases).map(|(p, s)| (*p, s)).collect();
+            eprintln!(
+                "  {name:<36} {:>10.3} ms/step, {tokens_per_s:.2} tok/s, MFU {:.1}%",
+                st.median,
+                100.0 * mfu
+            );
+            let phase_json: BTreeMap<&str, f64> =
+                PHASES.iter().zip(phases).map(|(p, s)| (*p, s)).collect();
             json!({"suite": "step", "name": name, "shape": shape, "mode": mode.name(), "stats": st.json(),
                    "tokens_per_step": tokens, "tokens_per_s": tokens_per_s, "flops_per_token": fpt,
                    "peak_tflops": peak, "mfu": mfu, "joules_per_token": null, "phase_ms": phase_json})
@@ -536,31 +800,71 @@ fn step_entry(gpt: &Gpt, mode: BackwardMode, m: &Method, ceil: &Ceilings) -> Val
 fn model_label(cfg: &ModelConfig) -> String {
     gpt::config::MODEL_NAMES
         .iter()
-        .find(|(_, l, c, h, t)| (*l, *c, *h, *t) == (cfg.layers, cfg.channels, cfg.heads, cfg.max_seq))
+        .find(|(_, l, c, h, t)| {
+            (*l, *c, *h, *t) == (cfg.layers, cfg.channels, cfg.heads, cfg.max_seq)
+        })
         .map(|m| m.0.to_string())
         .unwrap_or_else(|| format!("L{}C{}", cfg.layers, cfg.channels))
 }
 
 /// Median step stats and the median per-phase milliseconds.
-fn run_steps(gpt: &Gpt, mode: BackwardMode, m: &Method) -> Result<(Stats, [f64; PHASES.len()]), String> {
+fn run_steps(
+    gpt: &Gpt,
+    mode: BackwardMode,
+    m: &Method,
+) -> Result<(Stats, [f64; PHASES.len()]), String> {
     let inner = CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?;
-    let mut be = TimedBackend { inner, phase_s: RefCell::new([0.0; PHASES.len()]) };
-    be.write(TensorRef { arena: Arena::Params, offset: 0, len: gpt.params.total }, &gpt.init_params(1)).map_err(|e| e.0)?;
-    be.set_mx_config(MxConfig { mode, hadamard_block: 64, seed: 1 }).map_err(|e| e.0)?;
+    let mut be = TimedBackend {
+        inner,
+        phase_s: RefCell::new([0.0; PHASES.len()]),
+    };
+    be.write(
+        TensorRef {
+            arena: Arena::Params,
+            offset: 0,
+            len: gpt.params.total,
+        },
+        &gpt.init_params(1),
+    )
+    .map_err(|e| e.0)?;
+    be.set_mx_config(MxConfig {
+        mode,
+        hadamard_block: 64,
+        seed: 1,
+    })
+    .map_err(|e| e.0)?;
     let plan = PrecisionPlan::uniform(mode, gpt.cfg.layers);
     let bt = gpt.tokens_per_batch();
-    let toks: Vec<(Vec<u32>, Vec<u32>)> = (0..ROTATE).map(|i| (random_tokens(bt, gpt.cfg.vocab, 100 + i as u64), random_tokens(bt, gpt.cfg.vocab, 200 + i as u64))).collect();
+    let toks: Vec<(Vec<u32>, Vec<u32>)> = (0..ROTATE)
+        .map(|i| {
+            (
+                random_tokens(bt, gpt.cfg.vocab, 100 + i as u64),
+                random_tokens(bt, gpt.cfg.vocab, 200 + i as u64),
+            )
+        })
+        .collect();
     let mut step_no = 0u32;
     let mut error = None;
     let mut phase_samples: Vec<[f64; PHASES.len()]> = Vec::new();
     let mut one_step = |i: usize, be: &mut TimedBackend<CpuBackend>| -> Result<(), String> {
         step_no += 1;
-        be.set_tokens(&toks[i].0, Some(&toks[i].1)).map_err(|e| e.0)?;
+        be.set_tokens(&toks[i].0, Some(&toks[i].1))
+            .map_err(|e| e.0)?;
         be.zero_grads().map_err(|e| e.0)?;
-        gpt.forward_backward(be, &plan, step_no, 0, 1.0 / bt as f32).map_err(|e| e.0)?;
+        gpt.forward_backward(be, &plan, step_no, 0, 1.0 / bt as f32)
+            .map_err(|e| e.0)?;
         let norm = be.grad_norm().map_err(|e| e.0)?;
         let clip = if norm > 1.0 { 1.0 / norm } else { 1.0 };
-        be.adamw(&AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, t: step_no as u64, grad_scale: clip }).map_err(|e| e.0)
+        be.adamw(&AdamW {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            t: step_no as u64,
+            grad_scale: clip,
+        })
+        .map_err(|e| e.0)
     };
     let total = m.warmup + m.reps;
     let mut done = 0usize;
@@ -574,7 +878,7 @@ fn run_steps(gpt: &Gpt, mode: BackwardMode, m: &Method) -> Result<(Stats, [f64; 
         }
         phase_samples.push(be.take().map(|s| s * 1e3));
         done += 1;
-        if total >= 5 && done % (total / 5).max(1) == 0 {
+        if total >= 5 && done.is_multiple_of((total / 5).max(1)) {
             eprintln!("    {done}/{total}+ steps");
         }
     });
@@ -609,7 +913,10 @@ fn print_table(doc: &Value) {
         doc["ceilings"]["copy_gbps"].as_f64().unwrap_or(0.0),
         doc["ceilings"]["sgemm_gflops"].as_f64().unwrap_or(0.0)
     );
-    println!("{:<36} {:>11} {:>17} {:>20} {:>8}  {}", "entry", "median ms", "min..max ms", "rate", "% ceil", "shape");
+    println!(
+        "{:<36} {:>11} {:>17} {:>20} {:>8}  shape",
+        "entry", "median ms", "min..max ms", "rate", "% ceil"
+    );
     for e in doc["entries"].as_array().into_iter().flatten() {
         let name = e["name"].as_str().unwrap_or("?");
         if let Some(err) = e["error"].as_str() {
@@ -618,21 +925,36 @@ fn print_table(doc: &Value) {
         }
         let s = &e["stats"];
         let rate = if e["suite"] == "step" {
-            format!("{:.0} tok/s", e["tokens_per_s"].as_f64().unwrap_or(0.0))
+            let tps = e["tokens_per_s"].as_f64().unwrap_or(0.0);
+            if tps < 100.0 {
+                format!("{tps:.2} tok/s")
+            } else {
+                format!("{tps:.0} tok/s")
+            }
         } else if e["bound"] == "compute" {
             format!("{:.2} GFLOP/s", e["gflops"].as_f64().unwrap_or(0.0))
         } else {
             format!("{:.2} GB/s", e["gbps"].as_f64().unwrap_or(0.0))
         };
-        let pct = e["pct_of_ceiling"].as_f64().or(e["mfu"].as_f64().map(|m| 100.0 * m)).unwrap_or(0.0);
+        let pct = e["pct_of_ceiling"]
+            .as_f64()
+            .or(e["mfu"].as_f64().map(|m| 100.0 * m))
+            .unwrap_or(0.0);
         println!(
             "{name:<36} {:>11.3} {:>17} {rate:>20} {pct:>7.1}%  {}",
             s["median_ms"].as_f64().unwrap_or(0.0),
-            format!("{:.3}..{:.3}", s["min_ms"].as_f64().unwrap_or(0.0), s["max_ms"].as_f64().unwrap_or(0.0)),
+            format!(
+                "{:.3}..{:.3}",
+                s["min_ms"].as_f64().unwrap_or(0.0),
+                s["max_ms"].as_f64().unwrap_or(0.0)
+            ),
             e["shape"].as_str().unwrap_or("")
         );
         if let Some(ph) = e["phase_ms"].as_object() {
-            let parts: Vec<String> = ph.iter().map(|(k, v)| format!("{k} {:.2}", v.as_f64().unwrap_or(0.0))).collect();
+            let parts: Vec<String> = ph
+                .iter()
+                .map(|(k, v)| format!("{k} {:.2}", v.as_f64().unwrap_or(0.0)))
+                .collect();
             println!("{:<36} phases ms: {}  (% = MFU)", "", parts.join(", "));
         }
     }
@@ -640,18 +962,25 @@ fn print_table(doc: &Value) {
 
 fn write_atomic(path: &Path, text: &str) -> Result<(), String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))
 }
 
 fn read_json(path: &Path) -> Result<Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
     if !v["entries"].is_array() {
-        return Err(format!("{} has no \"entries\" array: not a bench result file", path.display()));
+        return Err(format!(
+            "{} has no \"entries\" array: not a bench result file",
+            path.display()
+        ));
     }
     Ok(v)
 }
@@ -665,12 +994,19 @@ fn slug(s: &str) -> String {
             out.push('-');
         }
     }
-    out.trim_matches('-').replace("-cpu", "").chars().take(48).collect()
+    out.trim_matches('-')
+        .replace("-cpu", "")
+        .chars()
+        .take(48)
+        .collect()
 }
 
 /// ("2026-11-23T06:41:17Z", "20261123-064117") from the system clock (UTC).
 fn utc_now() -> (String, String) {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86400, secs % 86400);
     // civil-from-days (Howard Hinnant's algorithm)
     let z = days as i64 + 719_468;
@@ -683,7 +1019,10 @@ fn utc_now() -> (String, String) {
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + (mo <= 2) as i64;
     let (h, mi, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    (format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"), format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}"))
+    (
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z"),
+        format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}"),
+    )
 }
 
 fn git_commit() -> String {
@@ -705,7 +1044,9 @@ fn parse_tolerance(s: &str) -> Result<f64, String> {
         Some(n) => (n, 0.01),
         None => (s, 1.0),
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("--tolerance '{s}': expected a percentage like 5% or a fraction like 0.05"))?;
+    let v: f64 = num.trim().parse().map_err(|_| {
+        format!("--tolerance '{s}': expected a percentage like 5% or a fraction like 0.05")
+    })?;
     if !(v >= 0.0 && v.is_finite()) {
         return Err(format!("--tolerance '{s}' must be non-negative"));
     }
@@ -720,16 +1061,44 @@ fn compare_files(new: &Path, base: &Path, tolerance: f64) -> Result<i32, String>
 /// returns 1 if any is a regression: new median slower than the baseline's by more than the
 /// tolerance AND by more than the two interquartile ranges together (so noise does not fail).
 fn compare_docs(new: &Value, base: &Value, tolerance: f64) -> i32 {
-    let key = |e: &Value| format!("{}|{}|{}", e["suite"].as_str().unwrap_or(""), e["name"].as_str().unwrap_or(""), e["shape"].as_str().unwrap_or(""));
-    let base_by_key: BTreeMap<String, &Value> = base["entries"].as_array().into_iter().flatten().map(|e| (key(e), e)).collect();
-    println!("comparison with the baseline (tolerance {:.1}%, noise = the two IQRs added):", tolerance * 100.0);
-    println!("{:<36} {:>11} {:>11} {:>8} {:>9}  verdict", "entry", "base ms", "new ms", "change", "noise ms");
+    let key = |e: &Value| {
+        format!(
+            "{}|{}|{}",
+            e["suite"].as_str().unwrap_or(""),
+            e["name"].as_str().unwrap_or(""),
+            e["shape"].as_str().unwrap_or("")
+        )
+    };
+    let base_by_key: BTreeMap<String, &Value> = base["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| (key(e), e))
+        .collect();
+    println!(
+        "comparison with the baseline (tolerance {:.1}%, noise = the two IQRs added):",
+        tolerance * 100.0
+    );
+    println!(
+        "{:<36} {:>11} {:>11} {:>8} {:>9}  verdict",
+        "entry", "base ms", "new ms", "change", "noise ms"
+    );
     let (mut regressions, mut matched) = (0, 0);
     for e in new["entries"].as_array().into_iter().flatten() {
-        let Some(b) = base_by_key.get(&key(e)) else { continue };
-        let (Some(nm), Some(bm)) = (e["stats"]["median_ms"].as_f64(), b["stats"]["median_ms"].as_f64()) else { continue };
+        let Some(b) = base_by_key.get(&key(e)) else {
+            continue;
+        };
+        let (Some(nm), Some(bm)) = (
+            e["stats"]["median_ms"].as_f64(),
+            b["stats"]["median_ms"].as_f64(),
+        ) else {
+            continue;
+        };
         matched += 1;
-        let iqr = |v: &Value| v["stats"]["q3_ms"].as_f64().unwrap_or(0.0) - v["stats"]["q1_ms"].as_f64().unwrap_or(0.0);
+        let iqr = |v: &Value| {
+            v["stats"]["q3_ms"].as_f64().unwrap_or(0.0)
+                - v["stats"]["q1_ms"].as_f64().unwrap_or(0.0)
+        };
         let noise = iqr(e) + iqr(b);
         let slower = nm - bm;
         let verdict = if slower > bm * tolerance && slower > noise {
@@ -740,7 +1109,11 @@ fn compare_docs(new: &Value, base: &Value, tolerance: f64) -> i32 {
         } else {
             "ok"
         };
-        println!("{:<36} {bm:>11.3} {nm:>11.3} {:>+7.1}% {noise:>9.3}  {verdict}", e["name"].as_str().unwrap_or("?"), 100.0 * slower / bm);
+        println!(
+            "{:<36} {bm:>11.3} {nm:>11.3} {:>+7.1}% {noise:>9.3}  {verdict}",
+            e["name"].as_str().unwrap_or("?"),
+            100.0 * slower / bm
+        );
     }
     if matched == 0 {
         println!("no entries in common with the baseline (different model, shapes or suites?)");
@@ -763,13 +1136,24 @@ fn plot(files: &[String], results_dir: &Path, plots_dir: &Path) -> Result<i32, S
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     all.sort();
-    let chosen: Vec<PathBuf> = if files.is_empty() { all.iter().rev().take(2).rev().cloned().collect() } else { files.iter().map(PathBuf::from).collect() };
+    let chosen: Vec<PathBuf> = if files.is_empty() {
+        all.iter().rev().take(2).rev().cloned().collect()
+    } else {
+        files.iter().map(PathBuf::from).collect()
+    };
     if chosen.is_empty() {
-        return Err(format!("no result files to plot in {}", results_dir.display()));
+        return Err(format!(
+            "no result files to plot in {}",
+            results_dir.display()
+        ));
     }
-    let docs: Vec<(String, Value)> = chosen.iter().map(|p| Ok((label_of(p), read_json(p)?))).collect::<Result<_, String>>()?;
+    let docs: Vec<(String, Value)> = chosen
+        .iter()
+        .map(|p| Ok((label_of(p), read_json(p)?)))
+        .collect::<Result<_, String>>()?;
     let cmp = plots_dir.join("comparison.svg");
-    std::fs::create_dir_all(plots_dir).map_err(|e| format!("cannot create {}: {e}", plots_dir.display()))?;
+    std::fs::create_dir_all(plots_dir)
+        .map_err(|e| format!("cannot create {}: {e}", plots_dir.display()))?;
     write_atomic(&cmp, &comparison_svg(&docs))?;
     eprintln!("wrote {}", cmp.display());
     let mut hist_docs = Vec::new();
@@ -785,28 +1169,47 @@ fn plot(files: &[String], results_dir: &Path, plots_dir: &Path) -> Result<i32, S
 }
 
 fn label_of(p: &Path) -> String {
-    p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+    p.file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default()
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
-const COLORS: [&str; 6] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+];
 
+/// (entry label "name [shape]", median ms) of every measured entry; the shape is part of the
+/// label so runs of different models or sizes never share a bar or a line.
 fn entry_medians(d: &Value) -> Vec<(String, f64)> {
     d["entries"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["stats"]["median_ms"].as_f64()?)))
+        .filter_map(|e| {
+            Some((
+                format!("{} [{}]", e["name"].as_str()?, e["shape"].as_str().unwrap_or("")),
+                e["stats"]["median_ms"].as_f64()?,
+            ))
+        })
         .collect()
 }
 
 /// Horizontal bars: per entry, one bar per file, length = median relative to the first file.
 fn comparison_svg(docs: &[(String, Value)]) -> String {
-    let names: Vec<String> = entry_medians(&docs[0].1).into_iter().map(|(n, _)| n).collect();
-    let per: Vec<BTreeMap<String, f64>> = docs.iter().map(|(_, d)| entry_medians(d).into_iter().collect()).collect();
+    let names: Vec<String> = entry_medians(&docs[0].1)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let per: Vec<BTreeMap<String, f64>> = docs
+        .iter()
+        .map(|(_, d)| entry_medians(d).into_iter().collect())
+        .collect();
     let bar_h = 10.0;
     let group_h = bar_h * docs.len() as f64 + 8.0;
     let (left, width) = (260.0, 420.0);
@@ -815,7 +1218,10 @@ fn comparison_svg(docs: &[(String, Value)]) -> String {
     let per = &per;
     let max_rel = names
         .iter()
-        .flat_map(|n| per.iter().filter_map(move |m| Some(m.get(n)? / per[0].get(n)?)))
+        .flat_map(|n| {
+            per.iter()
+                .filter_map(move |m| Some(m.get(n)? / per[0].get(n)?))
+        })
         .fold(1.0f64, f64::max);
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"monospace\" font-size=\"10\">\n", left + width + 120.0);
     s += "<text x=\"4\" y=\"14\" font-size=\"12\">median time relative to the first file (shorter is faster)</text>\n";
@@ -826,7 +1232,9 @@ fn comparison_svg(docs: &[(String, Value)]) -> String {
         let y0 = top + group_h * g as f64;
         s += &format!("<text x=\"4\" y=\"{}\">{}</text>\n", y0 + bar_h, esc(n));
         for (i, m) in per.iter().enumerate() {
-            let (Some(v), Some(b)) = (m.get(n), per[0].get(n)) else { continue };
+            let (Some(v), Some(b)) = (m.get(n), per[0].get(n)) else {
+                continue;
+            };
             let w = width * (v / b) / max_rel;
             s += &format!(
                 "<rect x=\"{left}\" y=\"{}\" width=\"{w:.1}\" height=\"{}\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{v:.3} ms</text>\n",
@@ -847,15 +1255,24 @@ fn history_svg(docs: &[(String, String, Value)]) -> String {
     for (i, (_, _, d)) in docs.iter().enumerate() {
         for (n, v) in entry_medians(d) {
             let shape = d["model"].as_str().unwrap_or("");
-            series.entry(format!("{shape}:{n}")).or_default().push((i, v));
+            series
+                .entry(format!("{shape}:{n}"))
+                .or_default()
+                .push((i, v));
         }
     }
     let (left, top, w, h) = (50.0, 30.0, 600.0, 300.0);
-    let rel: Vec<(String, Vec<(usize, f64)>)> = series.into_iter().map(|(k, pts)| {
-        let first = pts[0].1;
-        (k, pts.into_iter().map(|(i, v)| (i, v / first)).collect())
-    }).collect();
-    let ymax = rel.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)).fold(1.5f64, f64::max);
+    let rel: Vec<(String, Vec<(usize, f64)>)> = series
+        .into_iter()
+        .map(|(k, pts)| {
+            let first = pts[0].1;
+            (k, pts.into_iter().map(|(i, v)| (i, v / first)).collect())
+        })
+        .collect();
+    let ymax = rel
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .fold(1.5f64, f64::max);
     let n = docs.len().max(2) - 1;
     let x = |i: usize| left + w * i as f64 / n as f64;
     let y = |v: f64| top + h - h * v / ymax;
@@ -864,11 +1281,19 @@ fn history_svg(docs: &[(String, String, Value)]) -> String {
     s += &format!("<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#999\" stroke-dasharray=\"4\"/><text x=\"4\" y=\"{}\">1.0</text>\n", y(1.0), left + w, y(1.0), y(1.0) + 3.0);
     s += &format!("<line x1=\"{left}\" y1=\"{}\" x2=\"{left}\" y2=\"{}\" stroke=\"#000\"/><text x=\"4\" y=\"{}\">{ymax:.2}</text>\n", top, top + h, top + 8.0);
     for (k, (_, pts)) in rel.iter().enumerate() {
-        let path: Vec<String> = pts.iter().map(|&(i, v)| format!("{:.1},{:.1}", x(i), y(v))).collect();
+        let path: Vec<String> = pts
+            .iter()
+            .map(|&(i, v)| format!("{:.1},{:.1}", x(i), y(v)))
+            .collect();
         s += &format!("<polyline fill=\"none\" stroke=\"{}\" stroke-opacity=\"0.6\" points=\"{}\"><title>{}</title></polyline>\n", COLORS[k % 6], path.join(" "), esc(&rel[k].0));
     }
     for (i, (date, label, _)) in docs.iter().enumerate() {
-        s += &format!("<text x=\"4\" y=\"{}\">{i}: {} {}</text>\n", top + h + 20.0 + 12.0 * i as f64, esc(date), esc(label));
+        s += &format!(
+            "<text x=\"4\" y=\"{}\">{i}: {} {}</text>\n",
+            top + h + 20.0 + 12.0 * i as f64,
+            esc(date),
+            esc(label)
+        );
     }
     s + "</svg>\n"
 }
