@@ -135,6 +135,10 @@ pub struct TrainArgs {
     /// or a path
     #[argh(option)]
     pub resume: Option<String>,
+    /// read the GPU's NVML counters (power, energy, clocks, ...) every N steps (0 = off;
+    /// default 10)
+    #[argh(option, default = "10")]
+    pub counters_every: u64,
     /// CPU worker threads (default: all cores; also MXGPT_THREADS)
     #[argh(option)]
     pub threads: Option<usize>,
@@ -348,6 +352,27 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         None => ", no validation split (evaluation off)".into(),
     });
 
+    // Perf counters: NVML on a GPU backend; MFU wherever a peak is known (the device table, or
+    // MXGPT_PEAK_TFLOPS, e.g. a CPU's measured GEMM ceiling).
+    let counters = if args.counters_every == 0 {
+        None
+    } else if info.name == "cpu" {
+        log::info!("counters: off (CPU backend: NVML counters describe a GPU)");
+        None
+    } else {
+        match runtime::counters::Counters::open(0) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log::info!("counters: {e}");
+                None
+            }
+        }
+    };
+    let peak_tflops = runtime::counters::peak_tflops(&info.device)?;
+    let flops_per_token = s.cfg.flops_per_token(t);
+    let mut energy = runtime::counters::Summary::default();
+    let mut tokens_since_sample = 0u64;
+
     // Fresh start or resume.
     let mut start_step = 0u64;
     let mut last_checkpoint = None;
@@ -397,7 +422,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     let tokens_per_step = (b * t * s.accum) as f64;
     let mut inputs = vec![0u32; b * t];
     let mut targets = vec![0u32; b * t];
-    let mut summary = TrainSummary { last_checkpoint, backend: Some(info), ..Default::default() };
+    let mut summary = TrainSummary { last_checkpoint, backend: Some(info.clone()), ..Default::default() };
     let mut recent_ms: Vec<f64> = Vec::new();
     let mut total_ms = 0.0;
     let mut timed_steps = 0u64;
@@ -447,13 +472,28 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         let tokens_per_s = tokens_per_step / (ms / 1e3);
         let eta = format_duration(avg_ms / 1e3 * (args.steps - done) as f64);
         let mx_note = mx_summary(&telemetry);
+        let mfu = peak_tflops.map(|p| runtime::counters::mfu(flops_per_token, tokens_per_s, p));
+        let mfu_note = mfu.map(|m| format!(" | MFU {:.1}%", m * 100.0)).unwrap_or_default();
         log::info!(
-            "step {done:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.4} | {ms:.1} ms | {tokens_per_s:.0} tok/s | ETA {eta}{mx_note}",
+            "step {done:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.4} | {ms:.1} ms | {tokens_per_s:.0} tok/s{mfu_note} | ETA {eta}{mx_note}",
             args.steps
         );
         let mut rec = json!({"type": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": norm, "ms": ms, "tokens_per_s": tokens_per_s});
+        if let Some(m) = mfu {
+            rec["mfu"] = json!(m);
+        }
         if s.plan.mode.is_mxfp4() {
             rec["mx"] = mx_json(&telemetry);
+        }
+        tokens_since_sample += tokens_per_step as u64;
+        if let Some(c) = &counters {
+            if done % args.counters_every == 0 || done == args.steps {
+                let sample = c.sample();
+                energy.add(&sample, tokens_since_sample);
+                tokens_since_sample = 0;
+                log::info!("step {done:>5}/{} | gpu {}", args.steps, sample.short());
+                rec["counters"] = serde_json::from_str(&sample.to_json()).unwrap_or(Value::Null);
+            }
         }
         json_log.record(rec)?;
         summary.losses.push((done, loss));
@@ -483,6 +523,14 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
                 summary.last_checkpoint = Some(p);
             }
         }
+    }
+    if counters.is_some() {
+        log::info!(
+            "energy: mean power {} W, {} J, {} J/token",
+            energy.mean_power_w().map_or("?".into(), |w| format!("{w:.0}")),
+            energy.energy_j().map_or("?".into(), |j| format!("{j:.0}")),
+            energy.joules_per_token().map_or("?".into(), |j| format!("{j:.4}"))
+        );
     }
     if timed_steps > 0 {
         summary.ms_per_step = total_ms / timed_steps as f64;

@@ -98,3 +98,34 @@ fn nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     assert!(text.contains(&*latest.to_string_lossy()), "the error should name the last good checkpoint:\n{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn log_json_records_and_counters_line() {
+    let dir = tmpdir("cli-json");
+    let data = synthetic_dataset(&dir, 8);
+    let log = dir.join("log.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_train_gpt"))
+        .args(["--model", "tiny", "--batch", "1", "--seq", "64", "--steps", "4", "--eval-every", "2", "--eval-batches", "1",
+            "--backward", "mxfp4-rtn", "--data", &data, "--log-json", log.to_str().unwrap()])
+        .env("MXGPT_PEAK_TFLOPS", "1.0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("counters: off"), "the log says why counters are off:\n{text}");
+    assert!(text.contains("MFU") && text.contains("mx clip"), "{text}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let train: Vec<_> = lines.iter().filter(|v| v["type"] == "train").collect();
+    let eval: Vec<_> = lines.iter().filter(|v| v["type"] == "eval").collect();
+    assert_eq!(train.len(), 4);
+    assert_eq!(eval.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4]);
+    for (i, r) in train.iter().enumerate() {
+        assert_eq!(r["step"].as_u64(), Some(i as u64 + 1));
+        for f in ["loss", "lr", "grad_norm", "ms", "tokens_per_s", "mfu"] {
+            assert!(r[f].as_f64().is_some_and(|x| x.is_finite()), "field {f} in {r}");
+        }
+        assert!(r["mx"]["clipped_fraction"].as_f64().is_some(), "{r}");
+    }
+    assert!(eval[0]["val_loss"].as_f64().unwrap() > 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
