@@ -189,7 +189,7 @@ fn run(args: Args) -> Result<i32, String> {
     }
 
     let (date, stamp) = utc_now();
-    let commit = git_commit();
+    let commit = tools::git_commit();
     let doc = json!({
         "schema": SCHEMA,
         "device": device,
@@ -1025,16 +1025,6 @@ fn utc_now() -> (String, String) {
     )
 }
 
-fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
-}
 
 // ---------------------------------------------------------------------------------------------
 // Regression comparison

@@ -106,7 +106,7 @@ fn run(a: &Args) -> Result<(), String> {
     let config = json!({"layers": a.layers, "dim": a.dim, "heads": a.heads, "seq": a.seq, "batch": a.batch, "steps": a.steps,
         "lr": a.lr, "eval_every": a.eval_every, "eval_batches": a.eval_batches, "seeds": seeds, "data": "shakespeare",
         "hadamard_block": 64, "threads": runtime::cpu::threads(), "cpu": gpt::cpu::backend::cpu_model_name(),
-        "total_seconds": started.elapsed().as_secs_f64(), "commit": git_commit()});
+        "total_seconds": started.elapsed().as_secs_f64(), "commit": tools::git_commit()});
     let runs_json: Vec<_> = runs.iter().map(|r| json!({"mode": r.mode.name(), "seed": r.seed, "seconds": r.seconds,
         "val_curve": r.curve.iter().map(|(s, l)| json!([s, l])).collect::<Vec<_>>()})).collect();
     let doc = json!({"config": config, "runs": runs_json});
@@ -121,15 +121,6 @@ fn write(p: &std::path::Path, s: &str) -> Result<(), String> {
     tools::write_atomic(p, s.as_bytes())
 }
 
-fn git_commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
 
 fn finals(runs: &[Run], mode: BackwardMode) -> Vec<f64> {
     runs.iter().filter(|r| r.mode == mode).filter_map(|r| r.curve.last().map(|c| c.1 as f64)).collect()
