@@ -11,3 +11,5 @@ pub mod rng;
 pub mod checkpoint;
 pub mod schedule;
 pub mod trainer;
+#[cfg(feature = "cuda")]
+pub mod cuda;

@@ -1,0 +1,1 @@
+//! Launchers for ptx/kernels/attention.cu (being written).

@@ -1,0 +1,1 @@
+//! Launchers for ptx/kernels/classifier.cu (being written).

@@ -1,0 +1,1 @@
+//! Launchers for ptx/kernels/gemm.cu (being written).
