@@ -9,9 +9,14 @@ use runtime::cuda::{CudaError, DeviceBuffer, DeviceElem, KernelArg, Result};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
+pub mod adamw;
 pub mod attention;
+pub mod cast;
 pub mod classifier;
+pub mod encoder;
+pub mod gelu;
 pub mod gemm;
+pub mod global_norm;
 pub mod layernorm;
 
 /// A span of `len` elements of type `T` in device memory, borrowed from a `DeviceBuffer` (so it

@@ -1,0 +1,1 @@
+//! Launchers for ptx/kernels/adamw.cu (being written).

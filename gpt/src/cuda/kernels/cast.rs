@@ -1,0 +1,1 @@
+//! Launchers for ptx/kernels/cast.cu (being written).

@@ -1,0 +1,1 @@
+//! Launchers for ptx/kernels/encoder.cu (being written).

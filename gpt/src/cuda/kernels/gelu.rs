@@ -1,0 +1,1 @@
+//! Launchers for ptx/kernels/gelu.cu (being written).

@@ -1,0 +1,1 @@
+//! Launchers for ptx/kernels/global_norm.cu (being written).
