@@ -111,11 +111,22 @@ fn run(a: &Args) -> Result<(), String> {
         "val_curve": r.curve.iter().map(|(s, l)| json!([s, l])).collect::<Vec<_>>()})).collect();
     let doc = json!({"config": config, "runs": runs_json});
     write(&a.out.join("study.json"), &serde_json::to_string_pretty(&doc).unwrap())?;
-    write(&a.out.join("README.md"), &table(&runs, a, started.elapsed().as_secs_f64()))?;
+    // A hand-written interpretation below NOTES_HEADING survives a rerun (it is about the
+    // numbers, so reread it when they change).
+    let readme = a.out.join("README.md");
+    let notes = std::fs::read_to_string(&readme)
+        .ok()
+        .and_then(|old| old.find(NOTES_HEADING).map(|i| old[i..].to_string()))
+        .unwrap_or_default();
+    let table_md = table(&runs, a, started.elapsed().as_secs_f64());
+    write(&readme, &if notes.is_empty() { table_md } else { format!("{table_md}\n{notes}") })?;
     write(&a.out.join("loss_curves.svg"), &svg(&runs))?;
     println!("{}", table(&runs, a, started.elapsed().as_secs_f64()));
     Ok(())
 }
+
+/// Heading of the hand-written part of perf/study/README.md that a rerun keeps.
+const NOTES_HEADING: &str = "## Reading the results";
 
 fn write(p: &std::path::Path, s: &str) -> Result<(), String> {
     tools::write_atomic(p, s.as_bytes())
