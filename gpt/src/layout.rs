@@ -14,6 +14,9 @@ pub enum Arena {
     Acts,
     /// Activation gradients: a handful of [B*T, *] buffers reused by every layer.
     Scratch,
+    /// Per-row statistics kept in FP32 on every backend: layernorm mean and 1/std, attention
+    /// log-sum-exp, per-row losses (BF16 would lose the precision the backward needs).
+    Stats,
 }
 
 /// A span of `len` elements at `offset` in one arena.
@@ -178,6 +181,7 @@ pub struct ActLayout {
     pub logits: TensorRef,    // [BT, Vp]; overwritten in place by dlogits in training
     pub losses: TensorRef,    // [BT]
     pub acts_total: usize,
+    pub stats_total: usize,
     // Scratch (activation gradients), reused by every layer.
     pub d_residual: TensorRef, // [BT, C] gradient of the residual stream, accumulated
     pub d_ln: TensorRef,       // [BT, C]
@@ -192,20 +196,21 @@ impl ActLayout {
         let bt = batch * seq;
         let c = cfg.channels;
         let mut acts = Bump { arena: Arena::Acts, next: 0 };
+        let mut stats = Bump { arena: Arena::Stats, next: 0 };
         let encoded = acts.take(bt * c);
         let layers = (0..cfg.layers)
             .map(|_| LayerActs {
                 ln1: acts.take(bt * c),
-                ln1_mean: acts.take(bt),
-                ln1_rstd: acts.take(bt),
+                ln1_mean: stats.take(bt),
+                ln1_rstd: stats.take(bt),
                 qkv: acts.take(bt * 3 * c),
                 atty: acts.take(bt * c),
-                att_lse: acts.take(batch * cfg.heads * seq),
+                att_lse: stats.take(batch * cfg.heads * seq),
                 attproj: acts.take(bt * c),
                 residual2: acts.take(bt * c),
                 ln2: acts.take(bt * c),
-                ln2_mean: acts.take(bt),
-                ln2_rstd: acts.take(bt),
+                ln2_mean: stats.take(bt),
+                ln2_rstd: stats.take(bt),
                 fch: acts.take(bt * 4 * c),
                 fch_gelu: acts.take(bt * 4 * c),
                 fcproj: acts.take(bt * c),
@@ -213,10 +218,10 @@ impl ActLayout {
             })
             .collect();
         let lnf = acts.take(bt * c);
-        let lnf_mean = acts.take(bt);
-        let lnf_rstd = acts.take(bt);
+        let lnf_mean = stats.take(bt);
+        let lnf_rstd = stats.take(bt);
         let logits = acts.take(bt * cfg.padded_vocab);
-        let losses = acts.take(bt);
+        let losses = stats.take(bt);
         let mut scratch = Bump { arena: Arena::Scratch, next: 0 };
         ActLayout {
             batch,
@@ -229,6 +234,7 @@ impl ActLayout {
             logits,
             losses,
             acts_total: acts.next,
+            stats_total: stats.next,
             d_residual: scratch.take(bt * c),
             d_ln: scratch.take(bt * c),
             d_atty: scratch.take(bt * c),

@@ -18,6 +18,7 @@ pub struct CpuBackend {
     grads: Vec<f32>,
     acts: Vec<f32>,
     scratch: Vec<f32>,
+    stats: Vec<f32>,
     adam_m: Vec<f32>,
     adam_v: Vec<f32>,
     inputs: Vec<u32>,
@@ -35,7 +36,7 @@ impl CpuBackend {
         let acts = ActLayout::new(cfg, batch, seq);
         let n = layout.total;
         // params, grads, two AdamW moments (the parameters are the master weights on the CPU)
-        let floats = 4 * n + acts.acts_total + acts.scratch_total;
+        let floats = 4 * n + acts.acts_total + acts.scratch_total + acts.stats_total;
         let need = floats as f64 * 4.0 / (1u64 << 30) as f64;
         if let Some(avail) = mem_available_bytes() {
             let avail = avail as f64 / (1u64 << 30) as f64;
@@ -44,7 +45,7 @@ impl CpuBackend {
                     "out of memory: {} at batch {batch} x seq {seq} needs {need:.1} GiB ({:.1} GiB parameters and optimizer state, {:.1} GiB activations), the machine has {avail:.1} GiB available: lower --batch or --seq, or pick a smaller --model",
                     cfg,
                     4.0 * n as f64 * 4.0 / (1u64 << 30) as f64,
-                    (acts.acts_total + acts.scratch_total) as f64 * 4.0 / (1u64 << 30) as f64
+                    (acts.acts_total + acts.scratch_total + acts.stats_total) as f64 * 4.0 / (1u64 << 30) as f64
                 )));
             }
         }
@@ -67,6 +68,7 @@ impl CpuBackend {
             adam_v: alloc(n, "AdamW second moments")?,
             acts: alloc(acts.acts_total, "activations")?,
             scratch: alloc(acts.scratch_total, "activation gradients")?,
+            stats: alloc(acts.stats_total, "per-row statistics")?,
             layout,
             vocab: cfg.vocab,
             inputs: vec![0; batch * seq],
@@ -82,6 +84,7 @@ impl CpuBackend {
             Arena::Grads => &self.grads,
             Arena::Acts => &self.acts,
             Arena::Scratch => &self.scratch,
+            Arena::Stats => &self.stats,
         }
     }
 
@@ -91,6 +94,7 @@ impl CpuBackend {
             Arena::Grads => &mut self.grads,
             Arena::Acts => &mut self.acts,
             Arena::Scratch => &mut self.scratch,
+            Arena::Stats => &mut self.stats,
         };
         (v.as_mut_ptr(), v.len())
     }

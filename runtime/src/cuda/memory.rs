@@ -116,15 +116,21 @@ impl Gpu {
     /// Copies `host` into `dst` (same length) and waits for the copy.
     pub fn copy_to_device<T: DeviceElem>(&self, host: &[T], dst: &DeviceBuffer<T>) -> Result<()> {
         size_check::<T>(dst.len, host.len(), "copy_to_device", T::NAME)?;
-        if dst.len == 0 {
+        self.copy_to_device_at(host, dst, 0)
+    }
+
+    /// Copies `host` into elements `[offset, offset + host.len())` of `dst` and waits.
+    pub fn copy_to_device_at<T: DeviceElem>(&self, host: &[T], dst: &DeviceBuffer<T>, offset: usize) -> Result<()> {
+        range_check::<T>(dst.len, offset, host.len(), "copy_to_device_at")?;
+        if host.is_empty() {
             return Ok(());
         }
-        // SAFETY: sizes checked; the synchronize keeps `host` borrowed until the copy is done.
+        let bytes = std::mem::size_of_val(host);
+        let at = dst.ptr + (offset * std::mem::size_of::<T>()) as u64;
+        // SAFETY: range checked; the synchronize keeps `host` borrowed until the copy is done.
         check(
-            unsafe {
-                sys::cuMemcpyHtoDAsync_v2(dst.ptr, host.as_ptr().cast(), dst.bytes(), self.stream())
-            },
-            || format!("copy of {} B host -> device", dst.bytes()),
+            unsafe { sys::cuMemcpyHtoDAsync_v2(at, host.as_ptr().cast(), bytes, self.stream()) },
+            || format!("copy of {bytes} B host -> device"),
         )?;
         self.synchronize("copy host -> device")
     }
@@ -132,20 +138,22 @@ impl Gpu {
     /// Waits for queued work, then copies `src` into `host` (same length).
     pub fn copy_to_host<T: DeviceElem>(&self, src: &DeviceBuffer<T>, host: &mut [T]) -> Result<()> {
         size_check::<T>(src.len, host.len(), "copy_to_host", T::NAME)?;
-        if src.len == 0 {
+        self.copy_to_host_at(src, 0, host)
+    }
+
+    /// Waits for queued work, then copies elements `[offset, offset + host.len())` of `src`
+    /// into `host`.
+    pub fn copy_to_host_at<T: DeviceElem>(&self, src: &DeviceBuffer<T>, offset: usize, host: &mut [T]) -> Result<()> {
+        range_check::<T>(src.len, offset, host.len(), "copy_to_host_at")?;
+        if host.is_empty() {
             return Ok(());
         }
-        // SAFETY: sizes checked; every DeviceElem bit pattern is valid; synchronized below.
+        let bytes = std::mem::size_of_val(host);
+        let at = src.ptr + (offset * std::mem::size_of::<T>()) as u64;
+        // SAFETY: range checked; every DeviceElem bit pattern is valid; synchronized below.
         check(
-            unsafe {
-                sys::cuMemcpyDtoHAsync_v2(
-                    host.as_mut_ptr().cast(),
-                    src.ptr,
-                    src.bytes(),
-                    self.stream(),
-                )
-            },
-            || format!("copy of {} B device -> host", src.bytes()),
+            unsafe { sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr().cast(), at, bytes, self.stream()) },
+            || format!("copy of {bytes} B device -> host"),
         )?;
         self.synchronize("copy device -> host")
     }
@@ -174,12 +182,32 @@ impl Gpu {
     /// Sets every byte of `buf` to `byte` (stream-ordered). 0xFF poisons f32/bf16 with NaN,
     /// which tests use to catch elements a kernel forgot to write.
     pub fn fill_bytes<T: DeviceElem>(&self, buf: &DeviceBuffer<T>, byte: u8) -> Result<()> {
-        // SAFETY: writes exactly the buffer's bytes.
+        self.fill_bytes_range(buf, 0, buf.len, byte)
+    }
+
+    /// Sets every byte of elements `[offset, offset + len)` of `buf` to `byte` (stream-ordered).
+    pub fn fill_bytes_range<T: DeviceElem>(&self, buf: &DeviceBuffer<T>, offset: usize, len: usize, byte: u8) -> Result<()> {
+        range_check::<T>(buf.len, offset, len, "fill_bytes_range")?;
+        if len == 0 {
+            return Ok(());
+        }
+        let size = std::mem::size_of::<T>();
+        // SAFETY: writes exactly the checked range.
         check(
-            unsafe { sys::cuMemsetD8Async(buf.ptr, byte, buf.bytes(), self.stream()) },
-            || format!("memset of {} B", buf.bytes()),
+            unsafe { sys::cuMemsetD8Async(buf.ptr + (offset * size) as u64, byte, len * size, self.stream()) },
+            || format!("memset of {} B", len * size),
         )
     }
+}
+
+fn range_check<T: DeviceElem>(buf_len: usize, offset: usize, len: usize, what: &str) -> Result<()> {
+    if offset.checked_add(len).is_none_or(|end| end > buf_len) {
+        return Err(CudaError::new(
+            format!("{what}: elements [{offset}, {offset}+{len}) outside a device buffer of {buf_len} {}", T::NAME),
+            1,
+        ));
+    }
+    Ok(())
 }
 
 fn gib(bytes: usize) -> f64 {
