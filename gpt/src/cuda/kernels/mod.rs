@@ -26,7 +26,7 @@ pub mod layernorm;
 pub struct Ptr<'a, T> {
     addr: u64,
     len: usize,
-    _buf: PhantomData<&'a DeviceBuffer<T>>,
+    _buf: PhantomData<&'a [T]>,
 }
 
 impl<T> Clone for Ptr<'_, T> {
