@@ -50,7 +50,7 @@ fn check_disjoint(kernel: &str, outputs: &[Span], inputs: &[Span]) -> Result<()>
 /// Kernel variant: "vec" when every leading dimension (ic, oc) is a multiple of 8 bf16 and
 /// every pointer is 16-byte aligned, else "scalar".
 fn variant(ic: usize, oc: usize, addrs: &[u64]) -> &'static str {
-    if ic % 8 == 0 && oc % 8 == 0 && addrs.iter().all(|a| a % 16 == 0) {
+    if ic.is_multiple_of(8) && oc.is_multiple_of(8) && addrs.iter().all(|a| a.is_multiple_of(16)) {
         "vec"
     } else {
         "scalar"
