@@ -87,6 +87,10 @@
 // deep and the epilogue stores 4-byte pairs. Inside the kernel each k step moves 16 KiB through
 // shared memory for 1 MFLOP (64 FLOP/B of L2 traffic per block). Correct first; a wgmma/TMA
 // GEMM is a later issue.
+//
+// NOT YET RUN ON A GPU. The tile / fragment index math was checked only off-GPU, by replaying
+// it in a host script that models ldmatrix(.trans) and mma.m16n8k16 fragments as the PTX ISA
+// specifies them (all three forms, both paths, ragged shapes: exact on integer data).
 #include "common.cuh"
 
 #define GEMM_BM 128  // tile rows (M)
