@@ -47,6 +47,8 @@ fn poisoned<T: DeviceElem>(g: &Gpu, n: usize) -> DeviceBuffer<T> {
     b
 }
 
+// `!(err <= tol)` on purpose: a NaN error must fail, which `err > tol` would let pass.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
