@@ -31,7 +31,8 @@
 //   padding. x[t] is read by thread 0 before the barrier that precedes any write.
 // Exponentials: e^(x - M) = exp2f(x * log2(e) - M * log2(e)) (one FMA + MUFU.EX2, ~2 ulp);
 //   relative error ~1e-6 at |x| ~ 50, far below the bf16 output rounding (2^-9).
-// NaN logits make the loss NaN (they poison S); +inf logits give NaN too.
+// NaN logits make the loss NaN (they poison S); +inf logits give NaN too, and so can -inf ones
+// (-inf - -inf) when a thread's first value is -inf: logits are assumed finite.
 //
 // Cost at GPT-2 124M (N = B*T = 8192, Vp = 50304, V = 50257: 412M logits), H100 ~3.0 TB/s:
 //   loss only:      reads 2 B per logit = 824 MB                    -> ~0.27 ms

@@ -94,8 +94,10 @@ fn ln_inputs(rng: &mut Rng, n: usize, c: usize) -> Vec<bf16> {
 // Forward tolerances: out is one bf16 rounding (<= 2^-9 relative, or one bf16 ulp = 2^-8 when
 // GPU and CPU f32 values straddle a rounding boundary) of an f32 value that differs from the
 // CPU's only by summation order (~1e-6 relative): rel 1e-2 + abs 1e-3 (outputs are O(1)).
-// mean/rstd are f32 on both sides, sums of <= 1600 O(1) terms in different orders:
-// mean abs 1e-5 (its magnitude can cancel to ~0), rstd rel 1e-4.
+// mean/rstd are f32 on both sides, but the CPU sums a row sequentially (error ~sqrt(C) half-ulps
+// of a running sum of up to ~5C, i.e. ~1e-5 on the mean at C = 1600) while the GPU sums ~C/256
+// terms per lane and then a butterfly: mean abs 1e-4 + rel 1e-4 (the mean itself can cancel to
+// ~0), rstd rel 1e-4 (the squared deviations are all positive: ~sqrt(C) * 6e-8 relative).
 fn check_forward(
     what: &str,
     out: &[f32],
@@ -104,7 +106,7 @@ fn check_forward(
     want: (&[f32], &[f32], &[f32]),
 ) {
     assert_close(&format!("{what} out"), out, &f64s(want.0), 1e-2, 1e-3);
-    assert_close(&format!("{what} mean"), mean, &f64s(want.1), 1e-4, 1e-5);
+    assert_close(&format!("{what} mean"), mean, &f64s(want.1), 1e-4, 1e-4);
     assert_close(&format!("{what} rstd"), rstd, &f64s(want.2), 1e-4, 0.0);
 }
 
