@@ -25,8 +25,8 @@
 //   s once if the max grew, then adds the W exponentials. The 1024 (m, s) pairs are merged with
 //   (m, s) + (m', s') = (M, s e^(m - M) + s' e^(m' - M)), M = max(m, m'): first a xor butterfly
 //   inside each warp (the merge is commutative, so every lane ends with bitwise the same pair),
-//   then every thread merges the 32 warp pairs from shared memory in warp order. Fixed order
-//   everywhere: deterministic. Pass 2 (only with write_dlogits): the same threads re-read the
+//   then warp 0 merges the 32 warp pairs (one per lane) with the same butterfly and publishes
+//   the result through shared memory. Fixed order everywhere: deterministic. Pass 2 (only with write_dlogits): the same threads re-read the
 //   row (L2/L1-resident: 100 KB at Vp = 50304) and overwrite it with the gradient, 0 over the
 //   padding. x[t] is read by thread 0 before the barrier that precedes any write.
 // Exponentials: e^(x - M) = exp2f(x * log2(e) - M * log2(e)) (one FMA + MUFU.EX2, ~2 ulp);
@@ -89,6 +89,18 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
     m = M;
 }
 
+// Butterfly merge over the 32 lanes; every lane ends with bitwise the same pair (merge is
+// commutative), and the order is fixed: deterministic.
+__device__ __forceinline__ void warp_merge(float& m, float& s) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        float m2 = __shfl_xor_sync(0xFFFFFFFFu, m, offset);
+        float s2 = __shfl_xor_sync(0xFFFFFFFFu, s, offset);
+        merge(m, s, m2, s2);
+    }
+}
+
+static_assert(CLS_THREADS == 32 * 32, "the cross-warp merge gives warp 0 one lane per warp");
+
 template <int W>
 __device__ __forceinline__ void classifier_row(bf16* row, float* loss_out, int target, int Vp,
                                                int V, float dloss, int write_dlogits) {
@@ -117,20 +129,27 @@ __device__ __forceinline__ void classifier_row(bf16* row, float* loss_out, int t
         for (int k = 0; k < W; k++)
             if (j + k < V) s += exp2f(fmaf(x[k], LOG2E, -mk));
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        float m2 = __shfl_xor_sync(0xFFFFFFFFu, m, offset);
-        float s2 = __shfl_xor_sync(0xFFFFFFFFu, s, offset);
-        merge(m, s, m2, s2);
-    }
+    warp_merge(m, s);
     if (lane == 0) {
         s_m[warp] = m;
         s_s[warp] = s;
     }
     __syncthreads();
+    // Warp 0 merges the 32 warp pairs (one per lane) with the same butterfly and publishes the
+    // row's (M, S) in slot 0 (only lane 0 reads slot 0, before it writes it; the other warps
+    // read it after the barrier).
+    if (warp == 0) {
+        m = s_m[lane];
+        s = s_s[lane];
+        warp_merge(m, s);
+        if (lane == 0) {
+            s_m[0] = m;
+            s_s[0] = s;
+        }
+    }
+    __syncthreads();
     m = s_m[0];
     s = s_s[0];
-#pragma unroll 1
-    for (int w2 = 1; w2 < CLS_THREADS / 32; w2++) merge(m, s, s_m[w2], s_s[w2]);
     if (tid == 0) *loss_out = target_ok ? m + logf(s) - x_target : __int_as_float(0x7FC00000);
     if (!write_dlogits) return;
 
