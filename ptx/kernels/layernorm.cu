@@ -36,7 +36,8 @@
 //                     const bf16* w, const float* mean, const float* rstd, int N, int C)
 //       block 256, grid ceil(N / 32): block k owns rows [32k, 32k + 32).
 //       Phase A: warp j computes the two row means of rows 32k + j, +8, +16, +24 (dout, inp, w
-//       read along the row), kept in shared memory. Phase B: thread t owns columns t, t + 256,
+//       read along the row, 16-byte loads when C % 8 == 0 and aligned, as in the forward),
+//       kept in shared memory. Phase B: thread t owns columns t, t + 256,
 //       ... of the block's rows and walks the rows in order: writes dinp (read-modify-write, one
 //       bf16 rounding) and sums dout * norm and dout over its 32 rows in registers, then stores
 //       partials[k][c] (dw part) and partials[k][C + c] (db part). A column belongs to one thread,
@@ -190,6 +191,28 @@ residual_layernorm_forward(bf16* res_out, bf16* ln_out, float* mean, float* rstd
                                lane);
 }
 
+// One lane's share of a row's sums of dnorm and dnorm * norm (x: dnorm, y: dnorm * norm).
+template <int V>
+__device__ __forceinline__ float2 ln_bwd_row_sums(const bf16* dout, const bf16* inp,
+                                                  const bf16* w, float m, float s, int C,
+                                                  int lane) {
+    float a = 0.0f, an = 0.0f;
+    for (int i = lane * V; i < C; i += 32 * V) {
+        float xv[V], dv[V], wv[V];
+        load_row<V>(xv, inp + i);
+        load_row<V>(dv, dout + i);
+        load_row<V>(wv, w + i);
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            float norm = (xv[k] - m) * s;
+            float dnorm = wv[k] * dv[k];
+            a += dnorm;
+            an += dnorm * norm;
+        }
+    }
+    return make_float2(a, an);
+}
+
 extern "C" __global__ void __launch_bounds__(LN_BWD_THREADS)
 layernorm_backward_dinp(bf16* __restrict__ dinp, float* __restrict__ partials,
                         const bf16* __restrict__ dout, const bf16* __restrict__ inp,
@@ -201,19 +224,16 @@ layernorm_backward_dinp(bf16* __restrict__ dinp, float* __restrict__ partials,
     int row0 = blockIdx.x * LN_BWD_ROWS;
     int rows = min(LN_BWD_ROWS, N - row0);  // >= 1: grid = ceil(N / 32)
 
-    // Phase A: per-row means of dnorm and dnorm * norm (one warp per row).
+    // Phase A: per-row means of dnorm and dnorm * norm (one warp per row); 16-byte loads when
+    // C % 8 == 0 and dout, inp, w are 16-byte aligned (this phase reads dout and inp from HBM).
+    bool vec = (C % 8 == 0) && aligned16(dout) && aligned16(inp) && aligned16(w);
     for (int r = warp; r < rows; r += LN_BWD_THREADS / 32) {
         size_t base = (size_t)(row0 + r) * C;
         float m = mean[row0 + r], s = rstd[row0 + r];
-        float a = 0.0f, an = 0.0f;
-        for (int i = lane; i < C; i += 32) {
-            float norm = (to_f32(inp[base + i]) - m) * s;
-            float dnorm = to_f32(w[i]) * to_f32(dout[base + i]);
-            a += dnorm;
-            an += dnorm * norm;
-        }
-        a = warp_sum(a);
-        an = warp_sum(an);
+        float2 sums = vec ? ln_bwd_row_sums<8>(dout + base, inp + base, w, m, s, C, lane)
+                          : ln_bwd_row_sums<1>(dout + base, inp + base, w, m, s, C, lane);
+        float a = warp_sum(sums.x);
+        float an = warp_sum(sums.y);
         if (lane == 0) {
             s_mean[r] = m;
             s_rstd[r] = s;
