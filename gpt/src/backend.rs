@@ -42,6 +42,10 @@ pub type BResult<T> = Result<T, BackendError>;
 #[allow(clippy::too_many_arguments)]
 pub trait Backend {
     fn info(&self) -> BackendInfo;
+    /// Waits until all queued work is done (a GPU backend runs asynchronously); for timing.
+    fn synchronize(&self) -> BResult<()> {
+        Ok(())
+    }
 
     // --- state transfer (host <-> backend), for init, checkpoints and tests
     fn write(&mut self, dst: TensorRef, values: &[f32]) -> BResult<()>;

@@ -237,17 +237,43 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
     Ok(Setup { cfg, gpt, accum: total / bt, plan, mx, schedule })
 }
 
-/// Picks the backend for `--device`.
+/// Picks the backend for `--device`: `cuda` must get a GPU; `auto` takes the GPU when this build
+/// has the CUDA backend and a driver and device answer, else the CPU (saying why).
 fn make_backend(args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+    let cpu = || -> Result<Box<dyn Backend>, String> { Ok(Box::new(CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.to_string())?)) };
     match args.device.as_str() {
-        "cpu" => {}
-        "auto" => log::info!("device auto: this build has no CUDA backend (built without the `cuda` feature); using the CPU"),
-        "cuda" => {
-            return Err("--device cuda: this binary was built without the CUDA backend (the `cuda` cargo feature); use --device cpu, or build with --features cuda on a machine with the CUDA toolkit".into())
-        }
-        other => return Err(format!("unknown --device '{other}': expected cpu, cuda or auto")),
+        "cpu" => cpu(),
+        "cuda" => cuda_backend(gpt),
+        "auto" => match gpu_probe() {
+            Ok(()) => cuda_backend(gpt),
+            Err(why) => {
+                log::info!("device auto: using the CPU ({why})");
+                cpu()
+            }
+        },
+        other => Err(format!("unknown --device '{other}': expected cpu, cuda or auto")),
     }
-    Ok(Box::new(CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.to_string())?))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_backend(gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+    Ok(Box::new(crate::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq).map_err(|e| format!("--device cuda: {e}"))?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_backend(_gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+    Err("--device cuda: this binary was built without the CUDA backend (the `cuda` cargo feature); use --device cpu, or build with --features cuda (the ./train_gpt launcher does when it finds a GPU and the CUDA toolkit)".into())
+}
+
+/// Whether GPU 0 can be opened (`auto`).
+#[cfg(feature = "cuda")]
+fn gpu_probe() -> Result<(), String> {
+    runtime::cuda::Gpu::new(0).map(|_| ()).map_err(|e| format!("no usable GPU: {e}"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_probe() -> Result<(), String> {
+    Err("this build has no CUDA backend (built without the `cuda` feature)".into())
 }
 
 /// Where `data/` and `.cache/` live: `MXGPT_ROOT` (set by the launchers) or the current directory.

@@ -1,5 +1,8 @@
 //! tools: the `data`, `mx` and `bench` command-line programs (src/bin) and what they share.
 
+#[cfg(feature = "cuda")]
+pub mod gpu_bench;
+
 use std::fs;
 use std::path::Path;
 

@@ -128,15 +128,12 @@ fn run(args: Args) -> Result<i32, String> {
             ))
         }
     }
-    if args.device != "cpu" {
-        return Err(match args.device.as_str() {
-            "cuda" => {
-                "--device cuda: the CUDA backend is not part of this build yet; use --device cpu"
-                    .into()
-            }
-            d => format!("unknown --device '{d}': expected cpu or cuda"),
-        });
-    }
+    let on_gpu = match args.device.as_str() {
+        "cpu" => false,
+        "cuda" if cfg!(feature = "cuda") => true,
+        "cuda" => return Err("--device cuda: this bench was built without the CUDA backend; build it with `cargo build --release -p tools --features cuda` (tools/cuda/bundle.sh does) or use --device cpu".into()),
+        d => return Err(format!("unknown --device '{d}': expected cpu or cuda")),
+    };
     let cfg = ModelConfig::named(&args.model)?;
     let q = args.quick;
     let m = Method {
@@ -163,28 +160,38 @@ fn run(args: Args) -> Result<i32, String> {
             ));
         }
     }
-    let counters_line = match runtime::counters::Counters::open(0) {
-        Ok(c) => format!("NVML: {} (not used by the cpu suites)", c.device_name),
-        Err(e) => e,
+    let counters = runtime::counters::Counters::open(0);
+    let counters_line = match (&counters, on_gpu) {
+        (Ok(c), true) => format!("NVML: {} (energy per token in the step suite)", c.device_name),
+        (Ok(c), false) => format!("NVML: {} (not used by the cpu suites)", c.device_name),
+        (Err(e), _) => e.clone(),
     };
     eprintln!("{counters_line}");
+    let counters = if on_gpu { counters.ok() } else { None };
 
-    let device = format!("cpu-{}", slug(&cpu_model_name()));
+    let device_name = if on_gpu { gpu_name()? } else { cpu_model_name() };
+    let device = format!("{}-{}", if on_gpu { "cuda" } else { "cpu" }, slug(&device_name));
+    let bench_device = BenchDevice { gpu: on_gpu, counters };
     let mut entries = Vec::new();
     let mut ceilings = Ceilings::default();
-    if suites.contains(&"kernels") || suites.contains(&"step") {
+    if on_gpu && suites.contains(&"kernels") {
+        let (e, c) = gpu_kernels_suite(&gpt, &m)?;
+        entries.extend(e);
+        ceilings = c;
+    }
+    if !on_gpu && (suites.contains(&"kernels") || suites.contains(&"step")) {
         ceilings = measure_ceilings(&m, q);
         eprintln!(
             "ceilings: copy {:.1} GB/s, sgemm {:.1} GFLOP/s",
             ceilings.copy_gbps, ceilings.sgemm_gflops
         );
     }
-    if suites.contains(&"kernels") {
+    if suites.contains(&"kernels") && !on_gpu {
         entries.extend(kernels_suite(&gpt, &m, &ceilings));
     }
     if suites.contains(&"step") {
         for mode in &modes {
-            entries.push(step_entry(&gpt, *mode, &m, &ceilings));
+            entries.push(step_entry(&gpt, *mode, &m, &ceilings, &bench_device));
         }
     }
 
@@ -193,8 +200,8 @@ fn run(args: Args) -> Result<i32, String> {
     let doc = json!({
         "schema": SCHEMA,
         "device": device,
-        "device_name": cpu_model_name(),
-        "backend": "cpu",
+        "device_name": device_name,
+        "backend": if on_gpu { "cuda" } else { "cpu" },
         "threads": runtime::cpu::threads(),
         "date": date,
         "commit": commit,
@@ -675,16 +682,22 @@ const PHASES: [&str; 6] = [
 
 /// A `Backend` that delegates every call and adds its wall time to a phase. `backward_gemm` is
 /// `linear_backward` (dgrad + wgrad + bias grad; with MXFP4 modes this includes quantization,
-/// which the CPU backend does not report separately).
-struct TimedBackend<B: Backend> {
-    inner: B,
+/// which the CPU backend does not report separately). A GPU backend runs asynchronously: with
+/// `sync_each_op` every call waits for its work, so the phases are real (at the cost of the
+/// launch gaps the waits add; the step time is measured without them).
+struct TimedBackend {
+    inner: Box<dyn Backend>,
+    sync_each_op: bool,
     phase_s: RefCell<[f64; PHASES.len()]>,
 }
 
-impl<B: Backend> TimedBackend<B> {
+impl TimedBackend {
     fn timed<T>(&self, phase: usize, f: impl FnOnce() -> T) -> T {
         let t = Instant::now();
         let r = f();
+        if self.sync_each_op {
+            let _ = self.inner.synchronize();
+        }
         self.phase_s.borrow_mut()[phase] += t.elapsed().as_secs_f64();
         r
     }
@@ -701,7 +714,7 @@ const OPT: usize = 4;
 const OTH: usize = 5;
 
 #[rustfmt::skip]
-impl<B: Backend> Backend for TimedBackend<B> {
+impl Backend for TimedBackend {
     fn info(&self) -> BackendInfo { self.inner.info() }
     fn write(&mut self, dst: TensorRef, values: &[f32]) -> BResult<()> { self.inner.write(dst, values) }
     fn read(&self, src: TensorRef) -> BResult<Vec<f32>> { self.timed(OTH, || self.inner.read(src)) }
@@ -709,10 +722,11 @@ impl<B: Backend> Backend for TimedBackend<B> {
     fn write_optimizer(&mut self, master: &[f32], m: &[f32], v: &[f32]) -> BResult<()> { self.inner.write_optimizer(master, m, v) }
     fn set_mx_config(&mut self, cfg: MxConfig) -> BResult<()> { self.inner.set_mx_config(cfg) }
     fn take_mx_telemetry(&mut self) -> MxTelemetry { self.inner.take_mx_telemetry() }
+    fn synchronize(&self) -> BResult<()> { self.inner.synchronize() }
     fn set_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> BResult<()> {
-        let t = Instant::now(); let r = self.inner.set_tokens(inputs, targets); self.phase_s.get_mut()[OTH] += t.elapsed().as_secs_f64(); r
+        let t = Instant::now(); let r = self.inner.set_tokens(inputs, targets); self.add(OTH, t); r
     }
-    fn zero_grads(&mut self) -> BResult<()> { let t = Instant::now(); let r = self.inner.zero_grads(); self.phase_s.get_mut()[OTH] += t.elapsed().as_secs_f64(); r }
+    fn zero_grads(&mut self) -> BResult<()> { let t = Instant::now(); let r = self.inner.zero_grads(); self.add(OTH, t); r }
     fn encoder_forward(&mut self, out: TensorRef, wte: TensorRef, wpe: TensorRef, t: usize, c: usize) -> BResult<()> {
         let s = Instant::now(); let r = self.inner.encoder_forward(out, wte, wpe, t, c); self.add(FWD, s); r
     }
@@ -751,15 +765,85 @@ impl<B: Backend> Backend for TimedBackend<B> {
     fn adamw(&mut self, hp: &AdamW) -> BResult<()> { let s = Instant::now(); let r = self.inner.adamw(hp); self.add(OPT, s); r }
 }
 
-impl<B: Backend> TimedBackend<B> {
+impl TimedBackend {
     fn add(&mut self, phase: usize, since: Instant) {
+        if self.sync_each_op {
+            let _ = self.inner.synchronize();
+        }
         self.phase_s.get_mut()[phase] += since.elapsed().as_secs_f64();
     }
 }
 
+/// Where the step suite runs, and the GPU's energy counter when there is one.
+struct BenchDevice {
+    gpu: bool,
+    counters: Option<runtime::counters::Counters>,
+}
+
+impl BenchDevice {
+    fn backend(&self, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+        if self.gpu {
+            gpu_backend(gpt)
+        } else {
+            Ok(Box::new(CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?))
+        }
+    }
+
+    /// The GPU's energy counter in millijoules (None on the CPU or without NVML).
+    fn energy_mj(&self) -> Option<u64> {
+        self.counters.as_ref().and_then(|c| c.sample().energy_mj)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_backend(gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+    Ok(Box::new(gpt::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_backend(_gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+    Err("this bench was built without the CUDA backend".into())
+}
+
+/// The kernels suite on the GPU (tools::gpu_bench), as result entries, and the GPU's ceilings
+/// (`sgemm_gflops` is then the BF16 tensor-core GEMM's rate).
+#[cfg(feature = "cuda")]
+fn gpu_kernels_suite(gpt: &Gpt, m: &Method) -> Result<(Vec<Value>, Ceilings), String> {
+    let g = runtime::cuda::Gpu::new(0).map_err(|e| format!("--device cuda: {e}"))?;
+    let gc = tools::gpu_bench::ceilings(&g, m.warmup, m.reps).map_err(|e| e.to_string())?;
+    let ceil = Ceilings {
+        copy_gbps: gc.copy_gbps,
+        sgemm_gflops: gc.gemm_tflops * 1e3,
+        sgemm_n: gc.gemm_n,
+        copy_bytes: gc.copy_bytes,
+    };
+    eprintln!("ceilings: copy {:.1} GB/s, bf16 GEMM {:.1} TFLOP/s at {}^3", gc.copy_gbps, gc.gemm_tflops, gc.gemm_n);
+    let timings = tools::gpu_bench::kernels(&g, gpt, m.warmup, m.reps).map_err(|e| e.to_string())?;
+    let entries = timings
+        .into_iter()
+        .map(|t| kernel_entry(&t.name, t.shape, Stats::from_samples(t.samples_ms), t.flops, t.bytes, &ceil))
+        .collect();
+    Ok((entries, ceil))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_kernels_suite(_gpt: &Gpt, _m: &Method) -> Result<(Vec<Value>, Ceilings), String> {
+    Err("this bench was built without the CUDA backend".into())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu_name() -> Result<String, String> {
+    Ok(runtime::cuda::Gpu::new(0).map_err(|e| format!("--device cuda: {e}"))?.props().name.clone())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_name() -> Result<String, String> {
+    Err("this bench was built without the CUDA backend".into())
+}
+
 /// One training step per repetition; a mode whose backward fails (the MXFP4 GEMM not built in
 /// yet, say) is recorded with its error instead of numbers.
-fn step_entry(gpt: &Gpt, mode: BackwardMode, m: &Method, ceil: &Ceilings) -> Value {
+fn step_entry(gpt: &Gpt, mode: BackwardMode, m: &Method, ceil: &Ceilings, dev: &BenchDevice) -> Value {
     let name = format!("step/{}", mode.name());
     let shape = format!(
         "model={} B={} T={}",
@@ -768,16 +852,20 @@ fn step_entry(gpt: &Gpt, mode: BackwardMode, m: &Method, ceil: &Ceilings) -> Val
         gpt.seq
     );
     eprintln!("  {name}: {shape}");
-    match run_steps(gpt, mode, m) {
-        Ok((st, phases)) => {
+    match run_steps(gpt, mode, m, dev) {
+        Ok((st, phases, joules_per_step)) => {
             let tokens = gpt.tokens_per_batch() as f64;
             let tokens_per_s = tokens / (st.median * 1e-3);
             let fpt = gpt.cfg.flops_per_token(gpt.seq);
-            // The CPU's peak is the bench's own sgemm ceiling unless MXGPT_PEAK_TFLOPS says otherwise.
-            let peak = match runtime::counters::peak_tflops("") {
+            // A GPU's peak comes from the device table; the CPU's is the bench's own sgemm
+            // ceiling. MXGPT_PEAK_TFLOPS overrides both.
+            let peak_name = if dev.gpu { gpu_name().unwrap_or_default() } else { String::new() };
+            let peak = match runtime::counters::peak_tflops(&peak_name) {
                 Ok(Some(p)) => p,
+                _ if dev.gpu => f64::NAN,
                 _ => ceil.sgemm_gflops / 1e3,
             };
+            let joules_per_token = joules_per_step.map(|j| j / tokens);
             let mfu = runtime::counters::mfu(fpt, tokens_per_s, peak);
             eprintln!(
                 "  {name:<36} {:>10.3} ms/step, {tokens_per_s:.2} tok/s, MFU {:.1}%",
@@ -788,7 +876,9 @@ fn step_entry(gpt: &Gpt, mode: BackwardMode, m: &Method, ceil: &Ceilings) -> Val
                 PHASES.iter().zip(phases).map(|(p, s)| (*p, s)).collect();
             json!({"suite": "step", "name": name, "shape": shape, "mode": mode.name(), "stats": st.json(),
                    "tokens_per_step": tokens, "tokens_per_s": tokens_per_s, "flops_per_token": fpt,
-                   "peak_tflops": peak, "mfu": mfu, "joules_per_token": null, "phase_ms": phase_json})
+                   "peak_tflops": if peak.is_finite() { json!(peak) } else { Value::Null },
+                   "mfu": if mfu.is_finite() { json!(mfu) } else { Value::Null },
+                   "joules_per_token": joules_per_token, "phase_ms": phase_json})
         }
         Err(e) => {
             eprintln!("  {name}: {e}");
@@ -807,15 +897,17 @@ fn model_label(cfg: &ModelConfig) -> String {
         .unwrap_or_else(|| format!("L{}C{}", cfg.layers, cfg.channels))
 }
 
-/// Median step stats and the median per-phase milliseconds.
+/// Median step stats, the median per-phase milliseconds and, on a GPU with NVML, the joules
+/// per step over the measured steps.
 fn run_steps(
     gpt: &Gpt,
     mode: BackwardMode,
     m: &Method,
-) -> Result<(Stats, [f64; PHASES.len()]), String> {
-    let inner = CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?;
+    dev: &BenchDevice,
+) -> Result<(Stats, [f64; PHASES.len()], Option<f64>), String> {
     let mut be = TimedBackend {
-        inner,
+        inner: dev.backend(gpt)?,
+        sync_each_op: false,
         phase_s: RefCell::new([0.0; PHASES.len()]),
     };
     be.write(
@@ -846,7 +938,7 @@ fn run_steps(
     let mut step_no = 0u32;
     let mut error = None;
     let mut phase_samples: Vec<[f64; PHASES.len()]> = Vec::new();
-    let mut one_step = |i: usize, be: &mut TimedBackend<CpuBackend>| -> Result<(), String> {
+    let mut one_step = |i: usize, be: &mut TimedBackend| -> Result<(), String> {
         step_no += 1;
         be.set_tokens(&toks[i].0, Some(&toks[i].1))
             .map_err(|e| e.0)?;
@@ -864,10 +956,13 @@ fn run_steps(
             t: step_no as u64,
             grad_scale: clip,
         })
-        .map_err(|e| e.0)
+        .map_err(|e| e.0)?;
+        // A step is done when its work is: the GPU runs asynchronously.
+        be.synchronize().map_err(|e| e.0)
     };
     let total = m.warmup + m.reps;
     let mut done = 0usize;
+    let mut energy_mj: Vec<Option<u64>> = Vec::new();
     let st = measure(m, |i| {
         if error.is_some() {
             return;
@@ -877,6 +972,7 @@ fn run_steps(
             error = Some(e);
         }
         phase_samples.push(be.take().map(|s| s * 1e3));
+        energy_mj.push(dev.energy_mj());
         done += 1;
         if total >= 5 && done.is_multiple_of((total / 5).max(1)) {
             eprintln!("    {done}/{total}+ steps");
@@ -885,12 +981,30 @@ fn run_steps(
     if let Some(e) = error {
         return Err(e);
     }
-    let kept = &phase_samples[m.warmup.min(phase_samples.len())..];
+    // Energy over the measured steps (after the warm-up), from NVML's total-energy counter.
+    let joules_per_step = match (m.warmup.checked_sub(1).and_then(|i| energy_mj.get(i)), energy_mj.last()) {
+        (Some(Some(a)), Some(Some(b))) if energy_mj.len() > m.warmup && b > a => {
+            Some((b - a) as f64 * 1e-3 / (energy_mj.len() - m.warmup) as f64)
+        }
+        _ => None,
+    };
+    let mut kept = phase_samples[m.warmup.min(phase_samples.len())..].to_vec();
+    if dev.gpu {
+        // The timed steps ran without waits; a few more with a wait after every op give the
+        // per-phase breakdown.
+        be.sync_each_op = true;
+        kept.clear();
+        for i in 0..3 {
+            be.take();
+            one_step(i % ROTATE, &mut be)?;
+            kept.push(be.take().map(|s| s * 1e3));
+        }
+    }
     let mut phases = [0.0; PHASES.len()];
     for (p, slot) in phases.iter_mut().enumerate() {
         *slot = Stats::from_samples(kept.iter().map(|s| s[p]).collect()).median;
     }
-    Ok((st, phases))
+    Ok((st, phases, joules_per_step))
 }
 
 fn parse_modes(s: &str) -> Result<Vec<BackwardMode>, String> {

@@ -1,0 +1,676 @@
+//! `CudaBackend`: the `Backend` trait on one GPU, one stream, one launcher per op.
+//!
+//! Memory (DESIGN.md): parameters, parameter gradients, activations and activation gradients in
+//! BF16; per-row statistics (layernorm mean/rstd, attention log-sum-exp, losses) and the AdamW
+//! state (FP32 master weights, both moments) in FP32. Every arena of `layout.rs` is one device
+//! allocation, so a `TensorRef` becomes a base pointer plus an offset. Ops that need temporary
+//! FP32 space (the deterministic two-pass reductions) share one `work` buffer sized for the
+//! largest of them: everything runs in order on one stream, so they never overlap.
+//!
+//! The MXFP4 backward modes are not on the GPU yet (the GPU-MXFP4 issue): choosing one is an error
+//! before training starts.
+//!
+//! NOT VERIFIED ON A GPU unless perf/ holds a GPU run of this commit (see the module doc).
+
+use super::kernels::{self as k, Ptr};
+use crate::backend::{BResult, Backend, BackendError, BackendInfo, LinearBackward};
+use crate::config::ModelConfig;
+use crate::cpu::ops::AdamW;
+use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
+use crate::mx::{MxConfig, MxTelemetry};
+use crate::precision::BackwardMode;
+use runtime::cuda::half::bf16;
+use runtime::cuda::{CudaError, DeviceBuffer, Gpu};
+
+pub struct CudaBackend {
+    gpu: Gpu,
+    layout: ParamLayout,
+    vocab: usize,
+    tokens_per_batch: usize,
+    params: DeviceBuffer<bf16>,
+    grads: DeviceBuffer<bf16>,
+    master: DeviceBuffer<f32>,
+    adam_m: DeviceBuffer<f32>,
+    adam_v: DeviceBuffer<f32>,
+    acts: DeviceBuffer<bf16>,
+    scratch: DeviceBuffer<bf16>,
+    stats: DeviceBuffer<f32>,
+    inputs: DeviceBuffer<i32>,
+    targets: DeviceBuffer<i32>,
+    /// The batch's positions grouped by token, for the encoder backward: built when the tokens
+    /// arrive (the stream waits for that upload anyway), so the backward never stalls the host.
+    /// Replacing it frees the old one only after the new upload has synchronized the stream.
+    encoder_index: Option<k::encoder::EncoderIndex>,
+    has_targets: bool,
+    /// FP32 temporaries of the two-pass reductions (layernorm and bias gradients, attention
+    /// backward, gradient norm).
+    work: DeviceBuffer<f32>,
+    norm: DeviceBuffer<f32>,
+}
+
+fn err(e: CudaError) -> BackendError {
+    BackendError(format!("CUDA: {e}"))
+}
+
+fn gib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// Device bytes a model needs at micro batch `batch` x `seq` (without the `work` buffer, which
+/// is small): (parameters + optimizer state, activations and their gradients).
+pub fn memory_estimate(cfg: &ModelConfig, batch: usize, seq: usize) -> (usize, usize) {
+    let n = ParamLayout::new(cfg).total;
+    let a = ActLayout::new(cfg, batch, seq);
+    // bf16 params + bf16 grads + f32 master, m, v
+    let state = n * (2 + 2 + 4 * 3);
+    let acts = 2 * (a.acts_total + a.scratch_total) + 4 * a.stats_total + 4 * 2 * batch * seq;
+    (state, acts)
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal` and allocates everything for `cfg` at micro batch `batch` x `seq`.
+    /// A model that does not fit fails here, before any allocation, with what it needs.
+    pub fn new(ordinal: usize, cfg: &ModelConfig, batch: usize, seq: usize) -> BResult<Self> {
+        let gpu = Gpu::new(ordinal).map_err(err)?;
+        let layout = ParamLayout::new(cfg);
+        let a = ActLayout::new(cfg, batch, seq);
+        let bt = batch * seq;
+        let c = cfg.channels;
+        let work_len = [
+            k::layernorm::layernorm_backward_scratch_len(bt, c),
+            k::gemm::bias_backward_scratch_len(bt, 4 * c),
+            k::attention::attention_backward_scratch_len(batch, seq, c, cfg.heads),
+            k::global_norm::grad_norm_scratch_len(layout.total),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1)
+        .max(1);
+        let (state, acts) = memory_estimate(cfg, batch, seq);
+        let need = state + acts + 4 * work_len;
+        let (free, total) = gpu.memory_info().map_err(err)?;
+        // Leave room for the context, module images and allocator granularity.
+        let usable = free.saturating_sub(512 << 20);
+        if need > usable {
+            return Err(BackendError(format!(
+                "out of memory on {}: {cfg} at batch {batch} x seq {seq} needs {:.2} GiB ({:.2} GiB parameters, gradients and AdamW state, {:.2} GiB activations) but {:.2} GiB of {:.2} GiB are free: lower --batch (keeping the step's tokens with gradient accumulation) or --seq, or pick a smaller --model",
+                gpu.props().name,
+                gib(need),
+                gib(state),
+                gib(acts),
+                gib(free),
+                gib(total)
+            )));
+        }
+        let n = layout.total;
+        let backend = CudaBackend {
+            params: gpu.alloc(n).map_err(err)?,
+            grads: gpu.alloc(n).map_err(err)?,
+            master: gpu.alloc(n).map_err(err)?,
+            adam_m: gpu.alloc(n).map_err(err)?,
+            adam_v: gpu.alloc(n).map_err(err)?,
+            acts: gpu.alloc(a.acts_total).map_err(err)?,
+            scratch: gpu.alloc(a.scratch_total).map_err(err)?,
+            stats: gpu.alloc(a.stats_total).map_err(err)?,
+            inputs: gpu.alloc(bt).map_err(err)?,
+            targets: gpu.alloc(bt).map_err(err)?,
+            encoder_index: None,
+            has_targets: false,
+            work: gpu.alloc(work_len).map_err(err)?,
+            norm: gpu.alloc(1).map_err(err)?,
+            layout,
+            vocab: cfg.vocab,
+            tokens_per_batch: bt,
+            gpu,
+        };
+        // Defined contents from the start: zero moments and gradients, so that a read before the
+        // first write is zeros and not whatever the allocator handed out.
+        for b in [&backend.master, &backend.adam_m, &backend.adam_v] {
+            backend.gpu.fill_bytes(b, 0).map_err(err)?;
+        }
+        backend.gpu.fill_bytes(&backend.grads, 0).map_err(err)?;
+        backend.gpu.fill_bytes(&backend.params, 0).map_err(err)?;
+        Ok(backend)
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The BF16 span a tensor names; an error for the FP32 statistics arena.
+    fn bf(&self, t: TensorRef) -> BResult<Ptr<'_, bf16>> {
+        let buf = match t.arena {
+            Arena::Params => &self.params,
+            Arena::Grads => &self.grads,
+            Arena::Acts => &self.acts,
+            Arena::Scratch => &self.scratch,
+            Arena::Stats => {
+                return Err(BackendError(format!("CUDA backend: a BF16 operand was expected but {t:?} is in the FP32 statistics arena")))
+            }
+        };
+        span(buf, t)
+    }
+
+    /// The FP32 span of a per-row statistics tensor.
+    fn f32s(&self, t: TensorRef) -> BResult<Ptr<'_, f32>> {
+        if t.arena != Arena::Stats {
+            return Err(BackendError(format!(
+                "CUDA backend: an FP32 statistics operand was expected but {t:?} is BF16"
+            )));
+        }
+        span(&self.stats, t)
+    }
+
+    fn rows_of(&self, t: usize) -> usize {
+        self.tokens_per_batch / t.max(1)
+    }
+
+    fn check_mode(mode: BackwardMode) -> BResult<()> {
+        if mode != BackwardMode::Bf16 {
+            return Err(BackendError(format!(
+                "--backward {}: the MXFP4 backward modes are not implemented on the CUDA backend yet (only bf16); use --backward bf16 on the GPU, or --device cpu for the MXFP4 modes",
+                mode.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn span<T: runtime::cuda::DeviceElem>(buf: &DeviceBuffer<T>, t: TensorRef) -> BResult<Ptr<'_, T>> {
+    if t.offset
+        .checked_add(t.len)
+        .is_none_or(|end| end > buf.len())
+    {
+        return Err(BackendError(format!(
+            "CUDA backend: {t:?} lies outside its arena of {} elements",
+            buf.len()
+        )));
+    }
+    Ok(Ptr::of(buf).slice(t.offset, t.len))
+}
+
+fn to_bf16(values: &[f32]) -> Vec<bf16> {
+    values.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+/// A fresh stochastic-rounding seed per optimizer step (splitmix64 of the step), so an element
+/// does not round the same way every step.
+fn adamw_seed(step: u64) -> u32 {
+    let mut z = step.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 32) as u32
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Backend for CudaBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "cuda".into(),
+            device: self.gpu.props().name.clone(),
+            threads: 1,
+        }
+    }
+
+    fn synchronize(&self) -> BResult<()> {
+        self.gpu.synchronize("the queued kernels").map_err(err)
+    }
+
+    fn write(&mut self, dst: TensorRef, values: &[f32]) -> BResult<()> {
+        if values.len() != dst.len {
+            return Err(BackendError(format!(
+                "write of {} values into a span of {}",
+                values.len(),
+                dst.len
+            )));
+        }
+        let g = &self.gpu;
+        match dst.arena {
+            Arena::Stats => g
+                .copy_to_device_at(values, &self.stats, dst.offset)
+                .map_err(err),
+            Arena::Params => {
+                // The FP32 values become the master weights; the BF16 parameters their rounding.
+                g.copy_to_device_at(values, &self.master, dst.offset)
+                    .map_err(err)?;
+                g.copy_to_device_at(&to_bf16(values), &self.params, dst.offset)
+                    .map_err(err)
+            }
+            Arena::Grads => g
+                .copy_to_device_at(&to_bf16(values), &self.grads, dst.offset)
+                .map_err(err),
+            Arena::Acts => g
+                .copy_to_device_at(&to_bf16(values), &self.acts, dst.offset)
+                .map_err(err),
+            Arena::Scratch => g
+                .copy_to_device_at(&to_bf16(values), &self.scratch, dst.offset)
+                .map_err(err),
+        }
+    }
+
+    fn read(&self, src: TensorRef) -> BResult<Vec<f32>> {
+        let g = &self.gpu;
+        if src.arena == Arena::Stats {
+            let mut out = vec![0.0f32; src.len];
+            g.copy_to_host_at(&self.stats, src.offset, &mut out)
+                .map_err(err)?;
+            return Ok(out);
+        }
+        let buf = match src.arena {
+            Arena::Params => &self.params,
+            Arena::Grads => &self.grads,
+            Arena::Acts => &self.acts,
+            _ => &self.scratch,
+        };
+        let mut out = vec![bf16::ZERO; src.len];
+        g.copy_to_host_at(buf, src.offset, &mut out).map_err(err)?;
+        Ok(out.iter().map(|x| x.to_f32()).collect())
+    }
+
+    fn read_optimizer(&self) -> BResult<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let g = &self.gpu;
+        Ok((
+            g.download(&self.master).map_err(err)?,
+            g.download(&self.adam_m).map_err(err)?,
+            g.download(&self.adam_v).map_err(err)?,
+        ))
+    }
+
+    /// Restores the optimizer state; the BF16 parameters become the round-to-nearest of the
+    /// master weights. (The run that saved them held their stochastic rounding, so a resumed GPU
+    /// run is not bit-identical to an uninterrupted one, unlike on the CPU.)
+    fn write_optimizer(&mut self, master: &[f32], m: &[f32], v: &[f32]) -> BResult<()> {
+        let n = self.layout.total;
+        for (what, x) in [
+            ("master weights", master),
+            ("first moments", m),
+            ("second moments", v),
+        ] {
+            if x.len() != n {
+                return Err(BackendError(format!(
+                    "optimizer state: {} {what} for a model of {n} parameters",
+                    x.len()
+                )));
+            }
+        }
+        let g = &self.gpu;
+        g.copy_to_device(master, &self.master).map_err(err)?;
+        g.copy_to_device(m, &self.adam_m).map_err(err)?;
+        g.copy_to_device(v, &self.adam_v).map_err(err)?;
+        g.copy_to_device(&to_bf16(master), &self.params)
+            .map_err(err)
+    }
+
+    fn set_mx_config(&mut self, cfg: MxConfig) -> BResult<()> {
+        Self::check_mode(cfg.mode)
+    }
+
+    fn take_mx_telemetry(&mut self) -> MxTelemetry {
+        MxTelemetry::default()
+    }
+
+    fn set_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> BResult<()> {
+        let bt = self.tokens_per_batch;
+        if inputs.len() != bt || targets.is_some_and(|t| t.len() != bt) {
+            return Err(BackendError(format!(
+                "{} input / {} target tokens for a batch of {bt}",
+                inputs.len(),
+                targets.map_or(0, |t| t.len())
+            )));
+        }
+        let vocab = self.vocab as u32;
+        if let Some(bad) = inputs
+            .iter()
+            .chain(targets.unwrap_or(&[]))
+            .find(|&&t| t >= vocab)
+        {
+            return Err(BackendError(format!(
+                "token id {bad} is outside the vocabulary (< {vocab})"
+            )));
+        }
+        let as_i32 = |v: &[u32]| v.iter().map(|&t| t as i32).collect::<Vec<i32>>();
+        self.gpu
+            .copy_to_device(&as_i32(inputs), &self.inputs)
+            .map_err(err)?;
+        self.encoder_index =
+            Some(k::encoder::EncoderIndex::build(&self.gpu, inputs, self.vocab).map_err(err)?);
+        self.has_targets = targets.is_some();
+        if let Some(t) = targets {
+            self.gpu
+                .copy_to_device(&as_i32(t), &self.targets)
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn zero_grads(&mut self) -> BResult<()> {
+        self.gpu.fill_bytes(&self.grads, 0).map_err(err)
+    }
+
+    fn encoder_forward(
+        &mut self,
+        out: TensorRef,
+        wte: TensorRef,
+        wpe: TensorRef,
+        t: usize,
+        c: usize,
+    ) -> BResult<()> {
+        let b = self.rows_of(t);
+        let tokens = Ptr::of(&self.inputs);
+        k::encoder::encoder_forward(
+            &self.gpu,
+            self.bf(out)?,
+            tokens,
+            self.bf(wte)?,
+            self.bf(wpe)?,
+            b,
+            t,
+            c,
+        )
+        .map_err(err)
+    }
+
+    fn layernorm_forward(
+        &mut self,
+        out: TensorRef,
+        mean: TensorRef,
+        rstd: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        b: TensorRef,
+        c: usize,
+    ) -> BResult<()> {
+        let n = mean.len;
+        k::layernorm::layernorm_forward(
+            &self.gpu,
+            self.bf(out)?,
+            self.f32s(mean)?,
+            self.f32s(rstd)?,
+            self.bf(inp)?,
+            self.bf(w)?,
+            self.bf(b)?,
+            n,
+            c,
+        )
+        .map_err(err)
+    }
+
+    fn residual_layernorm_forward(
+        &mut self,
+        res_out: TensorRef,
+        ln_out: TensorRef,
+        mean: TensorRef,
+        rstd: TensorRef,
+        res_in: TensorRef,
+        delta: TensorRef,
+        w: TensorRef,
+        b: TensorRef,
+        c: usize,
+    ) -> BResult<()> {
+        let n = mean.len;
+        k::layernorm::residual_layernorm_forward(
+            &self.gpu,
+            self.bf(res_out)?,
+            self.bf(ln_out)?,
+            self.f32s(mean)?,
+            self.f32s(rstd)?,
+            self.bf(res_in)?,
+            self.bf(delta)?,
+            self.bf(w)?,
+            self.bf(b)?,
+            n,
+            c,
+        )
+        .map_err(err)
+    }
+
+    fn matmul_forward(
+        &mut self,
+        out: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        bias: Option<TensorRef>,
+        gelu_out: Option<TensorRef>,
+        rows: usize,
+        ic: usize,
+        oc: usize,
+    ) -> BResult<()> {
+        let bias = bias.map(|t| self.bf(t)).transpose()?;
+        let gelu_out = gelu_out.map(|t| self.bf(t)).transpose()?;
+        k::gemm::matmul_forward(
+            &self.gpu,
+            self.bf(out)?,
+            self.bf(inp)?,
+            self.bf(w)?,
+            bias,
+            gelu_out,
+            rows,
+            ic,
+            oc,
+        )
+        .map_err(err)
+    }
+
+    fn attention_forward(
+        &mut self,
+        out: TensorRef,
+        lse: TensorRef,
+        qkv: TensorRef,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> BResult<()> {
+        k::attention::attention_forward(
+            &self.gpu,
+            self.bf(out)?,
+            self.f32s(lse)?,
+            self.bf(qkv)?,
+            b,
+            t,
+            c,
+            nh,
+        )
+        .map_err(err)
+    }
+
+    fn classifier(
+        &mut self,
+        logits: TensorRef,
+        losses: TensorRef,
+        vp: usize,
+        v: usize,
+        dloss: Option<f32>,
+    ) -> BResult<()> {
+        if !self.has_targets {
+            return Err(BackendError(
+                "classifier: no targets were set for this batch".into(),
+            ));
+        }
+        let n = losses.len;
+        let targets = Ptr::of(&self.targets).slice(0, n);
+        k::classifier::classifier(
+            &self.gpu,
+            self.bf(logits)?,
+            self.f32s(losses)?,
+            targets,
+            n,
+            vp,
+            v,
+            dloss,
+        )
+        .map_err(err)
+    }
+
+    fn encoder_backward(
+        &mut self,
+        dwte: TensorRef,
+        dwpe: TensorRef,
+        dout: TensorRef,
+        t: usize,
+        c: usize,
+    ) -> BResult<()> {
+        let b = self.rows_of(t);
+        let index = self.encoder_index.as_ref().ok_or_else(|| {
+            BackendError("encoder_backward: no tokens were set for this batch".into())
+        })?;
+        k::encoder::encoder_backward_indexed(
+            &self.gpu,
+            self.bf(dwte)?,
+            self.bf(dwpe)?,
+            self.bf(dout)?,
+            index,
+            b,
+            t,
+            c,
+        )
+        .map_err(err)
+    }
+
+    fn layernorm_backward(
+        &mut self,
+        dinp: TensorRef,
+        dw: TensorRef,
+        db: TensorRef,
+        dout: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        mean: TensorRef,
+        rstd: TensorRef,
+        c: usize,
+    ) -> BResult<()> {
+        let n = mean.len;
+        k::layernorm::layernorm_backward(
+            &self.gpu,
+            self.bf(dinp)?,
+            self.bf(dw)?,
+            self.bf(db)?,
+            self.bf(dout)?,
+            self.bf(inp)?,
+            self.bf(w)?,
+            self.f32s(mean)?,
+            self.f32s(rstd)?,
+            Ptr::of(&self.work),
+            n,
+            c,
+        )
+        .map_err(err)
+    }
+
+    fn linear_backward(
+        &mut self,
+        dinp: TensorRef,
+        dw: TensorRef,
+        dbias: Option<TensorRef>,
+        dout: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        rows: usize,
+        ic: usize,
+        oc: usize,
+        prec: Option<LinearBackward>,
+    ) -> BResult<()> {
+        if let Some(p) = prec {
+            Self::check_mode(p.mode)?;
+        }
+        let g = &self.gpu;
+        let d = self.bf(dout)?;
+        k::gemm::matmul_backward_input(g, self.bf(dinp)?, d, self.bf(w)?, rows, ic, oc)
+            .map_err(err)?;
+        k::gemm::matmul_backward_weight(g, self.bf(dw)?, d, self.bf(inp)?, rows, ic, oc)
+            .map_err(err)?;
+        if let Some(db) = dbias {
+            k::gemm::bias_backward(g, self.bf(db)?, d, Ptr::of(&self.work), rows, oc)
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn gelu_backward(&mut self, d: TensorRef, pre: TensorRef) -> BResult<()> {
+        k::gelu::gelu_backward_inplace(&self.gpu, self.bf(d)?, self.bf(pre)?, d.len).map_err(err)
+    }
+
+    fn attention_backward(
+        &mut self,
+        dqkv: TensorRef,
+        dout: TensorRef,
+        qkv: TensorRef,
+        out: TensorRef,
+        lse: TensorRef,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> BResult<()> {
+        k::attention::attention_backward(
+            &self.gpu,
+            self.bf(dqkv)?,
+            self.bf(dout)?,
+            self.bf(qkv)?,
+            self.bf(out)?,
+            self.f32s(lse)?,
+            Ptr::of(&self.work),
+            b,
+            t,
+            c,
+            nh,
+        )
+        .map_err(err)
+    }
+
+    fn zero(&mut self, t: TensorRef) -> BResult<()> {
+        let g = &self.gpu;
+        match t.arena {
+            Arena::Stats => g.fill_bytes_range(&self.stats, t.offset, t.len, 0),
+            Arena::Params => g.fill_bytes_range(&self.params, t.offset, t.len, 0),
+            Arena::Grads => g.fill_bytes_range(&self.grads, t.offset, t.len, 0),
+            Arena::Acts => g.fill_bytes_range(&self.acts, t.offset, t.len, 0),
+            Arena::Scratch => g.fill_bytes_range(&self.scratch, t.offset, t.len, 0),
+        }
+        .map_err(err)
+    }
+
+    fn grad_norm(&mut self) -> BResult<f32> {
+        let g = &self.gpu;
+        k::global_norm::grad_norm(
+            g,
+            Ptr::of(&self.norm),
+            Ptr::of(&self.grads),
+            Ptr::of(&self.work),
+        )
+        .map_err(err)?;
+        let mut norm = [0.0f32];
+        g.copy_to_host(&self.norm, &mut norm).map_err(err)?;
+        Ok(norm[0])
+    }
+
+    fn adamw(&mut self, hp: &AdamW) -> BResult<()> {
+        let args = |decay: bool| k::adamw::AdamwArgs {
+            lr: hp.lr,
+            beta1: hp.beta1,
+            beta2: hp.beta2,
+            beta1_correction: 1.0 - hp.beta1.powi(hp.t as i32),
+            beta2_correction: 1.0 - hp.beta2.powi(hp.t as i32),
+            eps: hp.eps,
+            weight_decay: if decay { hp.weight_decay } else { 0.0 },
+            grad_scale: hp.grad_scale,
+            seed: adamw_seed(hp.t),
+        };
+        let g = &self.gpu;
+        for t in &self.layout.tensors {
+            k::adamw::adamw_update(
+                g,
+                Ptr::of(&self.params),
+                Ptr::of(&self.master),
+                Ptr::of(&self.grads),
+                Ptr::of(&self.adam_m),
+                Ptr::of(&self.adam_v),
+                t.offset,
+                t.len(),
+                &args(t.weight_decay()),
+            )
+            .map_err(err)?;
+        }
+        Ok(())
+    }
+}
