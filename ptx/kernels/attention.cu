@@ -66,8 +66,9 @@
 //   attention_backward_dq_hsN(same parameters)   writes the dq third
 //   Boundary handling: rows and columns >= T are loaded as zeros and masked out (probability 0);
 //   nothing is written for rows >= T. Any T >= 1.
-//   Aliasing: no output may overlap any input (dqkv must not be qkv: dq is written while the
-//   dkdv kernel of another block may still read q). The launcher checks this.
+//   Aliasing: no output may overlap any input. In particular dqkv must not be qkv: within one
+//   launch, a block's dq (or dk, dv) rows are the q (or k, v) rows other blocks are still
+//   reading. The launcher checks this.
 //   Alignment: global accesses are bf16 pairs (4 bytes), so qkv/out/dout/dqkv must be 4-byte
 //   aligned (HS is even, so every pair is); the launcher checks this.
 // Shared memory at HS = 128: forward 24.3 KiB (q 16x128 f32, k and v 32x130 bf16); dq and dkdv

@@ -167,7 +167,7 @@ pub fn attention_forward(
 /// f32 scratch elements [`attention_backward`] needs: D = rowsum(dout * out), one per
 /// (batch, head, token): `b * nh * t`.
 pub fn attention_backward_scratch_len(b: usize, t: usize, _c: usize, nh: usize) -> usize {
-    b * nh * t
+    b.saturating_mul(nh).saturating_mul(t)
 }
 
 /// Causal attention backward: overwrites all of `dqkv` [b, t, 3c] with the gradients of q, k
@@ -176,8 +176,8 @@ pub fn attention_backward_scratch_len(b: usize, t: usize, _c: usize, nh: usize) 
 /// `scratch` (contents on entry ignored, at least [`attention_backward_scratch_len`] floats),
 /// then dk and dv per key block, then dq per query block. No atomics: bitwise deterministic.
 /// `dqkv` and `scratch` must not overlap each other or any input (checked: in particular
-/// `dqkv` cannot be `qkv`, the dk/dv kernel reads q while dq is written); pointers must be
-/// 4-byte aligned (checked).
+/// `dqkv` cannot be `qkv`: within one launch, the rows one block writes are rows other blocks
+/// still read); pointers must be 4-byte aligned (checked).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     g: &Gpu,
