@@ -129,6 +129,9 @@ pub struct MxTelemetry {
     pub nonfinite_blocks: u64,
     pub sq_err: f64,
     pub sq_sum: f64,
+    /// Wall time spent preparing operands (gather along K, RHT, quantization), for the bench's
+    /// per-phase breakdown.
+    pub quantize_seconds: f64,
 }
 
 /// Derived figures for logs.
@@ -148,6 +151,7 @@ impl MxTelemetry {
         self.nonfinite_blocks += o.nonfinite_blocks;
         self.sq_err += o.sq_err;
         self.sq_sum += o.sq_sum;
+        self.quantize_seconds += o.quantize_seconds;
     }
 
     fn add_block(&mut self, st: &quantize::BlockStats) {
@@ -302,6 +306,7 @@ pub fn backward_gemm(cfg: &MxConfig, id: &GemmId, a: MatRef, b: MatRef, c: &mut 
     if cfg.mode.uses_rht() && k % g != 0 {
         return Err(MxError::KNotMultiple { k, of: g, what: "Hadamard block g" });
     }
+    let started = std::time::Instant::now();
     let mut xa = gather_k_major(a, true);
     let mut xb = gather_k_major(b, false);
     if cfg.mode.uses_rht() {
@@ -317,10 +322,12 @@ pub fn backward_gemm(cfg: &MxConfig, id: &GemmId, a: MatRef, b: MatRef, c: &mut 
     let rounding = cfg.rounding();
     let (qa, ta) = quantize_rows(&xa, a.rows, k, rounding, cfg.seed, id.stream(StreamRole::SrA))?;
     let (qb, tb) = quantize_rows(&xb, b.cols, k, rounding, cfg.seed, id.stream(StreamRole::SrB))?;
+    let quantize_seconds = started.elapsed().as_secs_f64();
     gemm::mx_gemm(&qa, &qb, c, ldc, accumulate, rounding == Rounding::Sr);
     if let Some(t) = telemetry {
         t.merge(&ta);
         t.merge(&tb);
+        t.quantize_seconds += quantize_seconds;
     }
     Ok(())
 }
