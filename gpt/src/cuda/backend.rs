@@ -23,7 +23,6 @@ use runtime::cuda::half::bf16;
 use runtime::cuda::{CudaError, DeviceBuffer, Gpu};
 
 pub struct CudaBackend {
-    gpu: Gpu,
     layout: ParamLayout,
     vocab: usize,
     tokens_per_batch: usize,
@@ -46,6 +45,9 @@ pub struct CudaBackend {
     /// backward, gradient norm).
     work: DeviceBuffer<f32>,
     norm: DeviceBuffer<f32>,
+    /// Last: fields drop in declaration order, and every buffer above must be freed while the
+    /// context is still alive.
+    gpu: Gpu,
 }
 
 fn err(e: CudaError) -> BackendError {

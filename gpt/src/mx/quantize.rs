@@ -68,48 +68,32 @@ pub fn exp2i(p: i32) -> f32 {
     }
 }
 
-/// RTN magnitude code of |y| (|y| <= 8): nearest grid point, ties to the even code, > 5 -> 6.
+/// RTN magnitude code of a = |y| (finite, a <= 8): nearest grid point, ties to the even code,
+/// > 5 -> 7 (6.0, saturating). Written as a count of thresholds passed (strict where the tie
+/// goes down to an even code, inclusive where it goes up), which compiles to branch-free
+/// compares: the same codes as the if-chain over 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.
 #[inline]
 pub fn rtn_code(a: f32) -> u8 {
-    if a <= 0.25 {
-        0
-    } else if a < 0.75 {
-        1
-    } else if a <= 1.25 {
-        2
-    } else if a < 1.75 {
-        3
-    } else if a <= 2.5 {
-        4
-    } else if a < 3.5 {
-        5
-    } else if a <= 5.0 {
-        6
-    } else {
-        7
-    }
+    (a > 0.25) as u8
+        + (a >= 0.75) as u8
+        + (a > 1.25) as u8
+        + (a >= 1.75) as u8
+        + (a > 2.5) as u8
+        + (a >= 3.5) as u8
+        + (a > 5.0) as u8
 }
 
-/// Magnitude code of the grid point at or below a (0 <= a < 6).
+/// Magnitude code of the grid point at or below a (finite, 0 <= a < 8): the number of grid
+/// points 0.5, 1, 1.5, 2, 3, 4, 6 that are <= a.
 #[inline]
 fn floor_code(a: f32) -> u8 {
-    if a < 0.5 {
-        0
-    } else if a < 1.0 {
-        1
-    } else if a < 1.5 {
-        2
-    } else if a < 2.0 {
-        3
-    } else if a < 3.0 {
-        4
-    } else if a < 4.0 {
-        5
-    } else if a < 6.0 {
-        6
-    } else {
-        7
-    }
+    (a >= 0.5) as u8
+        + (a >= 1.0) as u8
+        + (a >= 1.5) as u8
+        + (a >= 2.0) as u8
+        + (a >= 3.0) as u8
+        + (a >= 4.0) as u8
+        + (a >= 6.0) as u8
 }
 
 /// SR magnitude code of a = |y| (0 <= a < 6) given the uniform u in [0, 1).
@@ -119,8 +103,11 @@ pub fn sr_code(a: f32, u: f32) -> u8 {
     if lo == 7 {
         return 7; // only reachable through rounding of the 3/4 pre-scale at the very top
     }
-    let (lo_v, hi_v) = (E2M1_VALUES[lo as usize], E2M1_VALUES[lo as usize + 1]);
-    if u < (a - lo_v) / (hi_v - lo_v) {
+    // The gaps between neighbouring E2M1 values are powers of two (0.5, 1, 2), so multiplying
+    // by their exact reciprocals gives the same f32 as the documented division.
+    const INV_GAP: [f32; 7] = [2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 0.5];
+    let lo_v = E2M1_VALUES[lo as usize];
+    if u < (a - lo_v) * INV_GAP[lo as usize] {
         lo + 1
     } else {
         lo
@@ -162,7 +149,6 @@ pub fn quantize_block(x: &[f32], rounding: Rounding, seed: u64, stream: u64, fir
     }
     let e = shared_exponent(amax);
     let scale_byte = (e + 127) as u8;
-    let deq_scale = (2.0f64).powi(e) * if rounding == Rounding::Sr { 4.0 / 3.0 } else { 1.0 };
     // Random words for the 32 elements: 8 Philox calls when the block is 4-aligned (always,
     // since blocks start at multiples of 32).
     let mut words = [0u32; BLOCK];
@@ -173,30 +159,35 @@ pub fn quantize_block(x: &[f32], rounding: Rounding, seed: u64, stream: u64, fir
             words[q * 4..q * 4 + 4].copy_from_slice(&w);
         }
     }
-    let mult = match rounding {
-        Rounding::Rtn => exp2i(-e),
-        // 0.75 · 2^-e: an exact f32 for every e in [-127, 127].
-        Rounding::Sr => 0.75 * exp2i(-e),
+    // 2^-e is exact for every e in [-127, 127]; so is 0.75 * 2^-e.
+    let unit = exp2i(-e);
+    let (mult, deq_unit) = match rounding {
+        Rounding::Rtn => (unit, 1.0f32),
+        Rounding::Sr => (0.75 * unit, 4.0 / 3.0),
     };
+    // Telemetry in units of 2^e (|x| / 2^e < 8, so f32 neither overflows nor loses the small
+    // block sums), scaled back by 4^e in f64 at the end: cheap enough to run on every block.
+    let (mut sq_err, mut sq_sum, mut clipped) = (0.0f32, 0.0f32, 0u32);
     for i in 0..BLOCK {
-        let y = x[i] * mult;
-        let a = y.abs();
+        let a = (x[i] * mult).abs();
         let mag = match rounding {
             Rounding::Rtn => {
-                if a > 6.0 {
-                    st.clipped += 1;
-                }
+                clipped += (a > 6.0) as u32;
                 rtn_code(a)
             }
             Rounding::Sr => sr_code(a, uniform24(words[i])),
         };
-        let sign = ((x[i].to_bits() >> 31) as u8) << 3;
-        codes[i] = sign | mag;
-        let deq = e2m1_decode(codes[i]) as f64 * deq_scale;
-        let xv = x[i] as f64;
-        st.sq_err += (deq - xv) * (deq - xv);
-        st.sq_sum += xv * xv;
+        codes[i] = (((x[i].to_bits() >> 31) as u8) << 3) | mag;
+        // |Q(x)| and |x| in units of 2^e; Q(x) has x's sign, so |Q(x) - x| = ||Q(x)| - |x||.
+        let xs = (x[i] * unit).abs();
+        let d = E2M1_VALUES[mag as usize] * deq_unit - xs;
+        sq_err += d * d;
+        sq_sum += xs * xs;
     }
+    let four_e = (2.0f64).powi(2 * e);
+    st.clipped = clipped;
+    st.sq_err = sq_err as f64 * four_e;
+    st.sq_sum = sq_sum as f64 * four_e;
     (scale_byte, st)
 }
 
