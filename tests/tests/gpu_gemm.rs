@@ -23,40 +23,12 @@
 //! for negative inputs). NaN never passes (checks are `assert!(err <= tol)`, false for NaN).
 #![cfg(feature = "cuda")]
 
+use tests::gpu::*;
+
 use gpt::cpu::ops;
 use gpt::cuda::kernels::{gemm, Ptr};
 use runtime::cuda::half::bf16;
 use runtime::cuda::{DeviceBuffer, Gpu};
-
-fn gpu() -> Gpu {
-    Gpu::new(0).unwrap_or_else(|e| panic!("GPU tests need a CUDA device: {e}"))
-}
-
-/// xorshift64* uniform in [-scale, scale): deterministic, no extra dependency.
-struct Rng(u64);
-impl Rng {
-    fn f32(&mut self, scale: f32) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        ((r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-    }
-    fn vec_bf16(&mut self, n: usize, scale: f32) -> Vec<bf16> {
-        (0..n).map(|_| bf16::from_f32(self.f32(scale))).collect()
-    }
-}
-
-/// A device buffer poisoned with NaN bytes, so unwritten outputs fail every comparison.
-fn poisoned<T: runtime::cuda::DeviceElem>(g: &Gpu, n: usize) -> DeviceBuffer<T> {
-    let b = g.alloc::<T>(n).unwrap();
-    g.fill_bytes(&b, 0xFF).unwrap();
-    b
-}
-
-fn f32s(v: &[bf16]) -> Vec<f32> {
-    v.iter().map(|x| x.to_f32()).collect()
-}
 
 fn abs(v: &[f32]) -> Vec<f32> {
     v.iter().map(|x| x.abs()).collect()

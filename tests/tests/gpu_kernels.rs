@@ -14,38 +14,11 @@
 //! NaN never passes (comparisons are written as `!(err <= tol)`).
 #![cfg(feature = "cuda")]
 
+use tests::gpu::*;
+
 use runtime::cuda::half::bf16;
 use runtime::cuda::ptx::host::{bf16_bits_stochastic, sr_hash};
-use runtime::cuda::{DeviceBuffer, Gpu, LaunchConfig};
-
-fn gpu() -> Gpu {
-    Gpu::new(0).unwrap_or_else(|e| panic!("GPU tests need a CUDA device: {e}"))
-}
-
-/// xorshift64* uniform in [-scale, scale): deterministic, no extra dependency.
-struct Rng(u64);
-impl Rng {
-    fn f32(&mut self, scale: f32) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        ((r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-    }
-    fn vec_f32(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f32(scale)).collect()
-    }
-    fn vec_bf16(&mut self, n: usize, scale: f32) -> Vec<bf16> {
-        (0..n).map(|_| bf16::from_f32(self.f32(scale))).collect()
-    }
-}
-
-/// A device buffer poisoned with NaN bytes, so unwritten outputs fail every comparison.
-fn poisoned<T: runtime::cuda::DeviceElem>(g: &Gpu, n: usize) -> DeviceBuffer<T> {
-    let b = g.alloc::<T>(n).unwrap();
-    g.fill_bytes(&b, 0xFF).unwrap();
-    b
-}
+use runtime::cuda::LaunchConfig;
 
 fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -57,10 +30,6 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
             "{what}[{i}]: got {g}, want {w} (err {err:.3e} > tol {tol:.3e})"
         );
     }
-}
-
-fn bits(v: &[bf16]) -> Vec<u16> {
-    v.iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]

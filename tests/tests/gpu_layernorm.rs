@@ -12,65 +12,13 @@
 //! `!(err <= tol)` so NaN never passes. Tolerances are stated per test.
 #![cfg(feature = "cuda")]
 
+use tests::gpu::*;
+
 use gpt::cpu::ops;
 use gpt::cuda::kernels::{adamw, cast, encoder, gelu, global_norm, layernorm, Ptr};
 use runtime::cuda::half::bf16;
 use runtime::cuda::ptx::host::{bf16_bits_stochastic, sr_hash};
-use runtime::cuda::{DeviceBuffer, DeviceElem, Gpu};
-
-fn gpu() -> Gpu {
-    Gpu::new(0).unwrap_or_else(|e| panic!("GPU tests need a CUDA device: {e}"))
-}
-
-/// xorshift64* uniform in [-scale, scale): deterministic, no extra dependency.
-struct Rng(u64);
-impl Rng {
-    fn f32(&mut self, scale: f32) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        ((r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-    }
-    fn vec_f32(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.f32(scale)).collect()
-    }
-    fn vec_bf16(&mut self, n: usize, scale: f32) -> Vec<bf16> {
-        (0..n).map(|_| bf16::from_f32(self.f32(scale))).collect()
-    }
-}
-
-/// A device buffer poisoned with NaN bytes, so unwritten outputs fail every comparison.
-fn poisoned<T: DeviceElem>(g: &Gpu, n: usize) -> DeviceBuffer<T> {
-    let b = g.alloc::<T>(n).unwrap();
-    g.fill_bytes(&b, 0xFF).unwrap();
-    b
-}
-
-// `!(err <= tol)` on purpose: a NaN error must fail, which `err > tol` would let pass.
-#[allow(clippy::neg_cmp_op_on_partial_ord)]
-fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let err = (g as f64 - w).abs();
-        let tol = rel * w.abs() + abs;
-        if !(err <= tol) {
-            panic!("{what}[{i}]: got {g}, want {w} (err {err:.3e} > tol {tol:.3e})");
-        }
-    }
-}
-
-fn f32s(v: &[bf16]) -> Vec<f32> {
-    v.iter().map(|x| x.to_f32()).collect()
-}
-
-fn f64s(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-fn bits(v: &[bf16]) -> Vec<u16> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
+use runtime::cuda::{DeviceBuffer, Gpu};
 
 fn down_f32(g: &Gpu, b: &DeviceBuffer<bf16>) -> Vec<f32> {
     f32s(&g.download(b).unwrap())

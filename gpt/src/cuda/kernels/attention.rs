@@ -9,7 +9,7 @@
 //! are instantiated per head size). Layouts: qkv [b, t, 3c] (q | k | v, head h at channels
 //! h*hs..), out and dout [b, t, c], lse [b, nh, t], dqkv [b, t, 3c].
 
-use super::{check_dim, check_len, Ptr};
+use super::{check_dim, check_disjoint, check_len, span, Ptr};
 use runtime::cuda::{half::bf16, CudaError, DeviceElem, Gpu, LaunchConfig, Result};
 
 /// Head sizes the kernels are built for (`ATTENTION_KERNELS(HS)` in attention.cu).
@@ -91,33 +91,6 @@ fn check_align4<T: DeviceElem>(kernel: &str, what: &str, p: &Ptr<T>) -> Result<(
             ),
             1,
         ));
-    }
-    Ok(())
-}
-
-/// The bytes an operation touches in one operand: (name, first byte, one past the last).
-type Span = (&'static str, u64, u64);
-
-fn span<T: DeviceElem>(name: &'static str, p: &Ptr<T>, len: usize) -> Span {
-    (
-        name,
-        p.addr(),
-        p.addr() + (len * std::mem::size_of::<T>()) as u64,
-    )
-}
-
-/// Error if two outputs overlap or an output overlaps an input (a layout bug in the caller
-/// that would otherwise be a silent race or wrong results).
-fn check_disjoint(kernel: &str, outputs: &[Span], inputs: &[Span]) -> Result<()> {
-    for (i, a) in outputs.iter().enumerate() {
-        for b in outputs[i + 1..].iter().chain(inputs) {
-            if a.1 < b.2 && b.1 < a.2 {
-                return Err(CudaError::new(
-                    format!("{kernel}: operand {} overlaps operand {}", a.0, b.0),
-                    1,
-                ));
-            }
-        }
     }
     Ok(())
 }

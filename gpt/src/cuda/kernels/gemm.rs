@@ -10,7 +10,7 @@
 //! `DeviceBuffer`s and the model's shapes), `*_scalar` otherwise. They compute the same values
 //! (same tile loop, same k order); the choice depends only on the shapes and addresses.
 
-use super::{check_dim, check_len, Ptr};
+use super::{check_dim, check_disjoint, check_len, span, Ptr};
 use runtime::cuda::{half::bf16, CudaError, Gpu, LaunchConfig, Result};
 
 /// Output tile of one block (GEMM_BM = GEMM_BN in gemm.cu) and its thread count.
@@ -22,29 +22,6 @@ const BIAS_CHUNK_ROWS: usize = 256;
 fn product(kernel: &str, a: usize, b: usize) -> Result<usize> {
     a.checked_mul(b)
         .ok_or_else(|| CudaError::new(format!("{kernel}: {a} * {b} overflows"), 1))
-}
-
-/// The bytes one operand covers: (name, first byte, one past the last).
-type Span = (&'static str, u64, u64);
-
-fn span(name: &'static str, p: &Ptr<bf16>, len: usize) -> Span {
-    (name, p.addr(), p.addr() + 2 * len as u64)
-}
-
-/// Error if an output overlaps another output or an input: other blocks still read the inputs
-/// while a block writes its tile, so any overlap is a race.
-fn check_disjoint(kernel: &str, outputs: &[Span], inputs: &[Span]) -> Result<()> {
-    for (i, a) in outputs.iter().enumerate() {
-        for b in outputs[i + 1..].iter().chain(inputs) {
-            if a.1 < b.2 && b.1 < a.2 {
-                return Err(CudaError::new(
-                    format!("{kernel}: operand {} overlaps operand {}", a.0, b.0),
-                    1,
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Kernel variant: "vec" when every leading dimension (ic, oc) is a multiple of 8 bf16 and

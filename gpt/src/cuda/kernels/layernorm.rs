@@ -4,8 +4,8 @@
 //! (eps = 1e-5); bf16 tensors, f32 mean/rstd and f32 math. `n` rows of `c` channels; any
 //! `n >= 1`, `1 <= c < 2^30`.
 
-use super::{check_dim, check_len, Ptr};
-use runtime::cuda::{half::bf16, CudaError, DeviceElem, Gpu, LaunchConfig, Result};
+use super::{check_dim, check_disjoint, check_len, span, Ptr, Span};
+use runtime::cuda::{half::bf16, CudaError, Gpu, LaunchConfig, Result};
 
 /// Rows per block of the forward kernels (one warp per row): LN_FWD_WARPS in layernorm.cu.
 const FWD_ROWS_PER_BLOCK: usize = 8;
@@ -39,33 +39,6 @@ fn forward_cfg(n: usize) -> LaunchConfig {
         block: (32 * FWD_ROWS_PER_BLOCK as u32, 1, 1),
         smem_bytes: 0,
     }
-}
-
-/// The bytes an operation touches in one operand: (name, first byte, one past the last).
-type Span = (&'static str, u64, u64);
-
-fn span<T: DeviceElem>(name: &'static str, p: &Ptr<T>, len: usize) -> Span {
-    (
-        name,
-        p.addr(),
-        p.addr() + (len * std::mem::size_of::<T>()) as u64,
-    )
-}
-
-/// Error if two outputs overlap or an output overlaps an input (a layout bug in the caller
-/// that would otherwise be a silent race or wrong gradients).
-fn check_disjoint(kernel: &str, outputs: &[Span], inputs: &[Span]) -> Result<()> {
-    for (i, a) in outputs.iter().enumerate() {
-        for b in outputs[i + 1..].iter().chain(inputs) {
-            if a.1 < b.2 && b.1 < a.2 {
-                return Err(CudaError::new(
-                    format!("{kernel}: operand {} overlaps operand {}", a.0, b.0),
-                    1,
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Error unless `a` and `b` are the same span or do not overlap (in-place use is allowed, a

@@ -39,7 +39,11 @@ impl<T> Copy for Ptr<'_, T> {}
 impl<'a, T: DeviceElem> Ptr<'a, T> {
     /// The whole buffer.
     pub fn of(buf: &'a DeviceBuffer<T>) -> Self {
-        Ptr { addr: buf.device_ptr(), len: buf.len(), _buf: PhantomData }
+        Ptr {
+            addr: buf.device_ptr(),
+            len: buf.len(),
+            _buf: PhantomData,
+        }
     }
 
     /// Elements `[offset, offset + len)` of this span; panics if that is not inside it (a bug
@@ -51,7 +55,11 @@ impl<'a, T: DeviceElem> Ptr<'a, T> {
             self.len,
             T::NAME
         );
-        Ptr { addr: self.addr + (offset * std::mem::size_of::<T>()) as u64, len, _buf: PhantomData }
+        Ptr {
+            addr: self.addr + (offset * std::mem::size_of::<T>()) as u64,
+            len,
+            _buf: PhantomData,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -73,10 +81,19 @@ unsafe impl<T> KernelArg for Ptr<'_, T> {
 }
 
 /// Error unless operand `what` of `kernel` holds at least `need` elements.
-pub fn check_len<T: DeviceElem>(kernel: &str, what: &str, p: &Ptr<'_, T>, need: usize) -> Result<()> {
+pub fn check_len<T: DeviceElem>(
+    kernel: &str,
+    what: &str,
+    p: &Ptr<'_, T>,
+    need: usize,
+) -> Result<()> {
     if p.len() < need {
         return Err(CudaError::new(
-            format!("{kernel}: operand {what} holds {} {} but the shapes need {need}", p.len(), T::NAME),
+            format!(
+                "{kernel}: operand {what} holds {} {} but the shapes need {need}",
+                p.len(),
+                T::NAME
+            ),
             1,
         ));
     }
@@ -86,7 +103,39 @@ pub fn check_len<T: DeviceElem>(kernel: &str, what: &str, p: &Ptr<'_, T>, need: 
 /// Error unless a shape argument fits the kernel's `int` parameter and is positive.
 pub fn check_dim(kernel: &str, what: &str, v: usize) -> Result<i32> {
     if v == 0 || v > i32::MAX as usize {
-        return Err(CudaError::new(format!("{kernel}: {what} = {v} must be in 1..=2^31-1"), 1));
+        return Err(CudaError::new(
+            format!("{kernel}: {what} = {v} must be in 1..=2^31-1"),
+            1,
+        ));
     }
     Ok(v as i32)
+}
+
+/// The bytes an operation touches in one operand: (name, first byte, one past the last).
+pub type Span = (&'static str, u64, u64);
+
+/// The byte span of the first `len` elements of `p`, named for error messages.
+pub fn span<T: DeviceElem>(name: &'static str, p: &Ptr<T>, len: usize) -> Span {
+    (
+        name,
+        p.addr(),
+        p.addr() + (len * std::mem::size_of::<T>()) as u64,
+    )
+}
+
+/// Error if two outputs overlap or an output overlaps an input: other blocks still read the
+/// inputs while a block writes its part, so any overlap is a race or wrong results (a layout bug
+/// in the caller). Inputs may overlap each other.
+pub fn check_disjoint(kernel: &str, outputs: &[Span], inputs: &[Span]) -> Result<()> {
+    for (i, a) in outputs.iter().enumerate() {
+        for b in outputs[i + 1..].iter().chain(inputs) {
+            if a.1 < b.2 && b.1 < a.2 {
+                return Err(CudaError::new(
+                    format!("{kernel}: operand {} overlaps operand {}", a.0, b.0),
+                    1,
+                ));
+            }
+        }
+    }
+    Ok(())
 }
