@@ -65,3 +65,8 @@ pub fn f64s(v: &[f32]) -> Vec<f64> {
 pub fn bits(v: &[bf16]) -> Vec<u16> {
     v.iter().map(|x| x.to_bits()).collect()
 }
+
+/// A device bf16 buffer downloaded as f32.
+pub fn down_f32(g: &Gpu, b: &DeviceBuffer<bf16>) -> Vec<f32> {
+    f32s(&g.download(b).unwrap())
+}

@@ -11,13 +11,18 @@
 //! (2^-8 relative) plus f32 tanh error, so 1e-2 relative + 1e-3 absolute against an f64
 //! reference. AdamW: master/m/v 1e-5 relative (nvcc may fuse multiply-adds); bf16 params exactly
 //! the stochastic rounding of the GPU's own master weights. Norms: 1e-5 relative to f64.
-//! NaN never passes (comparisons are written as `!(err <= tol)`).
+//! NaN never passes (comparisons are written as `!(err <= tol)`). The second half goes through
+//! the launchers of gpt::cuda::kernels (what training uses): the encoder's host-built token
+//! index, in-place GELU backward, AdamW (tested only this way), bf16 clipping, the batched
+//! transpose.
 #![cfg(feature = "cuda")]
 
 use tests::gpu::*;
 
 use runtime::cuda::half::bf16;
 use runtime::cuda::ptx::host::{bf16_bits_stochastic, sr_hash};
+use gpt::cpu::ops;
+use gpt::cuda::kernels::{adamw, cast, encoder, gelu, global_norm, Ptr};
 use runtime::cuda::LaunchConfig;
 
 fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
@@ -258,72 +263,6 @@ fn encoder_forward_and_deterministic_backward() {
 }
 
 #[test]
-fn adamw_matches_reference_and_rounds_stochastically() {
-    let g = gpu();
-    let k = g.kernel("adamw", "adamw_update").unwrap();
-    let n = 5000usize;
-    let (offset, len) = (123usize, 4000usize); // only [offset, offset+len) may change
-    let mut rng = Rng(5);
-    let master = rng.vec_f32(n, 1.0);
-    let params: Vec<bf16> = master.iter().map(|&x| bf16::from_f32(x)).collect();
-    let grads = rng.vec_bf16(n, 0.1);
-    let m: Vec<f32> = rng.vec_f32(n, 0.01);
-    let v: Vec<f32> = rng.vec_f32(n, 0.01).iter().map(|x| x.abs()).collect();
-    let (lr, b1, b2, eps, wd, scale, seed, step) =
-        (1e-3f32, 0.9f32, 0.95f32, 1e-8f32, 0.1f32, 0.5f32, 42u32, 3);
-    let (c1, c2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
-    let (dp, dmaster, dg, dm, dv) = (
-        g.upload(&params).unwrap(),
-        g.upload(&master).unwrap(),
-        g.upload(&grads).unwrap(),
-        g.upload(&m).unwrap(),
-        g.upload(&v).unwrap(),
-    );
-    unsafe {
-        g.launch(
-            &k,
-            LaunchConfig::linear(len, 256),
-            &[
-                &dp, &dmaster, &dg, &dm, &dv, &offset, &len, &lr, &b1, &b2, &c1, &c2, &eps, &wd,
-                &scale, &seed,
-            ],
-        )
-        .unwrap()
-    };
-    let (gp, gmaster, gm, gv) = (
-        g.download(&dp).unwrap(),
-        g.download(&dmaster).unwrap(),
-        g.download(&dm).unwrap(),
-        g.download(&dv).unwrap(),
-    );
-    for i in 0..n {
-        if i < offset || i >= offset + len {
-            assert_eq!(
-                (gp[i].to_bits(), gmaster[i], gm[i], gv[i]),
-                (params[i].to_bits(), master[i], m[i], v[i]),
-                "index {i} outside the range changed"
-            );
-            continue;
-        }
-        let gr = grads[i].to_f64() * scale as f64;
-        let mi = b1 as f64 * m[i] as f64 + (1.0 - b1 as f64) * gr;
-        let vi = b2 as f64 * v[i] as f64 + (1.0 - b2 as f64) * gr * gr;
-        let w = master[i] as f64;
-        let w = w - lr as f64
-            * ((mi / c1 as f64) / ((vi / c2 as f64).sqrt() + eps as f64) + wd as f64 * w);
-        assert_close(&format!("m[{i}]"), &[gm[i]], &[mi], 1e-5, 1e-8); // m can cancel to ~0
-        assert_close(&format!("v[{i}]"), &[gv[i]], &[vi], 1e-5, 1e-12);
-        assert_close(&format!("master[{i}]"), &[gmaster[i]], &[w], 1e-5, 1e-7);
-        let want = bf16_bits_stochastic(gmaster[i], sr_hash(seed, i as u64));
-        assert_eq!(
-            gp[i].to_bits(),
-            want,
-            "param[{i}] is not the stochastic rounding of master"
-        );
-    }
-}
-
-#[test]
 fn global_norm_and_clip() {
     let g = gpu();
     let sq_bf16 = g.kernel("global_norm", "global_norm_squares_bf16").unwrap();
@@ -408,4 +347,317 @@ fn launch_errors_name_the_kernel_and_geometry() {
         e.contains("no_such_kernel") && e.contains("CUDA_ERROR_NOT_FOUND"),
         "{e}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same kernels through their launchers (gpt::cuda::kernels), the code training uses:
+// what the launcher itself adds. AdamW is tested only this way.
+
+#[test]
+fn encoder_launchers_with_repeated_tokens_and_index_chunks() {
+    // Forward and backward through the launchers. Bitwise: the kernels do the same f32
+    // operations in the same order as these references (wte: positions ascending, from 0; wpe:
+    // b ascending, from 0; then one add to the old gradient and RNE to bf16).
+    let g = gpu();
+    let mut rng = Rng(15);
+    // Second case: more distinct tokens than grid.y allows (65535), so the launcher must split
+    // the wte launch into chunks.
+    for (b, t, c, vocab, repeats) in [
+        (3usize, 17usize, 100usize, 50usize, true),
+        (2, 33_000, 3, 70_000, false),
+    ] {
+        let bt = b * t;
+        let tokens: Vec<u32> = (0..bt)
+            .map(|p| {
+                if repeats {
+                    ((p * 7 + p / 5) % 13) as u32
+                } else {
+                    ((p * 7919) % vocab) as u32
+                }
+            })
+            .collect();
+        let wte = rng.vec_bf16(vocab * c, 1.0);
+        let wpe = rng.vec_bf16(t * c, 1.0);
+        let tok_i32: Vec<i32> = tokens.iter().map(|&x| x as i32).collect();
+        let (dtok, dwte, dwpe) = (
+            g.upload(&tok_i32).unwrap(),
+            g.upload(&wte).unwrap(),
+            g.upload(&wpe).unwrap(),
+        );
+        let out = poisoned::<bf16>(&g, bt * c);
+        encoder::encoder_forward(
+            &g,
+            Ptr::of(&out),
+            Ptr::of(&dtok),
+            Ptr::of(&dwte),
+            Ptr::of(&dwpe),
+            b,
+            t,
+            c,
+        )
+        .unwrap();
+        let got = g.download(&out).unwrap();
+        for p in 0..bt {
+            for k in 0..c {
+                let want = bf16::from_f32(
+                    wte[tokens[p] as usize * c + k].to_f32() + wpe[(p % t) * c + k].to_f32(),
+                );
+                assert_eq!(
+                    got[p * c + k].to_bits(),
+                    want.to_bits(),
+                    "encoder_forward at p={p} c={k}"
+                );
+            }
+        }
+
+        let dout = rng.vec_bf16(bt * c, 1.0);
+        let gwte0 = rng.vec_bf16(vocab * c, 0.1);
+        let gwpe0 = rng.vec_bf16(t * c, 0.1);
+        let ddout = g.upload(&dout).unwrap();
+        let (gwte, gwpe) = (g.upload(&gwte0).unwrap(), g.upload(&gwpe0).unwrap());
+        encoder::encoder_backward(
+            &g,
+            Ptr::of(&gwte),
+            Ptr::of(&gwpe),
+            Ptr::of(&ddout),
+            &tokens,
+            b,
+            t,
+            c,
+        )
+        .unwrap();
+        let mut acc = vec![0f32; vocab * c];
+        let mut used = vec![false; vocab];
+        for p in 0..bt {
+            let v = tokens[p] as usize;
+            used[v] = true;
+            for k in 0..c {
+                acc[v * c + k] += dout[p * c + k].to_f32();
+            }
+        }
+        let want_wte: Vec<u16> = (0..vocab * c)
+            .map(|i| {
+                if used[i / c] {
+                    bf16::from_f32(gwte0[i].to_f32() + acc[i]).to_bits()
+                } else {
+                    gwte0[i].to_bits()
+                }
+            })
+            .collect();
+        let want_wpe: Vec<u16> = (0..t * c)
+            .map(|i| {
+                let s = (0..b).fold(0f32, |a, bb| a + dout[bb * t * c + i].to_f32());
+                bf16::from_f32(gwpe0[i].to_f32() + s).to_bits()
+            })
+            .collect();
+        assert_eq!(
+            bits(&g.download(&gwte).unwrap()),
+            want_wte,
+            "encoder_backward dwte (b={b} t={t})"
+        );
+        assert_eq!(
+            bits(&g.download(&gwpe).unwrap()),
+            want_wpe,
+            "encoder_backward dwpe (b={b} t={t})"
+        );
+    }
+    // A token outside the vocabulary is a host-side error, not a device fault.
+    let (d1, d2, d3) = (
+        g.alloc::<bf16>(4 * 8).unwrap(),
+        g.alloc::<bf16>(8).unwrap(),
+        g.alloc::<bf16>(8).unwrap(),
+    );
+    let e = encoder::encoder_backward(&g, Ptr::of(&d1), Ptr::of(&d2), Ptr::of(&d3), &[4], 1, 1, 8)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("token 4"), "{e}");
+}
+
+#[test]
+fn gelu_backward_in_place_through_launcher() {
+    // d = dout * gelu'(pre) in place (dinp aliases dout). Reference: the CPU op on the same
+    // bf16 values; one bf16 rounding of the GPU result plus f32 tanh differences: rel 1e-2 +
+    // abs 1e-3 (as gpu_kernels.rs's GELU test). Also gelu_forward in place.
+    let g = gpu();
+    let mut rng = Rng(16);
+    for n in [1usize, 1000, 3 * 1024 + 7] {
+        let pre = rng.vec_bf16(n, 5.0);
+        let d = rng.vec_bf16(n, 1.0);
+        let (dpre, dd) = (g.upload(&pre).unwrap(), g.upload(&d).unwrap());
+        gelu::gelu_backward_inplace(&g, Ptr::of(&dd), Ptr::of(&dpre), n).unwrap();
+        let mut want = f32s(&d);
+        ops::gelu_backward_inplace(&mut want, &f32s(&pre));
+        assert_close(
+            &format!("gelu_backward_inplace n={n}"),
+            &down_f32(&g, &dd),
+            &f64s(&want),
+            1e-2,
+            1e-3,
+        );
+        gelu::gelu_forward(&g, Ptr::of(&dpre), Ptr::of(&dpre), n).unwrap();
+        let mut want = vec![0f32; n];
+        ops::gelu_forward(&mut want, &f32s(&pre));
+        assert_close(
+            &format!("gelu_forward in place n={n}"),
+            &down_f32(&g, &dpre),
+            &f64s(&want),
+            1e-2,
+            1e-3,
+        );
+    }
+}
+
+#[test]
+fn adamw_launcher_passes_arguments_in_order() {
+    // Distinct values for every hyper-parameter, so a swapped argument shows. Reference in
+    // f64; master/m/v rel 1e-5 (f32 math, possible FMA contraction), params exactly the
+    // stochastic rounding of the GPU's own master weights; outside [offset, offset + n)
+    // nothing changes.
+    let g = gpu();
+    let mut rng = Rng(17);
+    let (total, offset, n) = (3000usize, 517usize, 2001usize);
+    let master = rng.vec_f32(total, 1.0);
+    let params: Vec<bf16> = master.iter().map(|&x| bf16::from_f32(x)).collect();
+    let grads = rng.vec_bf16(total, 0.1);
+    let m = rng.vec_f32(total, 0.01);
+    let v: Vec<f32> = rng.vec_f32(total, 0.01).iter().map(|x| x.abs()).collect();
+    let hp = adamw::AdamwArgs {
+        lr: 3e-3,
+        beta1: 0.85,
+        beta2: 0.97,
+        beta1_correction: 1.0 - 0.85f32.powi(4),
+        beta2_correction: 1.0 - 0.97f32.powi(4),
+        eps: 1e-6,
+        weight_decay: 0.2,
+        grad_scale: 0.7,
+        seed: 1234,
+    };
+    let (dp, dmaster, dg, dm, dv) = (
+        g.upload(&params).unwrap(),
+        g.upload(&master).unwrap(),
+        g.upload(&grads).unwrap(),
+        g.upload(&m).unwrap(),
+        g.upload(&v).unwrap(),
+    );
+    adamw::adamw_update(
+        &g,
+        Ptr::of(&dp),
+        Ptr::of(&dmaster),
+        Ptr::of(&dg),
+        Ptr::of(&dm),
+        Ptr::of(&dv),
+        offset,
+        n,
+        &hp,
+    )
+    .unwrap();
+    let (gp, gmaster, gm, gv) = (
+        g.download(&dp).unwrap(),
+        g.download(&dmaster).unwrap(),
+        g.download(&dm).unwrap(),
+        g.download(&dv).unwrap(),
+    );
+    for i in 0..total {
+        if i < offset || i >= offset + n {
+            assert_eq!(
+                (gp[i].to_bits(), gmaster[i], gm[i], gv[i]),
+                (params[i].to_bits(), master[i], m[i], v[i]),
+                "index {i} outside the range changed"
+            );
+            continue;
+        }
+        let gr = grads[i].to_f64() * hp.grad_scale as f64;
+        let mi = hp.beta1 as f64 * m[i] as f64 + (1.0 - hp.beta1 as f64) * gr;
+        let vi = hp.beta2 as f64 * v[i] as f64 + (1.0 - hp.beta2 as f64) * gr * gr;
+        let w = master[i] as f64;
+        let w = w - hp.lr as f64
+            * ((mi / hp.beta1_correction as f64)
+                / ((vi / hp.beta2_correction as f64).sqrt() + hp.eps as f64)
+                + hp.weight_decay as f64 * w);
+        assert_close(&format!("m[{i}]"), &[gm[i]], &[mi], 1e-5, 1e-8);
+        assert_close(&format!("v[{i}]"), &[gv[i]], &[vi], 1e-5, 1e-12);
+        assert_close(&format!("master[{i}]"), &[gmaster[i]], &[w], 1e-5, 1e-7);
+        assert_eq!(
+            gp[i].to_bits(),
+            bf16_bits_stochastic(gmaster[i], sr_hash(hp.seed, i as u64)),
+            "param[{i}] is not the stochastic rounding of master"
+        );
+    }
+}
+
+#[test]
+fn grad_norm_and_bf16_clip_through_launchers() {
+    // Norm vs f64: rel 1e-5 (f32 sums of <= 1M squares in a fixed tree). Clip: each element is
+    // one bf16 rounding of x * scale: rel 2^-8 (1e-2 stated loosely) vs f64, abs 1e-12.
+    let g = gpu();
+    let mut rng = Rng(18);
+    for n in [1usize, 777, (1 << 20) | 3] {
+        let x = rng.vec_bf16(n, 1.0);
+        let want = x.iter().map(|v| v.to_f64().powi(2)).sum::<f64>().sqrt();
+        let dx = g.upload(&x).unwrap();
+        let norm = poisoned::<f32>(&g, 1);
+        let scratch = poisoned::<f32>(&g, global_norm::grad_norm_scratch_len(n));
+        global_norm::grad_norm(&g, Ptr::of(&norm), Ptr::of(&dx), Ptr::of(&scratch)).unwrap();
+        let got = g.download(&norm).unwrap()[0];
+        assert_close(&format!("grad_norm n={n}"), &[got], &[want], 1e-5, 0.0);
+        let max_norm = (want / 3.0) as f32;
+        global_norm::clip_by_norm_bf16(&g, Ptr::of(&dx), Ptr::of(&norm), max_norm).unwrap();
+        let s = max_norm as f64 / (got as f64 + 1e-6);
+        let want_x: Vec<f64> = x.iter().map(|v| v.to_f64() * s).collect();
+        assert_close(
+            &format!("clip_by_norm_bf16 n={n}"),
+            &down_f32(&g, &dx),
+            &want_x,
+            1e-2,
+            1e-12,
+        );
+        // Below the threshold nothing changes, bit for bit.
+        let before = g.download(&dx).unwrap();
+        global_norm::clip_by_norm_bf16(&g, Ptr::of(&dx), Ptr::of(&norm), f32::MAX).unwrap();
+        assert_eq!(
+            bits(&g.download(&dx).unwrap()),
+            bits(&before),
+            "clip below threshold n={n}"
+        );
+    }
+}
+
+#[test]
+fn cast_and_batched_transpose_through_launchers() {
+    // Exact: casts are RNE / widening, the transpose moves bits.
+    let g = gpu();
+    let mut rng = Rng(19);
+    let (batch, rows, cols) = (3usize, 37usize, 45usize);
+    let n = batch * rows * cols;
+    let xf = rng.vec_f32(n, 3.0);
+    let dxf = g.upload(&xf).unwrap();
+    let xb = poisoned::<bf16>(&g, n);
+    cast::cast_f32_to_bf16(&g, Ptr::of(&xb), Ptr::of(&dxf), n).unwrap();
+    let hb = g.download(&xb).unwrap();
+    assert_eq!(
+        bits(&hb),
+        bits(&xf.iter().map(|&v| bf16::from_f32(v)).collect::<Vec<_>>()),
+        "cast_f32_to_bf16"
+    );
+    let back = poisoned::<f32>(&g, n);
+    cast::cast_bf16_to_f32(&g, Ptr::of(&back), Ptr::of(&xb), n).unwrap();
+    assert_eq!(g.download(&back).unwrap(), f32s(&hb), "cast_bf16_to_f32");
+    let t = poisoned::<bf16>(&g, n);
+    cast::transpose_bf16(&g, Ptr::of(&t), Ptr::of(&xb), batch, rows, cols).unwrap();
+    let ht = g.download(&t).unwrap();
+    for z in 0..batch {
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(
+                    ht[z * rows * cols + c * rows + r].to_bits(),
+                    hb[z * rows * cols + r * cols + c].to_bits(),
+                    "transpose at ({z},{r},{c})"
+                );
+            }
+        }
+    }
+    let e = cast::transpose_bf16(&g, Ptr::of(&xb), Ptr::of(&xb), batch, rows, cols)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("overlaps"), "{e}");
 }

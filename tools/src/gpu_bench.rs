@@ -424,9 +424,10 @@ pub fn kernels(g: &Gpu, gpt: &Gpt, warmup: usize, reps: usize) -> Result<Vec<Tim
     );
 
     let np = gpt.params.total;
-    let params = g.upload(&random_bf16(np, 17, 0.02))?;
+    let params_host = random_bf16(np, 17, 0.02);
+    let params = g.upload(&params_host)?;
+    let master = g.upload(&params_host.iter().map(|x| x.to_f32()).collect::<Vec<f32>>())?;
     let pgrads = g.upload(&random_bf16(np, 18, 1e-3))?;
-    let master = g.upload(&params.iter_host(g)?)?;
     let (m, vv) = (g.alloc::<f32>(np)?, g.alloc::<f32>(np)?);
     g.fill_bytes(&m, 0)?;
     g.fill_bytes(&vv, 0)?;
@@ -466,15 +467,4 @@ pub fn kernels(g: &Gpu, gpt: &Gpt, warmup: usize, reps: usize) -> Result<Vec<Tim
         f(np) * (2.0 + 2.0 + 4.0 * 3.0 * 2.0),
     );
     Ok(out)
-}
-
-/// Host f32 copies of device bf16 values.
-trait HostF32 {
-    fn iter_host(&self, g: &Gpu) -> Result<Vec<f32>>;
-}
-
-impl HostF32 for DeviceBuffer<bf16> {
-    fn iter_host(&self, g: &Gpu) -> Result<Vec<f32>> {
-        Ok(g.download(self)?.iter().map(|x| x.to_f32()).collect())
-    }
 }
