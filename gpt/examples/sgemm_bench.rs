@@ -14,10 +14,22 @@ fn main() {
         ("lm head   X·E^T", 1024, 50304, 768, false, true),
     ];
     for &(name, m, n, k, ta, tb) in shapes {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5).collect();
-        let av = if ta { MatRef::transposed(&a, m, k) } else { MatRef::row_major(&a, m, k) };
-        let bv = if tb { MatRef::transposed(&b, k, n) } else { MatRef::row_major(&b, k, n) };
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104729) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let av = if ta {
+            MatRef::transposed(&a, m, k)
+        } else {
+            MatRef::row_major(&a, m, k)
+        };
+        let bv = if tb {
+            MatRef::transposed(&b, k, n)
+        } else {
+            MatRef::row_major(&b, k, n)
+        };
         let mut c = vec![0.0f32; m * n];
         sgemm(av, bv, &mut c, n, false);
         let reps = 3;
@@ -26,6 +38,10 @@ fn main() {
             sgemm(av, bv, &mut c, n, false);
         }
         let s = t0.elapsed().as_secs_f64() / reps as f64;
-        println!("{name:18} {m:6} x {n:6} x {k:5}: {:8.2} ms  {:7.1} GFLOP/s", s * 1e3, 2.0 * (m * n * k) as f64 / s / 1e9);
+        println!(
+            "{name:18} {m:6} x {n:6} x {k:5}: {:8.2} ms  {:7.1} GFLOP/s",
+            s * 1e3,
+            2.0 * (m * n * k) as f64 / s / 1e9
+        );
     }
 }

@@ -64,28 +64,122 @@ pub trait Backend {
 
     // --- forward ops
     /// out[b,t,:] = wte[token] + wpe[t]
-    fn encoder_forward(&mut self, out: TensorRef, wte: TensorRef, wpe: TensorRef, t: usize, c: usize) -> BResult<()>;
-    fn layernorm_forward(&mut self, out: TensorRef, mean: TensorRef, rstd: TensorRef, inp: TensorRef, w: TensorRef, b: TensorRef, c: usize) -> BResult<()>;
+    fn encoder_forward(
+        &mut self,
+        out: TensorRef,
+        wte: TensorRef,
+        wpe: TensorRef,
+        t: usize,
+        c: usize,
+    ) -> BResult<()>;
+    fn layernorm_forward(
+        &mut self,
+        out: TensorRef,
+        mean: TensorRef,
+        rstd: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        b: TensorRef,
+        c: usize,
+    ) -> BResult<()>;
     /// res_out = res_in + delta; ln_out = layernorm(res_out)
-    fn residual_layernorm_forward(&mut self, res_out: TensorRef, ln_out: TensorRef, mean: TensorRef, rstd: TensorRef, res_in: TensorRef, delta: TensorRef, w: TensorRef, b: TensorRef, c: usize) -> BResult<()>;
+    fn residual_layernorm_forward(
+        &mut self,
+        res_out: TensorRef,
+        ln_out: TensorRef,
+        mean: TensorRef,
+        rstd: TensorRef,
+        res_in: TensorRef,
+        delta: TensorRef,
+        w: TensorRef,
+        b: TensorRef,
+        c: usize,
+    ) -> BResult<()>;
     /// out = inp · W^T + bias; with `gelu_out`, also gelu_out = gelu(out).
-    fn matmul_forward(&mut self, out: TensorRef, inp: TensorRef, w: TensorRef, bias: Option<TensorRef>, gelu_out: Option<TensorRef>, rows: usize, ic: usize, oc: usize) -> BResult<()>;
-    fn attention_forward(&mut self, out: TensorRef, lse: TensorRef, qkv: TensorRef, b: usize, t: usize, c: usize, nh: usize) -> BResult<()>;
+    fn matmul_forward(
+        &mut self,
+        out: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        bias: Option<TensorRef>,
+        gelu_out: Option<TensorRef>,
+        rows: usize,
+        ic: usize,
+        oc: usize,
+    ) -> BResult<()>;
+    fn attention_forward(
+        &mut self,
+        out: TensorRef,
+        lse: TensorRef,
+        qkv: TensorRef,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> BResult<()>;
     /// Per-row loss of the current targets; with `dloss`, overwrites logits with
     /// dloss * (softmax - onehot) (the fused classifier).
-    fn classifier(&mut self, logits: TensorRef, losses: TensorRef, vp: usize, v: usize, dloss: Option<f32>) -> BResult<()>;
+    fn classifier(
+        &mut self,
+        logits: TensorRef,
+        losses: TensorRef,
+        vp: usize,
+        v: usize,
+        dloss: Option<f32>,
+    ) -> BResult<()>;
 
     // --- backward ops (parameter gradients accumulate; activation gradients as documented)
-    fn encoder_backward(&mut self, dwte: TensorRef, dwpe: TensorRef, dout: TensorRef, t: usize, c: usize) -> BResult<()>;
+    fn encoder_backward(
+        &mut self,
+        dwte: TensorRef,
+        dwpe: TensorRef,
+        dout: TensorRef,
+        t: usize,
+        c: usize,
+    ) -> BResult<()>;
     /// dinp += ..., dw += ..., db += ...
-    fn layernorm_backward(&mut self, dinp: TensorRef, dw: TensorRef, db: TensorRef, dout: TensorRef, inp: TensorRef, w: TensorRef, mean: TensorRef, rstd: TensorRef, c: usize) -> BResult<()>;
+    fn layernorm_backward(
+        &mut self,
+        dinp: TensorRef,
+        dw: TensorRef,
+        db: TensorRef,
+        dout: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        mean: TensorRef,
+        rstd: TensorRef,
+        c: usize,
+    ) -> BResult<()>;
     /// dinp = dout · W (overwritten), dW += dout^T · inp, dbias += colsum(dout); the two GEMMs
     /// in the precision `prec` (None: high precision, used by the LM head).
-    fn linear_backward(&mut self, dinp: TensorRef, dw: TensorRef, dbias: Option<TensorRef>, dout: TensorRef, inp: TensorRef, w: TensorRef, rows: usize, ic: usize, oc: usize, prec: Option<LinearBackward>) -> BResult<()>;
+    fn linear_backward(
+        &mut self,
+        dinp: TensorRef,
+        dw: TensorRef,
+        dbias: Option<TensorRef>,
+        dout: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        rows: usize,
+        ic: usize,
+        oc: usize,
+        prec: Option<LinearBackward>,
+    ) -> BResult<()>;
     /// d *= gelu'(pre), in place.
     fn gelu_backward(&mut self, d: TensorRef, pre: TensorRef) -> BResult<()>;
     /// dqkv (overwritten) from dout.
-    fn attention_backward(&mut self, dqkv: TensorRef, dout: TensorRef, qkv: TensorRef, out: TensorRef, lse: TensorRef, b: usize, t: usize, c: usize, nh: usize) -> BResult<()>;
+    fn attention_backward(
+        &mut self,
+        dqkv: TensorRef,
+        dout: TensorRef,
+        qkv: TensorRef,
+        out: TensorRef,
+        lse: TensorRef,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> BResult<()>;
     fn zero(&mut self, t: TensorRef) -> BResult<()>;
 
     // --- optimizer

@@ -51,7 +51,12 @@ struct Checksum {
 impl Checksum {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     fn new() -> Self {
-        Checksum { state: 0xcbf2_9ce4_8422_2325, pending: [0; 8], pending_len: 0, total: 0 }
+        Checksum {
+            state: 0xcbf2_9ce4_8422_2325,
+            pending: [0; 8],
+            pending_len: 0,
+            total: 0,
+        }
     }
     fn word(&mut self, w: u64) {
         self.state = (self.state ^ w).wrapping_mul(Self::PRIME);
@@ -106,7 +111,8 @@ pub fn file_name(step: u64) -> String {
 
 /// Writes `ck` atomically into `dir` and returns its path.
 pub fn save(dir: &Path, ck: &Checkpoint) -> Result<PathBuf, String> {
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create checkpoint directory {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create checkpoint directory {}: {e}", dir.display()))?;
     let path = dir.join(file_name(ck.step));
     let tmp = dir.join(format!("{}.tmp", file_name(ck.step)));
     let header = json!({"model": model_json(&ck.model), "step": ck.step, "num_params": ck.params.len(), "train": ck.train});
@@ -133,7 +139,8 @@ pub fn save(dir: &Path, ck: &Checkpoint) -> Result<PathBuf, String> {
         let _ = fs::remove_file(&tmp);
         return Err(format!("writing checkpoint {}: {e}", tmp.display()));
     }
-    fs::rename(&tmp, &path).map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()))?;
+    fs::rename(&tmp, &path)
+        .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()))?;
     Ok(path)
 }
 
@@ -145,11 +152,16 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| err(format!("cannot read: {e}")))?;
     if bytes.len() < 24 || &bytes[..8] != MAGIC {
-        return Err(err(format!("not an mxgpt checkpoint (expected magic {:?} at offset 0)", String::from_utf8_lossy(MAGIC))));
+        return Err(err(format!(
+            "not an mxgpt checkpoint (expected magic {:?} at offset 0)",
+            String::from_utf8_lossy(MAGIC)
+        )));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
     if version != VERSION {
-        return Err(err(format!("format version {version}, this build reads version {VERSION}")));
+        return Err(err(format!(
+            "format version {version}, this build reads version {VERSION}"
+        )));
     }
     let (body, tail) = bytes.split_at(bytes.len() - 8);
     let mut sum = Checksum::new();
@@ -157,20 +169,33 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
     let stored = u64::from_le_bytes(tail.try_into().unwrap());
     let hlen = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
     if 16 + hlen > body.len() {
-        return Err(err(format!("header length {hlen} runs past the end of the file ({} bytes): truncated?", bytes.len())));
+        return Err(err(format!(
+            "header length {hlen} runs past the end of the file ({} bytes): truncated?",
+            bytes.len()
+        )));
     }
-    let header: Value = serde_json::from_slice(&bytes[16..16 + hlen]).map_err(|e| err(format!("header at offset 16 is not valid JSON: {e}")))?;
-    let n = header["num_params"].as_u64().ok_or_else(|| err("header has no num_params".into()))? as usize;
+    let header: Value = serde_json::from_slice(&bytes[16..16 + hlen])
+        .map_err(|e| err(format!("header at offset 16 is not valid JSON: {e}")))?;
+    let n = header["num_params"]
+        .as_u64()
+        .ok_or_else(|| err("header has no num_params".into()))? as usize;
     let expected_len = 16 + hlen + 3 * 4 * n + 8;
     if bytes.len() != expected_len {
-        return Err(err(format!("file is {} bytes, expected {expected_len} for {n} parameters: truncated or corrupt", bytes.len())));
+        return Err(err(format!(
+            "file is {} bytes, expected {expected_len} for {n} parameters: truncated or corrupt",
+            bytes.len()
+        )));
     }
     let computed = sum.finish();
     if stored != computed {
         return Err(err(format!("checksum mismatch (stored {stored:#018x}, computed {computed:#018x}): the file is corrupt")));
     }
     let m = &header["model"];
-    let get = |k: &str| m[k].as_u64().map(|v| v as usize).ok_or_else(|| err(format!("header model.{k} missing")));
+    let get = |k: &str| {
+        m[k].as_u64()
+            .map(|v| v as usize)
+            .ok_or_else(|| err(format!("header model.{k} missing")))
+    };
     let model = ModelConfig {
         layers: get("layers")?,
         channels: get("channels")?,
@@ -181,11 +206,16 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
     };
     let arr = |i: usize| -> Vec<f32> {
         let start = 16 + hlen + i * 4 * n;
-        bytes[start..start + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        bytes[start..start + 4 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     };
     Ok(Checkpoint {
         model,
-        step: header["step"].as_u64().ok_or_else(|| err("header has no step".into()))?,
+        step: header["step"]
+            .as_u64()
+            .ok_or_else(|| err("header has no step".into()))?,
         params: arr(0),
         adam_m: arr(1),
         adam_v: arr(2),
@@ -198,12 +228,21 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>, String> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot list checkpoint directory {}: {e}", dir.display())),
+        Err(e) => {
+            return Err(format!(
+                "cannot list checkpoint directory {}: {e}",
+                dir.display()
+            ))
+        }
     };
     let mut best: Option<(u64, PathBuf)> = None;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if let Some(step) = name.strip_prefix("ckpt_").and_then(|s| s.strip_suffix(".bin")).and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(step) = name
+            .strip_prefix("ckpt_")
+            .and_then(|s| s.strip_suffix(".bin"))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
             if best.as_ref().is_none_or(|(b, _)| step > *b) {
                 best = Some((step, e.path()));
             }
@@ -219,14 +258,17 @@ pub fn prune(dir: &Path, keep: usize) -> Result<(), String> {
         .flatten()
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().to_string();
-            n.strip_prefix("ckpt_").and_then(|s| s.strip_suffix(".bin")).and_then(|s| s.parse().ok())
+            n.strip_prefix("ckpt_")
+                .and_then(|s| s.strip_suffix(".bin"))
+                .and_then(|s| s.parse().ok())
         })
         .collect();
     steps.sort_unstable();
     let drop = steps.len().saturating_sub(keep.max(1));
     for s in &steps[..drop] {
         let p = dir.join(file_name(*s));
-        fs::remove_file(&p).map_err(|e| format!("cannot remove old checkpoint {}: {e}", p.display()))?;
+        fs::remove_file(&p)
+            .map_err(|e| format!("cannot remove old checkpoint {}: {e}", p.display()))?;
     }
     Ok(())
 }
@@ -284,13 +326,19 @@ mod tests {
         bytes[mid] ^= 0x10;
         fs::write(&p, &bytes).unwrap();
         let e = load(&p).err().unwrap();
-        assert!(e.contains("checksum") && e.contains("ckpt_00000042.bin"), "{e}");
+        assert!(
+            e.contains("checksum") && e.contains("ckpt_00000042.bin"),
+            "{e}"
+        );
         fs::write(&p, &bytes[..bytes.len() - 9]).unwrap();
         let e = load(&p).err().unwrap();
         assert!(e.contains("truncated"), "{e}");
         fs::write(&p, b"hello world, definitely not a checkpoint").unwrap();
         assert!(load(&p).err().unwrap().contains("magic"));
-        assert!(load(&d.join("missing.bin")).err().unwrap().contains("cannot read"));
+        assert!(load(&d.join("missing.bin"))
+            .err()
+            .unwrap()
+            .contains("cannot read"));
         fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -55,7 +55,12 @@ pub fn model_names() -> Vec<&'static str> {
 }
 
 impl ModelConfig {
-    pub fn new(layers: usize, channels: usize, heads: usize, max_seq: usize) -> Result<Self, String> {
+    pub fn new(
+        layers: usize,
+        channels: usize,
+        heads: usize,
+        max_seq: usize,
+    ) -> Result<Self, String> {
         let cfg = ModelConfig {
             max_seq,
             vocab: GPT2_VOCAB,
@@ -71,7 +76,10 @@ impl ModelConfig {
     /// A named configuration (`tiny`, `124m`, `345m`, ...); unknown names list the choices.
     pub fn named(name: &str) -> Result<Self, String> {
         let (_, l, c, h, t) = MODEL_NAMES.iter().find(|m| m.0 == name).ok_or_else(|| {
-            format!("unknown --model '{name}': expected one of {}", model_names().join(", "))
+            format!(
+                "unknown --model '{name}': expected one of {}",
+                model_names().join(", ")
+            )
         })?;
         ModelConfig::new(*l, *c, *h, *t)
     }
@@ -136,7 +144,10 @@ mod tests {
     #[test]
     fn named_configs_match_the_published_shapes() {
         let m = ModelConfig::named("345m").unwrap();
-        assert_eq!((m.layers, m.channels, m.heads, m.max_seq), (24, 1024, 16, 1024));
+        assert_eq!(
+            (m.layers, m.channels, m.heads, m.max_seq),
+            (24, 1024, 16, 1024)
+        );
         assert_eq!(m.padded_vocab, 50304);
         let g = ModelConfig::named("124m").unwrap();
         // GPT-2 small has 124,439,808 parameters with the unpadded vocab; padding adds 47 rows.
@@ -148,7 +159,10 @@ mod tests {
     #[test]
     fn unknown_name_lists_choices() {
         let e = ModelConfig::named("huge").unwrap_err();
-        assert!(e.contains("huge") && e.contains("345m") && e.contains("tiny"), "{e}");
+        assert!(
+            e.contains("huge") && e.contains("345m") && e.contains("tiny"),
+            "{e}"
+        );
     }
 
     #[test]

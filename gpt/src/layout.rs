@@ -119,15 +119,29 @@ impl ParamLayout {
         let mut tensors = Vec::with_capacity(specs.len());
         let mut offset = 0;
         for (kind, name, copies, rows, cols, is_matrix) in specs {
-            let t = ParamTensor { kind, name, offset, copies, rows, cols, is_matrix };
+            let t = ParamTensor {
+                kind,
+                name,
+                offset,
+                copies,
+                rows,
+                cols,
+                is_matrix,
+            };
             offset += t.len();
             tensors.push(t);
         }
-        ParamLayout { tensors, total: offset }
+        ParamLayout {
+            tensors,
+            total: offset,
+        }
     }
 
     pub fn tensor(&self, kind: ParamKind) -> &ParamTensor {
-        self.tensors.iter().find(|t| t.kind == kind).expect("every kind is in the layout")
+        self.tensors
+            .iter()
+            .find(|t| t.kind == kind)
+            .expect("every kind is in the layout")
     }
 
     /// The parameter span of `kind` for `layer` (layer 0 for the unique tensors).
@@ -142,9 +156,18 @@ impl ParamLayout {
 
     fn span(&self, arena: Arena, kind: ParamKind, layer: usize) -> TensorRef {
         let t = self.tensor(kind);
-        assert!(layer < t.copies, "{} has {} copies, asked for layer {layer}", t.name, t.copies);
+        assert!(
+            layer < t.copies,
+            "{} has {} copies, asked for layer {layer}",
+            t.name,
+            t.copies
+        );
         let n = t.elements_per_copy();
-        TensorRef { arena, offset: t.offset + layer * n, len: n }
+        TensorRef {
+            arena,
+            offset: t.offset + layer * n,
+            len: n,
+        }
     }
 }
 
@@ -173,13 +196,13 @@ pub struct LayerActs {
 pub struct ActLayout {
     pub batch: usize,
     pub seq: usize,
-    pub encoded: TensorRef,   // [BT, C] the residual stream entering layer 0
+    pub encoded: TensorRef, // [BT, C] the residual stream entering layer 0
     pub layers: Vec<LayerActs>,
-    pub lnf: TensorRef,       // [BT, C]
-    pub lnf_mean: TensorRef,  // [BT]
-    pub lnf_rstd: TensorRef,  // [BT]
-    pub logits: TensorRef,    // [BT, Vp]; overwritten in place by dlogits in training
-    pub losses: TensorRef,    // [BT]
+    pub lnf: TensorRef,      // [BT, C]
+    pub lnf_mean: TensorRef, // [BT]
+    pub lnf_rstd: TensorRef, // [BT]
+    pub logits: TensorRef,   // [BT, Vp]; overwritten in place by dlogits in training
+    pub losses: TensorRef,   // [BT]
     pub acts_total: usize,
     pub stats_total: usize,
     // Scratch (activation gradients), reused by every layer.
@@ -195,8 +218,14 @@ impl ActLayout {
     pub fn new(cfg: &ModelConfig, batch: usize, seq: usize) -> Self {
         let bt = batch * seq;
         let c = cfg.channels;
-        let mut acts = Bump { arena: Arena::Acts, next: 0 };
-        let mut stats = Bump { arena: Arena::Stats, next: 0 };
+        let mut acts = Bump {
+            arena: Arena::Acts,
+            next: 0,
+        };
+        let mut stats = Bump {
+            arena: Arena::Stats,
+            next: 0,
+        };
         let encoded = acts.take(bt * c);
         let layers = (0..cfg.layers)
             .map(|_| LayerActs {
@@ -222,7 +251,10 @@ impl ActLayout {
         let lnf_rstd = stats.take(bt);
         let logits = acts.take(bt * cfg.padded_vocab);
         let losses = stats.take(bt);
-        let mut scratch = Bump { arena: Arena::Scratch, next: 0 };
+        let mut scratch = Bump {
+            arena: Arena::Scratch,
+            next: 0,
+        };
         ActLayout {
             batch,
             seq,
@@ -261,7 +293,11 @@ struct Bump {
 
 impl Bump {
     fn take(&mut self, len: usize) -> TensorRef {
-        let t = TensorRef { arena: self.arena, offset: self.next, len };
+        let t = TensorRef {
+            arena: self.arena,
+            offset: self.next,
+            len,
+        };
         self.next += len;
         t
     }
@@ -293,8 +329,21 @@ mod tests {
         let mut all = vec![a.encoded, a.lnf, a.lnf_mean, a.lnf_rstd, a.logits, a.losses];
         for l in &a.layers {
             all.extend([
-                l.ln1, l.ln1_mean, l.ln1_rstd, l.qkv, l.atty, l.att_lse, l.attproj, l.residual2,
-                l.ln2, l.ln2_mean, l.ln2_rstd, l.fch, l.fch_gelu, l.fcproj, l.residual3,
+                l.ln1,
+                l.ln1_mean,
+                l.ln1_rstd,
+                l.qkv,
+                l.atty,
+                l.att_lse,
+                l.attproj,
+                l.residual2,
+                l.ln2,
+                l.ln2_mean,
+                l.ln2_rstd,
+                l.fch,
+                l.fch_gelu,
+                l.fcproj,
+                l.residual3,
             ]);
         }
         for (i, x) in all.iter().enumerate() {

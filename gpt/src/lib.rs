@@ -1,15 +1,15 @@
 //! mxgpt's model, backends, MXFP4 numerics and the single training loop.
 
-pub mod cpu;
-pub mod precision;
-pub mod config;
-pub mod layout;
 pub mod backend;
-pub mod mx;
-pub mod model;
-pub mod rng;
 pub mod checkpoint;
-pub mod schedule;
-pub mod trainer;
+pub mod config;
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod layout;
+pub mod model;
+pub mod mx;
+pub mod precision;
+pub mod rng;
+pub mod schedule;
+pub mod trainer;

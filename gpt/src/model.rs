@@ -23,7 +23,10 @@ pub struct PrecisionPlan {
 
 impl PrecisionPlan {
     pub fn uniform(mode: BackwardMode, layers: usize) -> Self {
-        PrecisionPlan { mode, quantized_layers: vec![true; layers] }
+        PrecisionPlan {
+            mode,
+            quantized_layers: vec![true; layers],
+        }
     }
 
     /// `first:N,last:M` (either part optional) keeps the first N and last M blocks in BF16.
@@ -33,14 +36,22 @@ impl PrecisionPlan {
             let (which, n) = part.split_once(':').ok_or_else(|| {
                 format!("--bf16-blocks '{spec}': expected first:N,last:M, found '{part}'")
             })?;
-            let n: usize = n.parse().map_err(|_| format!("--bf16-blocks '{spec}': '{n}' is not a count"))?;
+            let n: usize = n
+                .parse()
+                .map_err(|_| format!("--bf16-blocks '{spec}': '{n}' is not a count"))?;
             if n > layers {
-                return Err(format!("--bf16-blocks '{spec}': {n} blocks asked, the model has {layers}"));
+                return Err(format!(
+                    "--bf16-blocks '{spec}': {n} blocks asked, the model has {layers}"
+                ));
             }
             match which {
                 "first" => plan.quantized_layers[..n].fill(false),
                 "last" => plan.quantized_layers[layers - n..].fill(false),
-                _ => return Err(format!("--bf16-blocks '{spec}': expected 'first' or 'last', found '{which}'")),
+                _ => {
+                    return Err(format!(
+                        "--bf16-blocks '{spec}': expected 'first' or 'last', found '{which}'"
+                    ))
+                }
             }
         }
         Ok(plan)
@@ -63,9 +74,18 @@ impl Gpt {
             return Err("--batch must be at least 1".into());
         }
         if seq == 0 || seq > cfg.max_seq {
-            return Err(format!("--seq {seq} is outside 1..={} (the model's maximum sequence length)", cfg.max_seq));
+            return Err(format!(
+                "--seq {seq} is outside 1..={} (the model's maximum sequence length)",
+                cfg.max_seq
+            ));
         }
-        Ok(Gpt { params: ParamLayout::new(&cfg), acts: ActLayout::new(&cfg, batch, seq), cfg, batch, seq })
+        Ok(Gpt {
+            params: ParamLayout::new(&cfg),
+            acts: ActLayout::new(&cfg, batch, seq),
+            cfg,
+            batch,
+            seq,
+        })
     }
 
     pub fn tokens_per_batch(&self) -> usize {
@@ -81,7 +101,9 @@ impl Gpt {
         for (i, t) in self.params.tensors.iter().enumerate() {
             let dst = &mut p[t.offset..t.offset + t.len()];
             // One stream per tensor, so adding a tensor never shifts the others' values.
-            let mut rng = SplitMix64::new(seed ^ (0x5EED_0000 + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = SplitMix64::new(
+                seed ^ (0x5EED_0000 + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             match t.kind {
                 ParamKind::Ln1W | ParamKind::Ln2W | ParamKind::LnfW => dst.fill(1.0),
                 _ if !t.is_matrix => {}
@@ -90,7 +112,11 @@ impl Gpt {
                         ParamKind::AttProjW | ParamKind::FcProjW => 0.02 * resid_scale,
                         _ => 0.02,
                     };
-                    let real = if kind == ParamKind::Wte { self.cfg.vocab * t.cols } else { dst.len() };
+                    let real = if kind == ParamKind::Wte {
+                        self.cfg.vocab * t.cols
+                    } else {
+                        dst.len()
+                    };
                     for x in dst[..real].iter_mut() {
                         *x = (rng.next_normal() * std) as f32;
                     }
@@ -100,10 +126,31 @@ impl Gpt {
         p
     }
 
-    fn linear_backward_prec(&self, plan: &PrecisionPlan, step: u32, micro: u32, layer: usize, linear: LinearKind) -> Option<LinearBackward> {
-        let mode = if plan.quantized_layers[layer] { plan.mode } else { BackwardMode::Bf16 };
-        let id = |gemm| GemmId { step, micro_step: micro, layer: layer as u32, linear, gemm };
-        Some(LinearBackward { mode, dgrad: id(GemmKind::Dgrad), wgrad: id(GemmKind::Wgrad) })
+    fn linear_backward_prec(
+        &self,
+        plan: &PrecisionPlan,
+        step: u32,
+        micro: u32,
+        layer: usize,
+        linear: LinearKind,
+    ) -> Option<LinearBackward> {
+        let mode = if plan.quantized_layers[layer] {
+            plan.mode
+        } else {
+            BackwardMode::Bf16
+        };
+        let id = |gemm| GemmId {
+            step,
+            micro_step: micro,
+            layer: layer as u32,
+            linear,
+            gemm,
+        };
+        Some(LinearBackward {
+            mode,
+            dgrad: id(GemmKind::Dgrad),
+            wgrad: id(GemmKind::Wgrad),
+        })
     }
 
     /// Forward pass up to the logits (left in `acts.logits`).
@@ -116,27 +163,116 @@ impl Gpt {
         for l in 0..self.cfg.layers {
             let la = &a.layers[l];
             if l == 0 {
-                be.layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, a.encoded, p.param(Ln1W, l), p.param(Ln1B, l), c)?;
+                be.layernorm_forward(
+                    la.ln1,
+                    la.ln1_mean,
+                    la.ln1_rstd,
+                    a.encoded,
+                    p.param(Ln1W, l),
+                    p.param(Ln1B, l),
+                    c,
+                )?;
             } else {
                 let prev = &a.layers[l - 1];
-                be.residual_layernorm_forward(prev.residual3, la.ln1, la.ln1_mean, la.ln1_rstd, prev.residual2, prev.fcproj, p.param(Ln1W, l), p.param(Ln1B, l), c)?;
+                be.residual_layernorm_forward(
+                    prev.residual3,
+                    la.ln1,
+                    la.ln1_mean,
+                    la.ln1_rstd,
+                    prev.residual2,
+                    prev.fcproj,
+                    p.param(Ln1W, l),
+                    p.param(Ln1B, l),
+                    c,
+                )?;
             }
-            be.matmul_forward(la.qkv, la.ln1, p.param(QkvW, l), Some(p.param(QkvB, l)), None, bt, c, 3 * c)?;
+            be.matmul_forward(
+                la.qkv,
+                la.ln1,
+                p.param(QkvW, l),
+                Some(p.param(QkvB, l)),
+                None,
+                bt,
+                c,
+                3 * c,
+            )?;
             be.attention_forward(la.atty, la.att_lse, la.qkv, b, t, c, nh)?;
-            be.matmul_forward(la.attproj, la.atty, p.param(AttProjW, l), Some(p.param(AttProjB, l)), None, bt, c, c)?;
-            be.residual_layernorm_forward(la.residual2, la.ln2, la.ln2_mean, la.ln2_rstd, a.residual_in(l), la.attproj, p.param(Ln2W, l), p.param(Ln2B, l), c)?;
-            be.matmul_forward(la.fch, la.ln2, p.param(FcW, l), Some(p.param(FcB, l)), Some(la.fch_gelu), bt, c, 4 * c)?;
-            be.matmul_forward(la.fcproj, la.fch_gelu, p.param(FcProjW, l), Some(p.param(FcProjB, l)), None, bt, 4 * c, c)?;
+            be.matmul_forward(
+                la.attproj,
+                la.atty,
+                p.param(AttProjW, l),
+                Some(p.param(AttProjB, l)),
+                None,
+                bt,
+                c,
+                c,
+            )?;
+            be.residual_layernorm_forward(
+                la.residual2,
+                la.ln2,
+                la.ln2_mean,
+                la.ln2_rstd,
+                a.residual_in(l),
+                la.attproj,
+                p.param(Ln2W, l),
+                p.param(Ln2B, l),
+                c,
+            )?;
+            be.matmul_forward(
+                la.fch,
+                la.ln2,
+                p.param(FcW, l),
+                Some(p.param(FcB, l)),
+                Some(la.fch_gelu),
+                bt,
+                c,
+                4 * c,
+            )?;
+            be.matmul_forward(
+                la.fcproj,
+                la.fch_gelu,
+                p.param(FcProjW, l),
+                Some(p.param(FcProjB, l)),
+                None,
+                bt,
+                4 * c,
+                c,
+            )?;
         }
         let last = &a.layers[self.cfg.layers - 1];
-        be.residual_layernorm_forward(last.residual3, a.lnf, a.lnf_mean, a.lnf_rstd, last.residual2, last.fcproj, p.param(LnfW, 0), p.param(LnfB, 0), c)?;
-        be.matmul_forward(a.logits, a.lnf, p.param(Wte, 0), None, None, bt, c, self.cfg.padded_vocab)
+        be.residual_layernorm_forward(
+            last.residual3,
+            a.lnf,
+            a.lnf_mean,
+            a.lnf_rstd,
+            last.residual2,
+            last.fcproj,
+            p.param(LnfW, 0),
+            p.param(LnfB, 0),
+            c,
+        )?;
+        be.matmul_forward(
+            a.logits,
+            a.lnf,
+            p.param(Wte, 0),
+            None,
+            None,
+            bt,
+            c,
+            self.cfg.padded_vocab,
+        )
     }
 
     /// Forward + loss on the targets set in the backend; returns the mean loss (no gradients).
     pub fn eval_loss<B: Backend + ?Sized>(&self, be: &mut B) -> BResult<f32> {
         self.forward(be)?;
-        be.classifier(self.acts.logits, self.acts.losses, self.cfg.padded_vocab, self.cfg.vocab, None)?;
+        be.classifier(
+            self.acts.logits,
+            self.acts.losses,
+            self.cfg.padded_vocab,
+            self.cfg.vocab,
+            None,
+        )?;
         self.mean_loss(be)
     }
 
@@ -148,32 +284,130 @@ impl Gpt {
     /// Forward, loss and backward for one micro batch; parameter gradients accumulate into the
     /// gradient buffer, each scaled by `loss_scale` (1 / (B*T*accumulation steps) for the mean
     /// loss over the whole batch). Returns the micro batch's mean loss.
-    pub fn forward_backward<B: Backend + ?Sized>(&self, be: &mut B, plan: &PrecisionPlan, step: u32, micro: u32, loss_scale: f32) -> BResult<f32> {
+    pub fn forward_backward<B: Backend + ?Sized>(
+        &self,
+        be: &mut B,
+        plan: &PrecisionPlan,
+        step: u32,
+        micro: u32,
+        loss_scale: f32,
+    ) -> BResult<f32> {
         self.forward(be)?;
         let (c, t, b, nh) = (self.cfg.channels, self.seq, self.batch, self.cfg.heads);
         let bt = b * t;
         let (p, a) = (&self.params, &self.acts);
         use ParamKind::*;
-        be.classifier(a.logits, a.losses, self.cfg.padded_vocab, self.cfg.vocab, Some(loss_scale))?;
+        be.classifier(
+            a.logits,
+            a.losses,
+            self.cfg.padded_vocab,
+            self.cfg.vocab,
+            Some(loss_scale),
+        )?;
         let loss = self.mean_loss(be)?;
         // LM head (tied to wte), kept in high precision.
-        be.linear_backward(a.d_ln, p.grad(Wte, 0), None, a.logits, a.lnf, p.param(Wte, 0), bt, c, self.cfg.padded_vocab, None)?;
+        be.linear_backward(
+            a.d_ln,
+            p.grad(Wte, 0),
+            None,
+            a.logits,
+            a.lnf,
+            p.param(Wte, 0),
+            bt,
+            c,
+            self.cfg.padded_vocab,
+            None,
+        )?;
         be.zero(a.d_residual)?;
         let last = &a.layers[self.cfg.layers - 1];
-        be.layernorm_backward(a.d_residual, p.grad(LnfW, 0), p.grad(LnfB, 0), a.d_ln, last.residual3, p.param(LnfW, 0), a.lnf_mean, a.lnf_rstd, c)?;
+        be.layernorm_backward(
+            a.d_residual,
+            p.grad(LnfW, 0),
+            p.grad(LnfB, 0),
+            a.d_ln,
+            last.residual3,
+            p.param(LnfW, 0),
+            a.lnf_mean,
+            a.lnf_rstd,
+            c,
+        )?;
         for l in (0..self.cfg.layers).rev() {
             let la = &a.layers[l];
             let prec = |k| self.linear_backward_prec(plan, step, micro, l, k);
             // d_residual holds d(residual3) = d(fcproj) = d(residual2) before ln2's share.
-            be.linear_backward(a.d_fch, p.grad(FcProjW, l), Some(p.grad(FcProjB, l)), a.d_residual, la.fch_gelu, p.param(FcProjW, l), bt, 4 * c, c, prec(LinearKind::MlpDown))?;
+            be.linear_backward(
+                a.d_fch,
+                p.grad(FcProjW, l),
+                Some(p.grad(FcProjB, l)),
+                a.d_residual,
+                la.fch_gelu,
+                p.param(FcProjW, l),
+                bt,
+                4 * c,
+                c,
+                prec(LinearKind::MlpDown),
+            )?;
             be.gelu_backward(a.d_fch, la.fch)?;
-            be.linear_backward(a.d_ln, p.grad(FcW, l), Some(p.grad(FcB, l)), a.d_fch, la.ln2, p.param(FcW, l), bt, c, 4 * c, prec(LinearKind::MlpUp))?;
-            be.layernorm_backward(a.d_residual, p.grad(Ln2W, l), p.grad(Ln2B, l), a.d_ln, la.residual2, p.param(Ln2W, l), la.ln2_mean, la.ln2_rstd, c)?;
+            be.linear_backward(
+                a.d_ln,
+                p.grad(FcW, l),
+                Some(p.grad(FcB, l)),
+                a.d_fch,
+                la.ln2,
+                p.param(FcW, l),
+                bt,
+                c,
+                4 * c,
+                prec(LinearKind::MlpUp),
+            )?;
+            be.layernorm_backward(
+                a.d_residual,
+                p.grad(Ln2W, l),
+                p.grad(Ln2B, l),
+                a.d_ln,
+                la.residual2,
+                p.param(Ln2W, l),
+                la.ln2_mean,
+                la.ln2_rstd,
+                c,
+            )?;
             // d_residual now holds d(residual2) = d(attproj) = d(layer input) before ln1's share.
-            be.linear_backward(a.d_atty, p.grad(AttProjW, l), Some(p.grad(AttProjB, l)), a.d_residual, la.atty, p.param(AttProjW, l), bt, c, c, prec(LinearKind::AttnProj))?;
+            be.linear_backward(
+                a.d_atty,
+                p.grad(AttProjW, l),
+                Some(p.grad(AttProjB, l)),
+                a.d_residual,
+                la.atty,
+                p.param(AttProjW, l),
+                bt,
+                c,
+                c,
+                prec(LinearKind::AttnProj),
+            )?;
             be.attention_backward(a.d_qkv, a.d_atty, la.qkv, la.atty, la.att_lse, b, t, c, nh)?;
-            be.linear_backward(a.d_ln, p.grad(QkvW, l), Some(p.grad(QkvB, l)), a.d_qkv, la.ln1, p.param(QkvW, l), bt, c, 3 * c, prec(LinearKind::Qkv))?;
-            be.layernorm_backward(a.d_residual, p.grad(Ln1W, l), p.grad(Ln1B, l), a.d_ln, a.residual_in(l), p.param(Ln1W, l), la.ln1_mean, la.ln1_rstd, c)?;
+            be.linear_backward(
+                a.d_ln,
+                p.grad(QkvW, l),
+                Some(p.grad(QkvB, l)),
+                a.d_qkv,
+                la.ln1,
+                p.param(QkvW, l),
+                bt,
+                c,
+                3 * c,
+                prec(LinearKind::Qkv),
+            )?;
+            be.layernorm_backward(
+                a.d_residual,
+                p.grad(Ln1W, l),
+                p.grad(Ln1B, l),
+                a.d_ln,
+                a.residual_in(l),
+                p.param(Ln1W, l),
+                la.ln1_mean,
+                la.ln1_rstd,
+                c,
+            )?;
         }
         be.encoder_backward(p.grad(Wte, 0), p.grad(Wpe, 0), a.d_residual, t, c)?;
         Ok(loss)

@@ -77,7 +77,10 @@ impl FromStr for BackwardMode {
             .find(|m| m.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = BackwardMode::ALL.iter().map(|m| m.name()).collect();
-                format!("unknown --backward mode '{s}': expected one of {}", names.join(", "))
+                format!(
+                    "unknown --backward mode '{s}': expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 }

@@ -20,7 +20,9 @@ impl FromStr for ScheduleKind {
             "linear" => Ok(ScheduleKind::Linear),
             "constant" => Ok(ScheduleKind::Constant),
             "wsd" => Ok(ScheduleKind::Wsd),
-            _ => Err(format!("unknown --schedule '{s}': expected one of cosine, linear, constant, wsd")),
+            _ => Err(format!(
+                "unknown --schedule '{s}': expected one of cosine, linear, constant, wsd"
+            )),
         }
     }
 }
@@ -48,10 +50,14 @@ impl LrSchedule {
         let progress = ((step - self.warmup_steps) as f64 / span).clamp(0.0, 1.0);
         let lr = match self.kind {
             ScheduleKind::Constant => max,
-            ScheduleKind::Cosine => min + 0.5 * (max - min) * (1.0 + (std::f64::consts::PI * progress).cos()),
+            ScheduleKind::Cosine => {
+                min + 0.5 * (max - min) * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
             ScheduleKind::Linear => max + (min - max) * progress,
             ScheduleKind::Wsd => {
-                let decay_steps = ((self.total_steps as f64) * self.decay_fraction as f64).round().max(1.0);
+                let decay_steps = ((self.total_steps as f64) * self.decay_fraction as f64)
+                    .round()
+                    .max(1.0);
                 let decay_start = self.total_steps as f64 - decay_steps;
                 if (step as f64) < decay_start {
                     max
@@ -70,7 +76,14 @@ mod tests {
     use super::*;
 
     fn sched(kind: ScheduleKind) -> LrSchedule {
-        LrSchedule { kind, max_lr: 1.0, min_lr: 0.1, warmup_steps: 10, total_steps: 110, decay_fraction: 0.2 }
+        LrSchedule {
+            kind,
+            max_lr: 1.0,
+            min_lr: 0.1,
+            warmup_steps: 10,
+            total_steps: 110,
+            decay_fraction: 0.2,
+        }
     }
 
     #[test]

@@ -193,12 +193,20 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         Some(spec) => PrecisionPlan::with_bf16_blocks(mode, cfg.layers, spec)?,
         None => PrecisionPlan::uniform(mode, cfg.layers),
     };
-    let mx = MxConfig { mode, hadamard_block: args.hadamard_block, seed: args.seed };
+    let mx = MxConfig {
+        mode,
+        hadamard_block: args.hadamard_block,
+        seed: args.seed,
+    };
     if mode.is_mxfp4() {
         mx.validate().map_err(|e| e.to_string())?;
         // Every MXFP4 GEMM reduces over C, 3C or 4C (dgrad) or B*T (wgrad) in 32-blocks and,
         // with RHT, in g-blocks.
-        let block = if mode.uses_rht() { args.hadamard_block.max(32) } else { 32 };
+        let block = if mode.uses_rht() {
+            args.hadamard_block.max(32)
+        } else {
+            32
+        };
         if cfg.channels % block != 0 {
             return Err(format!("--backward {mode} needs the width ({}) to be a multiple of {block} (MX block 32{})", cfg.channels, if mode.uses_rht() { format!(", Hadamard block {}", args.hadamard_block) } else { String::new() }));
         }
@@ -212,7 +220,9 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         return Err("--steps must be at least 1".into());
     }
     let warmup = match (args.warmup_steps, args.warmup_fraction) {
-        (Some(_), Some(_)) => return Err("give --warmup-steps or --warmup-fraction, not both".into()),
+        (Some(_), Some(_)) => {
+            return Err("give --warmup-steps or --warmup-fraction, not both".into())
+        }
         (Some(w), None) => w,
         (None, f) => {
             let f = f.unwrap_or(0.05);
@@ -222,7 +232,9 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
             (args.steps as f64 * f as f64).round() as u64
         }
     };
-    let lr = args.lr.unwrap_or_else(|| crate::config::default_lr(&args.model));
+    let lr = args
+        .lr
+        .unwrap_or_else(|| crate::config::default_lr(&args.model));
     if !(lr > 0.0 && lr.is_finite()) {
         return Err(format!("--lr {lr} must be a positive number"));
     }
@@ -234,13 +246,24 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         total_steps: args.steps,
         decay_fraction: args.wsd_decay_fraction,
     };
-    Ok(Setup { cfg, gpt, accum: total / bt, plan, mx, schedule })
+    Ok(Setup {
+        cfg,
+        gpt,
+        accum: total / bt,
+        plan,
+        mx,
+        schedule,
+    })
 }
 
 /// Picks the backend for `--device`: `cuda` must get a GPU; `auto` takes the GPU when this build
 /// has the CUDA backend and a driver and device answer, else the CPU (saying why).
 fn make_backend(args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
-    let cpu = || -> Result<Box<dyn Backend>, String> { Ok(Box::new(CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.to_string())?)) };
+    let cpu = || -> Result<Box<dyn Backend>, String> {
+        Ok(Box::new(
+            CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.to_string())?,
+        ))
+    };
     match args.device.as_str() {
         "cpu" => cpu(),
         "cuda" => cuda_backend(gpt),
@@ -251,13 +274,18 @@ fn make_backend(args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String>
                 cpu()
             }
         },
-        other => Err(format!("unknown --device '{other}': expected cpu, cuda or auto")),
+        other => Err(format!(
+            "unknown --device '{other}': expected cpu, cuda or auto"
+        )),
     }
 }
 
 #[cfg(feature = "cuda")]
 fn cuda_backend(gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
-    Ok(Box::new(crate::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq).map_err(|e| format!("--device cuda: {e}"))?))
+    Ok(Box::new(
+        crate::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq)
+            .map_err(|e| format!("--device cuda: {e}"))?,
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -268,7 +296,9 @@ fn cuda_backend(_gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
 /// Whether GPU 0 can be opened (`auto`).
 #[cfg(feature = "cuda")]
 fn gpu_probe() -> Result<(), String> {
-    runtime::cuda::Gpu::new(0).map(|_| ()).map_err(|e| format!("no usable GPU: {e}"))
+    runtime::cuda::Gpu::new(0)
+        .map(|_| ())
+        .map_err(|e| format!("no usable GPU: {e}"))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -278,7 +308,9 @@ fn gpu_probe() -> Result<(), String> {
 
 /// Where `data/` and `.cache/` live: `MXGPT_ROOT` (set by the launchers) or the current directory.
 pub fn project_root() -> PathBuf {
-    std::env::var_os("MXGPT_ROOT").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    std::env::var_os("MXGPT_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn open_data(args: &TrainArgs) -> Result<DataSplits, String> {
@@ -303,7 +335,9 @@ struct JsonLog(Option<File>);
 
 impl JsonLog {
     fn open(path: Option<&Path>, append: bool) -> Result<Self, String> {
-        let Some(p) = path else { return Ok(JsonLog(None)) };
+        let Some(p) = path else {
+            return Ok(JsonLog(None));
+        };
         let f = OpenOptions::new()
             .create(true)
             .write(true)
@@ -344,7 +378,11 @@ fn format_duration(secs: f64) -> String {
 }
 
 fn all_params(gpt: &Gpt) -> TensorRef {
-    TensorRef { arena: Arena::Params, offset: 0, len: gpt.params.total }
+    TensorRef {
+        arena: Arena::Params,
+        offset: 0,
+        len: gpt.params.total,
+    }
 }
 
 /// Runs training as the arguments say. Errors are complete sentences for the user.
@@ -359,10 +397,15 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     let mut be = make_backend(args, &s.gpt)?;
     let data = open_data(args)?;
     let (b, t) = (s.gpt.batch, s.gpt.seq);
-    let mut loader = BatchLoader::new(&data.train, b, t, args.seed, true).map_err(|e| e.to_string())?;
+    let mut loader =
+        BatchLoader::new(&data.train, b, t, args.seed, true).map_err(|e| e.to_string())?;
     be.set_mx_config(s.mx).map_err(|e| e.to_string())?;
     let info = be.info();
-    log::info!("model: {} ({:.2}M parameters)", s.cfg, s.gpt.params.total as f64 / 1e6);
+    log::info!(
+        "model: {} ({:.2}M parameters)",
+        s.cfg,
+        s.gpt.params.total as f64 / 1e6
+    );
     log::info!(
         "batch: {b} x {t} tokens x {} accumulation = {} tokens/step; backward {}{}; backend {} ({}, {} threads)",
         s.accum,
@@ -373,10 +416,14 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         info.device,
         info.threads
     );
-    log::info!("data: {} training tokens{}", data.train.num_tokens(), match &data.val {
-        Some(v) => format!(", {} validation tokens", v.num_tokens()),
-        None => ", no validation split (evaluation off)".into(),
-    });
+    log::info!(
+        "data: {} training tokens{}",
+        data.train.num_tokens(),
+        match &data.val {
+            Some(v) => format!(", {} validation tokens", v.num_tokens()),
+            None => ", no validation split (evaluation off)".into(),
+        }
+    );
 
     // Perf counters: NVML on a GPU backend; MFU wherever a peak is known (the device table, or
     // MXGPT_PEAK_TFLOPS, e.g. a CPU's measured GEMM ceiling).
@@ -405,10 +452,16 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     let resume_path = match args.resume.as_deref() {
         None => None,
         Some("auto") => {
-            let dir = args.checkpoint_dir.as_ref().ok_or("--resume auto needs --checkpoint-dir")?;
+            let dir = args
+                .checkpoint_dir
+                .as_ref()
+                .ok_or("--resume auto needs --checkpoint-dir")?;
             let p = checkpoint::latest(dir)?;
             if p.is_none() {
-                log::info!("resume auto: no checkpoint in {} yet; starting fresh", dir.display());
+                log::info!(
+                    "resume auto: no checkpoint in {} yet; starting fresh",
+                    dir.display()
+                );
             }
             p
         }
@@ -430,25 +483,41 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
                 return Err(format!("checkpoint {} was trained with {key} {then}, this run has {now}: the data position would not carry over", path.display()));
             }
         }
-        be.write_optimizer(&ck.params, &ck.adam_m, &ck.adam_v).map_err(|e| e.to_string())?;
-        let state = loader_state_from_json(&ck.train["loader"]).ok_or_else(|| format!("checkpoint {}: no data-loader state", path.display()))?;
-        loader.restore(state).map_err(|e| format!("checkpoint {}: {e}", path.display()))?;
+        be.write_optimizer(&ck.params, &ck.adam_m, &ck.adam_v)
+            .map_err(|e| e.to_string())?;
+        let state = loader_state_from_json(&ck.train["loader"])
+            .ok_or_else(|| format!("checkpoint {}: no data-loader state", path.display()))?;
+        loader
+            .restore(state)
+            .map_err(|e| format!("checkpoint {}: {e}", path.display()))?;
         start_step = ck.step;
         last_checkpoint = Some(path.clone());
         log::info!("resumed from {} at step {start_step}", path.display());
         if start_step >= args.steps {
-            log::info!("the checkpoint is already at step {start_step} >= --steps {}; nothing to train", args.steps);
+            log::info!(
+                "the checkpoint is already at step {start_step} >= --steps {}; nothing to train",
+                args.steps
+            );
         }
     } else {
-        be.write(all_params(&s.gpt), &s.gpt.init_params(args.seed)).map_err(|e| e.to_string())?;
+        be.write(all_params(&s.gpt), &s.gpt.init_params(args.seed))
+            .map_err(|e| e.to_string())?;
     }
 
     let mut json_log = JsonLog::open(args.log_json.as_deref(), resume_path.is_some())?;
-    let tokenizer = if args.sample_every > 0 { Some(Tokenizer::gpt2().map_err(|e| e.to_string())?) } else { None };
+    let tokenizer = if args.sample_every > 0 {
+        Some(Tokenizer::gpt2().map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
     let tokens_per_step = (b * t * s.accum) as f64;
     let mut inputs = vec![0u32; b * t];
     let mut targets = vec![0u32; b * t];
-    let mut summary = TrainSummary { last_checkpoint, backend: Some(info.clone()), ..Default::default() };
+    let mut summary = TrainSummary {
+        last_checkpoint,
+        backend: Some(info.clone()),
+        ..Default::default()
+    };
     let mut recent_ms: Vec<f64> = Vec::new();
     let mut total_ms = 0.0;
     let mut timed_steps = 0u64;
@@ -459,9 +528,15 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         let mut loss_sum = 0.0f64;
         let loss_scale = 1.0 / (b * t * s.accum) as f32;
         for micro in 0..s.accum {
-            loader.next_batch(&mut inputs, &mut targets).map_err(|e| e.to_string())?;
-            be.set_tokens(&inputs, Some(&targets)).map_err(|e| e.to_string())?;
-            let l = s.gpt.forward_backward(be.as_mut(), &s.plan, step as u32, micro as u32, loss_scale).map_err(|e| e.to_string())?;
+            loader
+                .next_batch(&mut inputs, &mut targets)
+                .map_err(|e| e.to_string())?;
+            be.set_tokens(&inputs, Some(&targets))
+                .map_err(|e| e.to_string())?;
+            let l = s
+                .gpt
+                .forward_backward(be.as_mut(), &s.plan, step as u32, micro as u32, loss_scale)
+                .map_err(|e| e.to_string())?;
             loss_sum += l as f64;
         }
         let loss = (loss_sum / s.accum as f64) as f32;
@@ -480,8 +555,20 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
             ));
         }
         let lr = s.schedule.lr(step);
-        let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip { args.grad_clip / norm } else { 1.0 };
-        let hp = AdamW { lr, beta1: args.beta1, beta2: args.beta2, eps: args.eps, weight_decay: args.weight_decay, t: step + 1, grad_scale };
+        let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
+            args.grad_clip / norm
+        } else {
+            1.0
+        };
+        let hp = AdamW {
+            lr,
+            beta1: args.beta1,
+            beta2: args.beta2,
+            eps: args.eps,
+            weight_decay: args.weight_decay,
+            t: step + 1,
+            grad_scale,
+        };
         be.adamw(&hp).map_err(|e| e.to_string())?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let done = step + 1;
@@ -499,7 +586,9 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         let eta = format_duration(avg_ms / 1e3 * (args.steps - done) as f64);
         let mx_note = mx_summary(&telemetry);
         let mfu = peak_tflops.map(|p| runtime::counters::mfu(flops_per_token, tokens_per_s, p));
-        let mfu_note = mfu.map(|m| format!(" | MFU {:.1}%", m * 100.0)).unwrap_or_default();
+        let mfu_note = mfu
+            .map(|m| format!(" | MFU {:.1}%", m * 100.0))
+            .unwrap_or_default();
         log::info!(
             "step {done:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.4} | {ms:.1} ms | {tokens_per_s:.0} tok/s{mfu_note} | ETA {eta}{mx_note}",
             args.steps
@@ -528,21 +617,38 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         if let Some(val) = &data.val {
             if args.eval_every > 0 && (done % args.eval_every == 0 || last) {
                 let vl = evaluate(&s.gpt, be.as_mut(), val, args)?;
-                log::info!("step {done:>5}/{} | val loss {vl:.4} | val ppl {:.2}", args.steps, (vl as f64).exp());
+                log::info!(
+                    "step {done:>5}/{} | val loss {vl:.4} | val ppl {:.2}",
+                    args.steps,
+                    (vl as f64).exp()
+                );
                 json_log.record(json!({"type": "eval", "step": done, "val_loss": vl}))?;
                 summary.val_losses.push((done, vl));
             }
         }
         if let Some(tok) = &tokenizer {
             if done % args.sample_every == 0 || last {
-                let text = sample(&s.gpt, be.as_mut(), tok, args.sample_tokens, args.seed ^ done)?;
+                let text = sample(
+                    &s.gpt,
+                    be.as_mut(),
+                    tok,
+                    args.sample_tokens,
+                    args.seed ^ done,
+                )?;
                 log::info!("sample at step {done}:\n{text}\n---");
             }
         }
         if let Some(dir) = &args.checkpoint_dir {
             if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || last {
                 let (params, m, v) = be.read_optimizer().map_err(|e| e.to_string())?;
-                let ck = Checkpoint { model: s.cfg, step: done, params, adam_m: m, adam_v: v, train: train_state_json(args, &s, &loader.state()) };
+                let ck = Checkpoint {
+                    model: s.cfg,
+                    step: done,
+                    params,
+                    adam_m: m,
+                    adam_v: v,
+                    train: train_state_json(args, &s, &loader.state()),
+                };
                 let p = checkpoint::save(dir, &ck)?;
                 checkpoint::prune(dir, args.keep_checkpoints)?;
                 log::info!("checkpoint: {}", p.display());
@@ -553,9 +659,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     if counters.is_some() {
         log::info!(
             "energy: mean power {} W, {} J, {} J/token",
-            energy.mean_power_w().map_or("?".into(), |w| format!("{w:.0}")),
+            energy
+                .mean_power_w()
+                .map_or("?".into(), |w| format!("{w:.0}")),
             energy.energy_j().map_or("?".into(), |j| format!("{j:.0}")),
-            energy.joules_per_token().map_or("?".into(), |j| format!("{j:.4}"))
+            energy
+                .joules_per_token()
+                .map_or("?".into(), |j| format!("{j:.4}"))
         );
     }
     if timed_steps > 0 {
@@ -573,14 +683,23 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
 
 /// Mean loss over the first `--eval-batches` batches of the validation split (always the same
 /// batches, in order, so evaluations compare across steps and runs).
-fn evaluate(gpt: &Gpt, be: &mut dyn Backend, val: &TokenDataset, args: &TrainArgs) -> Result<f32, String> {
-    let mut loader = BatchLoader::new(val, gpt.batch, gpt.seq, 0, false).map_err(|e| format!("validation split: {e}"))?;
+fn evaluate(
+    gpt: &Gpt,
+    be: &mut dyn Backend,
+    val: &TokenDataset,
+    args: &TrainArgs,
+) -> Result<f32, String> {
+    let mut loader = BatchLoader::new(val, gpt.batch, gpt.seq, 0, false)
+        .map_err(|e| format!("validation split: {e}"))?;
     let n = gpt.tokens_per_batch();
     let (mut inputs, mut targets) = (vec![0u32; n], vec![0u32; n]);
     let mut sum = 0.0f64;
     for _ in 0..args.eval_batches.max(1) {
-        loader.next_batch(&mut inputs, &mut targets).map_err(|e| e.to_string())?;
-        be.set_tokens(&inputs, Some(&targets)).map_err(|e| e.to_string())?;
+        loader
+            .next_batch(&mut inputs, &mut targets)
+            .map_err(|e| e.to_string())?;
+        be.set_tokens(&inputs, Some(&targets))
+            .map_err(|e| e.to_string())?;
         sum += gpt.eval_loss(be).map_err(|e| e.to_string())? as f64;
     }
     Ok((sum / args.eval_batches.max(1) as f64) as f32)
@@ -589,7 +708,13 @@ fn evaluate(gpt: &Gpt, be: &mut dyn Backend, val: &TokenDataset, args: &TrainArg
 /// Generates `n` tokens after `<|endoftext|>` by ancestral sampling at temperature 1. Simple
 /// rather than fast: each token re-runs the forward pass over the whole (B, T) window, like
 /// llm.c's sampler (there is no KV cache).
-fn sample(gpt: &Gpt, be: &mut dyn Backend, tok: &Tokenizer, n: usize, seed: u64) -> Result<String, String> {
+fn sample(
+    gpt: &Gpt,
+    be: &mut dyn Backend,
+    tok: &Tokenizer,
+    n: usize,
+    seed: u64,
+) -> Result<String, String> {
     let t = gpt.seq;
     let vp = gpt.cfg.padded_vocab;
     let mut rng = SplitMix64::new(seed);
@@ -598,7 +723,11 @@ fn sample(gpt: &Gpt, be: &mut dyn Backend, tok: &Tokenizer, n: usize, seed: u64)
     for pos in 1..=n.min(t - 1) {
         be.set_tokens(&tokens, None).map_err(|e| e.to_string())?;
         gpt.forward(be).map_err(|e| e.to_string())?;
-        let row = TensorRef { arena: Arena::Acts, offset: gpt.acts.logits.offset + (pos - 1) * vp, len: gpt.cfg.vocab };
+        let row = TensorRef {
+            arena: Arena::Acts,
+            offset: gpt.acts.logits.offset + (pos - 1) * vp,
+            len: gpt.cfg.vocab,
+        };
         let logits = be.read(row).map_err(|e| e.to_string())?;
         let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let probs: Vec<f64> = logits.iter().map(|&l| ((l - m) as f64).exp()).collect();
@@ -619,21 +748,30 @@ fn sample(gpt: &Gpt, be: &mut dyn Backend, tok: &Tokenizer, n: usize, seed: u64)
 
 fn mx_summary(t: &MxTelemetry) -> String {
     match t.summary() {
-        Some(s) => format!(" | mx clip {:.2}% relerr {:.4}", s.clipped_fraction * 100.0, s.relative_error),
+        Some(s) => format!(
+            " | mx clip {:.2}% relerr {:.4}",
+            s.clipped_fraction * 100.0,
+            s.relative_error
+        ),
         None => String::new(),
     }
 }
 
 fn mx_json(t: &MxTelemetry) -> Value {
     match t.summary() {
-        Some(s) => json!({"clipped_fraction": s.clipped_fraction, "relative_error": s.relative_error, "nonfinite_blocks": s.nonfinite_blocks}),
+        Some(s) => {
+            json!({"clipped_fraction": s.clipped_fraction, "relative_error": s.relative_error, "nonfinite_blocks": s.nonfinite_blocks})
+        }
         None => Value::Null,
     }
 }
 
 fn mx_nonfinite_note(t: &MxTelemetry) -> String {
     match t.summary() {
-        Some(s) if s.nonfinite_blocks > 0 => format!(" ({} MXFP4 blocks held NaN/Inf gradients)", s.nonfinite_blocks),
+        Some(s) if s.nonfinite_blocks > 0 => format!(
+            " ({} MXFP4 blocks held NaN/Inf gradients)",
+            s.nonfinite_blocks
+        ),
         _ => String::new(),
     }
 }

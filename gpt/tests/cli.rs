@@ -6,8 +6,15 @@ use common::*;
 use std::process::Command;
 
 fn train_gpt(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_train_gpt")).args(args).output().expect("train_gpt runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_train_gpt"))
+        .args(args)
+        .output()
+        .expect("train_gpt runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -15,7 +22,10 @@ fn assert_fails(args: &[&str], needles: &[&str]) {
     let (code, text) = train_gpt(args);
     assert_ne!(code, 0, "{args:?} should fail; output:\n{text}");
     for n in needles {
-        assert!(text.contains(n), "{args:?}: expected '{n}' in the error; got:\n{text}");
+        assert!(
+            text.contains(n),
+            "{args:?}: expected '{n}' in the error; got:\n{text}"
+        );
     }
 }
 
@@ -24,16 +34,54 @@ fn bad_arguments_are_named() {
     let dir = tmpdir("cli-args");
     let data = synthetic_dataset(&dir, 8);
     assert_fails(&["--no-such-flag"], &["--no-such-flag"]);
-    assert_fails(&["--model", "gigantic", "--data", &data], &["gigantic", "124m", "tiny"]);
-    assert_fails(&["--data", &format!("{}/nothing_here", dir.display())], &["nothing_here"]);
-    assert_fails(&["--model", "tiny", "--seq", "4096", "--data", &data], &["--seq 4096", "256"]);
-    assert_fails(&["--model", "tiny", "--batch", "0", "--data", &data], &["--batch"]);
-    assert_fails(&["--model", "tiny", "--backward", "fp3", "--data", &data], &["fp3", "mxfp4-rtn"]);
-    assert_fails(&["--model", "tiny", "--device", "cuda", "--data", &data], &["cuda"]);
-    assert_fails(&["--model", "tiny", "--seq", "64", "--total-batch-tokens", "100", "--data", &data], &["--total-batch-tokens 100"]);
-    assert_fails(&["--model", "tiny", "--schedule", "zigzag", "--data", &data], &["zigzag", "cosine"]);
+    assert_fails(
+        &["--model", "gigantic", "--data", &data],
+        &["gigantic", "124m", "tiny"],
+    );
+    assert_fails(
+        &["--data", &format!("{}/nothing_here", dir.display())],
+        &["nothing_here"],
+    );
+    assert_fails(
+        &["--model", "tiny", "--seq", "4096", "--data", &data],
+        &["--seq 4096", "256"],
+    );
+    assert_fails(
+        &["--model", "tiny", "--batch", "0", "--data", &data],
+        &["--batch"],
+    );
+    assert_fails(
+        &["--model", "tiny", "--backward", "fp3", "--data", &data],
+        &["fp3", "mxfp4-rtn"],
+    );
+    assert_fails(
+        &["--model", "tiny", "--device", "cuda", "--data", &data],
+        &["cuda"],
+    );
+    assert_fails(
+        &[
+            "--model",
+            "tiny",
+            "--seq",
+            "64",
+            "--total-batch-tokens",
+            "100",
+            "--data",
+            &data,
+        ],
+        &["--total-batch-tokens 100"],
+    );
+    assert_fails(
+        &["--model", "tiny", "--schedule", "zigzag", "--data", &data],
+        &["zigzag", "cosine"],
+    );
     // 6.7B parameters at a large batch: refused up front with the estimate, not an OOM kill.
-    assert_fails(&["--model", "6.7b", "--batch", "64", "--device", "cpu", "--data", &data], &["out of memory", "GiB", "--batch"]);
+    assert_fails(
+        &[
+            "--model", "6.7b", "--batch", "64", "--device", "cpu", "--data", &data,
+        ],
+        &["out of memory", "GiB", "--batch"],
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -43,7 +91,18 @@ fn bad_checkpoints_are_named() {
     let data = synthetic_dataset(&dir, 8);
     let ck = dir.join("ck");
     let ck_s = ck.to_string_lossy().to_string();
-    let base = ["--model", "tiny", "--batch", "1", "--seq", "32", "--eval-every", "0", "--data", &data];
+    let base = [
+        "--model",
+        "tiny",
+        "--batch",
+        "1",
+        "--seq",
+        "32",
+        "--eval-every",
+        "0",
+        "--data",
+        &data,
+    ];
     let mut a = base.to_vec();
     a.extend(["--steps", "1", "--checkpoint-dir", &ck_s]);
     let (code, text) = train_gpt(&a);
@@ -54,9 +113,23 @@ fn bad_checkpoints_are_named() {
     // Another model shape.
     let mut other = base.to_vec();
     other.extend(["--layers", "3", "--steps", "2", "--resume", &p]);
-    assert_fails(&other, &["ckpt_00000001.bin", "different model", "3 layers"]);
+    assert_fails(
+        &other,
+        &["ckpt_00000001.bin", "different model", "3 layers"],
+    );
     // Another micro batch: the data position would not carry over.
-    let mut b = vec!["--model", "tiny", "--batch", "2", "--seq", "32", "--eval-every", "0", "--data", &data];
+    let mut b = vec![
+        "--model",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "32",
+        "--eval-every",
+        "0",
+        "--data",
+        &data,
+    ];
     b.extend(["--steps", "2", "--resume", &p]);
     assert_fails(&b, &["batch 1", "batch"]);
     // A corrupted file.
@@ -81,21 +154,63 @@ fn nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let ck = dir.join("ck");
     let ck_s = ck.to_string_lossy().to_string();
     // An absurd learning rate without clipping blows the weights up within a few steps.
-    let args = ["--model", "tiny", "--batch", "1", "--seq", "32", "--eval-every", "0", "--data", &data, "--steps", "50",
-        "--lr", "1e30", "--warmup-steps", "0", "--grad-clip", "0", "--checkpoint-dir", &ck_s, "--checkpoint-every", "1", "--keep-checkpoints", "100"];
+    let args = [
+        "--model",
+        "tiny",
+        "--batch",
+        "1",
+        "--seq",
+        "32",
+        "--eval-every",
+        "0",
+        "--data",
+        &data,
+        "--steps",
+        "50",
+        "--lr",
+        "1e30",
+        "--warmup-steps",
+        "0",
+        "--grad-clip",
+        "0",
+        "--checkpoint-dir",
+        &ck_s,
+        "--checkpoint-every",
+        "1",
+        "--keep-checkpoints",
+        "100",
+    ];
     let (code, text) = train_gpt(&args);
     assert_ne!(code, 0, "{text}");
     assert!(text.contains("non-finite"), "{text}");
     // Every checkpoint left behind is complete and loads; none was written for the bad step.
-    let files: Vec<_> = std::fs::read_dir(&ck).unwrap().flatten().map(|e| e.path()).collect();
-    assert!(!files.is_empty(), "the first step should have been checkpointed:\n{text}");
+    let files: Vec<_> = std::fs::read_dir(&ck)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        !files.is_empty(),
+        "the first step should have been checkpointed:\n{text}"
+    );
     for f in &files {
-        assert!(f.extension().unwrap() == "bin", "leftover temp file {}", f.display());
+        assert!(
+            f.extension().unwrap() == "bin",
+            "leftover temp file {}",
+            f.display()
+        );
         let c = gpt::checkpoint::load(f).unwrap();
-        assert!(c.params.iter().all(|x| x.is_finite()), "{} holds non-finite weights", f.display());
+        assert!(
+            c.params.iter().all(|x| x.is_finite()),
+            "{} holds non-finite weights",
+            f.display()
+        );
     }
     let latest = gpt::checkpoint::latest(&ck).unwrap().unwrap();
-    assert!(text.contains(&*latest.to_string_lossy()), "the error should name the last good checkpoint:\n{text}");
+    assert!(
+        text.contains(&*latest.to_string_lossy()),
+        "the error should name the last good checkpoint:\n{text}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -105,24 +220,58 @@ fn log_json_records_and_counters_line() {
     let data = synthetic_dataset(&dir, 8);
     let log = dir.join("log.jsonl");
     let out = Command::new(env!("CARGO_BIN_EXE_train_gpt"))
-        .args(["--model", "tiny", "--batch", "1", "--seq", "64", "--steps", "4", "--eval-every", "2", "--eval-batches", "1",
-            "--backward", "mxfp4-rtn", "--data", &data, "--log-json", log.to_str().unwrap()])
+        .args([
+            "--model",
+            "tiny",
+            "--batch",
+            "1",
+            "--seq",
+            "64",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--eval-batches",
+            "1",
+            "--backward",
+            "mxfp4-rtn",
+            "--data",
+            &data,
+            "--log-json",
+            log.to_str().unwrap(),
+        ])
         .env("MXGPT_PEAK_TFLOPS", "1.0")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("counters: off"), "the log says why counters are off:\n{text}");
+    assert!(
+        text.contains("counters: off"),
+        "the log says why counters are off:\n{text}"
+    );
     assert!(text.contains("MFU") && text.contains("mx clip"), "{text}");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let train: Vec<_> = lines.iter().filter(|v| v["type"] == "train").collect();
     let eval: Vec<_> = lines.iter().filter(|v| v["type"] == "eval").collect();
     assert_eq!(train.len(), 4);
-    assert_eq!(eval.iter().map(|v| v["step"].as_u64().unwrap()).collect::<Vec<_>>(), vec![2, 4]);
+    assert_eq!(
+        eval.iter()
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![2, 4]
+    );
     for (i, r) in train.iter().enumerate() {
         assert_eq!(r["step"].as_u64(), Some(i as u64 + 1));
         for f in ["loss", "lr", "grad_norm", "ms", "tokens_per_s", "mfu"] {
-            assert!(r[f].as_f64().is_some_and(|x| x.is_finite()), "field {f} in {r}");
+            assert!(
+                r[f].as_f64().is_some_and(|x| x.is_finite()),
+                "field {f} in {r}"
+            );
         }
         assert!(r["mx"]["clipped_fraction"].as_f64().is_some(), "{r}");
     }

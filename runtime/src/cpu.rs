@@ -18,7 +18,9 @@ pub fn threads() -> usize {
                 }
             }
         }
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     })
 }
 
@@ -53,7 +55,10 @@ where
     T: Send,
     F: Fn(Range<usize>, &mut [T]) + Sync,
 {
-    assert!(row_len > 0 && out.len() % row_len == 0, "parallel_rows_mut: ragged rows");
+    assert!(
+        row_len > 0 && out.len() % row_len == 0,
+        "parallel_rows_mut: ragged rows"
+    );
     let rows = out.len() / row_len;
     let chunks = chunk_ranges(rows, min_rows_per_thread.max(1), threads());
     if chunks.len() <= 1 {

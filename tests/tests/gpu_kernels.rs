@@ -19,10 +19,10 @@
 
 use tests::gpu::*;
 
-use runtime::cuda::half::bf16;
-use runtime::cuda::ptx::host::{bf16_bits_stochastic, sr_hash};
 use gpt::cpu::ops;
 use gpt::cuda::kernels::{adamw, cast, encoder, gelu, global_norm, Ptr};
+use runtime::cuda::half::bf16;
+use runtime::cuda::ptx::host::{bf16_bits_stochastic, sr_hash};
 use runtime::cuda::LaunchConfig;
 
 fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {

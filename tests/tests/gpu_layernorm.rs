@@ -16,7 +16,6 @@ use gpt::cpu::ops;
 use gpt::cuda::kernels::{layernorm, Ptr};
 use runtime::cuda::half::bf16;
 
-
 /// (n, c) shapes: tiny, C not a multiple of 8 (scalar path), GPT-2 small width (16-byte path),
 /// GPT-2 XL width with a last backward block of one row, and enough rows for several backward
 /// partials per reduction thread.

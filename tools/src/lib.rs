@@ -10,15 +10,27 @@ use std::path::Path;
 pub fn read_f32_file(path: &Path) -> Result<Vec<f32>, String> {
     let bytes = fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if bytes.len() % 4 != 0 {
-        return Err(format!("{}: {} bytes is not a whole number of f32 values (expected a multiple of 4)", path.display(), bytes.len()));
+        return Err(format!(
+            "{}: {} bytes is not a whole number of f32 values (expected a multiple of 4)",
+            path.display(),
+            bytes.len()
+        ));
     }
-    Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect())
 }
 
 /// Writes bytes to `path` atomically (temporary file, then rename), so a failed run never leaves
 /// a half-written output under the real name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().map(|e| e.to_string_lossy().to_string()).unwrap_or_default()));
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension()
+            .map(|e| e.to_string_lossy().to_string())
+            .unwrap_or_default()
+    ));
     fs::write(&tmp, bytes).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);

@@ -329,15 +329,34 @@ fn step_suite_reports_quantization_separately() {
     let dir = tmpdir("quant");
     // B*T = 64 tokens: wgrad reduces over tokens, which must be a multiple of g = 64.
     let out = bench(
-        &["--quick", "--suite", "step", "--seq", "64", "--backward", "bf16,mxfp4", "--out", "res"],
+        &[
+            "--quick",
+            "--suite",
+            "step",
+            "--seq",
+            "64",
+            "--backward",
+            "bf16,mxfp4",
+            "--out",
+            "res",
+        ],
         &dir,
     );
-    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (_, doc) = only_json_in(&dir.join("res"));
     let entries = doc["entries"].as_array().unwrap();
     let phase = |name: &str, p: &str| {
-        let e = entries.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no {name}"));
-        e["phase_ms"][p].as_f64().unwrap_or_else(|| panic!("{name} has no phase {p}: {e}"))
+        let e = entries
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        e["phase_ms"][p]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} has no phase {p}: {e}"))
     };
     assert_eq!(phase("step/bf16", "quantization"), 0.0);
     assert!(phase("step/mxfp4", "quantization") > 0.0);

@@ -73,7 +73,11 @@ impl CpuBackend {
             vocab: cfg.vocab,
             inputs: vec![0; batch * seq],
             targets: vec![0; batch * seq],
-            mx: MxConfig { mode: BackwardMode::Bf16, hadamard_block: 64, seed: 0 },
+            mx: MxConfig {
+                mode: BackwardMode::Bf16,
+                hadamard_block: 64,
+                seed: 0,
+            },
             telemetry: MxTelemetry::default(),
         })
     }
@@ -108,7 +112,10 @@ impl CpuBackend {
     ) -> ([&mut [f32]; N], [&[f32]; M]) {
         for (i, o) in outs.iter().enumerate() {
             for (j, p) in outs.iter().enumerate() {
-                assert!(i == j || !o.overlaps(p), "output {o:?} overlaps output {p:?}");
+                assert!(
+                    i == j || !o.overlaps(p),
+                    "output {o:?} overlaps output {p:?}"
+                );
             }
             for p in &ins {
                 assert!(!o.overlaps(p), "output {o:?} overlaps input {p:?}");
@@ -116,35 +123,58 @@ impl CpuBackend {
         }
         let outs = outs.map(|t| {
             let (ptr, len) = self.arena_ptr(t.arena);
-            assert!(t.offset + t.len <= len, "{t:?} is outside its arena of {len} floats");
+            assert!(
+                t.offset + t.len <= len,
+                "{t:?} is outside its arena of {len} floats"
+            );
             // SAFETY: in bounds (checked), and no output overlaps another operand (checked), so
             // the mutable slices alias nothing else handed out here.
             unsafe { std::slice::from_raw_parts_mut(ptr.add(t.offset), t.len) }
         });
         let ins = ins.map(|t| {
             let (ptr, len) = self.arena_ptr(t.arena);
-            assert!(t.offset + t.len <= len, "{t:?} is outside its arena of {len} floats");
+            assert!(
+                t.offset + t.len <= len,
+                "{t:?} is outside its arena of {len} floats"
+            );
             // SAFETY: in bounds; inputs may alias each other but no output (checked above).
             unsafe { std::slice::from_raw_parts(ptr.add(t.offset) as *const f32, t.len) }
         });
         (outs, ins)
     }
-
 }
 
 /// One backward GEMM of a linear layer: through the MXFP4 library when the layer's precision
 /// says so, else the f32 GEMM.
 #[allow(clippy::too_many_arguments)]
 fn backward_gemm(
-    mx_cfg: MxConfig, telemetry: &mut MxTelemetry, prec: Option<LinearBackward>, which: mx::GemmKind,
-    a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool,
+    mx_cfg: MxConfig,
+    telemetry: &mut MxTelemetry,
+    prec: Option<LinearBackward>,
+    which: mx::GemmKind,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
 ) -> BResult<()> {
     match prec {
         Some(p) if p.mode.is_mxfp4() => {
-            let cfg = MxConfig { mode: p.mode, ..mx_cfg };
-            let id = if which == mx::GemmKind::Dgrad { p.dgrad } else { p.wgrad };
-            mx::backward_gemm(&cfg, &id, a, b, c, ldc, accumulate, Some(telemetry))
-                .map_err(|e| BackendError(format!("MXFP4 {which:?} of layer {} {:?}: {e}", id.layer, id.linear)))
+            let cfg = MxConfig {
+                mode: p.mode,
+                ..mx_cfg
+            };
+            let id = if which == mx::GemmKind::Dgrad {
+                p.dgrad
+            } else {
+                p.wgrad
+            };
+            mx::backward_gemm(&cfg, &id, a, b, c, ldc, accumulate, Some(telemetry)).map_err(|e| {
+                BackendError(format!(
+                    "MXFP4 {which:?} of layer {} {:?}: {e}",
+                    id.layer, id.linear
+                ))
+            })
         }
         _ => {
             super::gemm::sgemm(a, b, c, ldc, accumulate);
@@ -155,12 +185,20 @@ fn backward_gemm(
 
 impl Backend for CpuBackend {
     fn info(&self) -> BackendInfo {
-        BackendInfo { name: "cpu".into(), device: cpu_model_name(), threads: runtime::cpu::threads() }
+        BackendInfo {
+            name: "cpu".into(),
+            device: cpu_model_name(),
+            threads: runtime::cpu::threads(),
+        }
     }
 
     fn write(&mut self, dst: TensorRef, values: &[f32]) -> BResult<()> {
         if values.len() != dst.len {
-            return Err(BackendError(format!("write of {} values into a span of {}", values.len(), dst.len)));
+            return Err(BackendError(format!(
+                "write of {} values into a span of {}",
+                values.len(),
+                dst.len
+            )));
         }
         let ([d], []) = self.views([dst], []);
         d.copy_from_slice(values);
@@ -169,11 +207,17 @@ impl Backend for CpuBackend {
 
     fn read(&self, src: TensorRef) -> BResult<Vec<f32>> {
         let a = self.arena(src.arena);
-        a.get(src.range()).map(|s| s.to_vec()).ok_or_else(|| BackendError(format!("{src:?} is outside its arena")))
+        a.get(src.range())
+            .map(|s| s.to_vec())
+            .ok_or_else(|| BackendError(format!("{src:?} is outside its arena")))
     }
 
     fn read_optimizer(&self) -> BResult<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-        Ok((self.params.clone(), self.adam_m.clone(), self.adam_v.clone()))
+        Ok((
+            self.params.clone(),
+            self.adam_m.clone(),
+            self.adam_v.clone(),
+        ))
     }
 
     fn write_optimizer(&mut self, master: &[f32], m: &[f32], v: &[f32]) -> BResult<()> {
@@ -203,11 +247,21 @@ impl Backend for CpuBackend {
 
     fn set_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> BResult<()> {
         if inputs.len() != self.inputs.len() {
-            return Err(BackendError(format!("{} input tokens for a batch of {}", inputs.len(), self.inputs.len())));
+            return Err(BackendError(format!(
+                "{} input tokens for a batch of {}",
+                inputs.len(),
+                self.inputs.len()
+            )));
         }
         let vocab = self.vocab as u32;
-        if let Some(bad) = inputs.iter().chain(targets.unwrap_or(&[])).find(|&&t| t >= vocab) {
-            return Err(BackendError(format!("token id {bad} is outside the vocabulary (< {vocab})")));
+        if let Some(bad) = inputs
+            .iter()
+            .chain(targets.unwrap_or(&[]))
+            .find(|&&t| t >= vocab)
+        {
+            return Err(BackendError(format!(
+                "token id {bad} is outside the vocabulary (< {vocab})"
+            )));
         }
         self.inputs.copy_from_slice(inputs);
         if let Some(t) = targets {
@@ -221,7 +275,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn encoder_forward(&mut self, out: TensorRef, wte: TensorRef, wpe: TensorRef, t: usize, c: usize) -> BResult<()> {
+    fn encoder_forward(
+        &mut self,
+        out: TensorRef,
+        wte: TensorRef,
+        wpe: TensorRef,
+        t: usize,
+        c: usize,
+    ) -> BResult<()> {
         let tokens = std::mem::take(&mut self.inputs);
         let ([o], [e, p]) = self.views([out], [wte, wpe]);
         ops::encoder_forward(o, &tokens, e, p, t, c);
@@ -229,19 +290,50 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn layernorm_forward(&mut self, out: TensorRef, mean: TensorRef, rstd: TensorRef, inp: TensorRef, w: TensorRef, b: TensorRef, c: usize) -> BResult<()> {
+    fn layernorm_forward(
+        &mut self,
+        out: TensorRef,
+        mean: TensorRef,
+        rstd: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        b: TensorRef,
+        c: usize,
+    ) -> BResult<()> {
         let ([o, m, r], [x, w, b]) = self.views([out, mean, rstd], [inp, w, b]);
         ops::layernorm_forward(o, m, r, x, w, b, c);
         Ok(())
     }
 
-    fn residual_layernorm_forward(&mut self, res_out: TensorRef, ln_out: TensorRef, mean: TensorRef, rstd: TensorRef, res_in: TensorRef, delta: TensorRef, w: TensorRef, b: TensorRef, c: usize) -> BResult<()> {
-        let ([ro, lo, m, r], [ri, d, w, b]) = self.views([res_out, ln_out, mean, rstd], [res_in, delta, w, b]);
+    fn residual_layernorm_forward(
+        &mut self,
+        res_out: TensorRef,
+        ln_out: TensorRef,
+        mean: TensorRef,
+        rstd: TensorRef,
+        res_in: TensorRef,
+        delta: TensorRef,
+        w: TensorRef,
+        b: TensorRef,
+        c: usize,
+    ) -> BResult<()> {
+        let ([ro, lo, m, r], [ri, d, w, b]) =
+            self.views([res_out, ln_out, mean, rstd], [res_in, delta, w, b]);
         ops::residual_layernorm_forward(ro, lo, m, r, ri, d, w, b, c);
         Ok(())
     }
 
-    fn matmul_forward(&mut self, out: TensorRef, inp: TensorRef, w: TensorRef, bias: Option<TensorRef>, gelu_out: Option<TensorRef>, rows: usize, ic: usize, oc: usize) -> BResult<()> {
+    fn matmul_forward(
+        &mut self,
+        out: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        bias: Option<TensorRef>,
+        gelu_out: Option<TensorRef>,
+        rows: usize,
+        ic: usize,
+        oc: usize,
+    ) -> BResult<()> {
         match bias {
             Some(b) => {
                 let ([o], [x, w, b]) = self.views([out], [inp, w, b]);
@@ -259,13 +351,29 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention_forward(&mut self, out: TensorRef, lse: TensorRef, qkv: TensorRef, b: usize, t: usize, c: usize, nh: usize) -> BResult<()> {
+    fn attention_forward(
+        &mut self,
+        out: TensorRef,
+        lse: TensorRef,
+        qkv: TensorRef,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> BResult<()> {
         let ([o, l], [q]) = self.views([out, lse], [qkv]);
         ops::attention_forward(o, l, q, b, t, c, nh);
         Ok(())
     }
 
-    fn classifier(&mut self, logits: TensorRef, losses: TensorRef, vp: usize, v: usize, dloss: Option<f32>) -> BResult<()> {
+    fn classifier(
+        &mut self,
+        logits: TensorRef,
+        losses: TensorRef,
+        vp: usize,
+        v: usize,
+        dloss: Option<f32>,
+    ) -> BResult<()> {
         let targets = std::mem::take(&mut self.targets);
         let ([lg, ls], []) = self.views([logits, losses], []);
         ops::classifier(lg, ls, &targets, vp, v, dloss);
@@ -273,7 +381,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn encoder_backward(&mut self, dwte: TensorRef, dwpe: TensorRef, dout: TensorRef, t: usize, c: usize) -> BResult<()> {
+    fn encoder_backward(
+        &mut self,
+        dwte: TensorRef,
+        dwpe: TensorRef,
+        dout: TensorRef,
+        t: usize,
+        c: usize,
+    ) -> BResult<()> {
         let tokens = std::mem::take(&mut self.inputs);
         let ([e, p], [d]) = self.views([dwte, dwpe], [dout]);
         ops::encoder_backward(e, p, d, &tokens, t, c);
@@ -281,13 +396,37 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn layernorm_backward(&mut self, dinp: TensorRef, dw: TensorRef, db: TensorRef, dout: TensorRef, inp: TensorRef, w: TensorRef, mean: TensorRef, rstd: TensorRef, c: usize) -> BResult<()> {
-        let ([di, dw, db], [d, x, w, m, r]) = self.views([dinp, dw, db], [dout, inp, w, mean, rstd]);
+    fn layernorm_backward(
+        &mut self,
+        dinp: TensorRef,
+        dw: TensorRef,
+        db: TensorRef,
+        dout: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        mean: TensorRef,
+        rstd: TensorRef,
+        c: usize,
+    ) -> BResult<()> {
+        let ([di, dw, db], [d, x, w, m, r]) =
+            self.views([dinp, dw, db], [dout, inp, w, mean, rstd]);
         ops::layernorm_backward(di, dw, db, d, x, w, m, r, c);
         Ok(())
     }
 
-    fn linear_backward(&mut self, dinp: TensorRef, dw: TensorRef, dbias: Option<TensorRef>, dout: TensorRef, inp: TensorRef, w: TensorRef, rows: usize, ic: usize, oc: usize, prec: Option<LinearBackward>) -> BResult<()> {
+    fn linear_backward(
+        &mut self,
+        dinp: TensorRef,
+        dw: TensorRef,
+        dbias: Option<TensorRef>,
+        dout: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        rows: usize,
+        ic: usize,
+        oc: usize,
+        prec: Option<LinearBackward>,
+    ) -> BResult<()> {
         if let Some(db) = dbias {
             let ([g], [d]) = self.views([db], [dout]);
             ops::bias_backward(g, d, rows, oc);
@@ -295,10 +434,30 @@ impl Backend for CpuBackend {
         let (mx_cfg, mut tel) = (self.mx, std::mem::take(&mut self.telemetry));
         // dgrad: dX[rows, IC] = dY[rows, OC] · W[OC, IC]
         let ([dx], [dy, wt]) = self.views([dinp], [dout, w]);
-        let r1 = backward_gemm(mx_cfg, &mut tel, prec, mx::GemmKind::Dgrad, MatRef::row_major(dy, rows, oc), MatRef::row_major(wt, oc, ic), dx, ic, false);
+        let r1 = backward_gemm(
+            mx_cfg,
+            &mut tel,
+            prec,
+            mx::GemmKind::Dgrad,
+            MatRef::row_major(dy, rows, oc),
+            MatRef::row_major(wt, oc, ic),
+            dx,
+            ic,
+            false,
+        );
         // wgrad: dW[OC, IC] += dY^T[OC, rows] · X[rows, IC]
         let ([gw], [dy, x]) = self.views([dw], [dout, inp]);
-        let r2 = backward_gemm(mx_cfg, &mut tel, prec, mx::GemmKind::Wgrad, MatRef::transposed(dy, oc, rows), MatRef::row_major(x, rows, ic), gw, ic, true);
+        let r2 = backward_gemm(
+            mx_cfg,
+            &mut tel,
+            prec,
+            mx::GemmKind::Wgrad,
+            MatRef::transposed(dy, oc, rows),
+            MatRef::row_major(x, rows, ic),
+            gw,
+            ic,
+            true,
+        );
         self.telemetry = tel;
         r1.and(r2)
     }
@@ -309,7 +468,18 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention_backward(&mut self, dqkv: TensorRef, dout: TensorRef, qkv: TensorRef, out: TensorRef, lse: TensorRef, b: usize, t: usize, c: usize, nh: usize) -> BResult<()> {
+    fn attention_backward(
+        &mut self,
+        dqkv: TensorRef,
+        dout: TensorRef,
+        qkv: TensorRef,
+        out: TensorRef,
+        lse: TensorRef,
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> BResult<()> {
         let ([dq], [d, q, o, l]) = self.views([dqkv], [dout, qkv, out, lse]);
         ops::attention_backward(dq, d, q, o, l, b, t, c, nh);
         Ok(())
@@ -328,7 +498,14 @@ impl Backend for CpuBackend {
     fn adamw(&mut self, hp: &AdamW) -> BResult<()> {
         for t in &self.layout.tensors {
             let r = t.offset..t.offset + t.len();
-            ops::adamw_update(&mut self.params[r.clone()], &self.grads[r.clone()], &mut self.adam_m[r.clone()], &mut self.adam_v[r], hp, t.weight_decay());
+            ops::adamw_update(
+                &mut self.params[r.clone()],
+                &self.grads[r.clone()],
+                &mut self.adam_m[r.clone()],
+                &mut self.adam_v[r],
+                hp,
+                t.weight_decay(),
+            );
         }
         Ok(())
     }
@@ -346,6 +523,11 @@ fn mem_available_bytes() -> Option<u64> {
 pub fn cpu_model_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }

@@ -37,11 +37,23 @@ pub struct MatRef<'a> {
 impl<'a> MatRef<'a> {
     /// A row-major `rows x cols` matrix.
     pub fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        MatRef { data, rows, cols, row_stride: cols, col_stride: 1 }
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
     }
     /// The transpose of a row-major `cols x rows` matrix, viewed as `rows x cols`.
     pub fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        MatRef { data, rows, cols, row_stride: 1, col_stride: rows }
+        MatRef {
+            data,
+            rows,
+            cols,
+            row_stride: 1,
+            col_stride: rows,
+        }
     }
     #[inline]
     pub fn at(&self, r: usize, c: usize) -> f32 {
@@ -50,7 +62,15 @@ impl<'a> MatRef<'a> {
     fn check(&self, what: &str) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
-            assert!(last < self.data.len(), "sgemm: {what} view ({}x{}, strides {}/{}) reaches element {last} of {}", self.rows, self.cols, self.row_stride, self.col_stride, self.data.len());
+            assert!(
+                last < self.data.len(),
+                "sgemm: {what} view ({}x{}, strides {}/{}) reaches element {last} of {}",
+                self.rows,
+                self.cols,
+                self.row_stride,
+                self.col_stride,
+                self.data.len()
+            );
         }
     }
 }
@@ -88,7 +108,8 @@ fn simd() -> Simd {
     *S.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::env::var_os("MXGPT_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
+            if std::env::var_os("MXGPT_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f")
+            {
                 return Simd::Avx512;
             }
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
@@ -123,14 +144,29 @@ impl CPtr {
 }
 
 /// `sgemm` with an explicit thread count (tests use it to show results do not depend on it).
-pub fn sgemm_with_threads(a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool, threads: usize) {
+pub fn sgemm_with_threads(
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    threads: usize,
+) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    assert_eq!(a.cols, b.rows, "sgemm: A is {}x{}, B is {}x{}", a.rows, a.cols, b.rows, b.cols);
+    assert_eq!(
+        a.cols, b.rows,
+        "sgemm: A is {}x{}, B is {}x{}",
+        a.rows, a.cols, b.rows, b.cols
+    );
     assert!(ldc >= n, "sgemm: ldc {ldc} < N {n}");
     if m == 0 || n == 0 {
         return;
     }
-    assert!((m - 1) * ldc + n <= c.len(), "sgemm: C ({} floats) too small for {m}x{n} with ldc {ldc}", c.len());
+    assert!(
+        (m - 1) * ldc + n <= c.len(),
+        "sgemm: C ({} floats) too small for {m}x{n} with ldc {ldc}",
+        c.len()
+    );
     a.check("A");
     b.check("B");
     if k == 0 {
@@ -183,7 +219,19 @@ pub fn sgemm_with_threads(a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accum
                                     // SAFETY: tile (i0.., j0..) of C lies inside C (checked above)
                                     // and belongs to this task only: tasks own disjoint
                                     // (M block, N group) tiles.
-                                    unsafe { micro_tile(kind, kc, apanel, bpanel, cp.get().add(i0 * ldc + j0), ldc, mr, nr, overwrite) };
+                                    unsafe {
+                                        micro_tile(
+                                            kind,
+                                            kc,
+                                            apanel,
+                                            bpanel,
+                                            cp.get().add(i0 * ldc + j0),
+                                            ldc,
+                                            mr,
+                                            nr,
+                                            overwrite,
+                                        )
+                                    };
                                 }
                             }
                         }
@@ -250,7 +298,16 @@ fn pack_a(dst: &mut [f32], a: MatRef, ic: usize, mc: usize, pc: usize, kc: usize
 /// Packs B[pc..pc+kc, jc..jc+nc] into NR-column panels: panel p holds, for each k, the NR values
 /// B[pc + k, jc + p*NR + 0..NR] (zero-padded past nc). Panels are packed in parallel.
 #[allow(clippy::too_many_arguments)]
-fn pack_b(dst: &mut [f32], b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize, nr: usize, threads: usize) {
+fn pack_b(
+    dst: &mut [f32],
+    b: MatRef,
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    nc: usize,
+    nr: usize,
+    threads: usize,
+) {
     let pack_panel = |p: usize, panel: &mut [f32]| {
         let cols = nr.min(nc - p * nr);
         let c0 = jc + p * nr;
@@ -292,7 +349,17 @@ fn pack_b(dst: &mut [f32], b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize
 
 /// One micro-tile: full tiles go straight to C; edge tiles through a local buffer.
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_tile(kind: Simd, kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize, mr: usize, nr: usize, overwrite: bool) {
+unsafe fn micro_tile(
+    kind: Simd,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    overwrite: bool,
+) {
     let (mr_t, nr_t) = kind.tile();
     if mr == mr_t && nr == nr_t {
         kernel(kind, kc, a, b, c, ldc, overwrite);
@@ -315,7 +382,15 @@ unsafe fn micro_tile(kind: Simd, kc: usize, a: &[f32], b: &[f32], c: *mut f32, l
 }
 
 #[inline]
-unsafe fn kernel(kind: Simd, kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize, overwrite: bool) {
+unsafe fn kernel(
+    kind: Simd,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    overwrite: bool,
+) {
     let (mr, nr) = kind.tile();
     assert!(a.len() >= kc * mr && b.len() >= kc * nr);
     match kind {
@@ -331,7 +406,14 @@ unsafe fn kernel(kind: Simd, kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: 
 /// eight A broadcasts, sixteen FMAs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, overwrite: bool) {
+unsafe fn kernel_avx512(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    overwrite: bool,
+) {
     use std::arch::x86_64::*;
     const MR: usize = 8;
     const NR: usize = 32;
@@ -352,7 +434,10 @@ unsafe fn kernel_avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ld
             _mm512_storeu_ps(row.add(16), acc[2 * i + 1]);
         } else {
             _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), acc[2 * i]));
-            _mm512_storeu_ps(row.add(16), _mm512_add_ps(_mm512_loadu_ps(row.add(16)), acc[2 * i + 1]));
+            _mm512_storeu_ps(
+                row.add(16),
+                _mm512_add_ps(_mm512_loadu_ps(row.add(16)), acc[2 * i + 1]),
+            );
         }
     }
 }
@@ -361,7 +446,14 @@ unsafe fn kernel_avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ld
 /// broadcast = 15 of the 16 ymm registers; per k step two B loads, six broadcasts, twelve FMAs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, overwrite: bool) {
+unsafe fn kernel_avx2(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    overwrite: bool,
+) {
     use std::arch::x86_64::*;
     const MR: usize = 6;
     const NR: usize = 16;
@@ -382,14 +474,24 @@ unsafe fn kernel_avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc:
             _mm256_storeu_ps(row.add(8), acc[2 * i + 1]);
         } else {
             _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), acc[2 * i]));
-            _mm256_storeu_ps(row.add(8), _mm256_add_ps(_mm256_loadu_ps(row.add(8)), acc[2 * i + 1]));
+            _mm256_storeu_ps(
+                row.add(8),
+                _mm256_add_ps(_mm256_loadu_ps(row.add(8)), acc[2 * i + 1]),
+            );
         }
     }
 }
 
 /// Plain Rust micro-kernel for any target (separate multiply and add).
 #[inline(always)]
-unsafe fn kernel_portable<const MR: usize, const NR: usize>(kc: usize, a: &[f32], b: &[f32], c: *mut f32, ldc: usize, overwrite: bool) {
+unsafe fn kernel_portable<const MR: usize, const NR: usize>(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    overwrite: bool,
+) {
     let mut acc = [[0.0f32; NR]; MR];
     for p in 0..kc {
         let bp: &[f32; NR] = b[p * NR..(p + 1) * NR].try_into().unwrap();
@@ -403,7 +505,11 @@ unsafe fn kernel_portable<const MR: usize, const NR: usize>(kc: usize, a: &[f32]
     for i in 0..MR {
         for j in 0..NR {
             let dst = c.add(i * ldc + j);
-            *dst = if overwrite { acc[i][j] } else { *dst + acc[i][j] };
+            *dst = if overwrite {
+                acc[i][j]
+            } else {
+                *dst + acc[i][j]
+            };
         }
     }
 }
@@ -422,33 +528,67 @@ mod tests {
     fn check(m: usize, n: usize, k: usize, ta: bool, tb: bool, accumulate: bool, threads: usize) {
         let a_data = rand_vec(m * k + 3, (m * 31 + k) as u64);
         let b_data = rand_vec(k * n + 5, (n * 17 + k) as u64);
-        let a = if ta { MatRef::transposed(&a_data, m, k) } else { MatRef::row_major(&a_data, m, k) };
-        let b = if tb { MatRef::transposed(&b_data, k, n) } else { MatRef::row_major(&b_data, k, n) };
+        let a = if ta {
+            MatRef::transposed(&a_data, m, k)
+        } else {
+            MatRef::row_major(&a_data, m, k)
+        };
+        let b = if tb {
+            MatRef::transposed(&b_data, k, n)
+        } else {
+            MatRef::row_major(&b_data, k, n)
+        };
         let ldc = n + 3;
         let init = rand_vec(m * ldc, 99);
-        let mut c = if accumulate { init.clone() } else { vec![f32::NAN; m * ldc] };
+        let mut c = if accumulate {
+            init.clone()
+        } else {
+            vec![f32::NAN; m * ldc]
+        };
         sgemm_with_threads(a, b, &mut c, ldc, accumulate, threads);
         // |error| <= K * eps * sum|a||b| (a standard bound); inputs are in [-1, 1].
         let tol = (k as f64 + 2.0) * f32::EPSILON as f64 * k.max(1) as f64;
         for i in 0..m {
             for j in 0..n {
-                let mut s: f64 = if accumulate { init[i * ldc + j] as f64 } else { 0.0 };
+                let mut s: f64 = if accumulate {
+                    init[i * ldc + j] as f64
+                } else {
+                    0.0
+                };
                 for p in 0..k {
                     s += a.at(i, p) as f64 * b.at(p, j) as f64;
                 }
                 let got = c[i * ldc + j] as f64;
-                assert!((got - s).abs() <= tol, "({m},{n},{k}) ta={ta} tb={tb} acc={accumulate} C[{i},{j}] = {got}, want {s}");
+                assert!(
+                    (got - s).abs() <= tol,
+                    "({m},{n},{k}) ta={ta} tb={tb} acc={accumulate} C[{i},{j}] = {got}, want {s}"
+                );
             }
             for j in n..ldc.min(c.len() - i * ldc) {
-                let want = if accumulate { init[i * ldc + j] } else { f32::NAN };
-                assert!(c[i * ldc + j].to_bits() == want.to_bits(), "padding column {j} of row {i} was written");
+                let want = if accumulate {
+                    init[i * ldc + j]
+                } else {
+                    f32::NAN
+                };
+                assert!(
+                    c[i * ldc + j].to_bits() == want.to_bits(),
+                    "padding column {j} of row {i} was written"
+                );
             }
         }
     }
 
     #[test]
     fn matches_f64_on_edge_shapes_and_layouts() {
-        for &(m, n, k) in &[(1, 1, 1), (7, 5, 3), (8, 32, 256), (9, 33, 257), (65, 97, 300), (130, 40, 17), (3, 300, 600)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (7, 5, 3),
+            (8, 32, 256),
+            (9, 33, 257),
+            (65, 97, 300),
+            (130, 40, 17),
+            (3, 300, 600),
+        ] {
             for ta in [false, true] {
                 for tb in [false, true] {
                     check(m, n, k, ta, tb, false, 2);
@@ -462,10 +602,22 @@ mod tests {
     fn k_zero_clears_or_keeps_c() {
         let (a, b) = (vec![], vec![]);
         let mut c = vec![f32::NAN; 6];
-        sgemm(MatRef::row_major(&a, 2, 0), MatRef::row_major(&b, 0, 3), &mut c, 3, false);
+        sgemm(
+            MatRef::row_major(&a, 2, 0),
+            MatRef::row_major(&b, 0, 3),
+            &mut c,
+            3,
+            false,
+        );
         assert!(c.iter().all(|&x| x == 0.0));
         let mut c = vec![2.0f32; 6];
-        sgemm(MatRef::row_major(&a, 2, 0), MatRef::row_major(&b, 0, 3), &mut c, 3, true);
+        sgemm(
+            MatRef::row_major(&a, 2, 0),
+            MatRef::row_major(&b, 0, 3),
+            &mut c,
+            3,
+            true,
+        );
         assert!(c.iter().all(|&x| x == 2.0));
     }
 
@@ -476,12 +628,24 @@ mod tests {
         let b = rand_vec(k * n, 2);
         let run = |t: usize| {
             let mut c = vec![0.0f32; m * n];
-            sgemm_with_threads(MatRef::row_major(&a, m, k), MatRef::transposed(&b, k, n), &mut c, n, false, t);
+            sgemm_with_threads(
+                MatRef::row_major(&a, m, k),
+                MatRef::transposed(&b, k, n),
+                &mut c,
+                n,
+                false,
+                t,
+            );
             c
         };
         let one = run(1);
         for t in [2, 3, 5] {
-            assert!(one.iter().zip(run(t)).all(|(x, y)| x.to_bits() == y.to_bits()), "{t} threads differ");
+            assert!(
+                one.iter()
+                    .zip(run(t))
+                    .all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{t} threads differ"
+            );
         }
     }
 
@@ -505,7 +669,10 @@ mod tests {
             let mut want = vec![0.0f64; mr * nr];
             for i in 0..mr {
                 for j in 0..nr {
-                    want[i * nr + j] = init[i * nr + j] as f64 + (0..kc).map(|p| a[p * mr + i] as f64 * b[p * nr + j] as f64).sum::<f64>();
+                    want[i * nr + j] = init[i * nr + j] as f64
+                        + (0..kc)
+                            .map(|p| a[p * mr + i] as f64 * b[p * nr + j] as f64)
+                            .sum::<f64>();
                 }
             }
             let mut c = init.clone();
@@ -520,8 +687,16 @@ mod tests {
     fn strided_views_are_read_correctly() {
         // A 3x4 view with row stride 10 and column stride 2 inside a larger buffer.
         let data: Vec<f32> = (0..40).map(|x| x as f32).collect();
-        let a = MatRef { data: &data, rows: 3, cols: 4, row_stride: 10, col_stride: 2 };
-        let eye: Vec<f32> = (0..16).map(|i| if i % 5 == 0 { 1.0 } else { 0.0 }).collect();
+        let a = MatRef {
+            data: &data,
+            rows: 3,
+            cols: 4,
+            row_stride: 10,
+            col_stride: 2,
+        };
+        let eye: Vec<f32> = (0..16)
+            .map(|i| if i % 5 == 0 { 1.0 } else { 0.0 })
+            .collect();
         let mut c = vec![0.0f32; 12];
         sgemm(a, MatRef::row_major(&eye, 4, 4), &mut c, 4, false);
         for r in 0..3 {

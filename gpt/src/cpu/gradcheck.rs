@@ -40,11 +40,17 @@ fn fd(x: &mut [f64], idx: &[usize], h: f64, mut f: impl FnMut(&[f64]) -> f64) ->
 /// numeric values (gradients near zero are judged on the tensor's scale).
 fn assert_close(what: &str, analytic: &[f64], numeric: &[f64], rtol: f64) {
     let rms = (numeric.iter().map(|v| v * v).sum::<f64>() / numeric.len() as f64).sqrt();
-    assert!(rms > 0.0, "{what}: all numeric gradients are zero: the check would be vacuous");
+    assert!(
+        rms > 0.0,
+        "{what}: all numeric gradients are zero: the check would be vacuous"
+    );
     for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
         assert!(a.is_finite(), "{what}[{i}]: analytic gradient {a}");
         let tol = rtol * n.abs().max(rms);
-        assert!((a - n).abs() <= tol, "{what}[{i}]: analytic {a} vs numeric {n} (tol {tol:.3e}, rms {rms:.3e})");
+        assert!(
+            (a - n).abs() <= tol,
+            "{what}[{i}]: analytic {a} vs numeric {n} (tol {tol:.3e}, rms {rms:.3e})"
+        );
     }
 }
 
@@ -92,16 +98,22 @@ fn ref_attention(qkv: &[f64], b: usize, t: usize, c: usize, nh: usize) -> Vec<f6
     let mut out = vec![0.0; b * t * c];
     for bi in 0..b {
         for h in 0..nh {
-            let at = |tt: usize, part: usize, j: usize| qkv[(bi * t + tt) * 3 * c + part * c + h * hs + j];
+            let at = |tt: usize, part: usize, j: usize| {
+                qkv[(bi * t + tt) * 3 * c + part * c + h * hs + j]
+            };
             for t1 in 0..t {
                 let s: Vec<f64> = (0..=t1)
-                    .map(|t2| (0..hs).map(|j| at(t1, 0, j) * at(t2, 1, j)).sum::<f64>() / (hs as f64).sqrt())
+                    .map(|t2| {
+                        (0..hs).map(|j| at(t1, 0, j) * at(t2, 1, j)).sum::<f64>()
+                            / (hs as f64).sqrt()
+                    })
                     .collect();
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
                 for j in 0..hs {
-                    out[(bi * t + t1) * c + h * hs + j] =
-                        (0..=t1).map(|t2| (s[t2] - m).exp() / z * at(t2, 2, j)).sum::<f64>();
+                    out[(bi * t + t1) * c + h * hs + j] = (0..=t1)
+                        .map(|t2| (s[t2] - m).exp() / z * at(t2, 2, j))
+                        .sum::<f64>();
                 }
             }
         }
@@ -147,25 +159,55 @@ fn exp_f32_is_accurate_to_two_ulp() {
 fn layernorm_backward_matches_finite_differences() {
     let (rows, c) = (5, 24);
     let mut x = randn(rows * c, 1, 1.0);
-    x.iter_mut().enumerate().for_each(|(i, v)| *v += (i / c) as f64); // distinct row means
+    x.iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v += (i / c) as f64); // distinct row means
     let mut w = randn(c, 2, 1.0);
     let mut b = randn(c, 3, 1.0);
     let dy = randn(rows * c, 4, 1.0);
-    let (mut y, mut mean, mut rstd) = (vec![f32::NAN; rows * c], vec![f32::NAN; rows], vec![f32::NAN; rows]);
-    ops::layernorm_forward(&mut y, &mut mean, &mut rstd, &to32(&x), &to32(&w), &to32(&b), c);
+    let (mut y, mut mean, mut rstd) = (
+        vec![f32::NAN; rows * c],
+        vec![f32::NAN; rows],
+        vec![f32::NAN; rows],
+    );
+    ops::layernorm_forward(
+        &mut y,
+        &mut mean,
+        &mut rstd,
+        &to32(&x),
+        &to32(&w),
+        &to32(&b),
+        c,
+    );
     let yref = ref_layernorm(&x, &w, &b, c);
     for (a, r) in y.iter().zip(&yref) {
         assert!((*a as f64 - r).abs() < 1e-5, "forward {a} vs {r}");
     }
     // Accumulating outputs start from a known non-zero value to check the `+=`.
     let (mut dx, mut dw, mut db) = (vec![0.5f32; rows * c], vec![0.25f32; c], vec![-1.0f32; c]);
-    ops::layernorm_backward(&mut dx, &mut dw, &mut db, &to32(&dy), &to32(&x), &to32(&w), &mean, &rstd, c);
+    ops::layernorm_backward(
+        &mut dx,
+        &mut dw,
+        &mut db,
+        &to32(&dy),
+        &to32(&x),
+        &to32(&w),
+        &mean,
+        &rstd,
+        c,
+    );
     let (wc, bc) = (w.clone(), b.clone());
-    let nx = fd(&mut x, &all(rows * c), 1e-5, |x| dot(&ref_layernorm(x, &wc, &bc, c), &dy));
+    let nx = fd(&mut x, &all(rows * c), 1e-5, |x| {
+        dot(&ref_layernorm(x, &wc, &bc, c), &dy)
+    });
     let xc = x.clone();
-    let nw = fd(&mut w, &all(c), 1e-5, |w| dot(&ref_layernorm(&xc, w, &bc, c), &dy));
+    let nw = fd(&mut w, &all(c), 1e-5, |w| {
+        dot(&ref_layernorm(&xc, w, &bc, c), &dy)
+    });
     let wc = w.clone();
-    let nb = fd(&mut b, &all(c), 1e-5, |b| dot(&ref_layernorm(&xc, &wc, b, c), &dy));
+    let nb = fd(&mut b, &all(c), 1e-5, |b| {
+        dot(&ref_layernorm(&xc, &wc, b, c), &dy)
+    });
     let sub = |v: &[f32], s: f64| v.iter().map(|&a| a as f64 - s).collect::<Vec<_>>();
     assert_close("layernorm dx", &sub(&dx, 0.5), &nx, 2e-4);
     assert_close("layernorm dw", &sub(&dw, 0.25), &nw, 2e-4);
@@ -179,7 +221,17 @@ fn residual_layernorm_is_add_then_layernorm() {
     let (w, b) = (randn(c, 7, 1.0), randn(c, 8, 1.0));
     let (mut r, mut y) = (vec![f32::NAN; rows * c], vec![f32::NAN; rows * c]);
     let (mut m, mut s) = (vec![f32::NAN; rows], vec![f32::NAN; rows]);
-    ops::residual_layernorm_forward(&mut r, &mut y, &mut m, &mut s, &to32(&a), &to32(&d), &to32(&w), &to32(&b), c);
+    ops::residual_layernorm_forward(
+        &mut r,
+        &mut y,
+        &mut m,
+        &mut s,
+        &to32(&a),
+        &to32(&d),
+        &to32(&w),
+        &to32(&b),
+        c,
+    );
     let sum: Vec<f64> = a.iter().zip(&d).map(|(x, y)| x + y).collect();
     let yref = ref_layernorm(&sum, &w, &b, c);
     for i in 0..rows * c {
@@ -208,10 +260,16 @@ fn linear_backward_matches_finite_differences() {
     ops::matmul_backward_weight(&mut dw, &to32(&dy), &to32(&x), rows, ic, oc);
     ops::bias_backward(&mut db, &to32(&dy), rows, oc);
     let (wc, bc) = (w.clone(), b.clone());
-    let nx = fd(&mut x, &all(rows * ic), 1e-5, |x| dot(&ref_linear(x, &wc, Some(&bc), ic, oc), &dy));
+    let nx = fd(&mut x, &all(rows * ic), 1e-5, |x| {
+        dot(&ref_linear(x, &wc, Some(&bc), ic, oc), &dy)
+    });
     let xc = x.clone();
-    let nw = fd(&mut w, &all(oc * ic), 1e-5, |w| dot(&ref_linear(&xc, w, Some(&bc), ic, oc), &dy));
-    let nb = fd(&mut b, &all(oc), 1e-5, |b| dot(&ref_linear(&xc, &wc, Some(b), ic, oc), &dy));
+    let nw = fd(&mut w, &all(oc * ic), 1e-5, |w| {
+        dot(&ref_linear(&xc, w, Some(&bc), ic, oc), &dy)
+    });
+    let nb = fd(&mut b, &all(oc), 1e-5, |b| {
+        dot(&ref_linear(&xc, &wc, Some(b), ic, oc), &dy)
+    });
     let sub = |v: &[f32], s: f64| v.iter().map(|&a| a as f64 - s).collect::<Vec<_>>();
     assert_close("linear dx", &sub(&dx, 0.0), &nx, 1e-4);
     assert_close("linear dw", &sub(&dw, 1.0), &nw, 1e-4);
@@ -229,7 +287,9 @@ fn gelu_backward_matches_finite_differences() {
     let dy = randn(64, 22, 1.0);
     let mut d = to32(&dy);
     ops::gelu_backward_inplace(&mut d, &to32(&x));
-    let n = fd(&mut x, &all(64), 1e-5, |x| x.iter().zip(&dy).map(|(v, g)| ref_gelu(*v) * g).sum());
+    let n = fd(&mut x, &all(64), 1e-5, |x| {
+        x.iter().zip(&dy).map(|(v, g)| ref_gelu(*v) * g).sum()
+    });
     let a: Vec<f64> = d.iter().map(|&v| v as f64).collect();
     assert_close("gelu", &a, &n, 1e-4);
 }
@@ -247,7 +307,9 @@ fn attention_backward_matches_finite_differences() {
     }
     let mut dqkv = vec![f32::NAN; qkv.len()]; // overwritten
     ops::attention_backward(&mut dqkv, &to32(&dy), &to32(&qkv), &out, &lse, b, t, c, nh);
-    let n = fd(&mut qkv, &all(b * t * 3 * c), 1e-5, |q| dot(&ref_attention(q, b, t, c, nh), &dy));
+    let n = fd(&mut qkv, &all(b * t * 3 * c), 1e-5, |q| {
+        dot(&ref_attention(q, b, t, c, nh), &dy)
+    });
     let a: Vec<f64> = dqkv.iter().map(|&v| v as f64).collect();
     assert_close("attention dqkv", &a, &n, 2e-4);
 }
@@ -266,11 +328,16 @@ fn classifier_loss_and_dlogits_match_finite_differences() {
     for (a, r) in losses.iter().zip(&lref) {
         assert!((*a as f64 - r).abs() < 1e-5);
     }
-    let n = fd(&mut logits, &all(rows * vp), 1e-5, |x| ref_cross_entropy(x, &targets, vp, v).iter().sum::<f64>() * scale as f64);
+    let n = fd(&mut logits, &all(rows * vp), 1e-5, |x| {
+        ref_cross_entropy(x, &targets, vp, v).iter().sum::<f64>() * scale as f64
+    });
     let a: Vec<f64> = lg.iter().map(|&x| x as f64).collect();
     assert_close("classifier dlogits", &a, &n, 1e-4);
     for row in lg.chunks(vp) {
-        assert!(row[v..].iter().all(|&x| x == 0.0), "padded dlogits must be 0");
+        assert!(
+            row[v..].iter().all(|&x| x == 0.0),
+            "padded dlogits must be 0"
+        );
     }
 }
 
@@ -294,10 +361,26 @@ fn encoder_backward_scatters_by_token_and_position() {
 
 #[test]
 fn adamw_matches_the_formula() {
-    let hp = ops::AdamW { lr: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, t: 3, grad_scale: 0.5 };
-    let (mut p, g, mut m, mut v) = (vec![1.0f32, -2.0], vec![0.4f32, -0.2], vec![0.1f32, 0.0], vec![0.01f32, 0.02]);
+    let hp = ops::AdamW {
+        lr: 0.1,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        t: 3,
+        grad_scale: 0.5,
+    };
+    let (mut p, g, mut m, mut v) = (
+        vec![1.0f32, -2.0],
+        vec![0.4f32, -0.2],
+        vec![0.1f32, 0.0],
+        vec![0.01f32, 0.02],
+    );
     ops::adamw_update(&mut p, &g, &mut m, &mut v, &hp, true);
-    for (i, (p0, g0, m0, v0)) in [(1.0f64, 0.4f64, 0.1f64, 0.01f64), (-2.0, -0.2, 0.0, 0.02)].iter().enumerate() {
+    for (i, (p0, g0, m0, v0)) in [(1.0f64, 0.4f64, 0.1f64, 0.01f64), (-2.0, -0.2, 0.0, 0.02)]
+        .iter()
+        .enumerate()
+    {
         let g = g0 * 0.5;
         let m1 = 0.9 * m0 + 0.1 * g;
         let v1 = 0.95 * v0 + 0.05 * g * g;
@@ -338,7 +421,10 @@ fn ref_model_loss(gpt: &Gpt, p: &[f64], inputs: &[u32], targets: &[u32]) -> f64 
         let proj = ref_linear(&att, get(AttProjW, l), Some(get(AttProjB, l)), c, c);
         x.iter_mut().zip(&proj).for_each(|(a, d)| *a += d);
         let h2 = ref_layernorm(&x, get(Ln2W, l), get(Ln2B, l), c);
-        let fc: Vec<f64> = ref_linear(&h2, get(FcW, l), Some(get(FcB, l)), c, 4 * c).into_iter().map(ref_gelu).collect();
+        let fc: Vec<f64> = ref_linear(&h2, get(FcW, l), Some(get(FcB, l)), c, 4 * c)
+            .into_iter()
+            .map(ref_gelu)
+            .collect();
         let out = ref_linear(&fc, get(FcProjW, l), Some(get(FcProjB, l)), 4 * c, c);
         x.iter_mut().zip(&out).for_each(|(a, d)| *a += d);
     }
@@ -353,7 +439,11 @@ fn whole_model_gradients_match_finite_differences() {
     let (cfg, b, t) = check_config();
     let gpt = Gpt::new(cfg, b, t).unwrap();
     // Larger-than-GPT-2 init so every path carries signal.
-    let mut params: Vec<f64> = gpt.init_params(5).iter().map(|&v| v as f64 * 10.0).collect();
+    let mut params: Vec<f64> = gpt
+        .init_params(5)
+        .iter()
+        .map(|&v| v as f64 * 10.0)
+        .collect();
     for k in [ParamKind::Ln1W, ParamKind::Ln2W, ParamKind::LnfW] {
         let r = gpt.params.tensor(k);
         let noise = randn(r.len(), 51, 0.3);
@@ -361,48 +451,89 @@ fn whole_model_gradients_match_finite_differences() {
             params[i] = 1.0 + n;
         }
     }
-    for k in [ParamKind::QkvB, ParamKind::AttProjB, ParamKind::FcB, ParamKind::FcProjB, ParamKind::Ln1B, ParamKind::Ln2B, ParamKind::LnfB] {
+    for k in [
+        ParamKind::QkvB,
+        ParamKind::AttProjB,
+        ParamKind::FcB,
+        ParamKind::FcProjB,
+        ParamKind::Ln1B,
+        ParamKind::Ln2B,
+        ParamKind::LnfB,
+    ] {
         let r = gpt.params.tensor(k);
         let noise = randn(r.len(), 52 + k as u64, 0.1);
         params[r.offset..r.offset + r.len()].copy_from_slice(&noise);
     }
     let mut rng = SplitMix64::new(9);
-    let inputs: Vec<u32> = (0..b * t).map(|_| (rng.next_u64() % cfg.vocab as u64) as u32).collect();
-    let targets: Vec<u32> = (0..b * t).map(|_| (rng.next_u64() % cfg.vocab as u64) as u32).collect();
+    let inputs: Vec<u32> = (0..b * t)
+        .map(|_| (rng.next_u64() % cfg.vocab as u64) as u32)
+        .collect();
+    let targets: Vec<u32> = (0..b * t)
+        .map(|_| (rng.next_u64() % cfg.vocab as u64) as u32)
+        .collect();
 
     let mut be = CpuBackend::new(&cfg, b, t).unwrap();
-    let all_params = crate::layout::TensorRef { arena: crate::layout::Arena::Params, offset: 0, len: gpt.params.total };
+    let all_params = crate::layout::TensorRef {
+        arena: crate::layout::Arena::Params,
+        offset: 0,
+        len: gpt.params.total,
+    };
     be.write(all_params, &to32(&params)).unwrap();
     be.set_tokens(&inputs, Some(&targets)).unwrap();
     be.zero_grads().unwrap();
     let plan = PrecisionPlan::uniform(BackwardMode::Bf16, cfg.layers);
     let loss = be_loss(&gpt, &mut be, &plan);
     let ref_loss = ref_model_loss(&gpt, &params, &inputs, &targets);
-    assert!((loss as f64 - ref_loss).abs() < 1e-4 * ref_loss, "loss {loss} vs f64 reference {ref_loss}");
-    let grads = be.read(crate::layout::TensorRef { arena: crate::layout::Arena::Grads, ..all_params }).unwrap();
+    assert!(
+        (loss as f64 - ref_loss).abs() < 1e-4 * ref_loss,
+        "loss {loss} vs f64 reference {ref_loss}"
+    );
+    let grads = be
+        .read(crate::layout::TensorRef {
+            arena: crate::layout::Arena::Grads,
+            ..all_params
+        })
+        .unwrap();
 
     // Check a spread of entries of every tensor (wte: only rows of tokens that occur, plus a
     // row that only the LM head touches).
     for tensor in gpt.params.tensors.clone() {
         let n = tensor.len();
-        let mut idx: Vec<usize> = (0..6).map(|_| tensor.offset + (rng.next_u64() % n as u64) as usize).collect();
+        let mut idx: Vec<usize> = (0..6)
+            .map(|_| tensor.offset + (rng.next_u64() % n as u64) as usize)
+            .collect();
         if tensor.kind == ParamKind::Wte {
-            idx = vec![inputs[0] as usize * cfg.channels, inputs[3] as usize * cfg.channels + 5, 99 * cfg.channels + 1];
+            idx = vec![
+                inputs[0] as usize * cfg.channels,
+                inputs[3] as usize * cfg.channels + 5,
+                99 * cfg.channels + 1,
+            ];
         }
         if tensor.kind == ParamKind::Wpe {
             idx.retain(|&i| (i - tensor.offset) / cfg.channels < t); // positions beyond T get no gradient
             idx.push(tensor.offset + 2);
         }
-        let numeric = fd(&mut params, &idx, 1e-4, |p| ref_model_loss(&gpt, p, &inputs, &targets));
+        let numeric = fd(&mut params, &idx, 1e-4, |p| {
+            ref_model_loss(&gpt, p, &inputs, &targets)
+        });
         let analytic: Vec<f64> = idx.iter().map(|&i| grads[i] as f64).collect();
         for (k, (a, nmr)) in analytic.iter().zip(&numeric).enumerate() {
             let tol = 2e-3 * nmr.abs() + 2e-6;
-            assert!((a - nmr).abs() <= tol, "{}[{}]: analytic {a:e} vs numeric {nmr:e}", tensor.name, idx[k] - tensor.offset);
+            assert!(
+                (a - nmr).abs() <= tol,
+                "{}[{}]: analytic {a:e} vs numeric {nmr:e}",
+                tensor.name,
+                idx[k] - tensor.offset
+            );
         }
     }
     // Padded vocab rows never receive gradient.
     let wte = gpt.params.tensor(ParamKind::Wte);
-    assert!(grads[wte.offset + cfg.vocab * cfg.channels..wte.offset + wte.len()].iter().all(|&g| g == 0.0));
+    assert!(
+        grads[wte.offset + cfg.vocab * cfg.channels..wte.offset + wte.len()]
+            .iter()
+            .all(|&g| g == 0.0)
+    );
 }
 
 fn be_loss(gpt: &Gpt, be: &mut CpuBackend, plan: &PrecisionPlan) -> f32 {

@@ -1,8 +1,8 @@
 //! The CPU backend: the f32 reference every GPU kernel is tested against.
 
+pub mod backend;
 pub mod gemm;
 pub mod ops;
-pub mod backend;
 
 #[cfg(test)]
 mod gradcheck;

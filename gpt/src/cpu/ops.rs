@@ -74,7 +74,14 @@ pub fn exp_f32(x: f32) -> f32 {
 // Embeddings
 
 /// out[b,t,:] = wte[tokens[b,t], :] + wpe[t, :]
-pub fn encoder_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32], t: usize, c: usize) {
+pub fn encoder_forward(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    t: usize,
+    c: usize,
+) {
     parallel_rows_mut(out, c, 64, |rows, chunk| {
         for (i, row) in rows.enumerate() {
             let tok = tokens[row] as usize;
@@ -92,7 +99,14 @@ pub fn encoder_forward(out: &mut [f32], tokens: &[u32], wte: &[f32], wpe: &[f32]
 /// dwte[tokens[b,t], :] += dout[b,t,:]; dwpe[t, :] += sum_b dout[b,t,:].
 /// Split by channel ranges: every worker walks all rows in order, so the sum order per element
 /// is fixed.
-pub fn encoder_backward(dwte: &mut [f32], dwpe: &mut [f32], dout: &[f32], tokens: &[u32], t: usize, c: usize) {
+pub fn encoder_backward(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    tokens: &[u32],
+    t: usize,
+    c: usize,
+) {
     let rows = tokens.len();
     let (wte, wpe) = (SharedMut::new(dwte), SharedMut::new(dwpe));
     parallel_for(c, 16, |cols| {
@@ -129,12 +143,23 @@ fn layernorm_row(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32]) -> (f32, f32)
 
 /// out = (inp - mean) * rstd * w + b per row of C; saves mean and rstd for the backward.
 pub fn layernorm_forward(
-    out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], w: &[f32], b: &[f32], c: usize,
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    b: &[f32],
+    c: usize,
 ) {
     let (mp, rp) = (SharedMut::new(mean), SharedMut::new(rstd));
     parallel_rows_mut(out, c, 32, |rows, chunk| {
         for (i, row) in rows.enumerate() {
-            let (m, r) = layernorm_row(&mut chunk[i * c..(i + 1) * c], &inp[row * c..(row + 1) * c], w, b);
+            let (m, r) = layernorm_row(
+                &mut chunk[i * c..(i + 1) * c],
+                &inp[row * c..(row + 1) * c],
+                w,
+                b,
+            );
             // SAFETY: row `row` belongs to this worker only.
             unsafe {
                 mp.slice(row, 1)[0] = m;
@@ -148,14 +173,28 @@ pub fn layernorm_forward(
 /// ln_out = layernorm(res_out).
 #[allow(clippy::too_many_arguments)]
 pub fn residual_layernorm_forward(
-    res_out: &mut [f32], ln_out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], res_in: &[f32],
-    delta: &[f32], w: &[f32], b: &[f32], c: usize,
+    res_out: &mut [f32],
+    ln_out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    res_in: &[f32],
+    delta: &[f32],
+    w: &[f32],
+    b: &[f32],
+    c: usize,
 ) {
-    let (lp, mp, rp) = (SharedMut::new(ln_out), SharedMut::new(mean), SharedMut::new(rstd));
+    let (lp, mp, rp) = (
+        SharedMut::new(ln_out),
+        SharedMut::new(mean),
+        SharedMut::new(rstd),
+    );
     parallel_rows_mut(res_out, c, 32, |rows, chunk| {
         for (i, row) in rows.enumerate() {
             let r = &mut chunk[i * c..(i + 1) * c];
-            let (a, d) = (&res_in[row * c..(row + 1) * c], &delta[row * c..(row + 1) * c]);
+            let (a, d) = (
+                &res_in[row * c..(row + 1) * c],
+                &delta[row * c..(row + 1) * c],
+            );
             for j in 0..c {
                 r[j] = a[j] + d[j];
             }
@@ -172,8 +211,15 @@ pub fn residual_layernorm_forward(
 /// Accumulates the layernorm gradients: dinp += ..., dw += ..., db += ...
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
-    dinp: &mut [f32], dw: &mut [f32], db: &mut [f32], dout: &[f32], inp: &[f32], w: &[f32],
-    mean: &[f32], rstd: &[f32], c: usize,
+    dinp: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    c: usize,
 ) {
     let rows = mean.len();
     parallel_rows_mut(dinp, c, 32, |rs, chunk| {
@@ -202,7 +248,12 @@ pub fn layernorm_backward(
     let (wp, bp) = (SharedMut::new(dw), SharedMut::new(db));
     parallel_for(c, 16, |cols| {
         // SAFETY: each worker owns columns `cols` of dw and db.
-        let (gw, gb) = unsafe { (wp.slice(cols.start, cols.len()), bp.slice(cols.start, cols.len())) };
+        let (gw, gb) = unsafe {
+            (
+                wp.slice(cols.start, cols.len()),
+                bp.slice(cols.start, cols.len()),
+            )
+        };
         for row in 0..rows {
             let (m, r) = (mean[row], rstd[row]);
             let x = &inp[row * c + cols.start..row * c + cols.end];
@@ -219,8 +270,22 @@ pub fn layernorm_backward(
 // Linear layers (weights stored [OC, IC] row-major, as PyTorch and llm.c do)
 
 /// out[rows, OC] = inp[rows, IC] · W^T + bias
-pub fn matmul_forward(out: &mut [f32], inp: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, ic: usize, oc: usize) {
-    sgemm(MatRef::row_major(inp, rows, ic), MatRef::transposed(w, ic, oc), out, oc, false);
+pub fn matmul_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    ic: usize,
+    oc: usize,
+) {
+    sgemm(
+        MatRef::row_major(inp, rows, ic),
+        MatRef::transposed(w, ic, oc),
+        out,
+        oc,
+        false,
+    );
     if let Some(b) = bias {
         parallel_rows_mut(out, oc, 64, |_, chunk| {
             for row in chunk.chunks_exact_mut(oc) {
@@ -233,13 +298,39 @@ pub fn matmul_forward(out: &mut [f32], inp: &[f32], w: &[f32], bias: Option<&[f3
 }
 
 /// dinp = dout · W (overwrites), the high-precision dgrad.
-pub fn matmul_backward_input(dinp: &mut [f32], dout: &[f32], w: &[f32], rows: usize, ic: usize, oc: usize) {
-    sgemm(MatRef::row_major(dout, rows, oc), MatRef::row_major(w, oc, ic), dinp, ic, false);
+pub fn matmul_backward_input(
+    dinp: &mut [f32],
+    dout: &[f32],
+    w: &[f32],
+    rows: usize,
+    ic: usize,
+    oc: usize,
+) {
+    sgemm(
+        MatRef::row_major(dout, rows, oc),
+        MatRef::row_major(w, oc, ic),
+        dinp,
+        ic,
+        false,
+    );
 }
 
 /// dW += dout^T · inp, the high-precision wgrad.
-pub fn matmul_backward_weight(dw: &mut [f32], dout: &[f32], inp: &[f32], rows: usize, ic: usize, oc: usize) {
-    sgemm(MatRef::transposed(dout, oc, rows), MatRef::row_major(inp, rows, ic), dw, ic, true);
+pub fn matmul_backward_weight(
+    dw: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    rows: usize,
+    ic: usize,
+    oc: usize,
+) {
+    sgemm(
+        MatRef::transposed(dout, oc, rows),
+        MatRef::row_major(inp, rows, ic),
+        dw,
+        ic,
+        true,
+    );
 }
 
 /// dbias += column sums of dout [rows, OC]; split by columns (fixed row order).
@@ -299,7 +390,15 @@ pub fn gelu_backward_inplace(d: &mut [f32], pre: &[f32]) {
 // matrix in memory (one row of T scores per worker).
 
 /// qkv [B, T, 3C] (q | k | v, head h at channels h*hs..), out [B, T, C], lse [B, NH, T].
-pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], b: usize, t: usize, c: usize, nh: usize) {
+pub fn attention_forward(
+    out: &mut [f32],
+    lse: &mut [f32],
+    qkv: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
     let (op, lp) = (SharedMut::new(out), SharedMut::new(lse));
@@ -342,7 +441,15 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], qkv: &[f32], b: usize
 /// dqkv [B, T, 3C] (overwritten) from dout [B, T, C], using the saved out and lse.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
-    dqkv: &mut [f32], dout: &[f32], qkv: &[f32], out: &[f32], lse: &[f32], b: usize, t: usize, c: usize, nh: usize,
+    dqkv: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
 ) {
     let hs = c / nh;
     let scale = 1.0 / (hs as f32).sqrt();
@@ -414,7 +521,14 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// For every row: losses[row] = logsumexp(logits[row, ..V]) - logits[row, target]. With
 /// `dloss = Some(s)`, overwrites logits[row, :] with s * (softmax - onehot(target)) over the
 /// real vocabulary and 0 over the padding.
-pub fn classifier(logits: &mut [f32], losses: &mut [f32], targets: &[u32], vp: usize, v: usize, dloss: Option<f32>) {
+pub fn classifier(
+    logits: &mut [f32],
+    losses: &mut [f32],
+    targets: &[u32],
+    vp: usize,
+    v: usize,
+    dloss: Option<f32>,
+) {
     let lp = SharedMut::new(losses);
     parallel_rows_mut(logits, vp, 8, |rows, chunk| {
         let mut e = vec![0.0f32; v];
@@ -427,7 +541,13 @@ pub fn classifier(logits: &mut [f32], losses: &mut [f32], targets: &[u32], vp: u
     });
 }
 
-fn classifier_row(x: &mut [f32], e: &mut [f32], target: usize, v: usize, dloss: Option<f32>) -> f32 {
+fn classifier_row(
+    x: &mut [f32],
+    e: &mut [f32],
+    target: usize,
+    v: usize,
+    dloss: Option<f32>,
+) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
@@ -440,13 +560,25 @@ fn classifier_row(x: &mut [f32], e: &mut [f32], target: usize, v: usize, dloss: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn classifier_row_avx2(x: &mut [f32], e: &mut [f32], target: usize, v: usize, dloss: Option<f32>) -> f32 {
+unsafe fn classifier_row_avx2(
+    x: &mut [f32],
+    e: &mut [f32],
+    target: usize,
+    v: usize,
+    dloss: Option<f32>,
+) -> f32 {
     classifier_row_body(x, e, target, v, dloss)
 }
 
 /// One row: loss = logsumexp(x[..v]) - x[target]; with dloss, x <- dloss * (softmax - onehot).
 #[inline(always)]
-fn classifier_row_body(x: &mut [f32], e: &mut [f32], target: usize, v: usize, dloss: Option<f32>) -> f32 {
+fn classifier_row_body(
+    x: &mut [f32],
+    e: &mut [f32],
+    target: usize,
+    v: usize,
+    dloss: Option<f32>,
+) -> f32 {
     let mut mx = [f32::NEG_INFINITY; 8];
     for (j, a) in x[..v].iter().enumerate() {
         mx[j % 8] = mx[j % 8].max(*a);
@@ -465,7 +597,8 @@ fn classifier_row_body(x: &mut [f32], e: &mut [f32], target: usize, v: usize, dl
         e[j] = exp_f32(x[j] - maxv);
         lanes[j % 8] += e[j];
     }
-    let sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    let sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
     let loss = maxv + sum.ln() - x[target];
     if let Some(s) = dloss {
         let k = s / sum;
@@ -511,7 +644,14 @@ pub struct AdamW {
 
 /// One AdamW update of params (FP32 master weights) in place; `decay` says whether this span
 /// gets weight decay.
-pub fn adamw_update(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], hp: &AdamW, decay: bool) {
+pub fn adamw_update(
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    hp: &AdamW,
+    decay: bool,
+) {
     let bc1 = 1.0 - hp.beta1.powi(hp.t as i32);
     let bc2 = 1.0 - hp.beta2.powi(hp.t as i32);
     let wd = if decay { hp.weight_decay } else { 0.0 };

@@ -4,8 +4,8 @@
 //! NOT VERIFIED ON A GPU unless perf/ holds a GPU run of the commit you are reading: written and
 //! compiled (against the stub driver) in sessions without one.
 
-pub mod kernels;
 pub mod backend;
+pub mod kernels;
 
 pub use backend::CudaBackend;
 
@@ -27,6 +27,9 @@ mod tests {
             Ok(_) => panic!("expected the stub driver, got a GPU"),
             Err(e) => e.to_string(),
         };
-        assert!(e.contains("cuInit") && e.contains("CUDA_ERROR_STUB_LIBRARY"), "{e}");
+        assert!(
+            e.contains("cuInit") && e.contains("CUDA_ERROR_STUB_LIBRARY"),
+            "{e}"
+        );
     }
 }

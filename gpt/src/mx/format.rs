@@ -56,8 +56,15 @@ pub fn e8m0_decode(byte: u8) -> f64 {
 
 /// Packs 4-bit codes two per byte, low nibble first. `codes.len()` must be even.
 pub fn pack_codes(codes: &[u8]) -> Vec<u8> {
-    assert!(codes.len() % 2 == 0, "pack_codes: odd number of codes ({})", codes.len());
-    codes.chunks_exact(2).map(|p| (p[0] & 0xF) | ((p[1] & 0xF) << 4)).collect()
+    assert!(
+        codes.len() % 2 == 0,
+        "pack_codes: odd number of codes ({})",
+        codes.len()
+    );
+    codes
+        .chunks_exact(2)
+        .map(|p| (p[0] & 0xF) | ((p[1] & 0xF) << 4))
+        .collect()
 }
 
 /// The inverse of `pack_codes`.

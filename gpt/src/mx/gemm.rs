@@ -49,10 +49,17 @@ fn scale_f32(byte: u8, shift: i32) -> f32 {
 
 fn check_shapes(a: &MxOperand, b: &MxOperand, c: &[f32], ldc: usize) {
     assert_eq!(a.k, b.k, "mx_gemm: A has K = {}, B has K = {}", a.k, b.k);
-    assert!(a.k % BLOCK == 0, "mx_gemm: K = {} is not a multiple of {BLOCK}", a.k);
+    assert!(
+        a.k % BLOCK == 0,
+        "mx_gemm: K = {} is not a multiple of {BLOCK}",
+        a.k
+    );
     assert!(ldc >= b.rows);
     if a.rows > 0 && b.rows > 0 {
-        assert!((a.rows - 1) * ldc + b.rows <= c.len(), "mx_gemm: C too small");
+        assert!(
+            (a.rows - 1) * ldc + b.rows <= c.len(),
+            "mx_gemm: C too small"
+        );
     }
 }
 
@@ -62,16 +69,31 @@ fn store(c: &mut f32, v: f32, accumulate: bool) {
 }
 
 /// The integer path, plainly: i32 dot per block, exact scaling, f32 accumulation in block order.
-pub fn mx_gemm_int_reference(a: &MxOperand, b: &MxOperand, c: &mut [f32], ldc: usize, accumulate: bool, sr: bool) {
+pub fn mx_gemm_int_reference(
+    a: &MxOperand,
+    b: &MxOperand,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    sr: bool,
+) {
     check_shapes(a, b, c, ldc);
     let nblk = a.k / BLOCK;
     for m in 0..a.rows {
         for n in 0..b.rows {
             let mut acc = 0.0f32;
             for j in 0..nblk {
-                let (qa, qb) = (&a.codes[m * a.k + j * BLOCK..][..BLOCK], &b.codes[n * b.k + j * BLOCK..][..BLOCK]);
-                let dot: i32 = qa.iter().zip(qb).map(|(&x, &y)| e2m1_times_two(x) as i32 * e2m1_times_two(y) as i32).sum();
-                let s = scale_f32(a.scales[m * nblk + j], 0) * scale_f32(b.scales[n * nblk + j], -2);
+                let (qa, qb) = (
+                    &a.codes[m * a.k + j * BLOCK..][..BLOCK],
+                    &b.codes[n * b.k + j * BLOCK..][..BLOCK],
+                );
+                let dot: i32 = qa
+                    .iter()
+                    .zip(qb)
+                    .map(|(&x, &y)| e2m1_times_two(x) as i32 * e2m1_times_two(y) as i32)
+                    .sum();
+                let s =
+                    scale_f32(a.scales[m * nblk + j], 0) * scale_f32(b.scales[n * nblk + j], -2);
                 acc += dot as f32 * s;
             }
             let r = if sr { acc * SR_FACTOR } else { acc };
@@ -89,8 +111,16 @@ pub fn mx_gemm_exact_f64(a: &MxOperand, b: &MxOperand, sr: bool) -> Vec<f64> {
             let mut s = 0.0f64;
             for k in 0..a.k {
                 let j = k / BLOCK;
-                let va = super::quantize::dequantize(a.codes[m * a.k + k], a.scales[m * nblk + j], false);
-                let vb = super::quantize::dequantize(b.codes[n * b.k + k], b.scales[n * nblk + j], false);
+                let va = super::quantize::dequantize(
+                    a.codes[m * a.k + k],
+                    a.scales[m * nblk + j],
+                    false,
+                );
+                let vb = super::quantize::dequantize(
+                    b.codes[n * b.k + k],
+                    b.scales[n * nblk + j],
+                    false,
+                );
                 s += va * vb;
             }
             out[m * b.rows + n] = if sr { s * 16.0 / 9.0 } else { s };
@@ -152,7 +182,8 @@ fn pack(op: &MxOperand, r: usize, shift: i32) -> Panels {
     for p in 0..np {
         for i in 0..r.min(rows - p * r) {
             for j in 0..nblk {
-                scales[(p * nblk + j) * r + i] = scale_f32(op.scales[(p * r + i) * nblk + j], shift);
+                scales[(p * nblk + j) * r + i] =
+                    scale_f32(op.scales[(p * r + i) * nblk + j], shift);
             }
         }
     }
@@ -170,18 +201,40 @@ impl CPtr {
 }
 
 /// The fast MX GEMM: C (a.rows x b.rows, leading dim ldc) = or += c · A·B^T per the formula.
-pub fn mx_gemm(a: &MxOperand, b: &MxOperand, c: &mut [f32], ldc: usize, accumulate: bool, sr: bool) {
+pub fn mx_gemm(
+    a: &MxOperand,
+    b: &MxOperand,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    sr: bool,
+) {
     mx_gemm_impl(Kernel::detect(), a, b, c, ldc, accumulate, sr)
 }
 
 /// `mx_gemm` forced onto the portable kernel (tests compare it with the SIMD one).
 #[cfg(test)]
-pub(crate) fn mx_gemm_portable(a: &MxOperand, b: &MxOperand, c: &mut [f32], ldc: usize, accumulate: bool, sr: bool) {
+pub(crate) fn mx_gemm_portable(
+    a: &MxOperand,
+    b: &MxOperand,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    sr: bool,
+) {
     mx_gemm_impl(Kernel::Portable, a, b, c, ldc, accumulate, sr)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn mx_gemm_impl(kern: Kernel, a: &MxOperand, b: &MxOperand, c: &mut [f32], ldc: usize, accumulate: bool, sr: bool) {
+fn mx_gemm_impl(
+    kern: Kernel,
+    a: &MxOperand,
+    b: &MxOperand,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    sr: bool,
+) {
     check_shapes(a, b, c, ldc);
     let (m, n, k) = (a.rows, b.rows, a.k);
     if m == 0 || n == 0 {
@@ -227,7 +280,15 @@ fn mx_gemm_impl(kern: Kernel, a: &MxOperand, b: &MxOperand, c: &mut [f32], ldc: 
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_kernel(kern: Kernel, nblk: usize, av: &[f32], asc: &[f32], bv: &[f32], bsc: &[f32], acc: &mut [f32]) {
+unsafe fn tile_kernel(
+    kern: Kernel,
+    nblk: usize,
+    av: &[f32],
+    asc: &[f32],
+    bv: &[f32],
+    bsc: &[f32],
+    acc: &mut [f32],
+) {
     match kern {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => tile_avx2(nblk, av, asc, bv, bsc, acc),
@@ -237,7 +298,14 @@ unsafe fn tile_kernel(kern: Kernel, nblk: usize, av: &[f32], asc: &[f32], bv: &[
 
 /// Portable tile: MR x NR block sums, folded into `acc` with one multiply-add per block.
 #[inline(always)]
-fn tile_portable<const MR: usize, const NR: usize>(nblk: usize, av: &[f32], asc: &[f32], bv: &[f32], bsc: &[f32], acc: &mut [f32]) {
+fn tile_portable<const MR: usize, const NR: usize>(
+    nblk: usize,
+    av: &[f32],
+    asc: &[f32],
+    bv: &[f32],
+    bsc: &[f32],
+    acc: &mut [f32],
+) {
     for j in 0..nblk {
         let mut blk = [[0.0f32; NR]; MR];
         for kk in 0..BLOCK {
@@ -263,7 +331,14 @@ fn tile_portable<const MR: usize, const NR: usize>(nblk: usize, av: &[f32], asc:
 /// FMAs; after 32 k-steps, fold into the accumulators: acc += blk · (sA[i] · sB).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2(nblk: usize, av: &[f32], asc: &[f32], bv: &[f32], bsc: &[f32], acc: &mut [f32]) {
+unsafe fn tile_avx2(
+    nblk: usize,
+    av: &[f32],
+    asc: &[f32],
+    bv: &[f32],
+    bsc: &[f32],
+    acc: &mut [f32],
+) {
     use std::arch::x86_64::*;
     const MR: usize = 6;
     const NR: usize = 16;
@@ -288,8 +363,18 @@ unsafe fn tile_avx2(nblk: usize, av: &[f32], asc: &[f32], bv: &[f32], bsc: &[f32
         for i in 0..MR {
             let sa = _mm256_broadcast_ss(&asc[j * MR + i]);
             let p = accp.add(i * NR);
-            _mm256_storeu_ps(p, _mm256_fmadd_ps(blk[2 * i], _mm256_mul_ps(sa, s0), _mm256_loadu_ps(p)));
-            _mm256_storeu_ps(p.add(8), _mm256_fmadd_ps(blk[2 * i + 1], _mm256_mul_ps(sa, s1), _mm256_loadu_ps(p.add(8))));
+            _mm256_storeu_ps(
+                p,
+                _mm256_fmadd_ps(blk[2 * i], _mm256_mul_ps(sa, s0), _mm256_loadu_ps(p)),
+            );
+            _mm256_storeu_ps(
+                p.add(8),
+                _mm256_fmadd_ps(
+                    blk[2 * i + 1],
+                    _mm256_mul_ps(sa, s1),
+                    _mm256_loadu_ps(p.add(8)),
+                ),
+            );
         }
     }
 }

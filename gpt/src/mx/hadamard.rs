@@ -19,7 +19,15 @@ pub const HADAMARD_BLOCKS: [usize; 5] = [16, 32, 64, 128, 256];
 
 /// The g random signs (+1.0 / -1.0) for one GEMM.
 pub fn rht_signs(seed: u64, stream: u64, g: usize) -> Vec<f32> {
-    (0..g as u64).map(|j| if random_word(seed, stream, j) >> 31 == 1 { -1.0 } else { 1.0 }).collect()
+    (0..g as u64)
+        .map(|j| {
+            if random_word(seed, stream, j) >> 31 == 1 {
+                -1.0
+            } else {
+                1.0
+            }
+        })
+        .collect()
 }
 
 /// The normalization 1/sqrt(g) as the f32 every backend uses.
@@ -87,7 +95,10 @@ mod tests {
             fwht(&mut y);
             for i in 0..g {
                 let want: f64 = (0..g).map(|j| h(i, j) * x[j] as f64).sum();
-                assert!((y[i] as f64 - want).abs() < 1e-4 * (g as f64), "g={g} i={i}");
+                assert!(
+                    (y[i] as f64 - want).abs() < 1e-4 * (g as f64),
+                    "g={g} i={i}"
+                );
             }
         }
     }

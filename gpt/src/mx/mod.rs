@@ -104,7 +104,11 @@ impl GemmId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MxError {
     /// K of a GEMM is not a multiple of the MX block (32) or of the Hadamard block g.
-    KNotMultiple { k: usize, of: usize, what: &'static str },
+    KNotMultiple {
+        k: usize,
+        of: usize,
+        what: &'static str,
+    },
     BadHadamardBlock(usize),
     Shape(String),
 }
@@ -112,8 +116,13 @@ pub enum MxError {
 impl std::fmt::Display for MxError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MxError::KNotMultiple { k, of, what } => write!(f, "the reduction dimension K = {k} is not a multiple of the {what} {of}"),
-            MxError::BadHadamardBlock(g) => write!(f, "Hadamard block {g} is not one of 16, 32, 64, 128, 256"),
+            MxError::KNotMultiple { k, of, what } => write!(
+                f,
+                "the reduction dimension K = {k} is not a multiple of the {what} {of}"
+            ),
+            MxError::BadHadamardBlock(g) => {
+                write!(f, "Hadamard block {g} is not one of 16, 32, 64, 128, 256")
+            }
             MxError::Shape(s) => f.write_str(s),
         }
     }
@@ -168,7 +177,11 @@ impl MxTelemetry {
     pub fn summary(&self) -> Option<MxSummary> {
         (self.elements > 0).then(|| MxSummary {
             clipped_fraction: self.clipped as f64 / self.elements as f64,
-            relative_error: if self.sq_sum > 0.0 { (self.sq_err / self.sq_sum).sqrt() } else { 0.0 },
+            relative_error: if self.sq_sum > 0.0 {
+                (self.sq_err / self.sq_sum).sqrt()
+            } else {
+                0.0
+            },
             nonfinite_blocks: self.nonfinite_blocks,
         })
     }
@@ -207,18 +220,40 @@ impl MxOperand {
 
 /// Quantizes `rows` K-major rows of `x` (rows x k) block by block; element (r, k) uses counter
 /// r·K + k of `stream` under SR. Parallel over rows; returns the operand and its telemetry.
-pub fn quantize_rows(x: &[f32], rows: usize, k: usize, rounding: Rounding, seed: u64, stream: u64) -> Result<(MxOperand, MxTelemetry), MxError> {
+pub fn quantize_rows(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    rounding: Rounding,
+    seed: u64,
+    stream: u64,
+) -> Result<(MxOperand, MxTelemetry), MxError> {
     if k % BLOCK != 0 {
-        return Err(MxError::KNotMultiple { k, of: BLOCK, what: "MX block" });
+        return Err(MxError::KNotMultiple {
+            k,
+            of: BLOCK,
+            what: "MX block",
+        });
     }
     if x.len() != rows * k {
-        return Err(MxError::Shape(format!("quantize_rows: {} values for {rows} x {k}", x.len())));
+        return Err(MxError::Shape(format!(
+            "quantize_rows: {} values for {rows} x {k}",
+            x.len()
+        )));
     }
     let nblk = k / BLOCK;
     let mut codes = vec![0u8; rows * k];
     let mut scales = vec![0u8; rows * nblk];
     if rows == 0 || k == 0 {
-        return Ok((MxOperand { rows, k, codes, scales }, MxTelemetry::default()));
+        return Ok((
+            MxOperand {
+                rows,
+                k,
+                codes,
+                scales,
+            },
+            MxTelemetry::default(),
+        ));
     }
     let tel = std::sync::Mutex::new(MxTelemetry::default());
     let sp = SharedBytes(scales.as_mut_ptr(), scales.len());
@@ -228,7 +263,14 @@ pub fn quantize_rows(x: &[f32], rows: usize, k: usize, rounding: Rounding, seed:
             for j in 0..nblk {
                 let src = &x[r * k + j * BLOCK..r * k + (j + 1) * BLOCK];
                 let dst = &mut chunk[i * k + j * BLOCK..i * k + (j + 1) * BLOCK];
-                let (s, st) = quantize::quantize_block(src, rounding, seed, stream, (r * k + j * BLOCK) as u64, dst);
+                let (s, st) = quantize::quantize_block(
+                    src,
+                    rounding,
+                    seed,
+                    stream,
+                    (r * k + j * BLOCK) as u64,
+                    dst,
+                );
                 // SAFETY: row r's scales belong to this worker.
                 unsafe { sp.set(r * nblk + j, s) };
                 local.add_block(&st);
@@ -236,7 +278,15 @@ pub fn quantize_rows(x: &[f32], rows: usize, k: usize, rounding: Rounding, seed:
         }
         tel.lock().unwrap().merge(&local);
     });
-    Ok((MxOperand { rows, k, codes, scales }, tel.into_inner().unwrap()))
+    Ok((
+        MxOperand {
+            rows,
+            k,
+            codes,
+            scales,
+        },
+        tel.into_inner().unwrap(),
+    ))
 }
 
 #[derive(Clone, Copy)]
@@ -253,13 +303,21 @@ impl SharedBytes {
 /// Copies a strided view into a K-major buffer: rows of `k` values. `k_along_cols` says whether
 /// K runs along the view's columns (A: M x K) or rows (B: K x N, giving B^T).
 fn gather_k_major(v: MatRef, k_along_cols: bool) -> Vec<f32> {
-    let (rows, k) = if k_along_cols { (v.rows, v.cols) } else { (v.cols, v.rows) };
+    let (rows, k) = if k_along_cols {
+        (v.rows, v.cols)
+    } else {
+        (v.cols, v.rows)
+    };
     let mut out = vec![0.0f32; rows * k];
     if rows == 0 || k == 0 {
         return out;
     }
     // Element (r, kk) of the K-major result sits at v[r*rs + kk*ks] of the view.
-    let (rs, ks) = if k_along_cols { (v.row_stride, v.col_stride) } else { (v.col_stride, v.row_stride) };
+    let (rs, ks) = if k_along_cols {
+        (v.row_stride, v.col_stride)
+    } else {
+        (v.col_stride, v.row_stride)
+    };
     parallel_rows_mut(&mut out, k, 8, |r_range, chunk| {
         if ks == 1 {
             for (i, r) in r_range.enumerate() {
@@ -289,9 +347,21 @@ fn gather_k_major(v: MatRef, k_along_cols: bool) -> Vec<f32> {
 /// both operands gathered K-major, transformed with the same random Hadamard signs (RHT
 /// modes), quantized along K (RTN, or SR with one stream per operand), multiplied by the MX GEMM.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_gemm(cfg: &MxConfig, id: &GemmId, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool, telemetry: Option<&mut MxTelemetry>) -> Result<(), MxError> {
+pub fn backward_gemm(
+    cfg: &MxConfig,
+    id: &GemmId,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    telemetry: Option<&mut MxTelemetry>,
+) -> Result<(), MxError> {
     if a.cols != b.rows {
-        return Err(MxError::Shape(format!("backward_gemm: A is {}x{}, B is {}x{}", a.rows, a.cols, b.rows, b.cols)));
+        return Err(MxError::Shape(format!(
+            "backward_gemm: A is {}x{}, B is {}x{}",
+            a.rows, a.cols, b.rows, b.cols
+        )));
     }
     if !cfg.mode.is_mxfp4() {
         sgemm(a, b, c, ldc, accumulate);
@@ -300,11 +370,19 @@ pub fn backward_gemm(cfg: &MxConfig, id: &GemmId, a: MatRef, b: MatRef, c: &mut 
     cfg.validate()?;
     let k = a.cols;
     if k % BLOCK != 0 {
-        return Err(MxError::KNotMultiple { k, of: BLOCK, what: "MX block" });
+        return Err(MxError::KNotMultiple {
+            k,
+            of: BLOCK,
+            what: "MX block",
+        });
     }
     let g = cfg.hadamard_block;
     if cfg.mode.uses_rht() && k % g != 0 {
-        return Err(MxError::KNotMultiple { k, of: g, what: "Hadamard block g" });
+        return Err(MxError::KNotMultiple {
+            k,
+            of: g,
+            what: "Hadamard block g",
+        });
     }
     let started = std::time::Instant::now();
     let mut xa = gather_k_major(a, true);
@@ -320,8 +398,22 @@ pub fn backward_gemm(cfg: &MxConfig, id: &GemmId, a: MatRef, b: MatRef, c: &mut 
         }
     }
     let rounding = cfg.rounding();
-    let (qa, ta) = quantize_rows(&xa, a.rows, k, rounding, cfg.seed, id.stream(StreamRole::SrA))?;
-    let (qb, tb) = quantize_rows(&xb, b.cols, k, rounding, cfg.seed, id.stream(StreamRole::SrB))?;
+    let (qa, ta) = quantize_rows(
+        &xa,
+        a.rows,
+        k,
+        rounding,
+        cfg.seed,
+        id.stream(StreamRole::SrA),
+    )?;
+    let (qb, tb) = quantize_rows(
+        &xb,
+        b.cols,
+        k,
+        rounding,
+        cfg.seed,
+        id.stream(StreamRole::SrB),
+    )?;
     let quantize_seconds = started.elapsed().as_secs_f64();
     gemm::mx_gemm(&qa, &qb, c, ldc, accumulate, rounding == Rounding::Sr);
     if let Some(t) = telemetry {

@@ -43,7 +43,12 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 #[inline]
 pub fn philox_block(seed: u64, stream: u64, quad: u64) -> [u32; 4] {
     philox4x32_10(
-        [quad as u32, (quad >> 32) as u32, stream as u32, (stream >> 32) as u32],
+        [
+            quad as u32,
+            (quad >> 32) as u32,
+            stream as u32,
+            (stream >> 32) as u32,
+        ],
         [seed as u32, (seed >> 32) as u32],
     )
 }
@@ -67,13 +72,19 @@ mod tests {
     /// Known-answer vectors of Random123's kat_vectors file (philox4x32, 10 rounds).
     #[test]
     fn matches_random123_known_answers() {
-        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
+        assert_eq!(
+            philox4x32_10([0; 4], [0; 2]),
+            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
+        );
         assert_eq!(
             philox4x32_10([0xffff_ffff; 4], [0xffff_ffff; 2]),
             [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
         );
         assert_eq!(
-            philox4x32_10([0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344], [0xa409_3822, 0x299f_31d0]),
+            philox4x32_10(
+                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+                [0xa409_3822, 0x299f_31d0]
+            ),
             [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
         );
     }
@@ -83,7 +94,12 @@ mod tests {
         let (seed, stream) = (0x0123_4567_89ab_cdef_u64, 0xfeed_0000_0000_0042_u64);
         for i in [0u64, 1, 2, 3, 4, 5, 1 << 34, (1 << 34) + 7] {
             let direct = philox4x32_10(
-                [(i >> 2) as u32, (i >> 34) as u32, stream as u32, (stream >> 32) as u32],
+                [
+                    (i >> 2) as u32,
+                    (i >> 34) as u32,
+                    stream as u32,
+                    (stream >> 32) as u32,
+                ],
                 [seed as u32, (seed >> 32) as u32],
             )[(i & 3) as usize];
             assert_eq!(random_word(seed, stream, i), direct);

@@ -128,7 +128,14 @@ pub struct BlockStats {
 /// Quantizes one block of 32 values. `first_index` is the operand-wide index of x[0] (the SR
 /// counter); `seed`/`stream` key the generator (unused for RTN). Writes the 32 codes (one per
 /// byte, low 4 bits) and returns the scale byte and the block's statistics.
-pub fn quantize_block(x: &[f32], rounding: Rounding, seed: u64, stream: u64, first_index: u64, codes: &mut [u8]) -> (u8, BlockStats) {
+pub fn quantize_block(
+    x: &[f32],
+    rounding: Rounding,
+    seed: u64,
+    stream: u64,
+    first_index: u64,
+    codes: &mut [u8],
+) -> (u8, BlockStats) {
     assert_eq!(x.len(), BLOCK);
     assert_eq!(codes.len(), BLOCK);
     let mut amax = 0.0f32;
@@ -224,7 +231,20 @@ mod tests {
     fn rtn_ties_go_to_the_even_code() {
         // (value, expected code): ties at 0.25 0.75 1.25 1.75 2.5 3.5 5 by hand from the grid
         // 0 0.5 1 1.5 2 3 4 6 with codes 0..7.
-        let cases = [(0.25, 0), (0.75, 2), (1.25, 2), (1.75, 4), (2.5, 4), (3.5, 6), (5.0, 6), (0.2, 0), (0.3, 1), (1.3, 3), (2.6, 5), (5.1, 7)];
+        let cases = [
+            (0.25, 0),
+            (0.75, 2),
+            (1.25, 2),
+            (1.75, 4),
+            (2.5, 4),
+            (3.5, 6),
+            (5.0, 6),
+            (0.2, 0),
+            (0.3, 1),
+            (1.3, 3),
+            (2.6, 5),
+            (5.1, 7),
+        ];
         for (v, want) in cases {
             let (s, c) = rtn(&unit_block(&[v, -v]));
             assert_eq!(s, 127, "amax 4 gives e = 0");
@@ -242,7 +262,10 @@ mod tests {
         let (s, st) = quantize_block(&x, Rounding::Rtn, 0, 0, 0, &mut c);
         assert_eq!(s, 127);
         assert_eq!(&c[..3], &[7, 7, 7]);
-        assert_eq!(st.clipped, 2, "6.0 itself is representable, 7.9 and 6.5 clip");
+        assert_eq!(
+            st.clipped, 2,
+            "6.0 itself is representable, 7.9 and 6.5 clip"
+        );
     }
 
     #[test]
@@ -320,7 +343,10 @@ mod tests {
             let (s, _) = quantize_block(&x, Rounding::Sr, seed, 7, 0, &mut c);
             assert_eq!(s, 127);
             for &code in &c[..31] {
-                assert!(code == 1 || code == 2, "SR must pick a neighbour of 0.975, got code {code}");
+                assert!(
+                    code == 1 || code == 2,
+                    "SR must pick a neighbour of 0.975, got code {code}"
+                );
                 sum += dequantize(code, s, true);
                 n += 1;
             }

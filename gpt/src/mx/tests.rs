@@ -24,19 +24,31 @@ fn gradient_like(rows: usize, k: usize, seed: u64) -> Vec<f32> {
 }
 
 fn operand(rows: usize, k: usize, rounding: Rounding, seed: u64) -> MxOperand {
-    quantize_rows(&gradient_like(rows, k, seed), rows, k, rounding, seed, 99).unwrap().0
+    quantize_rows(&gradient_like(rows, k, seed), rows, k, rounding, seed, 99)
+        .unwrap()
+        .0
 }
 
 #[test]
 fn fast_gemm_equals_the_integer_path_bit_for_bit() {
-    for &(m, n, k) in &[(1, 1, 32), (7, 5, 64), (6, 16, 96), (13, 33, 320), (50, 70, 128)] {
+    for &(m, n, k) in &[
+        (1, 1, 32),
+        (7, 5, 64),
+        (6, 16, 96),
+        (13, 33, 320),
+        (50, 70, 128),
+    ] {
         for sr in [false, true] {
             let rounding = if sr { Rounding::Sr } else { Rounding::Rtn };
             let (a, b) = (operand(m, k, rounding, 1), operand(n, k, rounding, 2));
             for accumulate in [false, true] {
                 let ldc = n + 2;
                 let init = randn(m * ldc, 3, 1.0);
-                let start = if accumulate { init.clone() } else { vec![f32::NAN; m * ldc] };
+                let start = if accumulate {
+                    init.clone()
+                } else {
+                    vec![f32::NAN; m * ldc]
+                };
                 let (mut c1, mut c2, mut c3) = (start.clone(), start.clone(), start.clone());
                 mx_gemm_int_reference(&a, &b, &mut c1, ldc, accumulate, sr);
                 mx_gemm(&a, &b, &mut c2, ldc, accumulate, sr);
@@ -45,11 +57,23 @@ fn fast_gemm_equals_the_integer_path_bit_for_bit() {
                     for j in 0..n {
                         let idx = i * ldc + j;
                         assert!(c1[idx].is_finite(), "reference produced {}", c1[idx]);
-                        assert_eq!(c1[idx].to_bits(), c2[idx].to_bits(), "({m},{n},{k}) sr={sr} acc={accumulate} [{i},{j}] simd");
-                        assert_eq!(c1[idx].to_bits(), c3[idx].to_bits(), "({m},{n},{k}) [{i},{j}] portable");
+                        assert_eq!(
+                            c1[idx].to_bits(),
+                            c2[idx].to_bits(),
+                            "({m},{n},{k}) sr={sr} acc={accumulate} [{i},{j}] simd"
+                        );
+                        assert_eq!(
+                            c1[idx].to_bits(),
+                            c3[idx].to_bits(),
+                            "({m},{n},{k}) [{i},{j}] portable"
+                        );
                     }
                     for j in n..ldc {
-                        assert_eq!(c2[i * ldc + j].to_bits(), start[i * ldc + j].to_bits(), "padding written");
+                        assert_eq!(
+                            c2[i * ldc + j].to_bits(),
+                            start[i * ldc + j].to_bits(),
+                            "padding written"
+                        );
                     }
                 }
             }
@@ -76,17 +100,33 @@ fn integer_path_matches_the_exact_formula_to_f32_accumulation_error() {
                         (0..32)
                             .map(|kk| {
                                 let kk = blk * 32 + kk;
-                                let va = quantize::dequantize(a.codes[i * k + kk], a.scales[i * (k / 32) + blk], false);
-                                let vb = quantize::dequantize(b.codes[j * k + kk], b.scales[j * (k / 32) + blk], false);
+                                let va = quantize::dequantize(
+                                    a.codes[i * k + kk],
+                                    a.scales[i * (k / 32) + blk],
+                                    false,
+                                );
+                                let vb = quantize::dequantize(
+                                    b.codes[j * k + kk],
+                                    b.scales[j * (k / 32) + blk],
+                                    false,
+                                );
                                 va * vb
                             })
                             .sum::<f64>()
                             .abs()
                     })
                     .sum::<f64>();
-                let bound = (nblk + 2.0) * f32::EPSILON as f64 * abs_sum * if sr { 16.0 / 9.0 } else { 1.0 };
+                let bound = (nblk + 2.0)
+                    * f32::EPSILON as f64
+                    * abs_sum
+                    * if sr { 16.0 / 9.0 } else { 1.0 };
                 let err = (c[i * n + j] as f64 - exact[i * n + j]).abs();
-                assert!(err <= bound, "sr={sr} [{i},{j}]: {} vs {} (bound {bound:e})", c[i * n + j], exact[i * n + j]);
+                assert!(
+                    err <= bound,
+                    "sr={sr} [{i},{j}]: {} vs {} (bound {bound:e})",
+                    c[i * n + j],
+                    exact[i * n + j]
+                );
             }
         }
     }
@@ -105,7 +145,12 @@ fn nan_blocks_poison_exactly_the_outputs_they_touch() {
     mx_gemm(&a, &b, &mut c, n, false, false);
     for i in 0..m {
         for j in 0..n {
-            assert_eq!(c[i * n + j].is_nan(), i == 2, "[{i},{j}] = {}", c[i * n + j]);
+            assert_eq!(
+                c[i * n + j].is_nan(),
+                i == 2,
+                "[{i},{j}] = {}",
+                c[i * n + j]
+            );
         }
     }
 }
@@ -114,14 +159,22 @@ fn f64_matmul(a: MatRef, b: MatRef) -> Vec<f64> {
     let mut out = vec![0.0; a.rows * b.cols];
     for i in 0..a.rows {
         for j in 0..b.cols {
-            out[i * b.cols + j] = (0..a.cols).map(|p| a.at(i, p) as f64 * b.at(p, j) as f64).sum();
+            out[i * b.cols + j] = (0..a.cols)
+                .map(|p| a.at(i, p) as f64 * b.at(p, j) as f64)
+                .sum();
         }
     }
     out
 }
 
 fn id(step: u32) -> GemmId {
-    GemmId { step, micro_step: 0, layer: 3, linear: LinearKind::MlpUp, gemm: GemmKind::Dgrad }
+    GemmId {
+        step,
+        micro_step: 0,
+        layer: 3,
+        linear: LinearKind::MlpUp,
+        gemm: GemmKind::Dgrad,
+    }
 }
 
 #[test]
@@ -151,16 +204,29 @@ fn backward_gemm_modes_follow_their_definitions() {
     let a_data = gradient_like(m, k, 11);
     // B given as a transposed view (as wgrad's dY^T is): stored N x K.
     let bt_data = gradient_like(n, k, 12);
-    let (a, b) = (MatRef::row_major(&a_data, m, k), MatRef::transposed(&bt_data, k, n));
+    let (a, b) = (
+        MatRef::row_major(&a_data, m, k),
+        MatRef::transposed(&bt_data, k, n),
+    );
     let exact = f64_matmul(a, b);
     let norm: f64 = exact.iter().map(|v| v * v).sum::<f64>().sqrt();
     let mut errs = Vec::new();
     for mode in BackwardMode::ALL {
-        let cfg = MxConfig { mode, hadamard_block: 32, seed: 3 };
+        let cfg = MxConfig {
+            mode,
+            hadamard_block: 32,
+            seed: 3,
+        };
         let mut c = vec![f32::NAN; m * n];
         let mut tel = MxTelemetry::default();
         backward_gemm(&cfg, &id(1), a, b, &mut c, n, false, Some(&mut tel)).unwrap();
-        let err: f64 = c.iter().zip(&exact).map(|(x, y)| (*x as f64 - y).powi(2)).sum::<f64>().sqrt() / norm;
+        let err: f64 = c
+            .iter()
+            .zip(&exact)
+            .map(|(x, y)| (*x as f64 - y).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            / norm;
         errs.push((mode, err));
         if mode == BackwardMode::Bf16 {
             assert!(err < 1e-6, "bf16 mode is the f32 GEMM: {err}");
@@ -187,13 +253,20 @@ fn sr_gemm_is_unbiased_over_seeds() {
     let (m, n, k) = (3, 4, 64);
     let a_data = gradient_like(m, k, 21);
     let b_data = gradient_like(k, n, 22); // K x N row-major (dgrad's W)
-    let (a, b) = (MatRef::row_major(&a_data, m, k), MatRef::row_major(&b_data, k, n));
+    let (a, b) = (
+        MatRef::row_major(&a_data, m, k),
+        MatRef::row_major(&b_data, k, n),
+    );
     let exact = f64_matmul(a, b);
     for mode in [BackwardMode::Mxfp4Sr, BackwardMode::Mxfp4] {
         let trials = 3000;
         let (mut sum, mut sumsq) = (vec![0.0f64; m * n], vec![0.0f64; m * n]);
         for seed in 0..trials {
-            let cfg = MxConfig { mode, hadamard_block: 64, seed };
+            let cfg = MxConfig {
+                mode,
+                hadamard_block: 64,
+                seed,
+            };
             let mut c = vec![0.0f32; m * n];
             backward_gemm(&cfg, &id(seed as u32), a, b, &mut c, n, false, None).unwrap();
             for (i, v) in c.iter().enumerate() {
@@ -206,14 +279,32 @@ fn sr_gemm_is_unbiased_over_seeds() {
             let var = sumsq[i] / trials as f64 - mean * mean;
             let se = (var / trials as f64).sqrt();
             // Unbiased: the mean over seeds is within 5 standard errors of A·B.
-            assert!((mean - exact[i]).abs() < 5.0 * se + 1e-6, "{mode} [{i}]: mean {mean} vs {} (se {se:e})", exact[i]);
+            assert!(
+                (mean - exact[i]).abs() < 5.0 * se + 1e-6,
+                "{mode} [{i}]: mean {mean} vs {} (se {se:e})",
+                exact[i]
+            );
         }
     }
     // RTN, by contrast, is deterministic: every seed gives the same (biased) answer.
-    let cfg = MxConfig { mode: BackwardMode::Mxfp4Rtn, hadamard_block: 64, seed: 0 };
+    let cfg = MxConfig {
+        mode: BackwardMode::Mxfp4Rtn,
+        hadamard_block: 64,
+        seed: 0,
+    };
     let (mut c1, mut c2) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
     backward_gemm(&cfg, &id(0), a, b, &mut c1, n, false, None).unwrap();
-    backward_gemm(&MxConfig { seed: 5, ..cfg }, &id(7), a, b, &mut c2, n, false, None).unwrap();
+    backward_gemm(
+        &MxConfig { seed: 5, ..cfg },
+        &id(7),
+        a,
+        b,
+        &mut c2,
+        n,
+        false,
+        None,
+    )
+    .unwrap();
     assert_eq!(c1, c2);
 }
 
@@ -221,27 +312,82 @@ fn sr_gemm_is_unbiased_over_seeds() {
 fn shapes_that_do_not_divide_are_named() {
     let a = vec![1.0f32; 2 * 48];
     let b = vec![1.0f32; 48 * 2];
-    let cfg = MxConfig { mode: BackwardMode::Mxfp4Rtn, hadamard_block: 64, seed: 0 };
+    let cfg = MxConfig {
+        mode: BackwardMode::Mxfp4Rtn,
+        hadamard_block: 64,
+        seed: 0,
+    };
     let mut c = vec![0.0f32; 4];
-    let e = backward_gemm(&cfg, &id(0), MatRef::row_major(&a, 2, 48), MatRef::row_major(&b, 48, 2), &mut c, 2, false, None).unwrap_err();
-    assert!(e.to_string().contains("48") && e.to_string().contains("32"), "{e}");
+    let e = backward_gemm(
+        &cfg,
+        &id(0),
+        MatRef::row_major(&a, 2, 48),
+        MatRef::row_major(&b, 48, 2),
+        &mut c,
+        2,
+        false,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("48") && e.to_string().contains("32"),
+        "{e}"
+    );
     let a = vec![1.0f32; 2 * 96];
     let b = vec![1.0f32; 96 * 2];
-    let cfg = MxConfig { mode: BackwardMode::Mxfp4, hadamard_block: 64, seed: 0 };
-    let e = backward_gemm(&cfg, &id(0), MatRef::row_major(&a, 2, 96), MatRef::row_major(&b, 96, 2), &mut c, 2, false, None).unwrap_err();
-    assert!(e.to_string().contains("96") && e.to_string().contains("64"), "{e}");
-    assert!(MxConfig { mode: BackwardMode::Mxfp4, hadamard_block: 48, seed: 0 }.validate().is_err());
+    let cfg = MxConfig {
+        mode: BackwardMode::Mxfp4,
+        hadamard_block: 64,
+        seed: 0,
+    };
+    let e = backward_gemm(
+        &cfg,
+        &id(0),
+        MatRef::row_major(&a, 2, 96),
+        MatRef::row_major(&b, 96, 2),
+        &mut c,
+        2,
+        false,
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("96") && e.to_string().contains("64"),
+        "{e}"
+    );
+    assert!(MxConfig {
+        mode: BackwardMode::Mxfp4,
+        hadamard_block: 48,
+        seed: 0
+    }
+    .validate()
+    .is_err());
 }
 
 #[test]
 fn stream_ids_separate_every_field() {
-    let base = GemmId { step: 5, micro_step: 1, layer: 2, linear: LinearKind::Qkv, gemm: GemmKind::Wgrad };
+    let base = GemmId {
+        step: 5,
+        micro_step: 1,
+        layer: 2,
+        linear: LinearKind::Qkv,
+        gemm: GemmKind::Wgrad,
+    };
     let variants = [
         GemmId { step: 6, ..base },
-        GemmId { micro_step: 2, ..base },
+        GemmId {
+            micro_step: 2,
+            ..base
+        },
         GemmId { layer: 3, ..base },
-        GemmId { linear: LinearKind::MlpDown, ..base },
-        GemmId { gemm: GemmKind::Dgrad, ..base },
+        GemmId {
+            linear: LinearKind::MlpDown,
+            ..base
+        },
+        GemmId {
+            gemm: GemmKind::Dgrad,
+            ..base
+        },
     ];
     let s0 = base.stream(StreamRole::SrA);
     assert_eq!(s0, 5u64 << 32 | 1 << 24 | 2 << 8 | 0 << 4 | 1 << 2);
@@ -269,6 +415,9 @@ fn rht_shrinks_the_error_on_outlier_heavy_data() {
         hadamard::rht_row(row, &signs);
     }
     let (_, rotated) = quantize_rows(&xr, rows, k, Rounding::Rtn, 0, 0).unwrap();
-    let (e0, e1) = (plain.summary().unwrap().relative_error, rotated.summary().unwrap().relative_error);
+    let (e0, e1) = (
+        plain.summary().unwrap().relative_error,
+        rotated.summary().unwrap().relative_error,
+    );
     assert!(e1 < e0, "RHT error {e1} should be below plain {e0}");
 }

@@ -1,8 +1,8 @@
 //! Helpers shared by the trainer's integration tests.
 #![allow(dead_code)]
 
-use dataio::MegatronWriter;
 use dataio::Dtype;
+use dataio::MegatronWriter;
 use std::path::{Path, PathBuf};
 
 /// A fresh, empty temporary directory unique to this test.
@@ -28,7 +28,12 @@ pub fn synthetic_dataset(dir: &Path, docs: usize) -> String {
         let mut w = MegatronWriter::create(&format!("{prefix}_{part}"), Dtype::U16).unwrap();
         for _ in 0..n {
             let phrase: Vec<u32> = (0..5).map(|_| (next() % 500) as u32 + 100).collect();
-            let doc: Vec<u32> = phrase.iter().cycle().take(90 + (next() % 40) as usize).copied().collect();
+            let doc: Vec<u32> = phrase
+                .iter()
+                .cycle()
+                .take(90 + (next() % 40) as usize)
+                .copied()
+                .collect();
             w.add_document(&doc).unwrap();
         }
         w.finish().unwrap();
@@ -38,5 +43,6 @@ pub fn synthetic_dataset(dir: &Path, docs: usize) -> String {
 
 pub fn args(list: &[&str]) -> gpt::trainer::TrainArgs {
     use argh::FromArgs;
-    gpt::trainer::TrainArgs::from_args(&["train_gpt"], list).unwrap_or_else(|e| panic!("bad test args {list:?}: {}", e.output))
+    gpt::trainer::TrainArgs::from_args(&["train_gpt"], list)
+        .unwrap_or_else(|e| panic!("bad test args {list:?}: {}", e.output))
 }

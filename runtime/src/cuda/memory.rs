@@ -120,7 +120,12 @@ impl Gpu {
     }
 
     /// Copies `host` into elements `[offset, offset + host.len())` of `dst` and waits.
-    pub fn copy_to_device_at<T: DeviceElem>(&self, host: &[T], dst: &DeviceBuffer<T>, offset: usize) -> Result<()> {
+    pub fn copy_to_device_at<T: DeviceElem>(
+        &self,
+        host: &[T],
+        dst: &DeviceBuffer<T>,
+        offset: usize,
+    ) -> Result<()> {
         range_check::<T>(dst.len, offset, host.len(), "copy_to_device_at")?;
         if host.is_empty() {
             return Ok(());
@@ -143,7 +148,12 @@ impl Gpu {
 
     /// Waits for queued work, then copies elements `[offset, offset + host.len())` of `src`
     /// into `host`.
-    pub fn copy_to_host_at<T: DeviceElem>(&self, src: &DeviceBuffer<T>, offset: usize, host: &mut [T]) -> Result<()> {
+    pub fn copy_to_host_at<T: DeviceElem>(
+        &self,
+        src: &DeviceBuffer<T>,
+        offset: usize,
+        host: &mut [T],
+    ) -> Result<()> {
         range_check::<T>(src.len, offset, host.len(), "copy_to_host_at")?;
         if host.is_empty() {
             return Ok(());
@@ -152,7 +162,9 @@ impl Gpu {
         let at = src.ptr + (offset * std::mem::size_of::<T>()) as u64;
         // SAFETY: range checked; every DeviceElem bit pattern is valid; synchronized below.
         check(
-            unsafe { sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr().cast(), at, bytes, self.stream()) },
+            unsafe {
+                sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr().cast(), at, bytes, self.stream())
+            },
             || format!("copy of {bytes} B device -> host"),
         )?;
         self.synchronize("copy device -> host")
@@ -186,7 +198,13 @@ impl Gpu {
     }
 
     /// Sets every byte of elements `[offset, offset + len)` of `buf` to `byte` (stream-ordered).
-    pub fn fill_bytes_range<T: DeviceElem>(&self, buf: &DeviceBuffer<T>, offset: usize, len: usize, byte: u8) -> Result<()> {
+    pub fn fill_bytes_range<T: DeviceElem>(
+        &self,
+        buf: &DeviceBuffer<T>,
+        offset: usize,
+        len: usize,
+        byte: u8,
+    ) -> Result<()> {
         range_check::<T>(buf.len, offset, len, "fill_bytes_range")?;
         if len == 0 {
             return Ok(());
@@ -194,7 +212,14 @@ impl Gpu {
         let size = std::mem::size_of::<T>();
         // SAFETY: writes exactly the checked range.
         check(
-            unsafe { sys::cuMemsetD8Async(buf.ptr + (offset * size) as u64, byte, len * size, self.stream()) },
+            unsafe {
+                sys::cuMemsetD8Async(
+                    buf.ptr + (offset * size) as u64,
+                    byte,
+                    len * size,
+                    self.stream(),
+                )
+            },
             || format!("memset of {} B", len * size),
         )
     }

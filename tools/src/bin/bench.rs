@@ -162,16 +162,30 @@ fn run(args: Args) -> Result<i32, String> {
     }
     let counters = runtime::counters::Counters::open(0);
     let counters_line = match (&counters, on_gpu) {
-        (Ok(c), true) => format!("NVML: {} (energy per token in the step suite)", c.device_name),
+        (Ok(c), true) => format!(
+            "NVML: {} (energy per token in the step suite)",
+            c.device_name
+        ),
         (Ok(c), false) => format!("NVML: {} (not used by the cpu suites)", c.device_name),
         (Err(e), _) => e.clone(),
     };
     eprintln!("{counters_line}");
     let counters = if on_gpu { counters.ok() } else { None };
 
-    let device_name = if on_gpu { gpu_name()? } else { cpu_model_name() };
-    let device = format!("{}-{}", if on_gpu { "cuda" } else { "cpu" }, slug(&device_name));
-    let bench_device = BenchDevice { gpu: on_gpu, counters };
+    let device_name = if on_gpu {
+        gpu_name()?
+    } else {
+        cpu_model_name()
+    };
+    let device = format!(
+        "{}-{}",
+        if on_gpu { "cuda" } else { "cpu" },
+        slug(&device_name)
+    );
+    let bench_device = BenchDevice {
+        gpu: on_gpu,
+        counters,
+    };
     let mut entries = Vec::new();
     let mut ceilings = Ceilings::default();
     if on_gpu && suites.contains(&"kernels") {
@@ -794,7 +808,9 @@ impl BenchDevice {
         if self.gpu {
             gpu_backend(gpt)
         } else {
-            Ok(Box::new(CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?))
+            Ok(Box::new(
+                CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?,
+            ))
         }
     }
 
@@ -806,7 +822,9 @@ impl BenchDevice {
 
 #[cfg(feature = "cuda")]
 fn gpu_backend(gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
-    Ok(Box::new(gpt::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?))
+    Ok(Box::new(
+        gpt::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?,
+    ))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -826,11 +844,24 @@ fn gpu_kernels_suite(gpt: &Gpt, m: &Method) -> Result<(Vec<Value>, Ceilings), St
         sgemm_n: gc.gemm_n,
         copy_bytes: gc.copy_bytes,
     };
-    eprintln!("ceilings: copy {:.1} GB/s, bf16 GEMM {:.1} TFLOP/s at {}^3", gc.copy_gbps, gc.gemm_tflops, gc.gemm_n);
-    let timings = tools::gpu_bench::kernels(&g, gpt, m.warmup, m.reps).map_err(|e| e.to_string())?;
+    eprintln!(
+        "ceilings: copy {:.1} GB/s, bf16 GEMM {:.1} TFLOP/s at {}^3",
+        gc.copy_gbps, gc.gemm_tflops, gc.gemm_n
+    );
+    let timings =
+        tools::gpu_bench::kernels(&g, gpt, m.warmup, m.reps).map_err(|e| e.to_string())?;
     let entries = timings
         .into_iter()
-        .map(|t| kernel_entry(&t.name, t.shape, Stats::from_samples(t.samples_ms), t.flops, t.bytes, &ceil))
+        .map(|t| {
+            kernel_entry(
+                &t.name,
+                t.shape,
+                Stats::from_samples(t.samples_ms),
+                t.flops,
+                t.bytes,
+                &ceil,
+            )
+        })
         .collect();
     Ok((entries, ceil))
 }
@@ -842,7 +873,11 @@ fn gpu_kernels_suite(_gpt: &Gpt, _m: &Method) -> Result<(Vec<Value>, Ceilings), 
 
 #[cfg(feature = "cuda")]
 fn gpu_name() -> Result<String, String> {
-    Ok(runtime::cuda::Gpu::new(0).map_err(|e| format!("--device cuda: {e}"))?.props().name.clone())
+    Ok(runtime::cuda::Gpu::new(0)
+        .map_err(|e| format!("--device cuda: {e}"))?
+        .props()
+        .name
+        .clone())
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -852,7 +887,13 @@ fn gpu_name() -> Result<String, String> {
 
 /// One training step per repetition; a mode whose backward fails (the MXFP4 GEMM not built in
 /// yet, say) is recorded with its error instead of numbers.
-fn step_entry(gpt: &Gpt, mode: BackwardMode, m: &Method, ceil: &Ceilings, dev: &BenchDevice) -> Value {
+fn step_entry(
+    gpt: &Gpt,
+    mode: BackwardMode,
+    m: &Method,
+    ceil: &Ceilings,
+    dev: &BenchDevice,
+) -> Value {
     let name = format!("step/{}", mode.name());
     let shape = format!(
         "model={} B={} T={}",
@@ -868,7 +909,11 @@ fn step_entry(gpt: &Gpt, mode: BackwardMode, m: &Method, ceil: &Ceilings, dev: &
             let fpt = gpt.cfg.flops_per_token(gpt.seq);
             // A GPU's peak comes from the device table; the CPU's is the bench's own sgemm
             // ceiling. MXGPT_PEAK_TFLOPS overrides both.
-            let peak_name = if dev.gpu { gpu_name().unwrap_or_default() } else { String::new() };
+            let peak_name = if dev.gpu {
+                gpu_name().unwrap_or_default()
+            } else {
+                String::new()
+            };
             let peak = match runtime::counters::peak_tflops(&peak_name) {
                 Ok(Some(p)) => p,
                 _ if dev.gpu => f64::NAN,
@@ -993,7 +1038,10 @@ fn run_steps(
         return Err(e);
     }
     // Energy over the measured steps (after the warm-up), from NVML's total-energy counter.
-    let joules_per_step = match (m.warmup.checked_sub(1).and_then(|i| energy_mj.get(i)), energy_mj.last()) {
+    let joules_per_step = match (
+        m.warmup.checked_sub(1).and_then(|i| energy_mj.get(i)),
+        energy_mj.last(),
+    ) {
         (Some(Some(a)), Some(Some(b))) if energy_mj.len() > m.warmup && b > a => {
             Some((b - a) as f64 * 1e-3 / (energy_mj.len() - m.warmup) as f64)
         }
@@ -1149,7 +1197,6 @@ fn utc_now() -> (String, String) {
         format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}"),
     )
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Regression comparison
@@ -1308,7 +1355,11 @@ fn entry_medians(d: &Value) -> Vec<(String, f64)> {
         .flatten()
         .filter_map(|e| {
             Some((
-                format!("{} [{}]", e["name"].as_str()?, e["shape"].as_str().unwrap_or("")),
+                format!(
+                    "{} [{}]",
+                    e["name"].as_str()?,
+                    e["shape"].as_str().unwrap_or("")
+                ),
                 e["stats"]["median_ms"].as_f64()?,
             ))
         })

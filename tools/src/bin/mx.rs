@@ -10,7 +10,9 @@
 
 use argh::FromArgs;
 use gpt::cpu::gemm::MatRef;
-use gpt::mx::{self, format, hadamard, GemmId, GemmKind, LinearKind, MxConfig, MxTelemetry, Rounding};
+use gpt::mx::{
+    self, format, hadamard, GemmId, GemmKind, LinearKind, MxConfig, MxTelemetry, Rounding,
+};
 use gpt::precision::BackwardMode;
 use std::path::PathBuf;
 use tools::{read_f32_file, write_atomic, write_f32_file};
@@ -126,18 +128,31 @@ fn main() {
 fn read_input(path: &PathBuf, multiple: usize, what: &str) -> Result<Vec<f32>, String> {
     let x = read_f32_file(path)?;
     if x.is_empty() || x.len() % multiple != 0 {
-        return Err(format!("{}: {} values; {what} needs a non-empty multiple of {multiple}", path.display(), x.len()));
+        return Err(format!(
+            "{}: {} values; {what} needs a non-empty multiple of {multiple}",
+            path.display(),
+            x.len()
+        ));
     }
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(format!("{}: value {i} is {} (NaN/Inf input cannot be quantized)", path.display(), x[i]));
+        return Err(format!(
+            "{}: value {i} is {} (NaN/Inf input cannot be quantized)",
+            path.display(),
+            x[i]
+        ));
     }
     Ok(x)
 }
 
 fn quantize(q: Quantize) -> Result<(), String> {
     let rounding: Rounding = q.rounding.parse()?;
-    let x = read_input(&q.input, format::BLOCK, "MXFP4 quantization (32-element blocks)")?;
-    let (op, _) = mx::quantize_rows(&x, 1, x.len(), rounding, q.seed, q.stream).map_err(|e| e.to_string())?;
+    let x = read_input(
+        &q.input,
+        format::BLOCK,
+        "MXFP4 quantization (32-element blocks)",
+    )?;
+    let (op, _) =
+        mx::quantize_rows(&x, 1, x.len(), rounding, q.seed, q.stream).map_err(|e| e.to_string())?;
     write_f32_file(&q.output, &op.dequantize(rounding == Rounding::Sr))?;
     if let Some(p) = &q.packed {
         write_atomic(p, &op.to_bytes())?;
@@ -150,22 +165,59 @@ fn gemm(g: Gemm) -> Result<(), String> {
     let a = read_f32_file(&g.a)?;
     let b = read_f32_file(&g.b)?;
     if a.len() != g.m * g.k {
-        return Err(format!("{}: {} values, but --m {} x --k {} = {}", g.a.display(), a.len(), g.m, g.k, g.m * g.k));
+        return Err(format!(
+            "{}: {} values, but --m {} x --k {} = {}",
+            g.a.display(),
+            a.len(),
+            g.m,
+            g.k,
+            g.m * g.k
+        ));
     }
     if b.len() != g.k * g.n {
-        return Err(format!("{}: {} values, but --k {} x --n {} = {}", g.b.display(), b.len(), g.k, g.n, g.k * g.n));
+        return Err(format!(
+            "{}: {} values, but --k {} x --n {} = {}",
+            g.b.display(),
+            b.len(),
+            g.k,
+            g.n,
+            g.k * g.n
+        ));
     }
     for (name, v) in [(&g.a, &a), (&g.b, &b)] {
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(format!("{}: value {i} is {} (NaN/Inf input)", name.display(), v[i]));
+            return Err(format!(
+                "{}: value {i} is {} (NaN/Inf input)",
+                name.display(),
+                v[i]
+            ));
         }
     }
-    let cfg = MxConfig { mode, hadamard_block: g.hadamard_block, seed: g.seed };
+    let cfg = MxConfig {
+        mode,
+        hadamard_block: g.hadamard_block,
+        seed: g.seed,
+    };
     cfg.validate().map_err(|e| e.to_string())?;
-    let id = GemmId { step: g.step, micro_step: 0, layer: 0, linear: LinearKind::Qkv, gemm: GemmKind::Dgrad };
+    let id = GemmId {
+        step: g.step,
+        micro_step: 0,
+        layer: 0,
+        linear: LinearKind::Qkv,
+        gemm: GemmKind::Dgrad,
+    };
     let mut c = vec![0.0f32; g.m * g.n];
-    mx::backward_gemm(&cfg, &id, MatRef::row_major(&a, g.m, g.k), MatRef::row_major(&b, g.k, g.n), &mut c, g.n, false, None)
-        .map_err(|e| format!("--backward {mode}: {e}"))?;
+    mx::backward_gemm(
+        &cfg,
+        &id,
+        MatRef::row_major(&a, g.m, g.k),
+        MatRef::row_major(&b, g.k, g.n),
+        &mut c,
+        g.n,
+        false,
+        None,
+    )
+    .map_err(|e| format!("--backward {mode}: {e}"))?;
     write_f32_file(&g.output, &c)
 }
 
@@ -178,37 +230,95 @@ struct Report {
 }
 
 fn measure(x: &[f32], rounding: Rounding, seed: u64) -> Result<Report, String> {
-    let (op, tel) = mx::quantize_rows(x, 1, x.len(), rounding, seed, 0).map_err(|e| e.to_string())?;
+    let (op, tel) =
+        mx::quantize_rows(x, 1, x.len(), rounding, seed, 0).map_err(|e| e.to_string())?;
     let deq = op.dequantize(rounding == Rounding::Sr);
     let n = x.len() as f64;
-    let bias = deq.iter().zip(x).map(|(d, v)| (*d - *v) as f64).sum::<f64>() / n;
-    let mean_abs_err = deq.iter().zip(x).map(|(d, v)| ((*d - *v) as f64).abs()).sum::<f64>() / n;
-    Ok(Report { tel, bias, mean_abs_err, scales: op.scales })
+    let bias = deq
+        .iter()
+        .zip(x)
+        .map(|(d, v)| (*d - *v) as f64)
+        .sum::<f64>()
+        / n;
+    let mean_abs_err = deq
+        .iter()
+        .zip(x)
+        .map(|(d, v)| ((*d - *v) as f64).abs())
+        .sum::<f64>()
+        / n;
+    Ok(Report {
+        tel,
+        bias,
+        mean_abs_err,
+        scales: op.scales,
+    })
 }
 
 fn stats(s: Stats) -> Result<(), String> {
     let rounding: Rounding = s.rounding.parse()?;
     if !hadamard::HADAMARD_BLOCKS.contains(&s.hadamard_block) {
-        return Err(format!("--hadamard-block {} is not one of 16, 32, 64, 128, 256", s.hadamard_block));
+        return Err(format!(
+            "--hadamard-block {} is not one of 16, 32, 64, 128, 256",
+            s.hadamard_block
+        ));
     }
     let g = s.hadamard_block;
-    let x = read_input(&s.input, g.max(format::BLOCK), "stats (MX blocks and Hadamard blocks)")?;
+    let x = read_input(
+        &s.input,
+        g.max(format::BLOCK),
+        "stats (MX blocks and Hadamard blocks)",
+    )?;
     let mut xr = x.clone();
     hadamard::rht_row(&mut xr, &hadamard::rht_signs(s.seed, 1, g));
     let plain = measure(&x, rounding, s.seed)?;
     let rotated = measure(&xr, rounding, s.seed)?;
     let rms = (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    println!("{}: {} values ({} blocks of 32), rms {rms:.4e}, max |x| {amax:.4e} ({:.1} x rms)", s.input.display(), x.len(), x.len() / 32, amax as f64 / rms);
-    println!("rounding: {}{}", s.rounding, if rounding == Rounding::Sr { " (3/4 pre-scale, dequantized with 4/3)" } else { " (ties to even, saturating at 6)" });
+    println!(
+        "{}: {} values ({} blocks of 32), rms {rms:.4e}, max |x| {amax:.4e} ({:.1} x rms)",
+        s.input.display(),
+        x.len(),
+        x.len() / 32,
+        amax as f64 / rms
+    );
+    println!(
+        "rounding: {}{}",
+        s.rounding,
+        if rounding == Rounding::Sr {
+            " (3/4 pre-scale, dequantized with 4/3)"
+        } else {
+            " (ties to even, saturating at 6)"
+        }
+    );
     println!();
-    println!("{:<28} {:>14} {:>14}", "", "plain MXFP4", format!("RHT (g = {g})"));
+    println!(
+        "{:<28} {:>14} {:>14}",
+        "",
+        "plain MXFP4",
+        format!("RHT (g = {g})")
+    );
     let row = |name: &str, a: String, b: String| println!("{name:<28} {a:>14} {b:>14}");
     let (sp, sr) = (plain.tel.summary().unwrap(), rotated.tel.summary().unwrap());
-    row("relative error ||Q-x||/||x||", format!("{:.4}", sp.relative_error), format!("{:.4}", sr.relative_error));
-    row("mean |Q - x|", format!("{:.4e}", plain.mean_abs_err), format!("{:.4e}", rotated.mean_abs_err));
-    row("bias mean(Q - x)", format!("{:+.3e}", plain.bias), format!("{:+.3e}", rotated.bias));
-    row("clipped (|x/2^e| > 6)", format!("{:.3}%", sp.clipped_fraction * 100.0), format!("{:.3}%", sr.clipped_fraction * 100.0));
+    row(
+        "relative error ||Q-x||/||x||",
+        format!("{:.4}", sp.relative_error),
+        format!("{:.4}", sr.relative_error),
+    );
+    row(
+        "mean |Q - x|",
+        format!("{:.4e}", plain.mean_abs_err),
+        format!("{:.4e}", rotated.mean_abs_err),
+    );
+    row(
+        "bias mean(Q - x)",
+        format!("{:+.3e}", plain.bias),
+        format!("{:+.3e}", rotated.bias),
+    );
+    row(
+        "clipped (|x/2^e| > 6)",
+        format!("{:.3}%", sp.clipped_fraction * 100.0),
+        format!("{:.3}%", sr.clipped_fraction * 100.0),
+    );
     println!();
     println!("scale exponents e (block counts):");
     let hist = |scales: &[u8]| {
@@ -222,12 +332,21 @@ fn stats(s: Stats) -> Result<(), String> {
     let keys: std::collections::BTreeSet<i32> = hp.keys().chain(hr.keys()).copied().collect();
     let widest = hp.values().chain(hr.values()).copied().max().unwrap_or(1);
     for e in keys {
-        let (a, b) = (hp.get(&e).copied().unwrap_or(0), hr.get(&e).copied().unwrap_or(0));
+        let (a, b) = (
+            hp.get(&e).copied().unwrap_or(0),
+            hr.get(&e).copied().unwrap_or(0),
+        );
         let bar = |n: usize| "#".repeat((n * 20).div_ceil(widest));
-        println!("  e = {e:>4}   plain {a:>7} {:<20}   RHT {b:>7} {}", bar(a), bar(b));
+        println!(
+            "  e = {e:>4}   plain {a:>7} {:<20}   RHT {b:>7} {}",
+            bar(a),
+            bar(b)
+        );
     }
     println!();
     println!("Why: a block's scale follows its largest entry, so one outlier pushes its neighbours toward 0;");
-    println!("the Hadamard transform spreads each outlier over g entries, evening out the block maxima.");
+    println!(
+        "the Hadamard transform spreads each outlier over g entries, evening out the block maxima."
+    );
     Ok(())
 }
