@@ -4,7 +4,6 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
-#[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod layout;
 pub mod model;

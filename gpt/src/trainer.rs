@@ -280,7 +280,6 @@ fn make_backend(args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String>
     }
 }
 
-#[cfg(feature = "cuda")]
 fn cuda_backend(gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
     Ok(Box::new(
         crate::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq)
@@ -288,22 +287,11 @@ fn cuda_backend(gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
     ))
 }
 
-#[cfg(not(feature = "cuda"))]
-fn cuda_backend(_gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
-    Err("--device cuda: this binary was built without the CUDA backend (the `cuda` cargo feature); use --device cpu, or build with --features cuda (the ./train_gpt launcher does when it finds a GPU and the CUDA toolkit)".into())
-}
-
 /// Whether GPU 0 can be opened (`auto`).
-#[cfg(feature = "cuda")]
 fn gpu_probe() -> Result<(), String> {
     runtime::cuda::Gpu::new(0)
         .map(|_| ())
         .map_err(|e| format!("no usable GPU: {e}"))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn gpu_probe() -> Result<(), String> {
-    Err("this build has no CUDA backend (built without the `cuda` feature)".into())
 }
 
 /// Where `data/` and `.cache/` live: `MXGPT_ROOT` (set by the launchers) or the current directory.

@@ -1,8 +1,19 @@
 // Shared helpers for the CUDA-C kernels: bf16 <-> f32, the stochastic-rounding hash, warp sums.
 // Included by the .cu files; not a module of its own (build.rs compiles only *.cu / *.ptx).
+//
+// The same sources also compile for the host execution harness (ptx/host, MXGPT_HOST_HARNESS
+// defined), which runs them on the CPU in CI: there cuda_host.cuh supplies the programming model
+// (threads, barriers, shuffles, bf16) that nvcc and <cuda_bf16.h> supply on the device. Inline
+// PTX lives only in ptx_ops.cuh, each instruction beside its host twin.
 #pragma once
+#ifdef MXGPT_HOST_HARNESS
+#include "cuda_host.cuh"
+#else
 #include <cuda_bf16.h>
 #include <stdint.h>
+#define MXH_DYNAMIC_SMEM(T, name) extern __shared__ __align__(16) unsigned char name##_bytes[]; \
+    T* name = reinterpret_cast<T*>(name##_bytes)
+#endif
 
 typedef __nv_bfloat16 bf16;
 

@@ -91,7 +91,7 @@
 // NOT YET RUN ON A GPU. The tile / fragment index math was checked only off-GPU, by replaying
 // it in a host script that models ldmatrix(.trans) and mma.m16n8k16 fragments as the PTX ISA
 // specifies them (all three forms, both paths, ragged shapes: exact on integer data).
-#include "common.cuh"
+#include "ptx_ops.cuh"
 
 #define GEMM_BM 128  // tile rows (M)
 #define GEMM_BN 128  // tile columns (N); the shared-memory layouts below assume BM == BN
@@ -113,52 +113,6 @@ struct Tile {
     static constexpr int LD = KMAJOR ? GEMM_BK + GEMM_PAD : GEMM_BM + GEMM_PAD;
     static constexpr int ELEMS = KMAJOR ? GEMM_BM * LD : GEMM_BK * LD;
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-// 16-byte asynchronous copy global -> shared; src_bytes = 0 writes 16 zero bytes and reads
-// nothing (src must still be a valid address).
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)),
-                 "l"(__cvta_generic_to_global(gmem)), "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-// Wait until at most one committed group is still in flight.
-__device__ __forceinline__ void cp_async_wait_1() {
-    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-}
-
-// Four 8x8 b16 matrices; lane l gives the address of row (l % 8) of matrix (l / 8).
-// Without .trans lane i receives row i/4, columns 2(i%4), 2(i%4)+1 of each matrix; with .trans
-// it receives column i/4, rows 2(i%4), 2(i%4)+1 (the matrix transposed).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p))
-                 : "memory");
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p))
-                 : "memory");
-}
-
-// d += a . b for one 16x8x16 tile. With g = lane / 4, t = lane % 4 (PTX ISA, mma.m16n8k16):
-//   a[0] = A[g][2t..2t+1]  a[1] = A[g+8][2t..]  a[2] = A[g][2t+8..]  a[3] = A[g+8][2t+8..]
-//   b0 = B[2t..2t+1][g]    b1 = B[2t+8..2t+9][g]
-//   d[0], d[1] = C[g][2t], C[g][2t+1]            d[2], d[3] = C[g+8][2t], C[g+8][2t+1]
-__device__ __forceinline__ void mma_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // Copies the k-slice [k0, k0 + BK) of rows [mn0, mn0 + BM) of one operand into shared tile s,
 // zero outside [0, MN) x [0, K). Global layout: K-major element (mn, k) at g[mn * K + k],
@@ -274,7 +228,7 @@ __device__ __forceinline__ void gemm_tile(bf16* C, bf16* gelu_out, const bf16* A
             load_tile<B_KMAJOR, VEC>(sB[cur ^ 1], B, N, K, n0, (kt + 1) * GEMM_BK);
         }
         cp_async_commit();   // (possibly empty) group for step kt+1
-        cp_async_wait_1();   // this thread's copies for step kt have landed
+        cp_async_wait<1>();  // this thread's copies for step kt have landed
         __syncthreads();     // ... and everyone else's (also orders the scalar path's stores)
 #pragma unroll
         for (int kb = 0; kb < GEMM_BK; kb += 16) {
@@ -287,7 +241,8 @@ __device__ __forceinline__ void gemm_tile(bf16* C, bf16* gelu_out, const bf16* A
             for (int i = 0; i < 4; i++)
 #pragma unroll
                 for (int j = 0; j < 4; j++)
-                    mma_16816(acc[i][j], a[i], b[j >> 1][2 * (j & 1)], b[j >> 1][2 * (j & 1) + 1]);
+                    mma_bf16_16816(acc[i][j], a[i], b[j >> 1][2 * (j & 1)],
+                                   b[j >> 1][2 * (j & 1) + 1]);
         }
         __syncthreads();  // stage cur is overwritten by the prefetch of step kt+2
     }

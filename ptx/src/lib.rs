@@ -10,6 +10,8 @@
 //! Nothing here has been run on a GPU yet: the build proves only that every module compiles and
 //! assembles.
 
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod host;
 
 /// One embedded PTX module for one target.
@@ -21,6 +23,9 @@ pub struct Variant {
     pub target: &'static str,
     /// PTX text (no NUL terminator).
     pub ptx: &'static str,
+    /// SASS for `target` as ptxas built it (the same run that checked for spills), loaded
+    /// instead of the PTX on a device that can run it (`cubin_runs_on`).
+    pub cubin: Option<&'static [u8]>,
 }
 
 #[cfg(feature = "cuda")]
@@ -34,40 +39,82 @@ pub const MODULES: &[(&str, &str)] = &[];
 #[cfg(not(feature = "cuda"))]
 pub const VARIANTS: &[Variant] = &[];
 
-/// Compute capability `(major, minor)` and whether the target is an arch-specific `a` target.
-pub fn parse_target(target: &str) -> Option<(u32, u32, bool)> {
+/// What a target name promises about where its code runs (PTX ISA, "Target ISA notes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TargetKind {
+    /// `sm_XY`: PTX that the driver can JIT for any device of compute capability >= X.Y; its
+    /// SASS runs on X.y with y >= Y.
+    Plain,
+    /// `sm_XYf` (PTX 8.8+): family-specific features; runs on devices of the same major
+    /// version with minor >= Y (sm_100f: B200 10.0 and B300 10.3).
+    Family,
+    /// `sm_XYa`: architecture-specific features (wgmma, tcgen05); runs on exactly X.Y.
+    ArchSpecific,
+}
+
+/// A parsed target: compute capability and kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub major: u32,
+    pub minor: u32,
+    pub kind: TargetKind,
+}
+
+/// Parses `sm_90a`, `sm_100f`, `sm_80`, `sm_120` (None for anything else).
+pub fn parse_target(target: &str) -> Option<Target> {
     let digits = target.strip_prefix("sm_")?;
-    let (digits, arch_specific) = match digits.strip_suffix('a') {
-        Some(d) => (d, true),
-        None => (digits, false),
+    let (digits, kind) = if let Some(d) = digits.strip_suffix('a') {
+        (d, TargetKind::ArchSpecific)
+    } else if let Some(d) = digits.strip_suffix('f') {
+        (d, TargetKind::Family)
+    } else {
+        (digits, TargetKind::Plain)
     };
     if digits.len() < 2 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let (major, minor) = digits.split_at(digits.len() - 1);
-    Some((major.parse().ok()?, minor.parse().ok()?, arch_specific))
+    Some(Target {
+        major: major.parse().ok()?,
+        minor: minor.parse().ok()?,
+        kind,
+    })
 }
 
-/// The variant of `module` that a device of compute capability `major.minor` can load: an
-/// arch-specific target (`sm_90a`) only on exactly that chip, otherwise the highest plain target
-/// not above the device (PTX JIT compiles forward). `None` if no variant fits.
+impl Target {
+    /// Whether this target's PTX can be loaded on a device of compute capability major.minor.
+    pub fn ptx_runs_on(&self, major: u32, minor: u32) -> bool {
+        match self.kind {
+            TargetKind::ArchSpecific => (self.major, self.minor) == (major, minor),
+            TargetKind::Family => self.major == major && minor >= self.minor,
+            TargetKind::Plain => (self.major, self.minor) <= (major, minor),
+        }
+    }
+
+    /// Whether SASS built for this target runs on a device of compute capability major.minor
+    /// (SASS is compatible only within one major version, never forward across it).
+    pub fn cubin_runs_on(&self, major: u32, minor: u32) -> bool {
+        match self.kind {
+            TargetKind::ArchSpecific => (self.major, self.minor) == (major, minor),
+            TargetKind::Family | TargetKind::Plain => self.major == major && minor >= self.minor,
+        }
+    }
+}
+
+/// The variant of `module` that a device of compute capability `major.minor` should load: the
+/// exact arch-specific build (`sm_90a` on an H100), else a family build of its family
+/// (`sm_100f` on a B300), else the highest plain target not above the device (PTX JIT compiles
+/// forward). `None` if no variant fits.
 pub fn select_variant(module: &str, major: u32, minor: u32) -> Option<&'static Variant> {
-    let device = (major, minor);
-    let mut best: Option<(&'static Variant, (u32, u32, bool))> = None;
+    let mut best: Option<(&'static Variant, (TargetKind, u32, u32))> = None;
     for v in VARIANTS.iter().filter(|v| v.module == module) {
-        let Some((ma, mi, a)) = parse_target(v.target) else {
+        let Some(t) = parse_target(v.target) else {
             continue;
         };
-        let fits = if a {
-            (ma, mi) == device
-        } else {
-            (ma, mi) <= device
-        };
-        if !fits {
+        if !t.ptx_runs_on(major, minor) {
             continue;
         }
-        // Prefer the exact arch-specific build, then the highest plain target.
-        let rank = (ma, mi, a);
+        let rank = (t.kind, t.major, t.minor);
         if best.is_none_or(|(_, r)| rank > r) {
             best = Some((v, rank));
         }
@@ -75,18 +122,53 @@ pub fn select_variant(module: &str, major: u32, minor: u32) -> Option<&'static V
     best.map(|(v, _)| v)
 }
 
+/// The image to load for `v` on a device of compute capability major.minor: its cubin when the
+/// SASS runs there, else its PTX (JIT). `true` in the second field means a cubin.
+pub fn image_for(v: &Variant, major: u32, minor: u32) -> (&'static [u8], bool) {
+    match (v.cubin, parse_target(v.target)) {
+        (Some(c), Some(t)) if t.cubin_runs_on(major, minor) => (c, true),
+        _ => (v.ptx.as_bytes(), false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn t(major: u32, minor: u32, kind: TargetKind) -> Option<Target> {
+        Some(Target { major, minor, kind })
+    }
+
     #[test]
     fn parses_targets() {
-        assert_eq!(parse_target("sm_90a"), Some((9, 0, true)));
-        assert_eq!(parse_target("sm_80"), Some((8, 0, false)));
-        assert_eq!(parse_target("sm_100a"), Some((10, 0, true)));
-        assert_eq!(parse_target("sm_120"), Some((12, 0, false)));
+        use TargetKind::*;
+        assert_eq!(parse_target("sm_90a"), t(9, 0, ArchSpecific));
+        assert_eq!(parse_target("sm_80"), t(8, 0, Plain));
+        assert_eq!(parse_target("sm_100a"), t(10, 0, ArchSpecific));
+        assert_eq!(parse_target("sm_100f"), t(10, 0, Family));
+        assert_eq!(parse_target("sm_103f"), t(10, 3, Family));
+        assert_eq!(parse_target("sm_120"), t(12, 0, Plain));
         assert_eq!(parse_target("compute_90"), None);
         assert_eq!(parse_target("sm_9"), None);
+        assert_eq!(parse_target("sm_90x"), None);
+    }
+
+    #[test]
+    fn which_devices_run_which_targets() {
+        let a90 = parse_target("sm_90a").unwrap();
+        let f100 = parse_target("sm_100f").unwrap();
+        let f103 = parse_target("sm_103f").unwrap();
+        let p80 = parse_target("sm_80").unwrap();
+        // PTX: exact chip / same family upward / any newer device.
+        assert!(a90.ptx_runs_on(9, 0) && !a90.ptx_runs_on(10, 0) && !a90.ptx_runs_on(8, 9));
+        assert!(f100.ptx_runs_on(10, 0) && f100.ptx_runs_on(10, 3) && !f100.ptx_runs_on(12, 0));
+        assert!(!f103.ptx_runs_on(10, 0) && f103.ptx_runs_on(10, 3));
+        assert!(p80.ptx_runs_on(8, 0) && p80.ptx_runs_on(9, 0) && p80.ptx_runs_on(12, 0));
+        assert!(!p80.ptx_runs_on(7, 5));
+        // SASS: never across a major version.
+        assert!(p80.cubin_runs_on(8, 6) && !p80.cubin_runs_on(9, 0));
+        assert!(a90.cubin_runs_on(9, 0) && !a90.cubin_runs_on(9, 1));
+        assert!(f100.cubin_runs_on(10, 3) && !f100.cubin_runs_on(11, 0));
     }
 
     #[cfg(not(feature = "cuda"))]
@@ -115,6 +197,34 @@ mod tests {
                 "{}: PTX lacks '{target_line}'",
                 v.module
             );
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cubins_are_embedded_and_chosen_only_where_they_run() {
+        for v in VARIANTS {
+            let c = v
+                .cubin
+                .unwrap_or_else(|| panic!("{} {}: no cubin", v.module, v.target));
+            assert_eq!(
+                &c[..4],
+                b"\x7fELF",
+                "{} {}: a cubin is an ELF image",
+                v.module,
+                v.target
+            );
+            let t = parse_target(v.target).unwrap();
+            let (img, is_cubin) = image_for(v, t.major, t.minor);
+            assert!(
+                is_cubin && img.as_ptr() == c.as_ptr(),
+                "{} {}",
+                v.module,
+                v.target
+            );
+            // One major version up, only PTX can serve (and only for plain targets).
+            let (img, is_cubin) = image_for(v, t.major + 1, 0);
+            assert!(!is_cubin && img == v.ptx.as_bytes());
         }
     }
 

@@ -1,13 +1,44 @@
-//! What every GPU test file needs (feature `cuda`): the device, a deterministic random source,
-//! NaN-poisoned outputs and a NaN-safe closeness check. `use tests::gpu::*;` (a file may shadow
-//! any of these with its own).
+//! What every GPU test file needs: the device, a deterministic random source, NaN-poisoned
+//! outputs and a NaN-safe closeness check. `use tests::gpu::*;` (a file may shadow any of these
+//! with its own).
+//!
+//! The device. The GPU tests run on the host execution harness by default (every kernel compiled
+//! for the CPU and run with the GPU's programming model: ptx/host), so `cargo test` exercises
+//! every kernel and launcher on any machine. On a GPU host, `MXGPT_TEST_DEVICE=cuda` (set by the
+//! bundle's run-gpu-tests.sh) runs the same tests on GPU 0, and fails if there is none.
+//! `MXGPT_HARNESS_SCHEDULE=inorder|reverse|random:SEED` picks the harness's thread schedule
+//! (default inorder); a kernel that passes under one and fails under another has a race.
 
 use runtime::cuda::half::bf16;
-use runtime::cuda::{DeviceBuffer, DeviceElem, Gpu};
+use runtime::cuda::{DeviceBuffer, DeviceElem, DeviceKind, Gpu, Schedule};
 
-/// GPU 0, or a panic that says the GPU tests need one.
+/// The device the GPU tests run on (see the module doc).
 pub fn gpu() -> Gpu {
-    Gpu::new(0).unwrap_or_else(|e| panic!("GPU tests need a CUDA device: {e}"))
+    match std::env::var("MXGPT_TEST_DEVICE").as_deref() {
+        Ok("cuda") => {
+            Gpu::new(0).unwrap_or_else(|e| panic!("MXGPT_TEST_DEVICE=cuda but no usable GPU: {e}"))
+        }
+        Ok("harness") | Err(_) => Gpu::harness(harness_schedule()),
+        Ok(other) => panic!("MXGPT_TEST_DEVICE={other}: expected cuda or harness"),
+    }
+}
+
+/// The harness schedule from MXGPT_HARNESS_SCHEDULE (default: threads in order).
+pub fn harness_schedule() -> Schedule {
+    match std::env::var("MXGPT_HARNESS_SCHEDULE").as_deref() {
+        Err(_) | Ok("inorder") => Schedule::InOrder,
+        Ok("reverse") => Schedule::Reverse,
+        Ok(s) => match s.strip_prefix("random:").and_then(|n| n.parse().ok()) {
+            Some(seed) => Schedule::Random(seed),
+            None => panic!("MXGPT_HARNESS_SCHEDULE={s}: expected inorder, reverse or random:SEED"),
+        },
+    }
+}
+
+/// Whether the tests run on a real GPU: the largest shapes (vocabulary-sized GEMMs, long
+/// sequences) run only there; the harness takes the same code paths on smaller ones.
+pub fn on_gpu(g: &Gpu) -> bool {
+    g.kind() == DeviceKind::Cuda
 }
 
 /// xorshift64* uniform in [-scale, scale): deterministic, no extra dependency.

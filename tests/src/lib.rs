@@ -1,5 +1,4 @@
 //! Shared helpers for the cross-crate integration tests.
 
 /// Helpers shared by the GPU test files (tests/tests/gpu_*.rs).
-#[cfg(feature = "cuda")]
 pub mod gpu;

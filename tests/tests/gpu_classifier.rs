@@ -17,8 +17,6 @@
 //! rel 1e-2. bf16 keeps f32's exponent range, so small probabilities keep their relative
 //! accuracy; abs 1e-9 absorbs values below ~1e-38, where the CPU's exp_f32 clamps its argument
 //! at -87.3 (giving ~1e-38, not 0) and the GPU's exp2f goes subnormal or 0.
-#![cfg(feature = "cuda")]
-
 use tests::gpu::*;
 
 use gpt::cpu::ops;

@@ -21,8 +21,6 @@
 //! fails. GELU output: exactly bf16(gelu(out)) of the GPU's own bf16 pre-activation up to tanhf
 //! vs Rust tanh and the bf16 rounding: 1e-2 relative + 1e-5 absolute (cancellation in 1 + tanh
 //! for negative inputs). NaN never passes (checks are `assert!(err <= tol)`, false for NaN).
-#![cfg(feature = "cuda")]
-
 use tests::gpu::*;
 
 use gpt::cpu::ops;

@@ -15,8 +15,6 @@
 //! the launchers of gpt::cuda::kernels (what training uses): the encoder's host-built token
 //! index, in-place GELU backward, AdamW (tested only this way), bf16 clipping, the batched
 //! transpose.
-#![cfg(feature = "cuda")]
-
 use tests::gpu::*;
 
 use gpt::cpu::ops;

@@ -8,8 +8,6 @@
 //!
 //! Every output is poisoned with 0xFF bytes (NaN) first, and comparisons are written as
 //! `!(err <= tol)` so NaN never passes. Tolerances are stated per test.
-#![cfg(feature = "cuda")]
-
 use tests::gpu::*;
 
 use gpt::cpu::ops;

@@ -1,6 +1,5 @@
 //! tools: the `data`, `mx` and `bench` command-line programs (src/bin) and what they share.
 
-#[cfg(feature = "cuda")]
 pub mod gpu_bench;
 
 use std::fs;

@@ -73,7 +73,11 @@ impl CudaBackend {
     /// Opens GPU `ordinal` and allocates everything for `cfg` at micro batch `batch` x `seq`.
     /// A model that does not fit fails here, before any allocation, with what it needs.
     pub fn new(ordinal: usize, cfg: &ModelConfig, batch: usize, seq: usize) -> BResult<Self> {
-        let gpu = Gpu::new(ordinal).map_err(err)?;
+        Self::on(Gpu::new(ordinal).map_err(err)?, cfg, batch, seq)
+    }
+
+    /// The backend on an open device (a GPU, or the host harness in tests).
+    pub fn on(gpu: Gpu, cfg: &ModelConfig, batch: usize, seq: usize) -> BResult<Self> {
         let layout = ParamLayout::new(cfg);
         let a = ActLayout::new(cfg, batch, seq);
         let bt = batch * seq;

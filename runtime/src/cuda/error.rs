@@ -1,7 +1,5 @@
 //! CUDA errors that say which call failed, on what, and why.
 
-use super::sys;
-use std::ffi::CStr;
 use std::fmt;
 
 /// A failed driver call: `context` names the call and its subject (kernel, grid, buffer size...),
@@ -24,8 +22,9 @@ impl CudaError {
 }
 
 /// `Ok(())` for CUDA_SUCCESS, else an error carrying `context` (built only on failure).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub fn check(code: u32, context: impl FnOnce() -> String) -> Result<()> {
-    if code == sys::SUCCESS {
+    if code == 0 {
         Ok(())
     } else {
         Err(CudaError::new(context(), code))
@@ -82,7 +81,10 @@ pub fn hint(code: u32) -> Option<&'static str> {
 }
 
 /// The driver's own description, when the driver can give one.
+#[cfg(feature = "cuda")]
 fn driver_description(code: u32) -> Option<String> {
+    use super::sys;
+    use std::ffi::CStr;
     let mut text: *const std::os::raw::c_char = std::ptr::null();
     // SAFETY: out-pointer to a static string owned by the driver; checked for null below.
     let status = unsafe { sys::cuGetErrorString(code, &mut text) };
@@ -95,6 +97,11 @@ fn driver_description(code: u32) -> Option<String> {
             .to_string_lossy()
             .into_owned(),
     )
+}
+
+#[cfg(not(feature = "cuda"))]
+fn driver_description(_code: u32) -> Option<String> {
+    None
 }
 
 impl fmt::Display for CudaError {

@@ -77,6 +77,9 @@ impl fmt::Display for LaunchConfig {
 /// (a C scalar of the same size, or a 64-bit device address), valid while `self` is borrowed.
 pub unsafe trait KernelArg {
     fn as_kernel_param(&self) -> *mut c_void;
+    /// Size in bytes of the value `as_kernel_param` points at (the harness checks it against
+    /// the kernel's parameter; a GPU launch cannot).
+    fn param_size(&self) -> usize;
 }
 
 macro_rules! scalar_args {
@@ -85,6 +88,9 @@ macro_rules! scalar_args {
         unsafe impl KernelArg for $t {
             fn as_kernel_param(&self) -> *mut c_void {
                 self as *const $t as *mut c_void
+            }
+            fn param_size(&self) -> usize {
+                std::mem::size_of::<$t>()
             }
         }
     )*};

@@ -1,8 +1,7 @@
-//! Typed device buffers.
+//! Typed device buffers and copies.
 
-use super::error::{check, CudaError, Result};
-use super::{sys, Gpu, KernelArg};
-use cust_raw::CUdeviceptr;
+use super::error::{CudaError, Result};
+use super::{Gpu, KernelArg};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
@@ -22,10 +21,12 @@ macro_rules! elems {
 elems!(f32 => "f32", f64 => "f64", half::bf16 => "bf16", half::f16 => "f16", u8 => "u8",
        i8 => "i8", u16 => "u16", i16 => "i16", u32 => "u32", i32 => "i32", u64 => "u64", i64 => "i64");
 
-/// `len` elements of `T` in device memory, freed on drop. Belongs to the `Gpu` that made it.
+/// `len` elements of `T` in device memory, freed on drop. Belongs to the `Gpu` that made it and
+/// must be dropped before it.
 pub struct DeviceBuffer<T: DeviceElem> {
-    ptr: CUdeviceptr,
+    ptr: u64,
     len: usize,
+    free: unsafe fn(u64),
     _marker: PhantomData<*mut T>,
 }
 
@@ -48,28 +49,29 @@ impl<T: DeviceElem> DeviceBuffer<T> {
 // SAFETY: passes the 64-bit device address, which is what a `T*` kernel parameter expects.
 unsafe impl<T: DeviceElem> KernelArg for DeviceBuffer<T> {
     fn as_kernel_param(&self) -> *mut c_void {
-        &self.ptr as *const CUdeviceptr as *mut c_void
+        &self.ptr as *const u64 as *mut c_void
+    }
+    fn param_size(&self) -> usize {
+        8
     }
 }
 
 impl<T: DeviceElem> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
         if self.ptr != 0 {
-            // SAFETY: allocated by cuMemAlloc in Gpu::alloc; the error (only possible after a
-            // sticky fault, already reported) is ignored.
-            unsafe { sys::cuMemFree_v2(self.ptr) };
+            // SAFETY: allocated by the device whose free function this is.
+            unsafe { (self.free)(self.ptr) };
         }
     }
 }
 
-fn size_check<T>(a: usize, b: usize, what: &str, tname: &str) -> Result<()> {
+fn size_check(a: usize, b: usize, what: &str, tname: &str) -> Result<()> {
     if a != b {
         return Err(CudaError::new(
             format!("{what}: device buffer has {a} {tname}, host slice {b}"),
             1,
         ));
     }
-    let _ = std::mem::size_of::<T>();
     Ok(())
 }
 
@@ -83,25 +85,27 @@ impl Gpu {
                 2,
             )
         })?;
-        let mut ptr: CUdeviceptr = 0;
-        if bytes > 0 {
-            // SAFETY: valid out-pointer; context current.
-            check(unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes) }, || {
+        let ptr = if bytes > 0 {
+            let what = || {
                 let free = self
                     .memory_info()
                     .map(|(f, t)| format!("{:.2} GiB free of {:.2} GiB", gib(f), gib(t)));
                 format!(
-                    "cuMemAlloc of {len} x {} ({:.3} GiB) on {}: {}",
+                    "allocation of {len} x {} ({:.3} GiB) on {}: {}",
                     T::NAME,
                     gib(bytes),
                     self.props().name,
                     free.unwrap_or_else(|e| format!("free memory unknown ({e})"))
                 )
-            })?;
-        }
+            };
+            self.dev.alloc(bytes, &what)?
+        } else {
+            0
+        };
         Ok(DeviceBuffer {
             ptr,
             len,
+            free: self.dev.free_fn(),
             _marker: PhantomData,
         })
     }
@@ -115,7 +119,7 @@ impl Gpu {
 
     /// Copies `host` into `dst` (same length) and waits for the copy.
     pub fn copy_to_device<T: DeviceElem>(&self, host: &[T], dst: &DeviceBuffer<T>) -> Result<()> {
-        size_check::<T>(dst.len, host.len(), "copy_to_device", T::NAME)?;
+        size_check(dst.len, host.len(), "copy_to_device", T::NAME)?;
         self.copy_to_device_at(host, dst, 0)
     }
 
@@ -130,19 +134,17 @@ impl Gpu {
         if host.is_empty() {
             return Ok(());
         }
-        let bytes = std::mem::size_of_val(host);
         let at = dst.ptr + (offset * std::mem::size_of::<T>()) as u64;
-        // SAFETY: range checked; the synchronize keeps `host` borrowed until the copy is done.
-        check(
-            unsafe { sys::cuMemcpyHtoDAsync_v2(at, host.as_ptr().cast(), bytes, self.stream()) },
-            || format!("copy of {bytes} B host -> device"),
-        )?;
-        self.synchronize("copy host -> device")
+        // SAFETY: range checked; the copy completes before this returns.
+        unsafe {
+            self.dev
+                .copy_to_device(at, host.as_ptr().cast(), std::mem::size_of_val(host))
+        }
     }
 
     /// Waits for queued work, then copies `src` into `host` (same length).
     pub fn copy_to_host<T: DeviceElem>(&self, src: &DeviceBuffer<T>, host: &mut [T]) -> Result<()> {
-        size_check::<T>(src.len, host.len(), "copy_to_host", T::NAME)?;
+        size_check(src.len, host.len(), "copy_to_host", T::NAME)?;
         self.copy_to_host_at(src, 0, host)
     }
 
@@ -158,16 +160,12 @@ impl Gpu {
         if host.is_empty() {
             return Ok(());
         }
-        let bytes = std::mem::size_of_val(host);
         let at = src.ptr + (offset * std::mem::size_of::<T>()) as u64;
-        // SAFETY: range checked; every DeviceElem bit pattern is valid; synchronized below.
-        check(
-            unsafe {
-                sys::cuMemcpyDtoHAsync_v2(host.as_mut_ptr().cast(), at, bytes, self.stream())
-            },
-            || format!("copy of {bytes} B device -> host"),
-        )?;
-        self.synchronize("copy device -> host")
+        // SAFETY: range checked; every DeviceElem bit pattern is valid.
+        unsafe {
+            self.dev
+                .copy_to_host(host.as_mut_ptr().cast(), at, std::mem::size_of_val(host))
+        }
     }
 
     /// `src` as a new host vector.
@@ -183,12 +181,12 @@ impl Gpu {
         src: &DeviceBuffer<T>,
         dst: &DeviceBuffer<T>,
     ) -> Result<()> {
-        size_check::<T>(dst.len, src.len, "copy_device", T::NAME)?;
+        size_check(dst.len, src.len, "copy_device", T::NAME)?;
+        if src.bytes() == 0 {
+            return Ok(());
+        }
         // SAFETY: both buffers live and of equal size.
-        check(
-            unsafe { sys::cuMemcpyDtoDAsync_v2(dst.ptr, src.ptr, src.bytes(), self.stream()) },
-            || format!("copy of {} B device -> device", src.bytes()),
-        )
+        unsafe { self.dev.copy_device(dst.ptr, src.ptr, src.bytes()) }
     }
 
     /// Sets every byte of `buf` to `byte` (stream-ordered). 0xFF poisons f32/bf16 with NaN,
@@ -211,17 +209,10 @@ impl Gpu {
         }
         let size = std::mem::size_of::<T>();
         // SAFETY: writes exactly the checked range.
-        check(
-            unsafe {
-                sys::cuMemsetD8Async(
-                    buf.ptr + (offset * size) as u64,
-                    byte,
-                    len * size,
-                    self.stream(),
-                )
-            },
-            || format!("memset of {} B", len * size),
-        )
+        unsafe {
+            self.dev
+                .memset(buf.ptr + (offset * size) as u64, byte, len * size)
+        }
     }
 }
 
@@ -235,6 +226,6 @@ fn range_check<T: DeviceElem>(buf_len: usize, offset: usize, len: usize, what: &
     Ok(())
 }
 
-fn gib(bytes: usize) -> f64 {
+pub(crate) fn gib(bytes: usize) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }

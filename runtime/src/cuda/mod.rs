@@ -1,26 +1,41 @@
-//! CUDA driver-API layer: one GPU context and stream, embedded kernels loaded on first use,
-//! typed device buffers, checked launches, events.
+//! The device layer: one GPU (or the host execution harness standing in for one), one stream,
+//! kernels loaded by name on first use, typed device buffers, checked launches, events.
 //!
-//! Built on cust_raw (types and link line) with our own declarations of the calls we make
-//! (`sys`, raw status codes). cust 0.3.2 itself builds with today's rustc, but it is not used:
-//! its `DeviceCopy` cannot be implemented for half 2's `bf16` (cust_core depends on half 1.x and
-//! both trait and type are foreign here), and a launch wrapper that reports grid, block and smem
-//! needs the raw call anyway.
+//! Two devices stand behind the same `Gpu` API, each behind a cargo feature:
+//! - `cuda`: a real GPU through the driver API (`driver.rs`, over cust_raw's types and link
+//!   line, with our own declarations of the calls in `sys.rs`). The kernels run as compiled by
+//!   nvcc/ptxas and embedded by the ptx crate.
+//! - `harness`: the host execution harness (`harness.rs`, over `ptx::harness`): the same kernel
+//!   sources compiled for the CPU and run with the GPU's programming model. `Gpu::harness()`
+//!   opens it; the GPU tests use it on machines without a GPU, so every launcher and kernel runs
+//!   in CI. It is slow (a CPU core emulating a warp) and meant for small test shapes.
+//! Without either feature this module still builds (the CUDA backend's code compiles
+//! everywhere), and `Gpu::new` says that the build has no GPU support.
 //!
-//! Threading: a `Gpu` makes its context current on the thread that creates it and is not
-//! `Send`; use it from that thread. Launches are asynchronous on the Gpu's stream; copies to the
-//! host synchronize the stream. Set `MXGPT_CUDA_SYNC=1` to synchronize after every launch so that
-//! an asynchronous fault is reported against the kernel that caused it.
+//! Threading: a `Gpu` is not `Send`; use it from the thread that created it (a CUDA context is
+//! current on that thread). Launches are asynchronous on a GPU and synchronous on the harness;
+//! copies to the host wait for queued work. `MXGPT_CUDA_SYNC=1` synchronizes after every launch
+//! so that an asynchronous fault is reported against the kernel that caused it.
 //!
-//! NOT VERIFIED ON A GPU: this code was compiled against a stub libcuda only. The no-driver error
-//! path is tested (against the stub); everything that needs a device is unrun.
+//! The real-driver path has not run on a GPU unless perf/ holds a GPU run of this commit.
 
 mod error;
 mod event;
-pub mod ext;
 mod launch;
 mod memory;
+
+#[cfg(feature = "cuda")]
+mod driver;
+#[cfg(feature = "cuda")]
+pub mod ext;
+#[cfg(feature = "cuda")]
 mod sys;
+
+#[cfg(feature = "harness")]
+mod harness;
+#[cfg(feature = "harness")]
+pub use ptx::harness::Schedule;
+
 #[cfg(test)]
 mod tests;
 
@@ -33,12 +48,9 @@ pub use memory::{DeviceBuffer, DeviceElem};
 /// The embedded kernels (and `ptx::host`, CPU mirrors of their bit-level helpers).
 pub use ptx;
 
-use cust_raw::{CUcontext, CUdevice, CUfunction, CUmodule, CUstream};
-use error::check;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::os::raw::{c_char, c_int};
+use std::ffi::c_void;
 
 /// What the kernels and the OOM messages need to know about the device.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,7 +74,8 @@ pub struct DeviceProps {
 /// A kernel function handle plus the name used in error messages (`module::kernel`).
 #[derive(Clone, Debug)]
 pub struct Kernel {
-    func: CUfunction,
+    /// The driver's CUfunction, or the harness's kernel index.
+    handle: u64,
     name: String,
 }
 
@@ -70,333 +83,177 @@ impl Kernel {
     pub fn name(&self) -> &str {
         &self.name
     }
-    pub fn raw(&self) -> CUfunction {
-        self.func
+    /// The raw handle: a `CUfunction` on a GPU, a kernel index on the harness.
+    pub fn raw(&self) -> u64 {
+        self.handle
     }
 }
 
-/// One device: its primary context, one stream, and the loaded-module cache.
+/// Which device a `Gpu` drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cuda,
+    Harness,
+}
+
+/// What one device implementation provides. Addresses are 64-bit device pointers (host
+/// pointers on the harness); `free` is a plain function so that buffers can free themselves.
+pub(crate) trait Device {
+    fn kind(&self) -> DeviceKind;
+    fn props(&self) -> &DeviceProps;
+    fn memory_info(&self) -> Result<(usize, usize)>;
+    fn synchronize(&self, what: &str) -> Result<()>;
+    /// `bytes` > 0 of uninitialized memory; `what` describes the request for errors.
+    fn alloc(&self, bytes: usize, what: &dyn Fn() -> String) -> Result<u64>;
+    fn free_fn(&self) -> unsafe fn(u64);
+    /// # Safety: `src` valid for `bytes`; `dst` a live device range of `bytes`.
+    unsafe fn copy_to_device(&self, dst: u64, src: *const u8, bytes: usize) -> Result<()>;
+    /// # Safety: `dst` valid for `bytes`; `src` a live device range.
+    unsafe fn copy_to_host(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()>;
+    /// # Safety: both live device ranges of `bytes`.
+    unsafe fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
+    /// # Safety: a live device range of `bytes`.
+    unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()>;
+    fn function(&self, module: &str, kernel: &str) -> Result<u64>;
+    fn set_max_dynamic_smem(&self, kernel: &Kernel, bytes: u32) -> Result<()>;
+    /// # Safety: as `Gpu::launch`.
+    unsafe fn launch(
+        &self,
+        kernel: &Kernel,
+        cfg: LaunchConfig,
+        params: &mut [*mut c_void],
+        sizes: &[u32],
+    ) -> Result<()>;
+    fn new_event(&self) -> Result<Event>;
+    fn record(&self, event: &Event) -> Result<()>;
+}
+
+/// One device: a GPU's primary context and stream, or the host harness; the kernel cache.
 pub struct Gpu {
-    device: CUdevice,
-    ctx: CUcontext,
-    stream: CUstream,
-    props: DeviceProps,
-    modules: RefCell<HashMap<String, CUmodule>>,
+    dev: Box<dyn Device>,
     kernels: RefCell<HashMap<(String, String), Kernel>>,
     sync_each_launch: bool,
 }
 
 impl Gpu {
-    /// Initializes the driver and opens device `ordinal`. Errors say plainly when there is no
-    /// driver (stub libcuda), no device, or too old a driver.
-    pub fn new(ordinal: usize) -> Result<Gpu> {
-        // SAFETY: plain driver calls with valid out-pointers; each status is checked.
-        unsafe {
-            check(sys::cuInit(0), || {
-                "cuInit (loading the NVIDIA driver)".into()
-            })?;
-            let mut driver_version = 0;
-            check(sys::cuDriverGetVersion(&mut driver_version), || {
-                "cuDriverGetVersion".into()
-            })?;
-            let mut count: c_int = 0;
-            check(sys::cuDeviceGetCount(&mut count), || {
-                "cuDeviceGetCount".into()
-            })?;
-            if count <= 0 {
-                return Err(CudaError::new("cuDeviceGetCount returned 0 devices", 100));
-            }
-            if ordinal >= count as usize {
-                return Err(CudaError::new(
-                    format!("GPU {ordinal} requested but only {count} visible"),
-                    101,
-                ));
-            }
-            let mut device: CUdevice = 0;
-            check(sys::cuDeviceGet(&mut device, ordinal as c_int), || {
-                format!("cuDeviceGet({ordinal})")
-            })?;
-            let props = query_props(device, ordinal as i32, driver_version)?;
-            let mut ctx: CUcontext = std::ptr::null_mut();
-            check(sys::cuDevicePrimaryCtxRetain(&mut ctx, device), || {
-                format!("cuDevicePrimaryCtxRetain on GPU {ordinal} ({})", props.name)
-            })?;
-            let release = |e: CudaError| {
-                sys::cuDevicePrimaryCtxRelease_v2(device);
-                e
-            };
-            check(sys::cuCtxSetCurrent(ctx), || "cuCtxSetCurrent".into()).map_err(release)?;
-            let mut stream: CUstream = std::ptr::null_mut();
-            // Flags 0: a blocking stream, ordered with the legacy default stream.
-            check(sys::cuStreamCreate(&mut stream, 0), || {
-                "cuStreamCreate".into()
-            })
-            .map_err(release)?;
-            Ok(Gpu {
-                device,
-                ctx,
-                stream,
-                props,
-                modules: RefCell::new(HashMap::new()),
-                kernels: RefCell::new(HashMap::new()),
-                sync_each_launch: std::env::var("MXGPT_CUDA_SYNC").is_ok_and(|v| v == "1"),
-            })
+    #[cfg_attr(not(any(feature = "cuda", feature = "harness")), allow(dead_code))]
+    fn with(dev: Box<dyn Device>) -> Gpu {
+        Gpu {
+            dev,
+            kernels: RefCell::new(HashMap::new()),
+            sync_each_launch: std::env::var("MXGPT_CUDA_SYNC").is_ok_and(|v| v == "1"),
         }
     }
 
+    /// GPU `ordinal` through the NVIDIA driver. Errors say plainly when there is no driver
+    /// (stub libcuda), no device, too old a driver, or no GPU support in this build.
+    pub fn new(ordinal: usize) -> Result<Gpu> {
+        #[cfg(feature = "cuda")]
+        {
+            Ok(Gpu::with(Box::new(driver::CudaDevice::open(ordinal)?)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            Err(CudaError::new(
+                format!("GPU {ordinal}: this build has no GPU support (it was built without the `cuda` feature; tools/cuda/bundle.sh builds one that has)"),
+                3,
+            ))
+        }
+    }
+
+    /// The host execution harness as a device (feature `harness`): kernels run on the CPU in
+    /// the given thread schedule. Its properties model an H100 (132 SMs, compute capability
+    /// 9.0, 227 KiB of opt-in shared memory), so launchers choose the geometry they would there.
+    #[cfg(feature = "harness")]
+    pub fn harness(schedule: Schedule) -> Gpu {
+        Gpu::with(Box::new(harness::HostDevice::new(schedule)))
+    }
+
+    pub fn kind(&self) -> DeviceKind {
+        self.dev.kind()
+    }
+
     pub fn props(&self) -> &DeviceProps {
-        &self.props
-    }
-
-    pub fn stream(&self) -> CUstream {
-        self.stream
-    }
-
-    pub fn context(&self) -> CUcontext {
-        self.ctx
+        self.dev.props()
     }
 
     /// Free and total device memory in bytes.
     pub fn memory_info(&self) -> Result<(usize, usize)> {
-        let (mut free, mut total) = (0usize, 0usize);
-        // SAFETY: valid out-pointers, context current.
-        check(
-            unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) },
-            || "cuMemGetInfo".into(),
-        )?;
-        Ok((free, total))
+        self.dev.memory_info()
     }
 
     /// Waits for all work queued on the stream; `what` names the work in the error.
     pub fn synchronize(&self, what: &str) -> Result<()> {
-        // SAFETY: our stream is valid for the Gpu's lifetime.
-        check(unsafe { sys::cuStreamSynchronize(self.stream) }, || {
-            format!("cuStreamSynchronize after {what} (an earlier asynchronous launch or copy failed; rerun with MXGPT_CUDA_SYNC=1 to find it)")
-        })
+        self.dev.synchronize(what)
     }
 
-    /// The kernel `kernel` of embedded module `module` (ptx/kernels/<module>.cu). The module's
-    /// PTX variant for this device is JIT-loaded on first use; handles are cached.
+    /// The kernel `kernel` of module `module` (ptx/kernels/<module>.cu), loaded on first use
+    /// (on a GPU, the module's build for this device); handles are cached.
     pub fn kernel(&self, module: &str, kernel: &str) -> Result<Kernel> {
         let key = (module.to_string(), kernel.to_string());
         if let Some(k) = self.kernels.borrow().get(&key) {
             return Ok(k.clone());
         }
-        let cu_module = self.load_module(module)?;
-        let cname = CString::new(kernel)
-            .map_err(|_| CudaError::new(format!("kernel name {kernel:?} contains NUL"), 1))?;
-        let mut func: CUfunction = std::ptr::null_mut();
-        // SAFETY: module loaded in our context, NUL-terminated name, valid out-pointer.
-        check(
-            unsafe { sys::cuModuleGetFunction(&mut func, cu_module, cname.as_ptr()) },
-            || {
-                format!("kernel '{kernel}' not found in module '{module}' (is it declared extern \"C\"?)")
-            },
-        )?;
         let k = Kernel {
-            func,
+            handle: self.dev.function(module, kernel)?,
             name: format!("{module}::{kernel}"),
         };
         self.kernels.borrow_mut().insert(key, k.clone());
         Ok(k)
     }
 
-    fn load_module(&self, module: &str) -> Result<CUmodule> {
-        if let Some(m) = self.modules.borrow().get(module) {
-            return Ok(*m);
-        }
-        let (major, minor) = self.props.compute_capability;
-        let variant = ptx::select_variant(module, major, minor).ok_or_else(|| {
-            let known: Vec<String> = ptx::VARIANTS
-                .iter()
-                .filter(|v| v.module == module)
-                .map(|v| v.target.to_string())
-                .collect();
-            let msg = if known.is_empty() {
-                format!("no embedded PTX module '{module}' (modules: {:?})", module_names())
-            } else {
-                format!(
-                    "module '{module}' has no PTX for {} (compute capability {major}.{minor}); built for {known:?}",
-                    self.props.name
-                )
-            };
-            CudaError::new(msg, 209)
-        })?;
-        let image = CString::new(variant.ptx)
-            .map_err(|_| CudaError::new(format!("PTX of '{module}' contains NUL"), 218))?;
-        let mut log = vec![0u8; 16 * 1024];
-        let mut options = [
-            sys::JIT_ERROR_LOG_BUFFER,
-            sys::JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
-        ];
-        let mut values = [log.as_mut_ptr().cast(), log.len() as *mut std::ffi::c_void];
-        let mut cu_module: CUmodule = std::ptr::null_mut();
-        // SAFETY: NUL-terminated PTX image, option arrays of equal length, log buffer outlives
-        // the call.
-        let status = unsafe {
-            sys::cuModuleLoadDataEx(
-                &mut cu_module,
-                image.as_ptr().cast(),
-                options.len() as u32,
-                options.as_mut_ptr(),
-                values.as_mut_ptr(),
-            )
-        };
-        check(status, || {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            format!(
-                "loading module '{module}' ({} PTX) on {}: JIT log: {}",
-                variant.target,
-                self.props.name,
-                String::from_utf8_lossy(&log[..end]).trim()
-            )
-        })?;
-        self.modules
-            .borrow_mut()
-            .insert(module.to_string(), cu_module);
-        Ok(cu_module)
-    }
-
     /// Allows `kernel` to use `bytes` of dynamic shared memory (needed above 48 KiB).
     pub fn set_max_dynamic_smem(&self, kernel: &Kernel, bytes: u32) -> Result<()> {
-        if bytes > self.props.smem_per_block_optin {
+        let p = self.props();
+        if bytes > p.smem_per_block_optin {
             return Err(CudaError::new(
                 format!(
                     "{}: {bytes} B dynamic shared memory requested, {} allows {} B",
-                    kernel.name, self.props.name, self.props.smem_per_block_optin
+                    kernel.name, p.name, p.smem_per_block_optin
                 ),
                 1,
             ));
         }
-        // SAFETY: valid function handle from our context.
-        check(
-            unsafe {
-                sys::cuFuncSetAttribute(
-                    kernel.func,
-                    sys::FUNC_ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    bytes as c_int,
-                )
-            },
-            || {
-                format!(
-                    "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES = {bytes}) on {}",
-                    kernel.name
-                )
-            },
-        )
+        self.dev.set_max_dynamic_smem(kernel, bytes)
     }
 
     /// Launches `kernel` on the Gpu's stream after validating the geometry; errors name the
-    /// kernel, grid, block, shared memory and the CUDA error.
+    /// kernel, grid, block, shared memory and the cause.
     ///
     /// # Safety
-    /// `args` must match the kernel's parameter list in number, order and type (the PTX
-    /// signature is not checked), and every buffer must be large enough for what the kernel
-    /// touches with this geometry.
+    /// `args` must match the kernel's parameter list in number, order and type (the harness
+    /// checks count and sizes; a GPU checks nothing), and every buffer must be large enough for
+    /// what the kernel touches with this geometry.
     pub unsafe fn launch(
         &self,
         kernel: &Kernel,
         cfg: LaunchConfig,
         args: &[&dyn KernelArg],
     ) -> Result<()> {
-        cfg.validate(&self.props)
+        cfg.validate(self.props())
             .map_err(|e| CudaError::new(format!("launch of {}: {e}", kernel.name), 1))?;
-        let mut params: Vec<*mut std::ffi::c_void> =
-            args.iter().map(|a| a.as_kernel_param()).collect();
-        let status = sys::cuLaunchKernel(
-            kernel.func,
-            cfg.grid.0,
-            cfg.grid.1,
-            cfg.grid.2,
-            cfg.block.0,
-            cfg.block.1,
-            cfg.block.2,
-            cfg.smem_bytes,
-            self.stream,
-            params.as_mut_ptr(),
-            std::ptr::null_mut(),
-        );
-        check(status, || format!("launch of {} with {cfg}", kernel.name))?;
+        let mut params: Vec<*mut c_void> = args.iter().map(|a| a.as_kernel_param()).collect();
+        let sizes: Vec<u32> = args.iter().map(|a| a.param_size() as u32).collect();
+        self.dev.launch(kernel, cfg, &mut params, &sizes)?;
         if self.sync_each_launch {
-            check(sys::cuStreamSynchronize(self.stream), || {
-                format!("{} with {cfg} (MXGPT_CUDA_SYNC)", kernel.name)
-            })?;
+            self.dev
+                .synchronize(&format!("{} with {cfg} (MXGPT_CUDA_SYNC)", kernel.name))?;
         }
         Ok(())
     }
-}
 
-impl Drop for Gpu {
-    fn drop(&mut self) {
-        // SAFETY: handles were created by this Gpu; errors at teardown are ignored on purpose
-        // (nothing useful can be done, and a sticky fault was already reported).
-        unsafe {
-            sys::cuStreamSynchronize(self.stream);
-            for (_, m) in self.modules.borrow_mut().drain() {
-                sys::cuModuleUnload(m);
-            }
-            sys::cuStreamDestroy_v2(self.stream);
-            sys::cuDevicePrimaryCtxRelease_v2(self.device);
-        }
+    /// A timing event.
+    pub fn event(&self) -> Result<Event> {
+        self.dev.new_event()
+    }
+
+    /// Enqueues `event` on the Gpu's stream.
+    pub fn record(&self, event: &Event) -> Result<()> {
+        self.dev.record(event)
     }
 }
 
-/// Names of the embedded kernel modules (empty without the `cuda` feature of the ptx crate).
+/// Names of the kernel modules embedded for the GPU (empty without the `cuda` feature).
 pub fn module_names() -> Vec<&'static str> {
     ptx::MODULES.iter().map(|(name, _)| *name).collect()
-}
-
-unsafe fn query_props(device: CUdevice, ordinal: i32, driver_version: i32) -> Result<DeviceProps> {
-    let mut name = [0 as c_char; 256];
-    check(
-        sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as c_int, device),
-        || "cuDeviceGetName".into(),
-    )?;
-    let name = std::ffi::CStr::from_ptr(name.as_ptr())
-        .to_string_lossy()
-        .into_owned();
-    let attr = |a: c_int, what: &str| -> Result<u32> {
-        let mut v: c_int = 0;
-        check(sys::cuDeviceGetAttribute(&mut v, a, device), || {
-            format!("cuDeviceGetAttribute({what})")
-        })?;
-        Ok(v.max(0) as u32)
-    };
-    let mut total_memory = 0usize;
-    check(sys::cuDeviceTotalMem_v2(&mut total_memory, device), || {
-        "cuDeviceTotalMem".into()
-    })?;
-    Ok(DeviceProps {
-        ordinal,
-        sm_count: attr(sys::ATTR_MULTIPROCESSOR_COUNT, "MULTIPROCESSOR_COUNT")?,
-        compute_capability: (
-            attr(
-                sys::ATTR_COMPUTE_CAPABILITY_MAJOR,
-                "COMPUTE_CAPABILITY_MAJOR",
-            )?,
-            attr(
-                sys::ATTR_COMPUTE_CAPABILITY_MINOR,
-                "COMPUTE_CAPABILITY_MINOR",
-            )?,
-        ),
-        total_memory,
-        l2_bytes: attr(sys::ATTR_L2_CACHE_SIZE, "L2_CACHE_SIZE")?,
-        clock_khz: attr(sys::ATTR_CLOCK_RATE_KHZ, "CLOCK_RATE")?,
-        max_threads_per_block: attr(sys::ATTR_MAX_THREADS_PER_BLOCK, "MAX_THREADS_PER_BLOCK")?,
-        max_grid: (
-            attr(sys::ATTR_MAX_GRID_DIM_X, "MAX_GRID_DIM_X")?,
-            attr(sys::ATTR_MAX_GRID_DIM_Y, "MAX_GRID_DIM_Y")?,
-            attr(sys::ATTR_MAX_GRID_DIM_Z, "MAX_GRID_DIM_Z")?,
-        ),
-        smem_per_block: attr(
-            sys::ATTR_MAX_SHARED_MEMORY_PER_BLOCK,
-            "MAX_SHARED_MEMORY_PER_BLOCK",
-        )?,
-        smem_per_block_optin: attr(
-            sys::ATTR_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN",
-        )?,
-        driver_version,
-        name,
-    })
 }

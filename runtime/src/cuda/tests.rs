@@ -96,6 +96,7 @@ fn error_text_names_call_code_and_fix() {
     assert_eq!(error_name(12345), "CUDA_ERROR_(unlisted)");
 }
 
+#[cfg(feature = "cuda")]
 #[test]
 fn embedded_modules_include_the_first_kernels() {
     let names = module_names();
@@ -144,6 +145,7 @@ fn embedded_modules_include_the_first_kernels() {
 
 /// CI runs this with LD_LIBRARY_PATH pointing at the stub libcuda and
 /// MXGPT_EXPECT_STUB_DRIVER=1; elsewhere it checks nothing about the driver and says so.
+#[cfg(feature = "cuda")]
 #[test]
 fn no_driver_gives_a_clear_error() {
     if std::env::var("MXGPT_EXPECT_STUB_DRIVER").as_deref() != Ok("1") {
@@ -161,4 +163,14 @@ fn no_driver_gives_a_clear_error() {
         "{text}"
     );
     assert!(text.contains("no driver on this machine"), "{text}");
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_build_without_cuda_says_so() {
+    let e = match Gpu::new(0) {
+        Ok(_) => panic!("a GPU without the cuda feature"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("without the `cuda` feature"), "{e}");
 }

@@ -820,21 +820,14 @@ impl BenchDevice {
     }
 }
 
-#[cfg(feature = "cuda")]
 fn gpu_backend(gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
     Ok(Box::new(
         gpt::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?,
     ))
 }
 
-#[cfg(not(feature = "cuda"))]
-fn gpu_backend(_gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
-    Err("this bench was built without the CUDA backend".into())
-}
-
 /// The kernels suite on the GPU (tools::gpu_bench), as result entries, and the GPU's ceilings
 /// (`sgemm_gflops` is then the BF16 tensor-core GEMM's rate).
-#[cfg(feature = "cuda")]
 fn gpu_kernels_suite(gpt: &Gpt, m: &Method) -> Result<(Vec<Value>, Ceilings), String> {
     let g = runtime::cuda::Gpu::new(0).map_err(|e| format!("--device cuda: {e}"))?;
     let gc = tools::gpu_bench::ceilings(&g, m.warmup, m.reps).map_err(|e| e.to_string())?;
@@ -866,23 +859,12 @@ fn gpu_kernels_suite(gpt: &Gpt, m: &Method) -> Result<(Vec<Value>, Ceilings), St
     Ok((entries, ceil))
 }
 
-#[cfg(not(feature = "cuda"))]
-fn gpu_kernels_suite(_gpt: &Gpt, _m: &Method) -> Result<(Vec<Value>, Ceilings), String> {
-    Err("this bench was built without the CUDA backend".into())
-}
-
-#[cfg(feature = "cuda")]
 fn gpu_name() -> Result<String, String> {
     Ok(runtime::cuda::Gpu::new(0)
         .map_err(|e| format!("--device cuda: {e}"))?
         .props()
         .name
         .clone())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn gpu_name() -> Result<String, String> {
-    Err("this bench was built without the CUDA backend".into())
 }
 
 /// One training step per repetition; a mode whose backward fails (the MXFP4 GEMM not built in

@@ -78,6 +78,9 @@ unsafe impl<T> KernelArg for Ptr<'_, T> {
     fn as_kernel_param(&self) -> *mut c_void {
         &self.addr as *const u64 as *mut c_void
     }
+    fn param_size(&self) -> usize {
+        8
+    }
 }
 
 /// Error unless operand `what` of `kernel` holds at least `need` elements.
