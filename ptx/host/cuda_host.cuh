@@ -140,6 +140,11 @@ inline typename std::common_type<A, B>::type max(A a, B b) {
 inline float min(float a, float b) { return fminf(a, b); }
 inline float max(float a, float b) { return fmaxf(a, b); }
 
+// ---- classification (CUDA has them unqualified) ----
+using std::isfinite;
+using std::isinf;
+using std::isnan;
+
 // ---- float intrinsics: explicit rounding (never contracted) ----
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }

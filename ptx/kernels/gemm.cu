@@ -11,6 +11,8 @@
 //   backward_input    dinp[rows,ic]     dout[m*oc + k]  (K-maj)  w[k*ic + n]   (N-maj)  rows  ic  oc
 //   backward_weight   dw[oc,ic] (+=)    dout[k*oc + m]  (M-maj)  inp[k*ic + n] (N-maj)  oc    ic  rows
 //
+//   kmajor (MXFP4):   C[M,N] = alpha A[M,K] . B[N,K]^T, or C += that; both operands K-major
+//                     (the dequantized MXFP4 operands of mx_quantize.cu; alpha = 16/9 for SR)
 //   forward:          out = inp . w^T + bias            (overwrite; bias optional)
 //                     gelu_out = gelu(bf16(out))        (optional; out keeps the pre-activation,
 //                                                        gelu is taken of the ROUNDED value, the
@@ -61,6 +63,10 @@
 //                                       int rows, int ic, int oc)
 //       all: block 256, grid (ceil(M/128), ceil(N/128)), no dynamic shared memory.
 //       Outputs must not alias any input.
+//   matmul_kmajor_{vec,scalar}(bf16* C, const bf16* A, const bf16* B, int M, int N, int K,
+//                              float alpha, int accumulate)
+//       the forward form's tile loop with C = bf16(alpha acc (+ C)); vec needs K % 8 == 0,
+//       N % 8 == 0 and 16-byte aligned pointers, like the other forms.
 //   bias_backward_partials(float* partials, const bf16* dout, int rows, int oc)
 //       block (32, 8), grid (ceil(oc/32), ceil(rows/256)); partials has ceil(rows/256) * oc
 //       floats: partials[chunk*oc + c] = sum of dout[r, c] over the 256-row chunk, thread y
@@ -196,10 +202,12 @@ __device__ __forceinline__ float gelu_f32(float x) {
 }
 
 // The whole GEMM for one 128 x 128 tile of C = A . B (see the header). C is [M, N] row-major.
-// Epilogue per element: v = acc (+ bias[n]) (+ old C); C = bf16(v); gelu_out = bf16(gelu(C)).
+// Epilogue per element: v = alpha acc (+ bias[n]) (+ old C); C = bf16(v); gelu_out =
+// bf16(gelu(C)). alpha = 1 (exact) except for the MX path's 16/9.
 template <bool A_KMAJOR, bool B_KMAJOR, bool VEC>
 __device__ __forceinline__ void gemm_tile(bf16* C, bf16* gelu_out, const bf16* A, const bf16* B,
-                                          const bf16* bias, bool accumulate, int M, int N, int K) {
+                                          const bf16* bias, bool accumulate, float alpha, int M,
+                                          int N, int K) {
     __shared__ __align__(16) bf16 sA[2][Tile<A_KMAJOR>::ELEMS];
     __shared__ __align__(16) bf16 sB[2][Tile<B_KMAJOR>::ELEMS];
 
@@ -258,7 +266,7 @@ __device__ __forceinline__ void gemm_tile(bf16* C, bf16* gelu_out, const bf16* A
                 const int row = m0 + wm + 16 * i + g + 8 * h;
                 const int col = n0 + wn + 8 * j + 2 * t;
                 if (row >= M) continue;
-                float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+                float v0 = acc[i][j][2 * h] * alpha, v1 = acc[i][j][2 * h + 1] * alpha;
                 const size_t idx = (size_t)row * N + col;
                 if (VEC) {
                     // N % 8 == 0 and col even: col < N implies col + 1 < N; 4-byte aligned pairs.
@@ -303,17 +311,22 @@ __device__ __forceinline__ void gemm_tile(bf16* C, bf16* gelu_out, const bf16* A
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                   \
         matmul_forward_##SUFFIX(bf16* out, bf16* gelu_out, const bf16* inp, const bf16* w,       \
                                 const bf16* bias, int rows, int ic, int oc) {                    \
-        gemm_tile<true, true, VEC>(out, gelu_out, inp, w, bias, false, rows, oc, ic);            \
+        gemm_tile<true, true, VEC>(out, gelu_out, inp, w, bias, false, 1.0f, rows, oc, ic);      \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                   \
         matmul_backward_input_##SUFFIX(bf16* dinp, const bf16* dout, const bf16* w, int rows,    \
                                        int ic, int oc) {                                         \
-        gemm_tile<true, false, VEC>(dinp, nullptr, dout, w, nullptr, false, rows, ic, oc);       \
+        gemm_tile<true, false, VEC>(dinp, nullptr, dout, w, nullptr, false, 1.0f, rows, ic, oc); \
     }                                                                                            \
     extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                   \
         matmul_backward_weight_##SUFFIX(bf16* dw, const bf16* dout, const bf16* inp, int rows,   \
                                         int ic, int oc) {                                        \
-        gemm_tile<false, false, VEC>(dw, nullptr, dout, inp, nullptr, true, oc, ic, rows);       \
+        gemm_tile<false, false, VEC>(dw, nullptr, dout, inp, nullptr, true, 1.0f, oc, ic, rows); \
+    }                                                                                            \
+    extern "C" __global__ void __launch_bounds__(GEMM_THREADS)                                   \
+        matmul_kmajor_##SUFFIX(bf16* C, const bf16* A, const bf16* B, int M, int N, int K,      \
+                               float alpha, int accumulate) {                                    \
+        gemm_tile<true, true, VEC>(C, nullptr, A, B, nullptr, accumulate != 0, alpha, M, N, K);  \
     }
 
 GEMM_FORMS(vec, true)

@@ -182,6 +182,51 @@ pub fn matmul_backward_weight(
     unsafe { g.launch(&k, gemm_cfg(oc, ic), &[&dw, &dout, &inp, &ri, &ii, &oi]) }
 }
 
+/// `c[m, n] = bf16(alpha · Σ_k a[m, k] b[n, k])`, or `c = bf16(c + alpha · Σ ...)` with
+/// `accumulate`: both operands K-major (the forward form's loop, FP32 accumulation, one
+/// rounding). The MXFP4 bf16 path runs its dequantized operands through this with alpha = 16/9
+/// (SR) or 1. `c` may not overlap `a` or `b` (checked).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_kmajor(
+    g: &Gpu,
+    c: Ptr<bf16>,
+    a: Ptr<bf16>,
+    b: Ptr<bf16>,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
+    const K: &str = "matmul_kmajor";
+    let (mi, ni, ki) = (
+        check_dim(K, "m", m)?,
+        check_dim(K, "n", n)?,
+        check_dim(K, "k", k)?,
+    );
+    let (n_c, n_a, n_b) = (product(K, m, n)?, product(K, m, k)?, product(K, n, k)?);
+    check_len(K, "c", &c, n_c)?;
+    check_len(K, "a", &a, n_a)?;
+    check_len(K, "b", &b, n_b)?;
+    check_disjoint(
+        K,
+        &[span("c", &c, n_c)],
+        &[span("a", &a, n_a), span("b", &b, n_b)],
+    )?;
+    let addrs = [c.addr(), a.addr(), b.addr()];
+    let kernel = g.kernel("gemm", &format!("{K}_{}", variant(k, n, &addrs)))?;
+    let acc = accumulate as i32;
+    // SAFETY: matmul_kmajor_{vec,scalar}(bf16* C, const bf16* A, const bf16* B, int M, int N,
+    // int K, float alpha, int accumulate); lengths and alignment checked above.
+    unsafe {
+        g.launch(
+            &kernel,
+            gemm_cfg(m, n),
+            &[&c, &a, &b, &mi, &ni, &ki, &alpha, &acc],
+        )
+    }
+}
+
 /// f32 elements of scratch `bias_backward` needs: one partial sum per 256-row chunk and column.
 pub fn bias_backward_scratch_len(rows: usize, oc: usize) -> usize {
     rows.div_ceil(BIAS_CHUNK_ROWS) * oc

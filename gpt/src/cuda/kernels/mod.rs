@@ -18,6 +18,7 @@ pub mod gelu;
 pub mod gemm;
 pub mod global_norm;
 pub mod layernorm;
+pub mod mx;
 
 /// A span of `len` elements of type `T` in device memory, borrowed from a `DeviceBuffer` (so it
 /// cannot outlive it). Passed to kernels as a `T*`. Aliasing between spans is not tracked:
