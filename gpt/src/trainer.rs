@@ -119,6 +119,11 @@ pub struct TrainArgs {
     /// keep blocks in BF16 backward: first:N,last:M
     #[argh(option)]
     pub bf16_blocks: Option<String>,
+    /// the MX GEMM of the MXFP4 modes on the GPU: auto (the fastest exact path verified on
+    /// hardware: bf16), bf16 (dequantized operands on the BF16 tensor cores), int8 (the exact
+    /// integer path), tcgen05 (Blackwell FP4 tensor cores; compute capability 10.x) (default auto)
+    #[argh(option, default = "String::from(\"auto\")")]
+    pub mx_gemm: String,
     /// write JSON lines (train and eval records) to this file
     #[argh(option)]
     pub log_json: Option<PathBuf>,
@@ -189,6 +194,7 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         ));
     }
     let mode: BackwardMode = args.backward.parse()?;
+    args.mx_gemm.parse::<crate::cuda::MxGemmChoice>()?; // checked on every device
     let plan = match &args.bf16_blocks {
         Some(spec) => PrecisionPlan::with_bf16_blocks(mode, cfg.layers, spec)?,
         None => PrecisionPlan::uniform(mode, cfg.layers),
@@ -266,9 +272,9 @@ fn make_backend(args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String>
     };
     match args.device.as_str() {
         "cpu" => cpu(),
-        "cuda" => cuda_backend(gpt),
+        "cuda" => cuda_backend(args, gpt),
         "auto" => match gpu_probe() {
-            Ok(()) => cuda_backend(gpt),
+            Ok(()) => cuda_backend(args, gpt),
             Err(why) => {
                 log::info!("device auto: using the CPU ({why})");
                 cpu()
@@ -280,11 +286,12 @@ fn make_backend(args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String>
     }
 }
 
-fn cuda_backend(gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
-    Ok(Box::new(
-        crate::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq)
-            .map_err(|e| format!("--device cuda: {e}"))?,
-    ))
+fn cuda_backend(args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+    let mut be = crate::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq)
+        .map_err(|e| format!("--device cuda: {e}"))?;
+    be.set_mx_gemm(args.mx_gemm.parse()?)
+        .map_err(|e| e.to_string())?;
+    Ok(Box::new(be))
 }
 
 /// Whether GPU 0 can be opened (`auto`).

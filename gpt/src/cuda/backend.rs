@@ -7,23 +7,27 @@
 //! FP32 space (the deterministic two-pass reductions) share one `work` buffer sized for the
 //! largest of them: everything runs in order on one stream, so they never overlap.
 //!
-//! The MXFP4 backward modes are not on the GPU yet (the GPU-MXFP4 issue): choosing one is an error
-//! before training starts.
+//! The MXFP4 backward modes run through `mx.rs` (quantize kernels and the MX GEMM path chosen
+//! with `set_mx_gemm`); their scratch is allocated, with its own memory check, when a run sets an
+//! MXFP4 mode.
 //!
 //! NOT VERIFIED ON A GPU unless perf/ holds a GPU run of this commit (see the module doc).
 
 use super::kernels::{self as k, Ptr};
+use super::mx::{self as gmx, MxBackward, MxGemmChoice, MxGemmPath};
 use crate::backend::{BResult, Backend, BackendError, BackendInfo, LinearBackward};
 use crate::config::ModelConfig;
 use crate::cpu::ops::AdamW;
 use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
 use crate::mx::{MxConfig, MxTelemetry};
-use crate::precision::BackwardMode;
 use runtime::cuda::half::bf16;
 use runtime::cuda::{CudaError, DeviceBuffer, Gpu};
 
 pub struct CudaBackend {
     layout: ParamLayout,
+    model: ModelConfig,
+    batch: usize,
+    seq: usize,
     vocab: usize,
     tokens_per_batch: usize,
     params: DeviceBuffer<bf16>,
@@ -45,6 +49,10 @@ pub struct CudaBackend {
     /// backward, gradient norm).
     work: DeviceBuffer<f32>,
     norm: DeviceBuffer<f32>,
+    /// `--mx-gemm` as asked; resolved against the device when an MXFP4 mode is set.
+    mx_choice: MxGemmChoice,
+    /// The MXFP4 backward state (scratch, settings, telemetry) once an MXFP4 mode is set.
+    mx: Option<MxBackward>,
     /// Last: fields drop in declaration order, and every buffer above must be freed while the
     /// context is still alive.
     gpu: Gpu,
@@ -124,7 +132,12 @@ impl CudaBackend {
             has_targets: false,
             work: gpu.alloc(work_len).map_err(err)?,
             norm: gpu.alloc(1).map_err(err)?,
+            mx_choice: MxGemmChoice::Auto,
+            mx: None,
             layout,
+            model: cfg.clone(),
+            batch,
+            seq,
             vocab: cfg.vocab,
             tokens_per_batch: bt,
             gpu,
@@ -171,14 +184,60 @@ impl CudaBackend {
         self.tokens_per_batch / t.max(1)
     }
 
-    fn check_mode(mode: BackwardMode) -> BResult<()> {
-        if mode != BackwardMode::Bf16 {
-            return Err(BackendError(format!(
-                "--backward {}: the MXFP4 backward modes are not implemented on the CUDA backend yet (only bf16); use --backward bf16 on the GPU, or --device cpu for the MXFP4 modes",
-                mode.name()
-            )));
+    /// `--mx-gemm`: which MX GEMM the MXFP4 modes use (takes effect at `set_mx_config`).
+    pub fn set_mx_gemm(&mut self, choice: MxGemmChoice) -> BResult<()> {
+        let p = self.gpu.props();
+        MxGemmPath::resolve(choice, p.compute_capability, &p.name).map_err(BackendError)?;
+        self.mx_choice = choice;
+        Ok(())
+    }
+
+    /// `linear_backward` with the MXFP4 state passed in (see the trait method).
+    #[allow(clippy::type_complexity)]
+    fn linear_backward_with(
+        &self,
+        mx: Option<&mut MxBackward>,
+        (dinp, dw, dbias, dout, inp, w): (
+            TensorRef,
+            TensorRef,
+            Option<TensorRef>,
+            TensorRef,
+            TensorRef,
+            TensorRef,
+        ),
+        (rows, ic, oc): (usize, usize, usize),
+        prec: Option<LinearBackward>,
+    ) -> BResult<()> {
+        let g = &self.gpu;
+        let d = self.bf(dout)?;
+        match prec.filter(|p| p.mode.is_mxfp4()) {
+            Some(p) => {
+                let mx = mx.ok_or_else(|| {
+                    BackendError(format!(
+                        "--backward {}: set_mx_config was not called with an MXFP4 mode",
+                        p.mode
+                    ))
+                })?;
+                let (dx, dwp, x, wp) = (self.bf(dinp)?, self.bf(dw)?, self.bf(inp)?, self.bf(w)?);
+                mx.linear_backward(g, &p, dx, dwp, d, x, wp, (rows, ic, oc))?;
+            }
+            None => {
+                k::gemm::matmul_backward_input(g, self.bf(dinp)?, d, self.bf(w)?, rows, ic, oc)
+                    .map_err(err)?;
+                k::gemm::matmul_backward_weight(g, self.bf(dw)?, d, self.bf(inp)?, rows, ic, oc)
+                    .map_err(err)?;
+            }
+        }
+        if let Some(db) = dbias {
+            k::gemm::bias_backward(g, self.bf(db)?, d, Ptr::of(&self.work), rows, oc)
+                .map_err(err)?;
         }
         Ok(())
+    }
+
+    /// The MX GEMM path in use (None until an MXFP4 mode is set).
+    pub fn mx_gemm_path(&self) -> Option<MxGemmPath> {
+        self.mx.as_ref().map(|m| m.path)
     }
 }
 
@@ -308,11 +367,53 @@ impl Backend for CudaBackend {
     }
 
     fn set_mx_config(&mut self, cfg: MxConfig) -> BResult<()> {
-        Self::check_mode(cfg.mode)
+        cfg.validate().map_err(|e| BackendError(e.to_string()))?;
+        if !cfg.mode.is_mxfp4() {
+            self.mx = None;
+            return Ok(());
+        }
+        let props = self.gpu.props().clone();
+        let path = MxGemmPath::resolve(self.mx_choice, props.compute_capability, &props.name)
+            .map_err(BackendError)?;
+        if let Some(m) = self.mx.as_mut().filter(|m| m.path == path) {
+            m.cfg = cfg;
+            return Ok(());
+        }
+        self.mx = None;
+        let need = gmx::scratch_bytes(&self.model, self.batch, self.seq, path);
+        let (free, total) = self.gpu.memory_info().map_err(err)?;
+        if need > free.saturating_sub(256 << 20) {
+            return Err(BackendError(format!(
+                "out of memory on {}: the MXFP4 backward ({} path) needs {:.2} GiB of scratch for the quantized operands at batch {} x seq {}, but {:.2} GiB of {:.2} GiB are free: lower --batch or --seq",
+                props.name,
+                path.name(),
+                gib(need),
+                self.batch,
+                self.seq,
+                gib(free),
+                gib(total)
+            )));
+        }
+        let mx = MxBackward::new(&self.gpu, &self.model, self.batch, self.seq, path, cfg)
+            .map_err(err)?;
+        log::info!(
+            "MXFP4 backward on {}: {} MX GEMM path, {:.1} MiB of scratch",
+            props.name,
+            path.name(),
+            need as f64 / (1 << 20) as f64
+        );
+        self.mx = Some(mx);
+        Ok(())
     }
 
     fn take_mx_telemetry(&mut self) -> MxTelemetry {
-        MxTelemetry::default()
+        let Some(m) = self.mx.as_mut() else {
+            return MxTelemetry::default();
+        };
+        m.take_telemetry(&self.gpu).unwrap_or_else(|e| {
+            log::warn!("MXFP4 telemetry unavailable: {e}");
+            MxTelemetry::default()
+        })
     }
 
     fn set_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> BResult<()> {
@@ -576,20 +677,16 @@ impl Backend for CudaBackend {
         oc: usize,
         prec: Option<LinearBackward>,
     ) -> BResult<()> {
-        if let Some(p) = prec {
-            Self::check_mode(p.mode)?;
-        }
-        let g = &self.gpu;
-        let d = self.bf(dout)?;
-        k::gemm::matmul_backward_input(g, self.bf(dinp)?, d, self.bf(w)?, rows, ic, oc)
-            .map_err(err)?;
-        k::gemm::matmul_backward_weight(g, self.bf(dw)?, d, self.bf(inp)?, rows, ic, oc)
-            .map_err(err)?;
-        if let Some(db) = dbias {
-            k::gemm::bias_backward(g, self.bf(db)?, d, Ptr::of(&self.work), rows, oc)
-                .map_err(err)?;
-        }
-        Ok(())
+        // The MXFP4 state is moved out for the call (it is mutated while the buffers are read).
+        let mut mx = self.mx.take();
+        let r = self.linear_backward_with(
+            mx.as_mut(),
+            (dinp, dw, dbias, dout, inp, w),
+            (rows, ic, oc),
+            prec,
+        );
+        self.mx = mx;
+        r
     }
 
     fn gelu_backward(&mut self, d: TensorRef, pre: TensorRef) -> BResult<()> {

@@ -6,8 +6,10 @@
 
 pub mod backend;
 pub mod kernels;
+pub mod mx;
 
 pub use backend::CudaBackend;
+pub use mx::{MxGemmChoice, MxGemmPath};
 
 #[cfg(test)]
 mod tests {

@@ -58,6 +58,9 @@ struct Args {
     /// backward modes for the step suite, comma list or `all` (default bf16)
     #[argh(option, default = "String::from(\"bf16\")")]
     backward: String,
+    /// the MX GEMM of the MXFP4 modes on the GPU: auto, bf16, int8, tcgen05 (default auto)
+    #[argh(option, default = "String::from(\"auto\")")]
+    mx_gemm: String,
     /// cpu (default) or cuda
     #[argh(option, default = "String::from(\"cpu\")")]
     device: String,
@@ -182,8 +185,10 @@ fn run(args: Args) -> Result<i32, String> {
         if on_gpu { "cuda" } else { "cpu" },
         slug(&device_name)
     );
+    let mx_gemm: gpt::cuda::MxGemmChoice = args.mx_gemm.parse()?;
     let bench_device = BenchDevice {
         gpu: on_gpu,
+        mx_gemm,
         counters,
     };
     let mut entries = Vec::new();
@@ -223,6 +228,7 @@ fn run(args: Args) -> Result<i32, String> {
         "batch": batch,
         "seq": seq,
         "quick": q,
+        "mx_gemm": args.mx_gemm,
         "method": {"warmup": m.warmup, "min_reps": m.reps, "min_time_s": m.min_time.as_secs_f64(), "rotate": ROTATE},
         "counters": counters_line,
         "ceilings": {"copy_gbps": ceilings.copy_gbps, "sgemm_gflops": ceilings.sgemm_gflops,
@@ -800,13 +806,15 @@ impl TimedBackend {
 /// Where the step suite runs, and the GPU's energy counter when there is one.
 struct BenchDevice {
     gpu: bool,
+    /// `--mx-gemm` for the MXFP4 modes on the GPU.
+    mx_gemm: gpt::cuda::MxGemmChoice,
     counters: Option<runtime::counters::Counters>,
 }
 
 impl BenchDevice {
     fn backend(&self, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
         if self.gpu {
-            gpu_backend(gpt)
+            gpu_backend(gpt, self.mx_gemm)
         } else {
             Ok(Box::new(
                 CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?,
@@ -820,10 +828,10 @@ impl BenchDevice {
     }
 }
 
-fn gpu_backend(gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
-    Ok(Box::new(
-        gpt::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?,
-    ))
+fn gpu_backend(gpt: &Gpt, mx_gemm: gpt::cuda::MxGemmChoice) -> Result<Box<dyn Backend>, String> {
+    let mut be = gpt::cuda::CudaBackend::new(0, &gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?;
+    be.set_mx_gemm(mx_gemm).map_err(|e| e.0)?;
+    Ok(Box::new(be))
 }
 
 /// The kernels suite on the GPU (tools::gpu_bench), as result entries, and the GPU's ceilings

@@ -19,6 +19,7 @@ pub mod gemm;
 pub mod global_norm;
 pub mod layernorm;
 pub mod mx;
+pub mod mx_tcgen05;
 
 /// A span of `len` elements of type `T` in device memory, borrowed from a `DeviceBuffer` (so it
 /// cannot outlive it). Passed to kernels as a `T*`. Aliasing between spans is not tracked:
