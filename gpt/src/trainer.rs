@@ -252,6 +252,21 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         total_steps: args.steps,
         decay_fraction: args.wsd_decay_fraction,
     };
+    // Every backward GEMM of a run has its own random stream (mx::GemmId::stream).
+    if mode.is_mxfp4() && total / bt > crate::mx::GemmId::MAX_MICRO_STEPS {
+        return Err(format!(
+            "{} micro-steps of gradient accumulation: the MXFP4 modes key their randomness with at most {} per step; raise --batch or lower --total-batch-tokens",
+            total / bt,
+            crate::mx::GemmId::MAX_MICRO_STEPS
+        ));
+    }
+    if cfg.layers > crate::mx::GemmId::MAX_LAYERS {
+        return Err(format!(
+            "{} layers: at most {} (the MXFP4 stream ids hold 11 bits of layer)",
+            cfg.layers,
+            crate::mx::GemmId::MAX_LAYERS
+        ));
+    }
     Ok(Setup {
         cfg,
         gpt,

@@ -89,13 +89,21 @@ pub struct GemmId {
 }
 
 impl GemmId {
-    /// stream = step << 32 | (micro_step & 0xFF) << 24 | (layer & 0xFFFF) << 8 | linear << 4
-    /// | gemm << 2 | role
+    /// Largest micro-step and layer index a stream id can hold without two GEMMs of one run
+    /// sharing a stream (the trainer refuses configurations beyond them).
+    pub const MAX_MICRO_STEPS: usize = 1 << 16;
+    pub const MAX_LAYERS: usize = 1 << 11;
+
+    /// stream = step << 32 | micro_step << 16 | layer << 5 | linear << 3 | gemm << 2 | role:
+    /// every field has its own bits (step 32, micro-step 16, layer 11, linear 2, GEMM 1, role
+    /// 2), so no two GEMMs of a run share a stream.
     pub fn stream(&self, role: StreamRole) -> u64 {
+        debug_assert!((self.micro_step as usize) < Self::MAX_MICRO_STEPS);
+        debug_assert!((self.layer as usize) < Self::MAX_LAYERS);
         (self.step as u64) << 32
-            | ((self.micro_step & 0xFF) as u64) << 24
-            | ((self.layer & 0xFFFF) as u64) << 8
-            | (self.linear as u64) << 4
+            | ((self.micro_step & 0xFFFF) as u64) << 16
+            | ((self.layer & 0x7FF) as u64) << 5
+            | (self.linear as u64) << 3
             | (self.gemm as u64) << 2
             | role as u64
     }

@@ -390,7 +390,23 @@ fn stream_ids_separate_every_field() {
         },
     ];
     let s0 = base.stream(StreamRole::SrA);
-    assert_eq!(s0, 5u64 << 32 | 1 << 24 | 2 << 8 | 0 << 4 | 1 << 2);
+    assert_eq!(s0, 5u64 << 32 | 1 << 16 | 2 << 5 | 0 << 3 | 1 << 2);
+    // Fields do not wrap into each other: micro-steps and layers past 255 keep their own streams.
+    let far = [
+        GemmId {
+            micro_step: 257,
+            ..base
+        },
+        GemmId { layer: 258, ..base },
+        GemmId {
+            micro_step: 65535,
+            layer: 2047,
+            ..base
+        },
+    ];
+    for v in far {
+        assert_ne!(v.stream(StreamRole::SrA), s0);
+    }
     for v in variants {
         assert_ne!(v.stream(StreamRole::SrA), s0);
     }
