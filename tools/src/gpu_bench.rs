@@ -117,6 +117,162 @@ pub fn ceilings(g: &Gpu, warmup: usize, reps: usize) -> Result<GpuCeilings> {
     })
 }
 
+/// The MXFP4 backward's kernels at each linear layer's shapes: the fused quantize (rowwise for
+/// dgrad's dY, colwise along the tokens for wgrad's operands; RTN to packed codes for the int8
+/// path, RHT + SR to dequantized bf16 for the bf16 path), and both MX GEMM paths for dgrad and
+/// wgrad. Bytes count each operand read once and each output written once.
+#[allow(clippy::too_many_arguments)]
+fn mx_kernels(
+    g: &Gpu,
+    gpt: &Gpt,
+    warmup: usize,
+    reps: usize,
+    act: &Rotated,
+    act2: &Rotated,
+    wts: &Rotated,
+    push: &mut impl FnMut(&str, String, Vec<f64>, f64, f64),
+) -> Result<()> {
+    use gpt::mx::Rounding;
+    use k::mx::{Layout, MxRef, QuantizeOut, QuantizeSpec};
+    let (bt, c) = (gpt.batch * gpt.seq, gpt.cfg.channels);
+    let f = |x: usize| x as f64;
+    let most = bt.max(c) * 4 * c;
+    let (deq_a, deq_b) = (g.alloc::<bf16>(most)?, g.alloc::<bf16>(most)?);
+    let (codes_a, codes_b) = (g.alloc::<u8>(most / 2)?, g.alloc::<u8>(most / 2)?);
+    let (scales_a, scales_b) = (g.alloc::<u8>(most / 32)?, g.alloc::<u8>(most / 32)?);
+    let out = g.alloc::<bf16>(most)?;
+    let spec = |layout, rounding, rht: bool| QuantizeSpec {
+        layout,
+        rounding,
+        seed: 1,
+        sr_stream: 2,
+        sign_stream: 3,
+        hadamard_block: rht.then_some(64),
+    };
+    for (name, ic, oc) in [
+        ("qkv", c, 3 * c),
+        ("attproj", c, c),
+        ("fc", c, 4 * c),
+        ("fcproj", 4 * c, c),
+    ] {
+        // dY [bt, oc] rowwise (dgrad) and X [bt, ic] colwise (wgrad), both forms.
+        for (what, src, r, cols, layout) in [
+            ("dgrad_dy_rowwise", act2, bt, oc, Layout::Rowwise),
+            ("wgrad_x_colwise", act, bt, ic, Layout::Colwise),
+        ] {
+            let n = r * cols;
+            let shape = format!("{r}x{cols}");
+            let ms = time(g, warmup, reps, |i| {
+                let out = QuantizeOut {
+                    codes: Some(Ptr::of(&codes_a)),
+                    scales: Some(Ptr::of(&scales_a)),
+                    ..Default::default()
+                };
+                k::mx::quantize(
+                    g,
+                    src.at(i).slice(0, n),
+                    r,
+                    cols,
+                    &spec(layout, Rounding::Rtn, false),
+                    out,
+                )
+            })?;
+            push(
+                &format!("mx_quantize/{name}/{what}/rtn_codes"),
+                shape.clone(),
+                ms,
+                4.0 * f(n),
+                f(2 * n + n / 2 + n / 32),
+            );
+            let ms = time(g, warmup, reps, |i| {
+                let out = QuantizeOut {
+                    deq: Some(Ptr::of(&deq_a)),
+                    ..Default::default()
+                };
+                k::mx::quantize(
+                    g,
+                    src.at(i).slice(0, n),
+                    r,
+                    cols,
+                    &spec(layout, Rounding::Sr, true),
+                    out,
+                )
+            })?;
+            push(
+                &format!("mx_quantize/{name}/{what}/rht_sr_bf16"),
+                shape,
+                ms,
+                20.0 * f(n),
+                f(4 * n),
+            );
+        }
+        // GEMMs on quantized operands: dgrad M=bt N=ic K=oc, wgrad M=oc N=ic K=bt.
+        for (what, m, n, kk) in [("dgrad", bt, ic, oc), ("wgrad", oc, ic, bt)] {
+            // Operands from random data: packed for the int8 path, dequantized for bf16.
+            let q = |a: bool, rows: usize, src: &Rotated| -> Result<()> {
+                let (codes, scales, deq) = if a {
+                    (&codes_a, &scales_a, &deq_a)
+                } else {
+                    (&codes_b, &scales_b, &deq_b)
+                };
+                let out = QuantizeOut {
+                    codes: Some(Ptr::of(codes)),
+                    scales: Some(Ptr::of(scales)),
+                    deq: Some(Ptr::of(deq)),
+                    partials: None,
+                };
+                let sp = spec(Layout::Rowwise, Rounding::Rtn, false);
+                k::mx::quantize(g, src.at(0).slice(0, rows * kk), rows, kk, &sp, out)
+            };
+            q(true, m, act)?;
+            q(false, n, wts)?;
+            let shape = format!("M={m} N={n} K={kk}");
+            let flops = 2.0 * f(m) * f(n) * f(kk);
+            let (ra, rb) = (
+                MxRef {
+                    codes: Ptr::of(&codes_a),
+                    scales: Ptr::of(&scales_a),
+                },
+                MxRef {
+                    codes: Ptr::of(&codes_b),
+                    scales: Ptr::of(&scales_b),
+                },
+            );
+            let ms = time(g, warmup, reps, |_| {
+                k::mx::gemm_int8(g, Ptr::of(&out), ra, rb, m, n, kk, 1.0, what == "wgrad")
+            })?;
+            push(
+                &format!("mx_gemm_int8/{name}/{what}"),
+                shape.clone(),
+                ms,
+                flops,
+                f((m + n) * kk) * (0.5 + 1.0 / 32.0) + 2.0 * f(m * n),
+            );
+            let ms = time(g, warmup, reps, |_| {
+                k::gemm::matmul_kmajor(
+                    g,
+                    Ptr::of(&out),
+                    Ptr::of(&deq_a),
+                    Ptr::of(&deq_b),
+                    m,
+                    n,
+                    kk,
+                    16.0 / 9.0,
+                    what == "wgrad",
+                )
+            })?;
+            push(
+                &format!("mx_gemm_bf16/{name}/{what}"),
+                shape,
+                ms,
+                flops,
+                2.0 * f((m + n) * kk + m * n),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Every kernel at the shapes of `gpt` (its micro batch B x T).
 pub fn kernels(g: &Gpu, gpt: &Gpt, warmup: usize, reps: usize) -> Result<Vec<Timing>> {
     let cfg = &gpt.cfg;
@@ -347,6 +503,8 @@ pub fn kernels(g: &Gpu, gpt: &Gpt, warmup: usize, reps: usize) -> Result<Vec<Tim
             );
         }
     }
+
+    mx_kernels(g, gpt, warmup, reps, &act, &act2, &wts, &mut push)?;
 
     let n = bt * 4 * c;
     let ms = time(g, warmup, reps, |i| {
