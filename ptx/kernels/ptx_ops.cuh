@@ -290,3 +290,303 @@ __device__ __forceinline__ void mma_s8_16832(int32_t d[4], const uint32_t a[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
 }
+
+// =============================================================================================
+// Blackwell (sm_100a): tcgen05 (tensor memory and the block-scaled FP4 MMA) and the mbarrier and
+// proxy fences around it. Used by mx_gemm_tcgen05.cu only.
+//
+// NOT RUN ON HARDWARE. The spellings below are the ones ptxas 13.0 accepts for sm_100a (PTX ISA
+// 9.0); what each instruction does is as read in the PTX ISA, section "Tensorcore 5th Generation
+// Family Instructions", and has not been observed on a GPU.
+//
+// None of these is emulated by the host harness: the module that uses them says
+// `// harness: not emulated (...)`, so the harness lists its kernel but never runs it, and every
+// host twin below stops the launch with an error naming the call site. The twins exist so that
+// the kernel still compiles for the host with the rest. Every kernel includes this file, for
+// sm_80 and sm_90a too: only a build for sm_100a (nvcc defines __CUDA_ARCH_FEAT_SM100_ALL for
+// exactly that target) emits tcgen05; elsewhere the wrappers trap. The mbarrier and fence forms
+// used here (try_wait.parity, fence.proxy.async, fence.mbarrier_init) need sm_90 or later.
+//
+// Tensor memory (TMEM): 128 lanes x 512 columns of 32-bit cells per CTA. An address is 32 bits:
+// lane in bits 31..16, column in bits 15..0. Warp w of a warpgroup reaches lanes 32w..32w+31
+// only (tcgen05.ld/st). Columns are allocated by one whole warp, 32..512 at a time, a power of
+// two, and must all be freed before the CTA exits.
+// =============================================================================================
+#if !defined(MXGPT_HOST_HARNESS) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000 && \
+    defined(__CUDA_ARCH_FEAT_SM100_ALL)
+#define MXGPT_TCGEN05 1
+#else
+#define MXGPT_TCGEN05 0
+#endif
+#if !defined(MXGPT_HOST_HARNESS) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define MXGPT_MBARRIER 1
+#else
+#define MXGPT_MBARRIER 0
+#endif
+
+// tcgen05.alloc.cta_group::1.sync.aligned.shared::cta.b32 [slot], ncols
+// tcgen05.relinquish_alloc_permit.cta_group::1.sync.aligned
+//
+// Warp-wide (every lane, same ncols). alloc blocks until ncols columns (power of two, 32..512)
+// of this CTA's tensor memory are free, then writes the address of the first one (lane 0) into
+// the shared word `slot` (a weak store: a barrier makes it visible to the other warps).
+// relinquish: this CTA gives up the right to allocate (a later alloc from it is illegal).
+__device__ __forceinline__ void tcgen05_alloc(uint32_t* slot, uint32_t ncols, MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    (void)slot;
+    (void)ncols;
+    mxh::fail(file, line, "tcgen05.alloc is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile("tcgen05.alloc.cta_group::1.sync.aligned.shared::cta.b32 [%0], %1;\n" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(slot)),
+                 "r"(ncols)
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ void tcgen05_relinquish_alloc_permit(MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    mxh::fail(file, line, "tcgen05.relinquish_alloc_permit is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile("tcgen05.relinquish_alloc_permit.cta_group::1.sync.aligned;\n" ::: "memory");
+#else
+    __trap();
+#endif
+}
+
+// tcgen05.dealloc.cta_group::1.sync.aligned.b32 taddr, ncols
+// Warp-wide: frees what alloc returned (same ncols).
+__device__ __forceinline__ void tcgen05_dealloc(uint32_t taddr, uint32_t ncols, MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    (void)taddr;
+    (void)ncols;
+    mxh::fail(file, line, "tcgen05.dealloc is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile("tcgen05.dealloc.cta_group::1.sync.aligned.b32 %0, %1;\n" ::"r"(taddr), "r"(ncols)
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+
+// tcgen05.fence::before_thread_sync / tcgen05.fence::after_thread_sync
+//
+// The asynchronous tcgen05 operations (mma, cp, ld, st) are ordered across threads only through
+// these: a thread's tcgen05 work before `before_thread_sync` is ordered before its following
+// barrier / mbarrier arrive; a thread's tcgen05 work after `after_thread_sync` is ordered after
+// its preceding barrier / mbarrier wait. (tcgen05.commit implies the "before" fence.)
+__device__ __forceinline__ void tcgen05_fence_before_thread_sync(MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    mxh::fail(file, line, "tcgen05.fence is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile("tcgen05.fence::before_thread_sync;\n" ::: "memory");
+#else
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ void tcgen05_fence_after_thread_sync(MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    mxh::fail(file, line, "tcgen05.fence is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile("tcgen05.fence::after_thread_sync;\n" ::: "memory");
+#else
+    __trap();
+#endif
+}
+
+// tcgen05.cp.cta_group::1.32x128b.warpx4 [taddr], sdesc
+//
+// One thread starts an asynchronous copy shared memory -> tensor memory of 32 rows x 128 bits,
+// broadcast to all four 32-lane quarters: source row r (0..31) lands in lanes r, 32 + r, 64 + r
+// and 96 + r, columns taddr .. taddr + 3 (its four 32-bit words in order). The source is
+// described by a shared-memory matrix descriptor in the K-major, no-swizzle form: rows are
+// 16 bytes, rows 8g .. 8g + 7 contiguous (a "core matrix"), core matrix g at start + g * SBO.
+// Ordered before a later tcgen05.mma of the same thread (a pipelined pair); its completion is
+// tracked by tcgen05.commit.
+__device__ __forceinline__ void tcgen05_cp_32x128b_warpx4(uint32_t taddr, uint64_t sdesc,
+                                                          MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    (void)taddr;
+    (void)sdesc;
+    mxh::fail(file, line, "tcgen05.cp is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile("tcgen05.cp.cta_group::1.32x128b.warpx4 [%0], %1;\n" ::"r"(taddr), "l"(sdesc)
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+
+// tcgen05.mma.cta_group::1.kind::mxf4.block_scale.scale_vec::2X
+//     [d_taddr], adesc, bdesc, idesc, [sfa_taddr], [sfb_taddr], p        (p = accumulate != 0)
+//
+// One thread starts the asynchronous block-scaled MMA D (+)= (A * scale_A) (B * scale_B):
+// A M x 64 and B 64 x N packed E2M1 (two per byte) in shared memory, described by the matrix
+// descriptors adesc / bdesc; scale_A (M x 2) and scale_B (2 x N) UE8M0 bytes in tensor memory at
+// sfa_taddr / sfb_taddr (one scale per 32 elements of K); D M x N f32 in tensor memory at d_taddr
+// (row i in lane i, column j in column d_taddr + j for M = 128). p false: D = A*B, the old D is
+// not read. idesc (32 bits) gives the types, M, N and the scale-factor byte ids. Completion is
+// observed only through tcgen05.commit; mma after mma with the same D runs in issue order.
+// (.scale_vec::2X is the sm_100a spelling from PTX 8.6; PTX 8.8 also names it .block32.)
+__device__ __forceinline__ void tcgen05_mma_mxf4(uint32_t d_taddr, uint64_t adesc, uint64_t bdesc,
+                                                 uint32_t idesc, uint32_t sfa_taddr,
+                                                 uint32_t sfb_taddr, int accumulate, MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    (void)d_taddr;
+    (void)adesc;
+    (void)bdesc;
+    (void)idesc;
+    (void)sfa_taddr;
+    (void)sfb_taddr;
+    (void)accumulate;
+    mxh::fail(file, line, "tcgen05.mma is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %6, 0;\n"
+        "tcgen05.mma.cta_group::1.kind::mxf4.block_scale.scale_vec::2X "
+        "[%0], %1, %2, %3, [%4], [%5], p;\n"
+        "}\n" ::"r"(d_taddr),
+        "l"(adesc), "l"(bdesc), "r"(idesc), "r"(sfa_taddr), "r"(sfb_taddr), "r"(accumulate)
+        : "memory");
+#else
+    __trap();
+#endif
+}
+
+// tcgen05.commit.cta_group::1.mbarrier::arrive::one.shared::cluster.b64 [bar]
+//
+// Makes the mbarrier `bar` (this CTA's shared memory) receive one arrive when every tcgen05.mma /
+// tcgen05.cp this thread issued before it has completed (their shared-memory reads included).
+__device__ __forceinline__ void tcgen05_commit(uint64_t* bar, MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    (void)bar;
+    mxh::fail(file, line, "tcgen05.commit is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile(
+        "tcgen05.commit.cta_group::1.mbarrier::arrive::one.shared::cluster.b64 [%0];\n" ::"r"(
+            (uint32_t)__cvta_generic_to_shared(bar))
+        : "memory");
+#else
+    __trap();
+#endif
+}
+
+// tcgen05.ld.sync.aligned.32x32b.x8.b32 {r0..r7}, [taddr]
+// tcgen05.wait::ld.sync.aligned
+//
+// Warp-wide, every lane the same taddr (lane field = 32 x this warp's index in its warpgroup):
+// lane l receives the 8 consecutive 32-bit cells of tensor-memory lane (taddr's lane + l),
+// columns taddr .. taddr + 7, in r[0..7]. Asynchronous: the registers are valid only after
+// tcgen05.wait::ld, which therefore takes them as in-out operands (so the compiler cannot move
+// a use of them above the wait).
+__device__ __forceinline__ void tcgen05_ld_32x32b_x8(uint32_t r[8], uint32_t taddr, MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    (void)r;
+    (void)taddr;
+    mxh::fail(file, line, "tcgen05.ld is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile("tcgen05.ld.sync.aligned.32x32b.x8.b32 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]), "=r"(r[4]), "=r"(r[5]),
+                   "=r"(r[6]), "=r"(r[7])
+                 : "r"(taddr)
+                 : "memory");
+#else
+    (void)taddr;
+    for (int i = 0; i < 8; i++) r[i] = 0;
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ void tcgen05_wait_ld(uint32_t r[8], MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    (void)r;
+    mxh::fail(file, line, "tcgen05.wait is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile("tcgen05.wait::ld.sync.aligned;\n"
+                 : "+r"(r[0]), "+r"(r[1]), "+r"(r[2]), "+r"(r[3]), "+r"(r[4]), "+r"(r[5]),
+                   "+r"(r[6]), "+r"(r[7])
+                 :
+                 : "memory");
+#else
+    (void)r;
+    __trap();
+#endif
+}
+
+// mbarrier.init.shared::cta.b64 [bar], count          (sm_90+ here)
+// fence.mbarrier_init.release.cluster
+// mbarrier.try_wait.parity.shared::cta.b64 p, [bar], parity
+//
+// A shared-memory barrier object: init sets the expected arrival count of each phase (phases
+// start at 0); the init fence makes the initialization visible to the asynchronous arrivals
+// (tcgen05.commit) before any use. try_wait.parity is true once the phase with that parity has
+// completed (it may suspend the thread for a while first); loop until true.
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count, MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    (void)bar;
+    (void)count;
+    mxh::fail(file, line, "mbarrier.init is not emulated by the host harness");
+#elif MXGPT_MBARRIER
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(bar)),
+                 "r"(count)
+                 : "memory");
+#else
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ void fence_mbarrier_init(MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    mxh::fail(file, line, "fence.mbarrier_init is not emulated by the host harness");
+#elif MXGPT_MBARRIER
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#else
+    __trap();
+#endif
+}
+
+__device__ __forceinline__ bool mbarrier_try_wait_parity(uint64_t* bar, uint32_t parity, MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    (void)bar;
+    (void)parity;
+    mxh::fail(file, line, "mbarrier.try_wait is not emulated by the host harness");
+#elif MXGPT_MBARRIER
+    uint32_t done;
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.b32 %0, 1, 0, p;\n"
+        "}\n"
+        : "=r"(done)
+        : "r"((uint32_t)__cvta_generic_to_shared(bar)), "r"(parity)
+        : "memory");
+    return done != 0;
+#else
+    (void)bar;
+    (void)parity;
+    __trap();
+    return true;
+#endif
+}
+
+// fence.proxy.async.shared::cta
+//
+// tcgen05.mma and tcgen05.cp read shared memory through the async proxy: a thread's ordinary
+// st.shared must be followed by this fence (then a barrier) before an MMA / copy issued after
+// the barrier may read what it wrote.
+__device__ __forceinline__ void fence_proxy_async_shared(MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    mxh::fail(file, line, "fence.proxy.async is not emulated by the host harness");
+#elif MXGPT_MBARRIER
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#else
+    __trap();
+#endif
+}

@@ -234,7 +234,23 @@ mod tests {
         // H100 (9.0) gets sm_90a; an A100 (8.0) gets sm_80 when the module has it, else nothing;
         // a 7.5 card gets nothing.
         for (name, _) in MODULES {
-            let h100 = select_variant(name, 9, 0).expect("every module targets sm_90a");
+            let targets: Vec<&str> = VARIANTS
+                .iter()
+                .filter(|v| v.module == *name)
+                .map(|v| v.target)
+                .collect();
+            if !targets.contains(&"sm_90a") {
+                // Blackwell-only modules (mx_gemm_tcgen05: sm_100a) load on exactly 10.0.
+                assert_eq!(targets, ["sm_100a"], "{name}");
+                assert!(select_variant(name, 9, 0).is_none(), "{name}");
+                assert_eq!(
+                    select_variant(name, 10, 0).map(|v| v.target),
+                    Some("sm_100a")
+                );
+                assert!(select_variant(name, 10, 3).is_none(), "{name}");
+                continue;
+            }
+            let h100 = select_variant(name, 9, 0).expect("every other module targets sm_90a");
             assert_eq!(h100.target, "sm_90a", "{name}");
             let has80 = VARIANTS
                 .iter()

@@ -288,10 +288,9 @@ impl MxBackward {
                     },
                 );
                 match self.path {
-                    MxGemmPath::Tcgen05 => Err(CudaError::new(
-                        "--mx-gemm tcgen05: the Blackwell MX GEMM is not in this build yet",
-                        1,
-                    )),
+                    MxGemmPath::Tcgen05 => super::kernels::mx_tcgen05::gemm_tcgen05(
+                        g, out, qa, qb, m, n, k, alpha, accumulate,
+                    ),
                     _ => kmx::gemm_int8(g, out, qa, qb, m, n, k, alpha, accumulate),
                 }
             }

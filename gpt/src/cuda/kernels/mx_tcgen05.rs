@@ -4,11 +4,11 @@
 //! where an operand element or a scale factor sits in the kernel's shared-memory tiles.
 //!
 //! NOT VERIFIED ON HARDWARE. The bit layouts are those of the PTX ISA 9.0 tables quoted below
-//! (section 9.7.16.4, "Matrix Descriptors"), cross-read with CUTLASS (cute/arch/mma_sm100_desc.hpp);
-//! tests/tests/gpu_mx_tcgen05.rs checks these encoders field by field against the ISA's bit
-//! positions, and checks that the constants written into the kernel are what these functions
-//! produce. Whether the tensor core agrees is known only once that test's hardware case has run
-//! on a B200.
+//! (section 9.7.16.4, "Matrix Descriptors"), cross-read with CUTLASS
+//! (cute/arch/mma_sm100_desc.hpp); tests/tests/gpu_mx_tcgen05.rs checks these encoders field
+//! by field against the ISA's bit positions, and checks that the constants written into the
+//! kernel are what these functions produce. Whether the tensor core agrees is known only once
+//! that test's hardware case has run on a B200.
 //!
 //! The kernel takes the launch parameters of `mx::gemm_int8` and nothing more, so the
 //! descriptors are not kernel arguments: the kernel holds them as literals (`MXT_IDESC`,
@@ -105,7 +105,7 @@ impl Mxf4InstrDesc {
         if m != 128 && m != 256 {
             return Err(format!("kind::mxf4: M = {m} must be 128 or 256"));
         }
-        if n % 8 != 0 || !(8..=256).contains(&n) {
+        if !n.is_multiple_of(8) || !(8..=256).contains(&n) {
             return Err(format!(
                 "kind::mxf4: N = {n} must be a multiple of 8 in 8..=256"
             ));
@@ -335,12 +335,12 @@ pub fn gemm_tcgen05(
     const K: &str = "mx_gemm_tcgen05";
     let dim = |what: &str, v: usize| super::check_dim(K, what, v);
     let (mi, ni, ki) = (dim("m", m)?, dim("n", n)?, dim("k", k)?);
-    if k % 32 != 0 {
+    if !k.is_multiple_of(32) {
         return Err(err(format!(
             "{K}: K = {k} is not a multiple of the MX block 32"
         )));
     }
-    if a.codes.addr() % 16 != 0 || b.codes.addr() % 16 != 0 {
+    if !a.codes.addr().is_multiple_of(16) || !b.codes.addr().is_multiple_of(16) {
         return Err(err(format!("{K}: code arrays must be 16-byte aligned")));
     }
     check_len(K, "c", &c, m * n)?;
