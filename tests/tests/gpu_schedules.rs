@@ -10,9 +10,10 @@ use gpt::backend::Backend;
 use gpt::config::ModelConfig;
 use gpt::cpu::ops::AdamW;
 use gpt::cuda::kernels::{cast, gemm, global_norm, Ptr};
-use gpt::cuda::CudaBackend;
+use gpt::cuda::{CudaBackend, MxGemmChoice, MxGemmPath};
 use gpt::layout::{Arena, TensorRef};
 use gpt::model::{Gpt, PrecisionPlan};
+use gpt::mx::MxConfig;
 use gpt::precision::BackwardMode;
 use runtime::cuda::half::bf16;
 use runtime::cuda::{Gpu, Schedule};
@@ -26,17 +27,31 @@ const SCHEDULES: [Schedule; 4] = [
 ];
 
 /// Losses, gradient norms, and the parameter and gradient bits after two AdamW steps.
-fn two_steps(g: Gpu, cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>, Vec<u32>, Vec<u32>) {
-    let (batch, seq) = (2, 40);
+fn two_steps(
+    g: Gpu,
+    cfg: &ModelConfig,
+    mode: BackwardMode,
+    path: MxGemmPath,
+) -> (Vec<f32>, Vec<f32>, Vec<u32>, Vec<u32>) {
+    // T = 48 (not a multiple of 16 or 32 per sequence; B*T = 96, a multiple of the MX block and
+    // of g = 32 for the MXFP4 modes' wgrad).
+    let (batch, seq) = (2, 48);
     let gpt = Gpt::new(cfg.clone(), batch, seq).unwrap();
     let mut be = CudaBackend::on(g, &gpt.cfg, batch, seq).unwrap();
+    be.set_mx_gemm(MxGemmChoice::Path(path)).unwrap();
+    be.set_mx_config(MxConfig {
+        mode,
+        hadamard_block: 32,
+        seed: 4,
+    })
+    .unwrap();
     let all = TensorRef {
         arena: Arena::Params,
         offset: 0,
         len: gpt.params.total,
     };
     be.write(all, &gpt.init_params(3)).unwrap();
-    let plan = PrecisionPlan::uniform(BackwardMode::Bf16, cfg.layers);
+    let plan = PrecisionPlan::uniform(mode, cfg.layers);
     let bt = gpt.tokens_per_batch();
     let toks: Vec<u32> = (0..bt as u32)
         .map(|i| (i * 37 + 11) % cfg.vocab as u32)
@@ -86,26 +101,27 @@ fn two_steps(g: Gpu, cfg: &ModelConfig) -> (Vec<f32>, Vec<f32>, Vec<u32>, Vec<u3
 
 #[test]
 fn training_steps_are_bit_identical_under_every_schedule() {
-    // Head sizes 16 and 64, a ragged padded vocabulary, T = 40 (not a multiple of 16 or 32).
-    for (l, c, nh) in [(1, 64, 4), (1, 128, 2)] {
+    // Head sizes 16 and 64, a ragged padded vocabulary; BF16 and the MXFP4 recipe on both MX
+    // GEMM paths (quantize kernels, int8 and bf16 MX GEMMs).
+    for (l, c, nh, mode, path) in [
+        (1, 64, 4, BackwardMode::Bf16, MxGemmPath::Bf16),
+        (1, 128, 2, BackwardMode::Bf16, MxGemmPath::Bf16),
+        (1, 64, 4, BackwardMode::Mxfp4, MxGemmPath::Bf16),
+        (1, 64, 4, BackwardMode::Mxfp4, MxGemmPath::Int8),
+    ] {
         let mut cfg = ModelConfig::new(l, c, nh, 64).unwrap();
         cfg.vocab = 301;
         cfg.padded_vocab = 384;
+        let what = format!("C{c} NH{nh} {mode} ({} path)", path.name());
         let runs: Vec<_> = SCHEDULES
             .iter()
-            .map(|&s| two_steps(Gpu::harness(s), &cfg))
+            .map(|&s| two_steps(Gpu::harness(s), &cfg, mode, path))
             .collect();
         for (s, r) in SCHEDULES.iter().zip(&runs).skip(1) {
-            assert_eq!(r.0, runs[0].0, "C{c} NH{nh}: losses under {s:?}");
-            assert_eq!(r.1, runs[0].1, "C{c} NH{nh}: gradient norms under {s:?}");
-            assert!(
-                r.2 == runs[0].2,
-                "C{c} NH{nh}: parameters differ under {s:?}"
-            );
-            assert!(
-                r.3 == runs[0].3,
-                "C{c} NH{nh}: gradients differ under {s:?}"
-            );
+            assert_eq!(r.0, runs[0].0, "{what}: losses under {s:?}");
+            assert_eq!(r.1, runs[0].1, "{what}: gradient norms under {s:?}");
+            assert!(r.2 == runs[0].2, "{what}: parameters differ under {s:?}");
+            assert!(r.3 == runs[0].3, "{what}: gradients differ under {s:?}");
         }
         assert!(runs[0].0.iter().all(|l| l.is_finite()));
     }

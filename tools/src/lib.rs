@@ -43,8 +43,16 @@ pub fn write_f32_file(path: &Path, values: &[f32]) -> Result<(), String> {
     write_atomic(path, &bytes)
 }
 
-/// The short commit hash of the checkout, or "unknown" outside a git checkout (for result files).
+/// The commit results are recorded under: `MXGPT_COMMIT` when set (a GPU bundle has no git
+/// checkout; its session script sets it from the bundle's COMMIT file), else the short hash of
+/// the checkout, else "unknown".
 pub fn git_commit() -> String {
+    if let Some(c) = std::env::var("MXGPT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+    {
+        return c.trim().to_string();
+    }
     std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds the GPU bundle (tools/cuda/bundle.sh) and packs it into ONE archive of at most 16 MiB,
+# small enough to carry to a GPU host with nothing but the NVIDIA driver (>= 580):
+#
+#   tools/cuda/pack-bundle.sh        # -> bundle/mxgpt-gpu.tar.xz (bundle/ is git-ignored)
+#
+# The archive holds one directory, mxgpt-gpu/ (the bundle: stripped binaries, scripts, data,
+# COMMIT). xz is preferred because every GPU host can unpack it (`tar -xf`); zstd, then gzip are
+# the fallbacks when xz is missing (then the archive is bundle/mxgpt-gpu.tar.zst or .tar.gz).
+# Exit status 1 when the archive exceeds 16 MiB. CARGO_TARGET_DIR is honoured.
+#
+# On the GPU host:
+#   mkdir -p /tmp/mx && tar -xf bundle/mxgpt-gpu.tar.* -C /tmp/mx && /tmp/mx/mxgpt-gpu/gpu-session.sh OUT
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+name=mxgpt-gpu
+limit=$((16 * 1024 * 1024))
+
+bash tools/cuda/bundle.sh "bundle/$name"
+
+if command -v xz >/dev/null; then
+    # -9: a 64 MiB dictionary spans several ~31 MB binaries, which share most of their bytes (-6,
+    # 8 MiB, gives 5x the size); one thread keeps one block, so the dictionary is shared. ~2 min.
+    ext=xz compress=(xz -9 -T1)
+elif command -v zstd >/dev/null; then
+    ext=zst compress=(zstd -19 --long=27 -T0 -q)
+else
+    ext=gz compress=(gzip -9)
+fi
+archive="bundle/$name.tar.$ext"
+rm -f "bundle/$name.tar.xz" "bundle/$name.tar.zst" "bundle/$name.tar.gz" "$archive.tmp"
+echo "pack: $archive (${compress[*]})"
+# Sorted names put the similar test binaries next to each other; owner 0 for a clean unpack.
+tar -C bundle --sort=name --owner=0 --group=0 --numeric-owner -cf - "$name" |
+    "${compress[@]}" >"$archive.tmp"
+mv "$archive.tmp" "$archive"
+
+size=$(stat -c %s "$archive")
+mib=$(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }')
+if ((size > limit)); then
+    echo "pack: ERROR: $archive is $size bytes ($mib MiB), over the 16 MiB limit of the GPU loan" >&2
+    exit 1
+fi
+echo "pack: $archive: $size bytes ($mib MiB, limit 16 MiB), commit $(cat "bundle/$name/COMMIT")"
+echo "pack: carry it to the GPU host (git-ignored: name it in the device tool's carry argument)"
