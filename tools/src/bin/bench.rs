@@ -398,7 +398,9 @@ fn kernel_entry(
 ) -> Value {
     let secs = st.median * 1e-3;
     let (gflops, gbps) = (flops / secs / 1e9, bytes / secs / 1e9);
-    let compute_bound = name.starts_with("matmul_") || name.starts_with("attention_");
+    let compute_bound = ["matmul_", "attention_", "mx_gemm"]
+        .iter()
+        .any(|p| name.starts_with(p));
     let (bound, pct) = if compute_bound {
         ("compute", 100.0 * gflops / ceil.sgemm_gflops)
     } else {
