@@ -378,7 +378,8 @@ mod harness {
         };
 
         // Scan (preprocess with __global__ left as a token) and compile, on a few threads.
-        let results: Vec<std::sync::Mutex<Option<Result<(Module, PathBuf), String>>>> = sources
+        type Slot = std::sync::Mutex<Option<Result<(Module, PathBuf), String>>>;
+        let results: Vec<Slot> = sources
             .iter()
             .map(|_| std::sync::Mutex::new(None))
             .collect();

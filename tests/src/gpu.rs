@@ -101,3 +101,46 @@ pub fn bits(v: &[bf16]) -> Vec<u16> {
 pub fn down_f32(g: &Gpu, b: &DeviceBuffer<bf16>) -> Vec<f32> {
     f32s(&g.download(b).unwrap())
 }
+
+/// A random MXFP4 operand [rows, k] quantized by the CPU reference: rows of magnitudes from
+/// 2^-20 to 2^10 (so block scales span many binades), a NaN at element `nan_at` when asked.
+pub fn mx_operand(
+    rng: &mut Rng,
+    rows: usize,
+    k: usize,
+    rounding: gpt::mx::Rounding,
+    nan_at: Option<usize>,
+) -> gpt::mx::MxOperand {
+    let mut x: Vec<f32> = (0..rows * k)
+        .map(|i| rng.f32(1.0) * 2f32.powi((i / k % 7) as i32 * 5 - 20))
+        .collect();
+    if let Some(i) = nan_at {
+        x[i] = f32::NAN;
+    }
+    gpt::mx::quantize_rows(&x, rows, k, rounding, 99, 5)
+        .unwrap()
+        .0
+}
+
+/// A quantized operand in device memory: packed codes and scales, as the MX GEMMs read them.
+pub struct DevMxOperand {
+    pub codes: DeviceBuffer<u8>,
+    pub scales: DeviceBuffer<u8>,
+}
+
+impl DevMxOperand {
+    pub fn upload(g: &Gpu, op: &gpt::mx::MxOperand) -> DevMxOperand {
+        DevMxOperand {
+            codes: g.upload(&gpt::mx::format::pack_codes(&op.codes)).unwrap(),
+            scales: g.upload(&op.scales).unwrap(),
+        }
+    }
+
+    pub fn r(&self) -> gpt::cuda::kernels::mx::MxRef<'_> {
+        use gpt::cuda::kernels::Ptr;
+        gpt::cuda::kernels::mx::MxRef {
+            codes: Ptr::of(&self.codes),
+            scales: Ptr::of(&self.scales),
+        }
+    }
+}

@@ -6,9 +6,9 @@
 //!   half stage), NaN blocks.
 //! - `bf16` (the dequantized operands through gemm.cu's matmul_kmajor): products are exact in
 //!   FP32 and only the FP32 summation order differs from the exact formula, so
-//!     |got - exact| <= 2^-8 |exact| + K 2^-23 S,   S = alpha sum_k |a_k b_k|
-//!   (2^-8: the output's bf16 rounding with margin; K 2^-23 S bounds any order of K FP32 adds).
-//!   A dropped block or a wrong scale is off by O(S) and fails.
+//!   `|got - exact| <= 2^-8 |exact| + K 2^-23 S` with `S = alpha sum_k |a_k b_k|` (2^-8: the
+//!   output's bf16 rounding with margin; K 2^-23 S bounds any order of K FP32 adds). A dropped
+//!   block or a wrong scale is off by O(S) and fails.
 //! - The chain the backend runs: GPU quantize (rowwise / colwise, RHT, SR) then the int8 GEMM
 //!   equals the CPU's whole `mx::backward_gemm` on the same bf16 inputs, bit for bit before
 //!   the bf16 rounding.
@@ -16,56 +16,13 @@
 use gpt::cpu::gemm::MatRef;
 use gpt::cuda::kernels::mx::{self, Layout, MxRef, QuantizeOut, QuantizeSpec};
 use gpt::cuda::kernels::{gemm, Ptr};
-use gpt::mx::format::{e2m1_decode, e8m0_decode, pack_codes};
+use gpt::mx::format::{e2m1_decode, e8m0_decode};
 use gpt::mx::gemm::{mx_gemm_exact_f64, mx_gemm_int_reference, SR_FACTOR};
-use gpt::mx::{
-    backward_gemm, quantize_rows, GemmId, GemmKind, LinearKind, MxConfig, MxOperand, Rounding,
-};
+use gpt::mx::{backward_gemm, GemmId, GemmKind, LinearKind, MxConfig, MxOperand, Rounding};
 use gpt::precision::BackwardMode;
 use runtime::cuda::half::bf16;
-use runtime::cuda::{DeviceBuffer, Gpu};
-use tests::gpu::{gpu, poisoned, Rng};
-
-/// A random operand [rows, k] quantized by the CPU, with a NaN block when asked.
-fn operand(
-    rng: &mut Rng,
-    rows: usize,
-    k: usize,
-    rounding: Rounding,
-    nan_at: Option<usize>,
-) -> MxOperand {
-    let mut x: Vec<f32> = (0..rows * k)
-        .map(|i| {
-            let v = rng.f32(1.0);
-            // Rows of very different magnitudes: scales from 2^-20 to 2^10.
-            v * 2f32.powi((i / k % 7) as i32 * 5 - 20)
-        })
-        .collect();
-    if let Some(i) = nan_at {
-        x[i] = f32::NAN;
-    }
-    quantize_rows(&x, rows, k, rounding, 99, 5).unwrap().0
-}
-
-struct DevOp {
-    codes: DeviceBuffer<u8>,
-    scales: DeviceBuffer<u8>,
-}
-
-impl DevOp {
-    fn upload(g: &Gpu, op: &MxOperand) -> DevOp {
-        DevOp {
-            codes: g.upload(&pack_codes(&op.codes)).unwrap(),
-            scales: g.upload(&op.scales).unwrap(),
-        }
-    }
-    fn r(&self) -> MxRef<'_> {
-        MxRef {
-            codes: Ptr::of(&self.codes),
-            scales: Ptr::of(&self.scales),
-        }
-    }
-}
+use runtime::cuda::DeviceBuffer;
+use tests::gpu::{gpu, mx_operand, poisoned, DevMxOperand, Rng};
 
 const SHAPES: &[(usize, usize, usize)] = &[
     (1, 1, 32),
@@ -83,8 +40,8 @@ fn int8_path_is_bit_identical_to_the_integer_reference() {
         for rounding in [Rounding::Rtn, Rounding::Sr] {
             for accumulate in [false, true] {
                 let nan = (m > 100).then_some(3 * k + 40);
-                let a = operand(&mut rng, m, k, rounding, nan);
-                let b = operand(&mut rng, n, k, rounding, None);
+                let a = mx_operand(&mut rng, m, k, rounding, nan);
+                let b = mx_operand(&mut rng, n, k, rounding, None);
                 let sr = rounding == Rounding::Sr;
                 let old = rng.vec_bf16(m * n, 2.0);
                 let mut want = vec![0.0f32; m * n];
@@ -97,7 +54,7 @@ fn int8_path_is_bit_identical_to_the_integer_reference() {
                 } else {
                     poisoned::<bf16>(&g, m * n)
                 };
-                let (da, db) = (DevOp::upload(&g, &a), DevOp::upload(&g, &b));
+                let (da, db) = (DevMxOperand::upload(&g, &a), DevMxOperand::upload(&g, &b));
                 let alpha = if sr { SR_FACTOR } else { 1.0 };
                 mx::gemm_int8(&g, Ptr::of(&c), da.r(), db.r(), m, n, k, alpha, accumulate).unwrap();
                 let got = g.download(&c).unwrap();
@@ -139,8 +96,8 @@ fn bf16_path_equals_the_exact_formula_up_to_fp32_summation() {
     let mut rng = Rng(43);
     for &(m, n, k) in SHAPES {
         for rounding in [Rounding::Rtn, Rounding::Sr] {
-            let a = operand(&mut rng, m, k, rounding, None);
-            let b = operand(&mut rng, n, k, rounding, None);
+            let a = mx_operand(&mut rng, m, k, rounding, None);
+            let b = mx_operand(&mut rng, n, k, rounding, None);
             let sr = rounding == Rounding::Sr;
             let exact = mx_gemm_exact_f64(&a, &b, sr);
             // S = alpha sum_k |a_k b_k|, from the exact formula on |codes|.

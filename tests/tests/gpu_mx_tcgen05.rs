@@ -24,12 +24,11 @@ use gpt::cuda::kernels::mx_tcgen05::{
     sf_offset, sf_tmem_after_copy, sf_tmem_for_mma, Mxf4InstrDesc, SmemDesc, Swizzle,
 };
 use gpt::cuda::kernels::Ptr;
-use gpt::mx::format::pack_codes;
 use gpt::mx::gemm::SR_FACTOR;
-use gpt::mx::{quantize_rows, MxOperand, Rounding};
+use gpt::mx::Rounding;
 use runtime::cuda::half::bf16;
-use runtime::cuda::{DeviceBuffer, Gpu};
-use tests::gpu::{gpu, poisoned, Rng};
+use runtime::cuda::Gpu;
+use tests::gpu::{gpu, mx_operand, poisoned, DevMxOperand, Rng};
 
 /// The kernel source, whose descriptor literals must be what the encoders produce.
 const KERNEL_SRC: &str = include_str!("../../ptx/kernels/mx_gemm_tcgen05.cu");
@@ -595,44 +594,6 @@ fn harness_lists_the_kernel_as_not_emulated_with_the_int8_parameter_list() {
 
 // ---- (d) on a B200 -----------------------------------------------------------------------
 
-/// A random operand [rows, k] quantized by the CPU (rows of magnitudes 2^-20 .. 2^10, a NaN
-/// block when asked), as gpu_mx_gemm.rs builds them.
-fn operand(
-    rng: &mut Rng,
-    rows: usize,
-    k: usize,
-    rounding: Rounding,
-    nan_at: Option<usize>,
-) -> MxOperand {
-    let mut x: Vec<f32> = (0..rows * k)
-        .map(|i| rng.f32(1.0) * 2f32.powi((i / k % 7) as i32 * 5 - 20))
-        .collect();
-    if let Some(i) = nan_at {
-        x[i] = f32::NAN;
-    }
-    quantize_rows(&x, rows, k, rounding, 99, 5).unwrap().0
-}
-
-struct DevOp {
-    codes: DeviceBuffer<u8>,
-    scales: DeviceBuffer<u8>,
-}
-
-impl DevOp {
-    fn upload(g: &Gpu, op: &MxOperand) -> DevOp {
-        DevOp {
-            codes: g.upload(&pack_codes(&op.codes)).unwrap(),
-            scales: g.upload(&op.scales).unwrap(),
-        }
-    }
-    fn r(&self) -> MxRef<'_> {
-        MxRef {
-            codes: Ptr::of(&self.codes),
-            scales: Ptr::of(&self.scales),
-        }
-    }
-}
-
 /// Ragged M and N (tile edges), K with a 32-element tail (K % 64 == 32), several tiles.
 const SHAPES: &[(usize, usize, usize)] = &[
     (1, 1, 32),
@@ -667,9 +628,9 @@ fn tcgen05_path_is_bit_identical_to_the_int8_path_on_blackwell() {
         for rounding in [Rounding::Rtn, Rounding::Sr] {
             for accumulate in [false, true] {
                 let nan = (m > 100).then_some(3 * k + 40);
-                let a = operand(&mut rng, m, k, rounding, nan);
-                let b = operand(&mut rng, n, k, rounding, None);
-                let (da, db) = (DevOp::upload(&g, &a), DevOp::upload(&g, &b));
+                let a = mx_operand(&mut rng, m, k, rounding, nan);
+                let b = mx_operand(&mut rng, n, k, rounding, None);
+                let (da, db) = (DevMxOperand::upload(&g, &a), DevMxOperand::upload(&g, &b));
                 let old = rng.vec_bf16(m * n, 2.0);
                 let alpha = if rounding == Rounding::Sr {
                     SR_FACTOR

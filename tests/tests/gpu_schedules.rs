@@ -36,7 +36,7 @@ fn two_steps(
     // T = 48 (not a multiple of 16 or 32 per sequence; B*T = 96, a multiple of the MX block and
     // of g = 32 for the MXFP4 modes' wgrad).
     let (batch, seq) = (2, 48);
-    let gpt = Gpt::new(cfg.clone(), batch, seq).unwrap();
+    let gpt = Gpt::new(*cfg, batch, seq).unwrap();
     let mut be = CudaBackend::on(g, &gpt.cfg, batch, seq).unwrap();
     be.set_mx_gemm(MxGemmChoice::Path(path)).unwrap();
     be.set_mx_config(MxConfig {

@@ -166,6 +166,7 @@ fn compare(name: &str, cfg: ModelConfig, batch: usize, seq: usize) {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compare_mode(
     name: &str,
     mut cfg: ModelConfig,

@@ -135,7 +135,7 @@ impl CudaBackend {
             mx_choice: MxGemmChoice::Auto,
             mx: None,
             layout,
-            model: cfg.clone(),
+            model: *cfg,
             batch,
             seq,
             vocab: cfg.vocab,

@@ -9,6 +9,7 @@
 //!   sources compiled for the CPU and run with the GPU's programming model. `Gpu::harness()`
 //!   opens it; the GPU tests use it on machines without a GPU, so every launcher and kernel runs
 //!   in CI. It is slow (a CPU core emulating a warp) and meant for small test shapes.
+//!
 //! Without either feature this module still builds (the CUDA backend's code compiles
 //! everywhere), and `Gpu::new` says that the build has no GPU support.
 //!

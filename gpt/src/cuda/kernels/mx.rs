@@ -93,7 +93,7 @@ pub fn quantize(
     if r > i32::MAX as usize || c > i32::MAX as usize || rows_out > TILE_ROWS * 65_535 {
         return Err(err(format!("{K}: operand [{r}, {c}] too large")));
     }
-    if k % 32 != 0 {
+    if !k.is_multiple_of(32) {
         return Err(err(format!(
             "{K}: the reduction dimension K = {k} is not a multiple of the MX block 32"
         )));
@@ -107,7 +107,7 @@ pub fn quantize(
             )))
         }
     };
-    if c % 8 != 0 || src.addr() % 16 != 0 {
+    if !c.is_multiple_of(8) || !src.addr().is_multiple_of(16) {
         return Err(err(format!(
             "{K}: the source needs 16-byte aligned rows (c = {c} must be a multiple of 8, the base 16-byte aligned)"
         )));
@@ -138,7 +138,7 @@ pub fn quantize(
     let deq = match &out.deq {
         Some(p) => {
             check_len(K, "deq", p, n)?;
-            if p.addr() % 16 != 0 {
+            if !p.addr().is_multiple_of(16) {
                 return Err(err(format!("{K}: deq must be 16-byte aligned")));
             }
             outputs.push(span("deq", p, n));
@@ -225,6 +225,48 @@ pub struct MxRef<'a> {
     pub scales: Ptr<'a, u8>,
 }
 
+/// The checks every MX GEMM launcher makes: positive shapes that fit an `int`, K a multiple of
+/// 32, 16-byte aligned code arrays, every operand long enough, C disjoint from the inputs.
+/// Returns (m, n, k) as the kernel's `int`s.
+pub fn check_gemm_operands(
+    kernel: &str,
+    c: &Ptr<bf16>,
+    a: &MxRef,
+    b: &MxRef,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<(i32, i32, i32)> {
+    let dim = |what: &str, v: usize| super::check_dim(kernel, what, v);
+    let (mi, ni, ki) = (dim("m", m)?, dim("n", n)?, dim("k", k)?);
+    if !k.is_multiple_of(32) {
+        return Err(err(format!(
+            "{kernel}: K = {k} is not a multiple of the MX block 32"
+        )));
+    }
+    if !a.codes.addr().is_multiple_of(16) || !b.codes.addr().is_multiple_of(16) {
+        return Err(err(format!(
+            "{kernel}: code arrays must be 16-byte aligned"
+        )));
+    }
+    check_len(kernel, "c", c, m * n)?;
+    check_len(kernel, "a.codes", &a.codes, m * k / 2)?;
+    check_len(kernel, "a.scales", &a.scales, m * k / 32)?;
+    check_len(kernel, "b.codes", &b.codes, n * k / 2)?;
+    check_len(kernel, "b.scales", &b.scales, n * k / 32)?;
+    check_disjoint(
+        kernel,
+        &[span("c", c, m * n)],
+        &[
+            span("a.codes", &a.codes, m * k / 2),
+            span("a.scales", &a.scales, m * k / 32),
+            span("b.codes", &b.codes, n * k / 2),
+            span("b.scales", &b.scales, n * k / 32),
+        ],
+    )?;
+    Ok((mi, ni, ki))
+}
+
 /// The integer-path MX GEMM (ptx/kernels/mx_gemm.cu): `c[m, n] = bf16(alpha · Σ_j 2^(eA+eB) ·
 /// dot_j)`, or `c = bf16(c + alpha · ...)` with `accumulate`, over A [m, k] and B [n, k];
 /// bit-identical to `gpt::mx::gemm::mx_gemm_int_reference` before the bf16 rounding. K must be
@@ -242,31 +284,7 @@ pub fn gemm_int8(
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "mx_gemm_int8";
-    let dim = |what: &str, v: usize| super::check_dim(K, what, v);
-    let (mi, ni, ki) = (dim("m", m)?, dim("n", n)?, dim("k", k)?);
-    if k % 32 != 0 {
-        return Err(err(format!(
-            "{K}: K = {k} is not a multiple of the MX block 32"
-        )));
-    }
-    if a.codes.addr() % 16 != 0 || b.codes.addr() % 16 != 0 {
-        return Err(err(format!("{K}: code arrays must be 16-byte aligned")));
-    }
-    check_len(K, "c", &c, m * n)?;
-    check_len(K, "a.codes", &a.codes, m * k / 2)?;
-    check_len(K, "a.scales", &a.scales, m * k / 32)?;
-    check_len(K, "b.codes", &b.codes, n * k / 2)?;
-    check_len(K, "b.scales", &b.scales, n * k / 32)?;
-    check_disjoint(
-        K,
-        &[span("c", &c, m * n)],
-        &[
-            span("a.codes", &a.codes, m * k / 2),
-            span("a.scales", &a.scales, m * k / 32),
-            span("b.codes", &b.codes, n * k / 2),
-            span("b.scales", &b.scales, n * k / 32),
-        ],
-    )?;
+    let (mi, ni, ki) = check_gemm_operands(K, &c, &a, &b, m, n, k)?;
     if m.div_ceil(128) > u32::MAX as usize || n.div_ceil(128) > 65_535 {
         return Err(err(format!("{K}: {m} x {n} is too large a grid")));
     }

@@ -17,7 +17,7 @@
 //! literals from the source and compares them with [`instr_desc_mxf4`] and [`SmemDesc::encode`].
 
 use super::mx::MxRef;
-use super::{check_disjoint, check_len, span, Ptr};
+use super::Ptr;
 use runtime::cuda::{half::bf16, CudaError, Gpu, LaunchConfig, Result};
 
 /// Output tile of one CTA (rows of A, rows of B); M of the MMA (cta_group::1 allows only 128).
@@ -333,31 +333,7 @@ pub fn gemm_tcgen05(
     accumulate: bool,
 ) -> Result<()> {
     const K: &str = "mx_gemm_tcgen05";
-    let dim = |what: &str, v: usize| super::check_dim(K, what, v);
-    let (mi, ni, ki) = (dim("m", m)?, dim("n", n)?, dim("k", k)?);
-    if !k.is_multiple_of(32) {
-        return Err(err(format!(
-            "{K}: K = {k} is not a multiple of the MX block 32"
-        )));
-    }
-    if !a.codes.addr().is_multiple_of(16) || !b.codes.addr().is_multiple_of(16) {
-        return Err(err(format!("{K}: code arrays must be 16-byte aligned")));
-    }
-    check_len(K, "c", &c, m * n)?;
-    check_len(K, "a.codes", &a.codes, m * k / 2)?;
-    check_len(K, "a.scales", &a.scales, m * k / 32)?;
-    check_len(K, "b.codes", &b.codes, n * k / 2)?;
-    check_len(K, "b.scales", &b.scales, n * k / 32)?;
-    check_disjoint(
-        K,
-        &[span("c", &c, m * n)],
-        &[
-            span("a.codes", &a.codes, m * k / 2),
-            span("a.scales", &a.scales, m * k / 32),
-            span("b.codes", &b.codes, n * k / 2),
-            span("b.scales", &b.scales, n * k / 32),
-        ],
-    )?;
+    let (mi, ni, ki) = super::mx::check_gemm_operands(K, &c, &a, &b, m, n, k)?;
     if m.div_ceil(TILE_M) > u32::MAX as usize || n.div_ceil(TILE_N) > 65_535 {
         return Err(err(format!("{K}: {m} x {n} is too large a grid")));
     }
