@@ -1,4 +1,5 @@
-//! Which precision the backward GEMMs of the linear layers use (MXFP4.md section 5).
+//! Which precision the backward GEMMs of the linear layers use (docs/numerics.md sections 6
+//! and 10).
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,15 +18,22 @@ pub enum BackwardMode {
     Mxfp4,
     /// [4] stochastic rounding without the Hadamard transform.
     Mxfp4Sr,
+    /// NVFP4, NVIDIA's recipe: SR on the gradient, 16-point RHT with one fixed sign vector on
+    /// wgrad's operands (no official BW_USE_MXFP4 number).
+    Nvfp4,
+    /// Plain NVFP4: round to nearest everywhere, no transform (the ablation).
+    Nvfp4Rtn,
 }
 
 impl BackwardMode {
-    pub const ALL: [BackwardMode; 5] = [
+    pub const ALL: [BackwardMode; 7] = [
         BackwardMode::Bf16,
         BackwardMode::Mxfp4Rtn,
         BackwardMode::Mxfp4Rht,
         BackwardMode::Mxfp4Sr,
         BackwardMode::Mxfp4,
+        BackwardMode::Nvfp4Rtn,
+        BackwardMode::Nvfp4,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,30 +43,56 @@ impl BackwardMode {
             BackwardMode::Mxfp4Rtn => "mxfp4-rtn",
             BackwardMode::Mxfp4 => "mxfp4",
             BackwardMode::Mxfp4Sr => "mxfp4-sr",
+            BackwardMode::Nvfp4 => "nvfp4",
+            BackwardMode::Nvfp4Rtn => "nvfp4-rtn",
         }
     }
 
-    /// The official code's `BW_USE_MXFP4` number.
-    pub fn official_number(self) -> u32 {
+    /// The official code's `BW_USE_MXFP4` number (None for the NVFP4 modes, which it lacks).
+    pub fn official_number(self) -> Option<u32> {
         match self {
-            BackwardMode::Bf16 => 0,
-            BackwardMode::Mxfp4Rht => 1,
-            BackwardMode::Mxfp4Rtn => 2,
-            BackwardMode::Mxfp4 => 3,
-            BackwardMode::Mxfp4Sr => 4,
+            BackwardMode::Bf16 => Some(0),
+            BackwardMode::Mxfp4Rht => Some(1),
+            BackwardMode::Mxfp4Rtn => Some(2),
+            BackwardMode::Mxfp4 => Some(3),
+            BackwardMode::Mxfp4Sr => Some(4),
+            BackwardMode::Nvfp4 | BackwardMode::Nvfp4Rtn => None,
         }
     }
 
-    pub fn is_mxfp4(self) -> bool {
+    /// Any 4-bit backward (MXFP4 or NVFP4): the backward GEMMs quantize their operands.
+    pub fn is_quantized(self) -> bool {
         self != BackwardMode::Bf16
     }
 
+    /// One of the MXFP4 modes (E8M0 scales per 32).
+    pub fn is_mxfp4(self) -> bool {
+        matches!(
+            self,
+            BackwardMode::Mxfp4Rtn
+                | BackwardMode::Mxfp4Rht
+                | BackwardMode::Mxfp4Sr
+                | BackwardMode::Mxfp4
+        )
+    }
+
+    /// One of the NVFP4 modes (E4M3 scales per 16 and a tensor scale).
+    pub fn is_nvfp4(self) -> bool {
+        matches!(self, BackwardMode::Nvfp4 | BackwardMode::Nvfp4Rtn)
+    }
+
+    /// MXFP4's random Hadamard transform with block g on both GEMMs (NVFP4's fixed 16-point
+    /// transform on wgrad is part of its recipe, not this).
     pub fn uses_rht(self) -> bool {
         matches!(self, BackwardMode::Mxfp4Rht | BackwardMode::Mxfp4)
     }
 
+    /// Stochastic rounding (of both MXFP4 operands; of the gradient operand in `nvfp4`).
     pub fn uses_sr(self) -> bool {
-        matches!(self, BackwardMode::Mxfp4Sr | BackwardMode::Mxfp4)
+        matches!(
+            self,
+            BackwardMode::Mxfp4Sr | BackwardMode::Mxfp4 | BackwardMode::Nvfp4
+        )
     }
 }
 

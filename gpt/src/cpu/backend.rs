@@ -159,7 +159,7 @@ fn backward_gemm(
     accumulate: bool,
 ) -> BResult<()> {
     match prec {
-        Some(p) if p.mode.is_mxfp4() => {
+        Some(p) if p.mode.is_quantized() => {
             let cfg = MxConfig {
                 mode: p.mode,
                 ..mx_cfg
@@ -171,8 +171,8 @@ fn backward_gemm(
             };
             mx::backward_gemm(&cfg, &id, a, b, c, ldc, accumulate, Some(telemetry)).map_err(|e| {
                 BackendError(format!(
-                    "MXFP4 {which:?} of layer {} {:?}: {e}",
-                    id.layer, id.linear
+                    "{} {which:?} of layer {} {:?}: {e}",
+                    p.mode, id.layer, id.linear
                 ))
             })
         }

@@ -210,6 +210,12 @@ impl CudaBackend {
     ) -> BResult<()> {
         let g = &self.gpu;
         let d = self.bf(dout)?;
+        if let Some(p) = prec.filter(|p| p.mode.is_nvfp4()) {
+            return Err(BackendError(format!(
+                "--backward {}: the NVFP4 modes are not on the CUDA backend yet",
+                p.mode
+            )));
+        }
         match prec.filter(|p| p.mode.is_mxfp4()) {
             Some(p) => {
                 let mx = mx.ok_or_else(|| {
@@ -368,6 +374,12 @@ impl Backend for CudaBackend {
 
     fn set_mx_config(&mut self, cfg: MxConfig) -> BResult<()> {
         cfg.validate().map_err(|e| BackendError(e.to_string()))?;
+        if cfg.mode.is_nvfp4() {
+            return Err(BackendError(format!(
+                "--backward {}: the NVFP4 modes are not on the CUDA backend yet (the CPU backend runs them); use an MXFP4 mode on the GPU, or --device cpu",
+                cfg.mode
+            )));
+        }
         if !cfg.mode.is_mxfp4() {
             self.mx = None;
             return Ok(());

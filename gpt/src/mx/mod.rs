@@ -12,8 +12,10 @@
 //! the CPU backend and `tools/mx gemm` share.
 
 pub mod format;
+pub mod fp8;
 pub mod gemm;
 pub mod hadamard;
+pub mod nvfp4;
 pub mod philox;
 pub mod quantize;
 
@@ -310,7 +312,7 @@ impl SharedBytes {
 
 /// Copies a strided view into a K-major buffer: rows of `k` values. `k_along_cols` says whether
 /// K runs along the view's columns (A: M x K) or rows (B: K x N, giving B^T).
-fn gather_k_major(v: MatRef, k_along_cols: bool) -> Vec<f32> {
+pub(crate) fn gather_k_major(v: MatRef, k_along_cols: bool) -> Vec<f32> {
     let (rows, k) = if k_along_cols {
         (v.rows, v.cols)
     } else {
@@ -370,6 +372,14 @@ pub fn backward_gemm(
             "backward_gemm: A is {}x{}, B is {}x{}",
             a.rows, a.cols, b.rows, b.cols
         )));
+    }
+    if cfg.mode.is_nvfp4() {
+        let recipe = nvfp4::Nvfp4Recipe::of(cfg.mode);
+        let wgrad = id.gemm == GemmKind::Wgrad;
+        let sr_stream = id.stream(StreamRole::SrA);
+        return nvfp4::backward_gemm(
+            recipe, wgrad, cfg.seed, sr_stream, a, b, c, ldc, accumulate, telemetry,
+        );
     }
     if !cfg.mode.is_mxfp4() {
         sgemm(a, b, c, ldc, accumulate);

@@ -246,6 +246,9 @@ fn backward_gemm_modes_follow_their_definitions() {
         }
     }
     eprintln!("relative errors per mode: {errs:?}");
+    // NVFP4's finer blocks (16, E4M3 scales) must beat MXFP4's (32, power-of-two scales).
+    let err_of = |m: BackwardMode| errs.iter().find(|(x, _)| *x == m).unwrap().1;
+    assert!(err_of(BackwardMode::Nvfp4Rtn) < err_of(BackwardMode::Mxfp4Rtn));
 }
 
 #[test]

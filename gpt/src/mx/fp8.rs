@@ -1,0 +1,253 @@
+//! FP8 E4M3 (docs/numerics.md sections 8 and 9): the conversion every backend implements, and
+//! the per-tensor scaling of the FP8 forward.
+//!
+//! E4M3 (OCP "E4M3FN"): sign, 4 exponent bits (bias 7), 3 mantissa bits; the largest finite
+//! value is 448; 0x7F / 0xFF are NaN; no infinity. `e4m3_from_f32` rounds to nearest, ties to
+//! even, saturating at ±448 (`cvt.rn.satfinite.e4m3x2.f32` on the GPU).
+
+/// The largest finite E4M3 value.
+pub const E4M3_MAX: f32 = 448.0;
+/// The canonical E4M3 NaN byte.
+pub const E4M3_NAN: u8 = 0x7F;
+
+/// f32 -> E4M3, round to nearest even, saturating (NaN -> 0x7F, |x| >= 448 or inf -> ±448).
+pub fn e4m3_from_f32(x: f32) -> u8 {
+    if x.is_nan() {
+        return E4M3_NAN;
+    }
+    let bits = x.to_bits();
+    let sign = ((bits >> 24) & 0x80) as u8;
+    let a = x.abs();
+    if a >= E4M3_MAX {
+        return sign | 0x7E;
+    }
+    if a < 2f32.powi(-6) {
+        // Subnormal range: multiples of 2^-9. a * 2^9 is exact; 8 rounds up to the smallest
+        // normal, whose bits (exponent 1, mantissa 0) are exactly 8.
+        return sign | (a * 512.0).round_ties_even() as u8;
+    }
+    let mut e = ((bits >> 23) & 0xFF) as i32 - 127; // -6 ..= 8
+    let m = bits & 0x7F_FFFF;
+    let (mut q, rest) = (m >> 20, m & 0xF_FFFF);
+    if rest > 0x8_0000 || (rest == 0x8_0000 && q & 1 == 1) {
+        q += 1;
+    }
+    if q == 8 {
+        q = 0;
+        e += 1;
+    }
+    if e > 8 || (e == 8 && q == 7) {
+        return sign | 0x7E; // 480 would be the NaN pattern: saturate
+    }
+    sign | (((e + 7) as u8) << 3) | q as u8
+}
+
+/// E4M3 -> f32 (exact).
+pub fn e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (e, m) = ((b >> 3) & 0xF, b & 7);
+    if e == 15 && m == 7 {
+        return f32::NAN;
+    }
+    let v = if e == 0 {
+        m as f32 * 2f32.powi(-9)
+    } else {
+        (1.0 + m as f32 / 8.0) * 2f32.powi(e as i32 - 7)
+    };
+    sign * v
+}
+
+/// How the FP8 forward chooses a tensor's scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fp8Scaling {
+    /// 448 / amax of the tensor at this call.
+    Current,
+    /// 448 / (the largest amax of the last `history` calls); the first call uses current scaling.
+    Delayed { history: usize },
+}
+
+impl std::str::FromStr for Fp8Scaling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "current" => Ok(Fp8Scaling::Current),
+            "delayed" => Ok(Fp8Scaling::Delayed { history: 16 }),
+            _ => Err(format!(
+                "unknown --fp8-scaling '{s}': expected current or delayed"
+            )),
+        }
+    }
+}
+
+/// The scale that maps amax to 448: 448 / amax (f32), 1 for amax 0, the largest f32 where the
+/// quotient would be infinite. amax must be finite and >= 0.
+pub fn tensor_scale(amax: f32) -> f32 {
+    if amax == 0.0 {
+        return 1.0;
+    }
+    let s = E4M3_MAX / amax;
+    if s.is_finite() {
+        s
+    } else {
+        f32::MAX
+    }
+}
+
+/// max |x| over the finite values (NaN and inf ignored: they become NaN / ±448 anyway).
+pub fn amax(x: &[f32]) -> f32 {
+    x.iter()
+        .filter(|v| v.is_finite())
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// E4M3 bytes of `x * scale` (one f32 multiply each).
+pub fn quantize(x: &[f32], scale: f32) -> Vec<u8> {
+    x.iter().map(|&v| e4m3_from_f32(v * scale)).collect()
+}
+
+/// The E4M3 values of `x * scale` as f32 (exact): the operand an FP32 GEMM multiplies.
+pub fn quantize_to_f32(x: &[f32], scale: f32) -> Vec<f32> {
+    x.iter()
+        .map(|&v| e4m3_to_f32(e4m3_from_f32(v * scale)))
+        .collect()
+}
+
+/// Delayed scaling's per-tensor state: the amax of the last calls.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AmaxHistory {
+    pub values: Vec<f32>,
+}
+
+impl AmaxHistory {
+    /// The scale for this call under `scaling` (`amax_now` is this call's amax), then records
+    /// `amax_now`.
+    pub fn scale_and_record(&mut self, scaling: Fp8Scaling, amax_now: f32) -> f32 {
+        let s = match scaling {
+            Fp8Scaling::Current => tensor_scale(amax_now),
+            Fp8Scaling::Delayed { .. } if self.values.is_empty() => tensor_scale(amax_now),
+            Fp8Scaling::Delayed { .. } => {
+                tensor_scale(self.values.iter().fold(0.0f32, |m, &v| m.max(v)))
+            }
+        };
+        if let Fp8Scaling::Delayed { history } = scaling {
+            self.values.push(amax_now);
+            if self.values.len() > history {
+                self.values.remove(0);
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every finite E4M3 value, from the format's definition (not from the code above).
+    fn table() -> Vec<(u8, f64)> {
+        let mut v = Vec::new();
+        for b in 0u8..=0x7E {
+            let (e, m) = ((b >> 3) as i32, (b & 7) as f64);
+            let x = if e == 0 {
+                m * 2f64.powi(-9)
+            } else {
+                (1.0 + m / 8.0) * 2f64.powi(e - 7)
+            };
+            v.push((b, x));
+        }
+        v
+    }
+
+    #[test]
+    fn hand_computed_vectors() {
+        let cases: [(f32, u8); 14] = [
+            (0.0, 0x00),
+            (-0.0, 0x80),
+            (1.0, 0x38),   // e = 0: field 7, mantissa 0
+            (448.0, 0x7E), // the largest finite value
+            (-448.0, 0xFE),
+            (464.0, 0x7E), // above 448 saturates (a tie with 480, which does not exist)
+            (1e30, 0x7E),  // saturates
+            (f32::INFINITY, 0x7E),
+            (2f32.powi(-9), 0x01),        // smallest subnormal
+            (2f32.powi(-10), 0x00),       // half of it: tie to even (0)
+            (3.0 * 2f32.powi(-10), 0x02), // 1.5 units: tie to even (2)
+            (2f32.powi(-6), 0x08),        // smallest normal
+            (1.0625, 0x38),               // 1 + 1/16: tie between 1 and 1.125 -> even (1)
+            (1.1875, 0x3A),               // 1 + 3/16: tie between 1.125 and 1.25 -> even (1.25)
+        ];
+        for (x, want) in cases {
+            assert_eq!(e4m3_from_f32(x), want, "{x}");
+        }
+        assert_eq!(e4m3_from_f32(f32::NAN), E4M3_NAN);
+        assert!(e4m3_to_f32(0x7F).is_nan() && e4m3_to_f32(0xFF).is_nan());
+        assert_eq!(e4m3_to_f32(0x7E), 448.0);
+        assert_eq!(e4m3_to_f32(0x01), 2f32.powi(-9));
+    }
+
+    #[test]
+    fn conversion_is_round_to_nearest_even_against_an_f64_search() {
+        let table = table();
+        let mut r = crate::rng::SplitMix64::new(3);
+        for i in 0..200_000 {
+            // Magnitudes over the whole range, with exact ties and grid points mixed in.
+            let x = match i % 4 {
+                0 => ((r.next_f64() * 2.0 - 1.0) * 2f64.powf(r.next_f64() * 20.0 - 12.0)) as f32,
+                1 => table[(r.next_u64() % 127) as usize].1 as f32,
+                2 => {
+                    let k = (r.next_u64() % 126) as usize;
+                    ((table[k].1 + table[k + 1].1) / 2.0) as f32
+                }
+                _ => (r.next_f64() * 600.0 - 300.0) as f32,
+            };
+            let a = (x as f64).abs();
+            // Nearest finite value; ties to the even code; above 448 saturates.
+            let (mut best, mut best_d) = (0u8, f64::INFINITY);
+            for &(b, v) in &table {
+                let d = (v - a).abs();
+                if d < best_d || (d == best_d && b & 1 == 0) {
+                    best = b;
+                    best_d = d;
+                }
+            }
+            let want = if x.is_sign_negative() {
+                best | 0x80
+            } else {
+                best
+            };
+            assert_eq!(e4m3_from_f32(x), want, "x = {x:e}");
+            if best != 0 {
+                assert_eq!(
+                    e4m3_to_f32(want),
+                    x.signum() * table[best as usize].1 as f32
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn scales_and_delayed_history() {
+        assert_eq!(tensor_scale(0.0), 1.0);
+        assert_eq!(tensor_scale(2.0), 224.0);
+        assert_eq!(tensor_scale(1e-40), f32::MAX);
+        let mut h = AmaxHistory::default();
+        let d = Fp8Scaling::Delayed { history: 2 };
+        assert_eq!(
+            h.scale_and_record(d, 4.0),
+            112.0,
+            "first call: current scaling"
+        );
+        assert_eq!(h.scale_and_record(d, 1.0), 112.0, "max of [4]");
+        assert_eq!(h.scale_and_record(d, 2.0), 112.0, "max of [4, 1]");
+        assert_eq!(
+            h.scale_and_record(d, 1.0),
+            224.0,
+            "max of [1, 2]: 4 has left the window"
+        );
+        assert_eq!(h.values, vec![2.0, 1.0]);
+        let mut c = AmaxHistory::default();
+        assert_eq!(c.scale_and_record(Fp8Scaling::Current, 8.0), 56.0);
+        assert!(c.values.is_empty(), "current scaling keeps no state");
+        assert_eq!(amax(&[1.0, f32::NAN, -3.0, f32::INFINITY]), 3.0);
+    }
+}
