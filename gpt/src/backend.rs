@@ -8,8 +8,19 @@
 //! `TensorRef`s into those arenas. Integer arguments are shapes.
 
 use crate::layout::TensorRef;
-use crate::mx::{GemmId, MxConfig, MxTelemetry};
+use crate::mx::fp8::{ForwardConfig, Fp8State};
+use crate::mx::{GemmId, LinearKind, MxConfig, MxTelemetry};
 use crate::precision::BackwardMode;
+
+/// Which block linear layer a forward GEMM computes, and whether the pass trains: delayed FP8
+/// scaling records amaxes in training passes only, so evaluation and sampling leave a run's
+/// scales as they were.
+#[derive(Clone, Copy, Debug)]
+pub struct LinearForward {
+    pub layer: usize,
+    pub linear: LinearKind,
+    pub training: bool,
+}
 
 /// How one linear layer's backward GEMMs are computed, and the ids that key their randomness.
 #[derive(Clone, Copy, Debug)]
@@ -55,6 +66,28 @@ pub trait Backend {
     fn write_optimizer(&mut self, master: &[f32], m: &[f32], v: &[f32]) -> BResult<()>;
 
     fn set_mx_config(&mut self, cfg: MxConfig) -> BResult<()>;
+    /// The forward precision of the blocks' linear layers (`linear_forward`). The defaults
+    /// here are a backend (or wrapper) without an FP8 forward: it refuses FP8 by name.
+    fn set_forward_config(&mut self, cfg: ForwardConfig) -> BResult<()> {
+        if cfg.is_fp8() {
+            return Err(BackendError(format!(
+                "--forward fp8: the {} backend has no FP8 forward yet (the cpu backend has); use --forward bf16",
+                self.info().name
+            )));
+        }
+        Ok(())
+    }
+    /// Delayed FP8 scaling's amax history (None unless the forward is FP8 with delayed
+    /// scaling), for checkpoints.
+    fn fp8_state(&self) -> BResult<Option<Fp8State>> {
+        Ok(None)
+    }
+    fn set_fp8_state(&mut self, _state: &Fp8State) -> BResult<()> {
+        Err(BackendError(format!(
+            "FP8 scaling state given to the {} backend, which has no FP8 forward",
+            self.info().name
+        )))
+    }
     /// Quantization telemetry accumulated since the last call (empty in bf16 mode).
     fn take_mx_telemetry(&mut self) -> MxTelemetry;
 
@@ -107,6 +140,23 @@ pub trait Backend {
         ic: usize,
         oc: usize,
     ) -> BResult<()>;
+    /// A block's linear layer: as `matmul_forward`, in the precision of `set_forward_config`
+    /// (FP8 with per-tensor scales, docs/numerics.md section 9, or high precision).
+    fn linear_forward(
+        &mut self,
+        site: LinearForward,
+        out: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        bias: Option<TensorRef>,
+        gelu_out: Option<TensorRef>,
+        rows: usize,
+        ic: usize,
+        oc: usize,
+    ) -> BResult<()> {
+        let _ = site; // high precision: every site alike
+        self.matmul_forward(out, inp, w, bias, gelu_out, rows, ic, oc)
+    }
     fn attention_forward(
         &mut self,
         out: TensorRef,

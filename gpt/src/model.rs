@@ -5,7 +5,7 @@
 //! embedding, biases everywhere. The residual add is fused into the following layernorm, as the
 //! GPU kernels do it.
 
-use crate::backend::{BResult, Backend, LinearBackward};
+use crate::backend::{BResult, Backend, LinearBackward, LinearForward};
 use crate::config::ModelConfig;
 use crate::layout::{ActLayout, ParamKind, ParamLayout};
 use crate::mx::{GemmId, GemmKind, LinearKind};
@@ -153,12 +153,22 @@ impl Gpt {
         })
     }
 
-    /// Forward pass up to the logits (left in `acts.logits`).
+    /// Forward pass up to the logits (left in `acts.logits`), not training: delayed FP8
+    /// scaling records nothing.
     pub fn forward<B: Backend + ?Sized>(&self, be: &mut B) -> BResult<()> {
+        self.forward_pass(be, false)
+    }
+
+    fn forward_pass<B: Backend + ?Sized>(&self, be: &mut B, training: bool) -> BResult<()> {
         let (c, t, b, nh) = (self.cfg.channels, self.seq, self.batch, self.cfg.heads);
         let bt = b * t;
         let (p, a) = (&self.params, &self.acts);
         use ParamKind::*;
+        let site = |layer, linear| LinearForward {
+            layer,
+            linear,
+            training,
+        };
         be.encoder_forward(a.encoded, p.param(Wte, 0), p.param(Wpe, 0), t, c)?;
         for l in 0..self.cfg.layers {
             let la = &a.layers[l];
@@ -186,7 +196,8 @@ impl Gpt {
                     c,
                 )?;
             }
-            be.matmul_forward(
+            be.linear_forward(
+                site(l, LinearKind::Qkv),
                 la.qkv,
                 la.ln1,
                 p.param(QkvW, l),
@@ -197,7 +208,8 @@ impl Gpt {
                 3 * c,
             )?;
             be.attention_forward(la.atty, la.att_lse, la.qkv, b, t, c, nh)?;
-            be.matmul_forward(
+            be.linear_forward(
+                site(l, LinearKind::AttnProj),
                 la.attproj,
                 la.atty,
                 p.param(AttProjW, l),
@@ -218,7 +230,8 @@ impl Gpt {
                 p.param(Ln2B, l),
                 c,
             )?;
-            be.matmul_forward(
+            be.linear_forward(
+                site(l, LinearKind::MlpUp),
                 la.fch,
                 la.ln2,
                 p.param(FcW, l),
@@ -228,7 +241,8 @@ impl Gpt {
                 c,
                 4 * c,
             )?;
-            be.matmul_forward(
+            be.linear_forward(
+                site(l, LinearKind::MlpDown),
                 la.fcproj,
                 la.fch_gelu,
                 p.param(FcProjW, l),
@@ -292,7 +306,7 @@ impl Gpt {
         micro: u32,
         loss_scale: f32,
     ) -> BResult<f32> {
-        self.forward(be)?;
+        self.forward_pass(be, true)?;
         let (c, t, b, nh) = (self.cfg.channels, self.seq, self.batch, self.cfg.heads);
         let bt = b * t;
         let (p, a) = (&self.params, &self.acts);

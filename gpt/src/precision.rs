@@ -118,3 +118,40 @@ impl FromStr for BackwardMode {
             })
     }
 }
+
+/// `--forward`: the precision of the forward GEMMs of the blocks' linear layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ForwardMode {
+    /// The backend's high precision (BF16 on the GPU, FP32 on the CPU).
+    Bf16,
+    /// E4M3 operands with one scale per tensor, FP32 accumulation (docs/numerics.md section 9).
+    Fp8,
+}
+
+impl ForwardMode {
+    pub const ALL: [ForwardMode; 2] = [ForwardMode::Bf16, ForwardMode::Fp8];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardMode::Bf16 => "bf16",
+            ForwardMode::Fp8 => "fp8",
+        }
+    }
+}
+
+impl fmt::Display for ForwardMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ForwardMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ForwardMode::ALL
+            .iter()
+            .copied()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown --forward mode '{s}': expected bf16 or fp8"))
+    }
+}

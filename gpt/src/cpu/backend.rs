@@ -6,9 +6,10 @@
 
 use super::gemm::MatRef;
 use super::ops::{self, AdamW};
-use crate::backend::{BResult, Backend, BackendError, BackendInfo, LinearBackward};
+use crate::backend::{BResult, Backend, BackendError, BackendInfo, LinearBackward, LinearForward};
 use crate::config::ModelConfig;
 use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
+use crate::mx::fp8::{self, ForwardConfig, Fp8Operand, Fp8Scaling, Fp8State};
 use crate::mx::{self, MxConfig, MxTelemetry};
 use crate::precision::BackwardMode;
 
@@ -26,6 +27,10 @@ pub struct CpuBackend {
     vocab: usize,
     mx: MxConfig,
     telemetry: MxTelemetry,
+    layers: usize,
+    forward: ForwardConfig,
+    /// Delayed FP8 scaling's amax history (None unless in use).
+    fp8: Option<Fp8State>,
 }
 
 impl CpuBackend {
@@ -79,6 +84,9 @@ impl CpuBackend {
                 seed: 0,
             },
             telemetry: MxTelemetry::default(),
+            layers: cfg.layers,
+            forward: ForwardConfig::HIGH_PRECISION,
+            fp8: None,
         })
     }
 
@@ -243,6 +251,87 @@ impl Backend for CpuBackend {
 
     fn take_mx_telemetry(&mut self) -> MxTelemetry {
         std::mem::take(&mut self.telemetry)
+    }
+
+    fn set_forward_config(&mut self, cfg: ForwardConfig) -> BResult<()> {
+        self.fp8 = match cfg.scaling {
+            Fp8Scaling::Delayed { history } if cfg.is_fp8() => {
+                Some(Fp8State::new(self.layers, history))
+            }
+            _ => None,
+        };
+        self.forward = cfg;
+        Ok(())
+    }
+
+    fn fp8_state(&self) -> BResult<Option<Fp8State>> {
+        Ok(self.fp8.clone())
+    }
+
+    fn set_fp8_state(&mut self, state: &Fp8State) -> BResult<()> {
+        match &mut self.fp8 {
+            Some(s) if s.history == state.history && s.calls.len() == state.calls.len() => {
+                *s = state.clone();
+                Ok(())
+            }
+            _ => Err(BackendError(format!(
+                "FP8 scaling state for {} tensors with history {} does not fit this run ({})",
+                state.calls.len(),
+                state.history,
+                match &self.fp8 {
+                    Some(s) => format!("{} tensors, history {}", s.calls.len(), s.history),
+                    None => "no delayed FP8 scaling".into(),
+                }
+            ))),
+        }
+    }
+
+    fn linear_forward(
+        &mut self,
+        site: LinearForward,
+        out: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        bias: Option<TensorRef>,
+        gelu_out: Option<TensorRef>,
+        rows: usize,
+        ic: usize,
+        oc: usize,
+    ) -> BResult<()> {
+        if !self.forward.is_fp8() {
+            return self.matmul_forward(out, inp, w, bias, gelu_out, rows, ic, oc);
+        }
+        let scaling = self.forward.scaling;
+        let mut state = self.fp8.take();
+        let ([], [x, wv]) = self.views([], [inp, w]);
+        let mut scale = |operand, t: &[f32]| {
+            let a = fp8::amax(t);
+            match state.as_mut() {
+                Some(st) => {
+                    let tensor = Fp8State::tensor(site.layer, site.linear, operand);
+                    st.scale(scaling, tensor, a, site.training)
+                }
+                None => fp8::tensor_scale(a),
+            }
+        };
+        let scales = (scale(Fp8Operand::Input, x), scale(Fp8Operand::Weight, wv));
+        let b = bias.map(|b| self.read(b)).transpose()?;
+        let ([o], [x, wv]) = self.views([out], [inp, w]);
+        fp8::linear_forward_f32(o, x, wv, b.as_deref(), scales, oc, |xq, wq, o| {
+            super::gemm::sgemm(
+                MatRef::row_major(xq, rows, ic),
+                MatRef::transposed(wq, ic, oc),
+                o,
+                oc,
+                false,
+            )
+        });
+        self.fp8 = state;
+        if let Some(g) = gelu_out {
+            let ([go], [pre]) = self.views([g], [out]);
+            ops::gelu_forward(go, pre);
+        }
+        Ok(())
     }
 
     fn set_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> BResult<()> {

@@ -404,6 +404,20 @@ fn check_config() -> (ModelConfig, usize, usize) {
 
 /// The whole GPT-2 forward in f64, from the parameter vector, returning the mean loss.
 fn ref_model_loss(gpt: &Gpt, p: &[f64], inputs: &[u32], targets: &[u32]) -> f64 {
+    ref_model_loss_with(gpt, p, inputs, targets, ref_linear)
+}
+
+/// The same model with `block_linear` computing the blocks' four linear layers (the LM head
+/// stays `ref_linear`).
+fn ref_model_loss_with(
+    gpt: &Gpt,
+    p: &[f64],
+    inputs: &[u32],
+    targets: &[u32],
+    block_linear: fn(&[f64], &[f64], Option<&[f64]>, usize, usize) -> Vec<f64>,
+) -> f64 {
+    let ref_linear = block_linear;
+    let head_linear = self::ref_linear;
     let cfg = &gpt.cfg;
     let (c, t, b) = (cfg.channels, gpt.seq, gpt.batch);
     let get = |k: ParamKind, l: usize| &p[gpt.params.param(k, l).range()];
@@ -429,7 +443,7 @@ fn ref_model_loss(gpt: &Gpt, p: &[f64], inputs: &[u32], targets: &[u32]) -> f64 
         x.iter_mut().zip(&out).for_each(|(a, d)| *a += d);
     }
     let xf = ref_layernorm(&x, get(LnfW, 0), get(LnfB, 0), c);
-    let logits = ref_linear(&xf, get(Wte, 0), None, c, cfg.padded_vocab);
+    let logits = head_linear(&xf, get(Wte, 0), None, c, cfg.padded_vocab);
     let losses = ref_cross_entropy(&logits, targets, cfg.padded_vocab, cfg.vocab);
     losses.iter().sum::<f64>() / losses.len() as f64
 }
@@ -539,4 +553,206 @@ fn whole_model_gradients_match_finite_differences() {
 fn be_loss(gpt: &Gpt, be: &mut CpuBackend, plan: &PrecisionPlan) -> f32 {
     let scale = 1.0 / (gpt.batch * gpt.seq) as f32;
     gpt.forward_backward(be, plan, 0, 0, scale).unwrap()
+}
+
+// --- the FP8 forward (docs/numerics.md sections 8 and 9) ---------------------------------
+
+/// E4M3 rounding by search over the format's value table (independent of mx::fp8's bit
+/// manipulation): nearest value, ties to the even code, saturating at 448.
+fn ref_e4m3(x: f32) -> f64 {
+    let a = (x as f64).abs();
+    let (mut best, mut best_d) = (0u32, f64::INFINITY);
+    for code in 0u32..=0x7E {
+        let (e, m) = ((code >> 3) as i32, (code & 7) as f64);
+        let v = if e == 0 {
+            m * 2f64.powi(-9)
+        } else {
+            (1.0 + m / 8.0) * 2f64.powi(e - 7)
+        };
+        let d = (v - a).abs();
+        if d < best_d || (d == best_d && code & 1 == 0) {
+            best = code;
+            best_d = d;
+        }
+    }
+    let (e, m) = ((best >> 3) as i32, (best & 7) as f64);
+    let v = if e == 0 {
+        m * 2f64.powi(-9)
+    } else {
+        (1.0 + m / 8.0) * 2f64.powi(e - 7)
+    };
+    if x < 0.0 {
+        -v
+    } else {
+        v
+    }
+}
+
+/// Current scaling's FP8 linear in f64: scales 448 / amax in f32 from the f32 operands, E4M3
+/// operands, exact products and sum, one division by the f32 product of the scales.
+fn ref_linear_fp8(x: &[f64], w: &[f64], b: Option<&[f64]>, ic: usize, oc: usize) -> Vec<f64> {
+    let scale = |t: &[f64]| {
+        let amax = t.iter().fold(0.0f32, |m, &v| m.max((v as f32).abs()));
+        if amax == 0.0 {
+            1.0f32
+        } else {
+            448.0f32 / amax
+        }
+    };
+    let (sx, sw) = (scale(x), scale(w));
+    let xq: Vec<f64> = x.iter().map(|&v| ref_e4m3(v as f32 * sx)).collect();
+    let wq: Vec<f64> = w.iter().map(|&v| ref_e4m3(v as f32 * sw)).collect();
+    let s = (sx * sw) as f64;
+    let mut y = ref_linear(&xq, &wq, None, ic, oc);
+    for (i, v) in y.iter_mut().enumerate() {
+        *v = *v / s + b.map_or(0.0, |b| b[i % oc]);
+    }
+    y
+}
+
+#[test]
+fn fp8_forward_loss_matches_the_f64_model_with_e4m3_linears() {
+    use crate::mx::fp8::{ForwardConfig, Fp8Scaling};
+    use crate::precision::ForwardMode;
+    let (cfg, b, t) = check_config();
+    let gpt = Gpt::new(cfg, b, t).unwrap();
+    let mut params: Vec<f64> = gpt
+        .init_params(7)
+        .iter()
+        .map(|&v| v as f64 * 10.0)
+        .collect();
+    for k in [
+        ParamKind::QkvB,
+        ParamKind::AttProjB,
+        ParamKind::FcB,
+        ParamKind::FcProjB,
+    ] {
+        let r = gpt.params.tensor(k);
+        let noise = randn(r.len(), 70 + k as u64, 0.1);
+        params[r.offset..r.offset + r.len()].copy_from_slice(&noise);
+    }
+    let mut rng = SplitMix64::new(19);
+    let mut tokens = || -> Vec<u32> {
+        (0..b * t)
+            .map(|_| (rng.next_u64() % cfg.vocab as u64) as u32)
+            .collect()
+    };
+    let (inputs, targets) = (tokens(), tokens());
+    let all = crate::layout::TensorRef {
+        arena: crate::layout::Arena::Params,
+        offset: 0,
+        len: gpt.params.total,
+    };
+    let plan = PrecisionPlan::uniform(BackwardMode::Bf16, cfg.layers);
+    let mut loss_of = |mode| {
+        let mut be = CpuBackend::new(&cfg, b, t).unwrap();
+        be.set_forward_config(ForwardConfig {
+            mode,
+            scaling: Fp8Scaling::Current,
+        })
+        .unwrap();
+        be.write(all, &to32(&params)).unwrap();
+        be.set_tokens(&inputs, Some(&targets)).unwrap();
+        be.zero_grads().unwrap();
+        be_loss(&gpt, &mut be, &plan) as f64
+    };
+    let (fp8, high) = (loss_of(ForwardMode::Fp8), loss_of(ForwardMode::Bf16));
+    let want = ref_model_loss_with(&gpt, &params, &inputs, &targets, ref_linear_fp8);
+    let want_high = ref_model_loss(&gpt, &params, &inputs, &targets);
+    eprintln!("loss fp8 {fp8} (f64 model {want}), high precision {high} (f64 model {want_high})");
+    // The quantization moves the loss measurably; the backend follows the f64 FP8 model far
+    // more closely than that.
+    let effect = (want - want_high).abs();
+    assert!(
+        effect > 1e-4 * want_high,
+        "E4M3 changed the loss by only {effect}"
+    );
+    assert!(
+        (fp8 - want).abs() < 0.05 * effect,
+        "fp8 loss {fp8} vs f64 model {want}"
+    );
+    assert!((high - want_high).abs() < 1e-4 * want_high);
+}
+
+#[test]
+fn delayed_fp8_scaling_records_training_passes_only_and_resumes_exactly() {
+    use crate::mx::fp8::{ForwardConfig, Fp8Scaling, Fp8State};
+    use crate::precision::ForwardMode;
+    let (cfg, b, t) = check_config();
+    let gpt = Gpt::new(cfg, b, t).unwrap();
+    let params = gpt.init_params(8);
+    let mut rng = SplitMix64::new(23);
+    let mut tokens = || -> Vec<u32> {
+        (0..b * t)
+            .map(|_| (rng.next_u64() % cfg.vocab as u64) as u32)
+            .collect()
+    };
+    let batches: Vec<(Vec<u32>, Vec<u32>)> = (0..5).map(|_| (tokens(), tokens())).collect();
+    let all = crate::layout::TensorRef {
+        arena: crate::layout::Arena::Params,
+        offset: 0,
+        len: gpt.params.total,
+    };
+    let plan = PrecisionPlan::uniform(BackwardMode::Bf16, cfg.layers);
+    let fresh = || {
+        let mut be = CpuBackend::new(&cfg, b, t).unwrap();
+        be.set_forward_config(ForwardConfig {
+            mode: ForwardMode::Fp8,
+            scaling: Fp8Scaling::Delayed { history: 3 },
+        })
+        .unwrap();
+        be.write(all, &params).unwrap();
+        be
+    };
+    let step = |be: &mut CpuBackend, (x, y): &(Vec<u32>, Vec<u32>)| {
+        be.set_tokens(x, Some(y)).unwrap();
+        be.zero_grads().unwrap();
+        be_loss(&gpt, be, &plan)
+    };
+    let mut be = fresh();
+    assert_eq!(be.fp8_state().unwrap(), Some(Fp8State::new(cfg.layers, 3)));
+    be.set_tokens(&batches[0].0, None).unwrap();
+    gpt.forward(&mut be).unwrap();
+    assert_eq!(
+        be.fp8_state().unwrap(),
+        Some(Fp8State::new(cfg.layers, 3)),
+        "an evaluation pass records nothing"
+    );
+    let mut losses = Vec::new();
+    let mut saved = None;
+    for (i, batch) in batches.iter().enumerate() {
+        if i == 2 {
+            saved = be.fp8_state().unwrap();
+        }
+        losses.push(step(&mut be, batch));
+    }
+    let state = be.fp8_state().unwrap().unwrap();
+    assert!(state.calls.iter().all(|&c| c == 5));
+    assert!(
+        state.amax.iter().all(|&a| a > 0.0),
+        "every slot of the 3-call window is filled"
+    );
+    // Resuming from the state saved before step 2 reproduces steps 2.. bit for bit (the
+    // parameters do not change here: no optimizer step), and a fresh state does not.
+    let mut resumed = fresh();
+    resumed.set_fp8_state(&saved.unwrap()).unwrap();
+    let mut restarted = fresh();
+    for (i, batch) in batches.iter().enumerate().skip(2) {
+        assert_eq!(
+            step(&mut resumed, batch).to_bits(),
+            losses[i].to_bits(),
+            "step {i}"
+        );
+    }
+    let differs = batches[2..]
+        .iter()
+        .zip(&losses[2..])
+        .any(|(batch, l)| step(&mut restarted, batch) != *l);
+    assert!(
+        differs,
+        "the window changes the scales, so a lost history would show"
+    );
+    let mut wrong = CpuBackend::new(&cfg, b, t).unwrap();
+    let e = wrong.set_fp8_state(&state).unwrap_err().to_string();
+    assert!(e.contains("no delayed FP8 scaling"), "{e}");
 }

@@ -112,30 +112,118 @@ pub fn quantize_to_f32(x: &[f32], scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Delayed scaling's per-tensor state: the amax of the last calls.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct AmaxHistory {
-    pub values: Vec<f32>,
+/// The forward precision of the blocks' linear layers (`--forward`, `--fp8-scaling`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardConfig {
+    pub mode: crate::precision::ForwardMode,
+    pub scaling: Fp8Scaling,
 }
 
-impl AmaxHistory {
-    /// The scale for this call under `scaling` (`amax_now` is this call's amax), then records
-    /// `amax_now`.
-    pub fn scale_and_record(&mut self, scaling: Fp8Scaling, amax_now: f32) -> f32 {
-        let s = match scaling {
+impl ForwardConfig {
+    pub const HIGH_PRECISION: ForwardConfig = ForwardConfig {
+        mode: crate::precision::ForwardMode::Bf16,
+        scaling: Fp8Scaling::Current,
+    };
+
+    pub fn is_fp8(&self) -> bool {
+        self.mode == crate::precision::ForwardMode::Fp8
+    }
+}
+
+/// The operands of one forward GEMM that get a scale each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fp8Operand {
+    Input = 0,
+    Weight = 1,
+}
+
+/// Delayed scaling's state: for every scaled tensor (layer, linear, operand) the amax of its
+/// last `history` training calls, a ring indexed by that tensor's call count. Zeros are empty
+/// slots: a tensor whose window holds no non-zero amax (its first call) uses current scaling.
+/// Part of a checkpoint, so a resumed run scales exactly as the uninterrupted one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fp8State {
+    pub history: usize,
+    /// tensors x history, tensor = (layer * 4 + linear) * 2 + operand.
+    pub amax: Vec<f32>,
+    /// Training calls recorded per tensor.
+    pub calls: Vec<u64>,
+}
+
+impl Fp8State {
+    pub fn new(layers: usize, history: usize) -> Fp8State {
+        let tensors = layers * 4 * 2;
+        Fp8State {
+            history,
+            amax: vec![0.0; tensors * history],
+            calls: vec![0; tensors],
+        }
+    }
+
+    pub fn tensor(layer: usize, linear: super::LinearKind, operand: Fp8Operand) -> usize {
+        (layer * 4 + linear as usize) * 2 + operand as usize
+    }
+
+    /// The scale of `tensor` for this call: from the window's largest amax, or from `amax_now`
+    /// (current scaling) while the window is empty.
+    pub fn delayed_scale(&self, tensor: usize, amax_now: f32) -> f32 {
+        let window = &self.amax[tensor * self.history..(tensor + 1) * self.history];
+        let m = window.iter().fold(0.0f32, |m, &v| m.max(v));
+        tensor_scale(if m > 0.0 { m } else { amax_now })
+    }
+
+    /// Records a training call's amax into the tensor's ring.
+    pub fn record(&mut self, tensor: usize, amax_now: f32) {
+        let slot = (self.calls[tensor] % self.history as u64) as usize;
+        self.amax[tensor * self.history + slot] = amax_now;
+        self.calls[tensor] += 1;
+    }
+
+    /// The scale for this call under `scaling`; a training call is recorded (delayed only).
+    pub fn scale(
+        &mut self,
+        scaling: Fp8Scaling,
+        tensor: usize,
+        amax_now: f32,
+        training: bool,
+    ) -> f32 {
+        match scaling {
             Fp8Scaling::Current => tensor_scale(amax_now),
-            Fp8Scaling::Delayed { .. } if self.values.is_empty() => tensor_scale(amax_now),
             Fp8Scaling::Delayed { .. } => {
-                tensor_scale(self.values.iter().fold(0.0f32, |m, &v| m.max(v)))
-            }
-        };
-        if let Fp8Scaling::Delayed { history } = scaling {
-            self.values.push(amax_now);
-            if self.values.len() > history {
-                self.values.remove(0);
+                let s = self.delayed_scale(tensor, amax_now);
+                if training {
+                    self.record(tensor, amax_now);
+                }
+                s
             }
         }
-        s
+    }
+}
+
+/// The FP8 forward GEMM on f32 operands, as section 9 defines it: out (rows x oc) =
+/// (Σ e4m3(x s_x) e4m3(W s_W)) / (s_x s_W) + bias; `gemm(xq, wq, out)` is the FP32 GEMM
+/// out = xq · wq^T that the caller's backend provides.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward_f32(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    (s_x, s_w): (f32, f32),
+    oc: usize,
+    gemm: impl FnOnce(&[f32], &[f32], &mut [f32]),
+) {
+    let xq = quantize_to_f32(x, s_x);
+    let wq = quantize_to_f32(w, s_w);
+    gemm(&xq, &wq, out);
+    let s = s_x * s_w;
+    for row in out.chunks_exact_mut(oc) {
+        for (j, o) in row.iter_mut().enumerate() {
+            *o /= s;
+            if let Some(b) = bias {
+                *o += b[j];
+            }
+        }
     }
 }
 
@@ -230,24 +318,89 @@ mod tests {
         assert_eq!(tensor_scale(0.0), 1.0);
         assert_eq!(tensor_scale(2.0), 224.0);
         assert_eq!(tensor_scale(1e-40), f32::MAX);
-        let mut h = AmaxHistory::default();
         let d = Fp8Scaling::Delayed { history: 2 };
+        let mut h = Fp8State::new(1, 2);
+        let t = Fp8State::tensor(0, super::super::LinearKind::MlpUp, Fp8Operand::Weight);
+        assert_eq!(t, 5);
         assert_eq!(
-            h.scale_and_record(d, 4.0),
+            h.scale(d, t, 4.0, true),
             112.0,
             "first call: current scaling"
         );
-        assert_eq!(h.scale_and_record(d, 1.0), 112.0, "max of [4]");
-        assert_eq!(h.scale_and_record(d, 2.0), 112.0, "max of [4, 1]");
+        assert_eq!(h.scale(d, t, 1.0, true), 112.0, "max of [4]");
         assert_eq!(
-            h.scale_and_record(d, 1.0),
-            224.0,
-            "max of [1, 2]: 4 has left the window"
+            h.scale(d, t, 2.0, false),
+            112.0,
+            "max of [4, 1]; not recorded"
         );
-        assert_eq!(h.values, vec![2.0, 1.0]);
-        let mut c = AmaxHistory::default();
-        assert_eq!(c.scale_and_record(Fp8Scaling::Current, 8.0), 56.0);
-        assert!(c.values.is_empty(), "current scaling keeps no state");
+        assert_eq!(h.scale(d, t, 2.0, true), 112.0, "max of [4, 1]");
+        assert_eq!(
+            h.scale(d, t, 1.0, true),
+            224.0,
+            "max of [2, 1]: 4 left the window"
+        );
+        assert_eq!(h.calls[t], 4);
+        assert_eq!(&h.amax[t * 2..t * 2 + 2], &[2.0, 1.0]);
+        assert!(h
+            .amax
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| i / 2 == t || v == 0.0));
+        let mut c = Fp8State::new(1, 2);
+        assert_eq!(c.scale(Fp8Scaling::Current, t, 8.0, true), 56.0);
+        assert_eq!(c, Fp8State::new(1, 2), "current scaling keeps no state");
         assert_eq!(amax(&[1.0, f32::NAN, -3.0, f32::INFINITY]), 3.0);
+    }
+
+    #[test]
+    fn linear_forward_matches_an_f64_reference() {
+        let table = table();
+        let nearest = |x: f32| -> f64 {
+            let a = (x as f64).abs();
+            let mut best = (0u8, f64::INFINITY);
+            for &(b, v) in &table {
+                let d = (v - a).abs();
+                if d < best.1 || (d == best.1 && b & 1 == 0) {
+                    best = (b, d);
+                }
+            }
+            table[best.0 as usize].1 * if x < 0.0 { -1.0 } else { 1.0 }
+        };
+        let (rows, ic, oc) = (5, 48, 7);
+        let mut r = crate::rng::SplitMix64::new(11);
+        let mut randn = |n: usize, std: f64| -> Vec<f32> {
+            (0..n).map(|_| (r.next_normal() * std) as f32).collect()
+        };
+        let mut x = randn(rows * ic, 3.0);
+        x[17] = -40.0; // the amax: must map to exactly -448
+        let w = randn(oc * ic, 0.02);
+        let bias = randn(oc, 0.1);
+        let (sx, sw) = (tensor_scale(amax(&x)), tensor_scale(amax(&w)));
+        assert_eq!(sx, 448.0 / 40.0);
+        assert_eq!(quantize(&x, sx)[17], 0xFE);
+        let mut out = vec![f32::NAN; rows * oc];
+        linear_forward_f32(&mut out, &x, &w, Some(&bias), (sx, sw), oc, |xq, wq, o| {
+            for i in 0..rows {
+                for j in 0..oc {
+                    o[i * oc + j] = (0..ic).map(|k| xq[i * ic + k] * wq[j * ic + k]).sum();
+                }
+            }
+        });
+        for i in 0..rows {
+            for j in 0..oc {
+                let (mut acc, mut mag) = (0.0f64, 0.0f64);
+                for k in 0..ic {
+                    let p = nearest(x[i * ic + k] * sx) * nearest(w[j * ic + k] * sw);
+                    acc += p;
+                    mag += p.abs();
+                }
+                let s = (sx * sw) as f64;
+                let want = acc / s + bias[j] as f64;
+                let tol = (ic as f64 * mag * 2f64.powi(-24) + acc.abs() * 2f64.powi(-23)) / s
+                    + want.abs() * 2f64.powi(-23);
+                let got = out[i * oc + j] as f64;
+                assert!((got - want).abs() <= tol, "({i},{j}): {got} vs {want}");
+            }
+        }
     }
 }

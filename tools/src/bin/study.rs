@@ -232,6 +232,7 @@ fn table(runs: &[Run], a: &Args, seconds: f64) -> String {
             BackwardMode::Mxfp4Rht => "MXFP4+RHT",
             BackwardMode::Mxfp4Sr => "MXFP4+SR",
             BackwardMode::Mxfp4 => "MXFP4+RHT+SR",
+            BackwardMode::Nvfp4 | BackwardMode::Nvfp4Rtn => "(NVFP4, not in the paper)",
         };
         let _ = writeln!(
             s,
