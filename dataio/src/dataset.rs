@@ -227,9 +227,20 @@ impl TokenDataset {
         &self.label
     }
 
-    /// Length of the training token stream (see the module docs).
+    /// Length of the training token stream (see the module docs), counting the EOTs inserted
+    /// between documents; `stored_tokens` is what the files hold.
     pub fn num_tokens(&self) -> u64 {
         self.len
+    }
+
+    /// Tokens stored in the file(s) for this dataset or view: `num_tokens` less the EOTs
+    /// inserted between the documents of a Megatron dataset made without `--append-eod`.
+    pub fn stored_tokens(&self) -> u64 {
+        if self.inserts_eot() {
+            self.len - self.documents
+        } else {
+            self.len
+        }
     }
 
     /// Documents: Megatron's document count; for llm.c, the number of EOT-started documents.
@@ -444,6 +455,11 @@ fn resolve(spec: &str) -> Result<Resolved, DataError> {
             if llmc::has_magic(Path::new(&bin)) {
                 return Ok(Resolved::Llmc(vec![PathBuf::from(bin)]));
             }
+            let idx = format!("{prefix}.idx");
+            let no_idx = match std::fs::metadata(&idx) {
+                Ok(meta) => format!("{idx} is {}", crate::tokens::path_kind(&meta)),
+                Err(_) => format!("no {idx}"),
+            };
             return Err(DataError::mismatch(
                 &bin,
                 "byte offset 0",
@@ -451,14 +467,44 @@ fn resolve(spec: &str) -> Result<Resolved, DataError> {
                     "an llm.c shard (magic {}) or a Megatron .bin beside {prefix}.idx",
                     llmc::MAGIC
                 ),
-                format!("neither (no {prefix}.idx, no llm.c magic)"),
+                format!("neither ({no_idx}, no llm.c magic)"),
             ));
+        }
+    }
+    let expected =
+        format!("{prefix}.idx + {prefix}.bin (Megatron), an llm.c .bin shard, or a glob of shards");
+    // Something is there but it is not a file: name it rather than claim nothing exists.
+    let mut candidates = vec![spec.to_string()];
+    for ext in ["idx", "bin"] {
+        let c = format!("{prefix}.{ext}");
+        if !candidates.contains(&c) {
+            candidates.push(c);
+        }
+    }
+    for path in candidates {
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if !meta.is_file() {
+                let hint = if meta.is_dir() && path == spec {
+                    format!(
+                        " (for a directory of llm.c shards, give a glob such as {}/*.bin)",
+                        spec.trim_end_matches('/')
+                    )
+                } else {
+                    String::new()
+                };
+                return Err(DataError::mismatch(
+                    spec,
+                    "dataset spec",
+                    expected,
+                    format!("{path} is {}{hint}", crate::tokens::path_kind(&meta)),
+                ));
+            }
         }
     }
     Err(DataError::mismatch(
         spec,
         "dataset spec",
-        format!("{prefix}.idx + {prefix}.bin (Megatron), an llm.c .bin shard, or a glob of shards"),
+        expected,
         "no such files",
     ))
 }

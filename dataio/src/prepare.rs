@@ -209,6 +209,20 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
     Ok(files)
 }
 
+/// The inputs, for a message about all of them: the file, or the first files and a count.
+fn inputs_label(files: &[InputFile]) -> String {
+    let names: Vec<String> = files
+        .iter()
+        .take(3)
+        .map(|f| f.path.display().to_string())
+        .collect();
+    match files.len() {
+        0 => "prepare".to_string(),
+        1..=3 => names.join(", "),
+        n => format!("{} and {} more", names.join(", "), n - 3),
+    }
+}
+
 /// First pass: size and document count of each input.
 fn survey(paths: Vec<PathBuf>) -> Result<Vec<InputFile>, DataError> {
     paths
@@ -304,13 +318,29 @@ impl<'a> DocReader<'a> {
                             if line.iter().all(u8::is_ascii_whitespace) {
                                 continue;
                             }
+                            // Checked here, not by serde_json: its messages count lines within
+                            // the one line it is given ("line 1"), a second line number.
+                            if let Err(e) = std::str::from_utf8(&line) {
+                                let bad = e.valid_up_to();
+                                let len = e.error_len().unwrap_or(line.len() - bad);
+                                let bytes: Vec<String> = line[bad..bad + len]
+                                    .iter()
+                                    .map(|b| format!("0x{b:02X}"))
+                                    .collect();
+                                return Err(DataError::mismatch(
+                                    &f.path,
+                                    format!("{at} column {}", bad + 1),
+                                    "UTF-8 text",
+                                    format!("the invalid byte sequence {}", bytes.join(" ")),
+                                ));
+                            }
                             let value: serde_json::Value =
                                 serde_json::from_slice(&line).map_err(|e| {
                                     DataError::mismatch(
                                         &f.path,
                                         format!("{at} column {}", e.column()),
                                         "a JSON object",
-                                        format!("invalid JSON ({e})"),
+                                        format!("invalid JSON ({})", json_message(&e)),
                                     )
                                 })?;
                             let text = match value.get(self.json_key) {
@@ -357,6 +387,14 @@ impl<'a> DocReader<'a> {
         }
         Ok(docs)
     }
+}
+
+/// serde_json's message without its " at line L column C" suffix: it parses one line at a
+/// time, so its line is always 1; the caller names the real line and column.
+fn json_message(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    msg.strip_suffix(&suffix).unwrap_or(&msg).to_string()
 }
 
 fn kind_name(v: &serde_json::Value) -> &'static str {
@@ -429,6 +467,20 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<Vec<PartSummary
     let files = survey(expand_inputs(&opts.inputs)?)?;
     let total_docs: u64 = files.iter().map(|f| f.documents).sum();
     let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    if total_docs == 0 {
+        return Err(DataError::mismatch(
+            inputs_label(&files),
+            "input",
+            "at least 1 document (a non-blank JSONL line or a text file)",
+            match files.len() {
+                0 => "no input files".to_string(),
+                1 => "none: the file is empty or holds only blank lines".to_string(),
+                n => {
+                    format!("none in the {n} input files: each is empty or holds only blank lines")
+                }
+            },
+        ));
+    }
     let (prefixes, bounds): (Vec<String>, Vec<u64>) = match &opts.split {
         None => (vec![opts.output.clone()], vec![0, total_docs]),
         Some(w) => {
@@ -443,17 +495,18 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<Vec<PartSummary
         }
     };
     let weights = opts.split.clone().unwrap_or(vec![1]);
+    let split_label = match &opts.split {
+        Some(w) => format!(
+            "split {}",
+            w.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+        ),
+        None => "output".to_string(),
+    };
     for (i, prefix) in prefixes.iter().enumerate() {
         if weights[i] > 0 && bounds[i + 1] == bounds[i] {
             return Err(DataError::mismatch(
                 prefix,
-                format!(
-                    "split {}",
-                    opts.split
-                        .as_ref()
-                        .map(|w| w.iter().map(u64::to_string).collect::<Vec<_>>().join(","))
-                        .unwrap_or_default()
-                ),
+                &split_label,
                 format!(
                     "at least 1 of the {total_docs} input documents in part {}",
                     PART_NAMES[i]
@@ -512,11 +565,15 @@ pub fn prepare(opts: &PrepareOptions, tok: &Tokenizer) -> Result<Vec<PartSummary
     }
     for (i, prefix) in prefixes.iter().enumerate() {
         if weights[i] > 0 && docs_per_part[i] == 0 {
+            let part = match opts.split {
+                Some(_) => format!(" in part {}", PART_NAMES[i]),
+                None => String::new(),
+            };
             return Err(DataError::mismatch(
                 prefix,
-                "split",
-                format!("at least 1 non-empty document in part {}", PART_NAMES[i]),
-                "0 after skipping empty documents",
+                &split_label,
+                format!("at least 1 non-empty document{part}"),
+                "0 documents after --skip-empty dropped the empty ones",
             ));
         }
     }

@@ -75,6 +75,18 @@ impl Dtype {
     }
 }
 
+/// What a path that is not a regular file is, for messages ("a directory", ...).
+pub(crate) fn path_kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "a special file (a device, pipe or socket)"
+    }
+}
+
 /// `count` tokens of type `dtype` starting at byte `offset` of a mapped file.
 pub(crate) struct TokenArray {
     pub path: PathBuf,
@@ -124,6 +136,17 @@ macro_rules! with_slice {
 impl TokenArray {
     /// Maps `path` and checks that `offset + count * dtype.size()` bytes are there.
     pub fn map_file(path: &Path) -> Result<Mmap, DataError> {
+        // A directory or device opens fine but cannot be mapped ("No such device"): say what
+        // the path is instead.
+        let meta = std::fs::metadata(path).map_err(|e| DataError::io(path, "open", e))?;
+        if !meta.is_file() {
+            return Err(DataError::mismatch(
+                path,
+                "open",
+                "a regular file of tokens",
+                path_kind(&meta),
+            ));
+        }
         let file = std::fs::File::open(path).map_err(|e| DataError::io(path, "open", e))?;
         // SAFETY: the mapping is read-only; like every mmap reader we assume nobody truncates
         // the file while it is open (that would be a SIGBUS, not silent corruption).

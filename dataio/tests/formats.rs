@@ -595,3 +595,101 @@ fn split_llmc_at_eot_boundaries() {
     assert_eq!(read_all(&parts[0]), vec![5, 6]);
     assert_eq!(read_all(&parts[1]), vec![e, 7]);
 }
+
+// ---- paths that are not regular files ----
+
+/// The error's text, for assertions that something is absent from it.
+fn err_text<T>(r: Result<T, dataio::DataError>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_directory_where_a_dataset_file_belongs_is_named() {
+    let dir = TempDir::new("dirs");
+    // A Megatron index whose .bin is a directory: opening it used to fail in mmap with "No such
+    // device", naming neither the directory nor what was expected.
+    let p = tiny_megatron(&dir, "m");
+    std::fs::remove_file(format!("{p}.bin")).unwrap();
+    std::fs::create_dir(format!("{p}.bin")).unwrap();
+    let msg = err_text(TokenDataset::open(&p));
+    for want in ["m.bin", "expected a regular file", "found a directory"] {
+        assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+    }
+    assert!(!msg.contains("No such device"), "{msg}");
+
+    // The spec itself a directory (named like a shard, or a plain directory of shards).
+    let shard_dir = dir.path("shards.bin");
+    std::fs::create_dir(&shard_dir).unwrap();
+    std::fs::write(format!("{shard_dir}/x_000.bin"), llmc_bytes(&[1, 2])).unwrap();
+    let msg = err_text(TokenDataset::open(&shard_dir));
+    for want in [
+        "shards.bin is a directory",
+        "expected",
+        "a glob such as",
+        "shards.bin/*.bin",
+    ] {
+        assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+    }
+    assert!(!msg.contains("no such files"), "{msg}");
+    let plain = dir.path("plain");
+    std::fs::create_dir(&plain).unwrap();
+    let msg = err_text(TokenDataset::open(&plain));
+    assert!(msg.contains("plain is a directory"), "{msg}");
+    // ... and the glob the message suggests opens it.
+    assert_eq!(
+        read_all(&TokenDataset::open(&format!("{shard_dir}/*.bin")).unwrap()),
+        vec![1, 2]
+    );
+
+    // An index that is a directory beside a .bin without the llm.c magic.
+    let q = dir.path("q");
+    std::fs::create_dir(format!("{q}.idx")).unwrap();
+    std::fs::write(format!("{q}.bin"), u16_bytes(&[1, 2, 3])).unwrap();
+    assert_err_contains(TokenDataset::open(&q), &["q.idx is a directory"]);
+
+    // A character device is not a dataset either.
+    #[cfg(unix)]
+    assert_err_contains(
+        TokenDataset::open("/dev/null"),
+        &["/dev/null is a special file (a device"],
+    );
+}
+
+#[test]
+fn stored_tokens_leave_out_the_inserted_eots() {
+    let dir = TempDir::new("stored");
+    // Without EOTs: 8 tokens stored in 3 documents, 11 in the stream.
+    let p = dir.path("no_eod");
+    std::fs::write(
+        format!("{p}.bin"),
+        u16_bytes(&[10, 11, 12, 20, 21, 22, 30, 31]),
+    )
+    .unwrap();
+    std::fs::write(
+        format!("{p}.idx"),
+        idx_bytes(8, &[3, 1, 2, 2], &[0, 6, 8, 12], &[0, 1, 3, 4]),
+    )
+    .unwrap();
+    let d = TokenDataset::open(&p).unwrap();
+    assert_eq!((d.stored_tokens(), d.num_tokens()), (8, 11));
+    // Views: documents 1..3 hold 3 + 2 stored tokens, 7 in the stream.
+    let tail = d.documents(1..3).unwrap();
+    assert_eq!((tail.stored_tokens(), tail.num_tokens()), (5, 7));
+    // With EOTs (--append-eod) and llm.c shards the two agree.
+    let q = dir.path("eod");
+    std::fs::write(format!("{q}.bin"), u16_bytes(&[7, 8, 50256, 9, 50256])).unwrap();
+    std::fs::write(
+        format!("{q}.idx"),
+        idx_bytes(8, &[3, 2], &[0, 6], &[0, 1, 2]),
+    )
+    .unwrap();
+    let d = TokenDataset::open(&q).unwrap();
+    assert_eq!((d.stored_tokens(), d.num_tokens()), (5, 5));
+    let s = dir.path("s.bin");
+    std::fs::write(&s, llmc_bytes(&[50256, 1, 2, 50256, 3])).unwrap();
+    let d = TokenDataset::open(&s).unwrap();
+    assert_eq!((d.stored_tokens(), d.num_tokens()), (5, 5));
+}

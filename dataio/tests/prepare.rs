@@ -271,3 +271,99 @@ fn llmc_output_replaces_a_stale_megatron_index() {
         DatasetFormat::Llmc
     );
 }
+
+#[test]
+fn inputs_without_documents_are_named() {
+    let dir = TempDir::new("nodocs");
+    let tok = Tokenizer::gpt2().unwrap();
+    let out = dir.path("o");
+    let empty = dir.0.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let blank = dir.0.join("blank.jsonl");
+    std::fs::write(&blank, "\n  \n\t\n").unwrap();
+    // Used to say "o: split : expected at least 1 of the 0 input documents in part train"
+    // with no --split given.
+    for (inputs, fragments) in [
+        (
+            vec![empty.clone()],
+            vec![
+                "empty.jsonl",
+                "at least 1 document",
+                "empty or holds only blank lines",
+            ],
+        ),
+        (
+            vec![empty.clone(), blank.clone()],
+            vec!["empty.jsonl, ", "blank.jsonl", "none in the 2 input files"],
+        ),
+    ] {
+        for split in [None, Some(vec![949, 50, 1])] {
+            let r = prepare(
+                &opts(inputs.clone(), out.clone(), DatasetFormat::Megatron, split),
+                &tok,
+            );
+            let msg = r.expect_err("no documents is an error").to_string();
+            for f in &fragments {
+                assert!(msg.contains(f), "{msg:?} lacks {f:?}");
+            }
+            assert!(!msg.contains("split"), "{msg}");
+        }
+    }
+    // Only empty documents, dropped by skip_empty, without a split: no talk of splits.
+    let j = dir.0.join("empties.jsonl");
+    std::fs::write(&j, "{\"text\": \"\"}\n{\"text\": \"\"}\n").unwrap();
+    let mut o = opts(vec![j], out.clone(), DatasetFormat::Megatron, None);
+    o.skip_empty = true;
+    let msg = prepare(&o, &tok).err().unwrap().to_string();
+    assert!(
+        msg.contains("at least 1 non-empty document") && msg.contains("--skip-empty"),
+        "{msg}"
+    );
+    assert!(!msg.contains("split") && !msg.contains("part"), "{msg}");
+    assert_eq!(
+        std::fs::read_dir(&dir.0).unwrap().count(),
+        3,
+        "nothing written besides the inputs"
+    );
+}
+
+#[test]
+fn bad_jsonl_lines_report_one_line_number() {
+    let dir = TempDir::new("badline");
+    let tok = Tokenizer::gpt2().unwrap();
+    let out = dir.path("o");
+    let j = dir.0.join("bad.jsonl");
+    // Line 3 holds the byte 0xFF inside the string, at byte 11 of the line (column 11).
+    std::fs::write(
+        &j,
+        b"{\"text\": \"ok\"}\n\n{\"text\":\"b\xff\"}\n".as_slice(),
+    )
+    .unwrap();
+    let msg = prepare(
+        &opts(vec![j.clone()], out.clone(), DatasetFormat::Megatron, None),
+        &tok,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    for f in ["bad.jsonl", "line 3 column 11", "UTF-8", "0xFF"] {
+        assert!(msg.contains(f), "{msg:?} lacks {f:?}");
+    }
+    // serde_json used to add its own "at line 1 column 11" (it sees one line at a time).
+    assert_eq!(msg.matches("line ").count(), 1, "{msg}");
+
+    // The same for JSON syntax errors: the file's line, serde_json's message, one line number.
+    std::fs::write(&j, "{\"text\": \"ok\"}\n{\"text\": tru}\n").unwrap();
+    let msg = prepare(&opts(vec![j], out, DatasetFormat::Megatron, None), &tok)
+        .err()
+        .unwrap()
+        .to_string();
+    for f in [
+        "bad.jsonl",
+        "line 2 column",
+        "invalid JSON (expected ident)",
+    ] {
+        assert!(msg.contains(f), "{msg:?} lacks {f:?}");
+    }
+    assert_eq!(msg.matches("line ").count(), 1, "{msg}");
+}

@@ -61,10 +61,13 @@ fn inspect_prints_exactly_the_documented_fields() {
     let (code, out, err) = data(&["inspect", &p]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    // `tokens`: the 5 stored in the file; `stream_tokens`: with the 2 EOTs inserted after the
+    // documents (the stream, which first_tokens shows).
     assert_eq!(
         v,
-        json!({"format": "megatron", "dtype": "uint16", "documents": 2, "sequences": 2, "tokens": 7,
-               "max_token": 50256, "first_tokens": [15496, 11, 995, 0, 50256, 198, 50256]})
+        json!({"format": "megatron", "dtype": "uint16", "documents": 2, "sequences": 2, "tokens": 5,
+               "stream_tokens": 7, "max_token": 50256,
+               "first_tokens": [15496, 11, 995, 0, 50256, 198, 50256]})
     );
     assert_eq!(out.trim().lines().count(), 1, "one JSON object on one line");
 
@@ -149,6 +152,79 @@ fn errors_are_one_line_with_nonzero_exit() {
         err.contains("--format") && err.contains("megatron or llmc") && err.contains("parquet"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Small bad inputs: each a one-line error naming the path and what was expected, exit status 1,
+/// never a panic.
+#[test]
+fn bad_inputs_are_named_in_one_line() {
+    let dir = temp_dir("bad-inputs");
+    let run = |args: &[&str]| {
+        let (code, out, err) = data(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("data: error: "), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    // A directory given as the Megatron .bin (was "mmap: No such device").
+    let p = hand_megatron(&dir);
+    std::fs::remove_file(format!("{p}.bin")).unwrap();
+    std::fs::create_dir(format!("{p}.bin")).unwrap();
+    let err = run(&["inspect", &p]);
+    assert!(
+        err.contains("hand.bin")
+            && err.contains("expected a regular file")
+            && err.contains("found a directory"),
+        "{err}"
+    );
+    // A directory given as the dataset.
+    let d = dir.join("shards").display().to_string();
+    std::fs::create_dir(&d).unwrap();
+    let err = run(&["inspect", &d]);
+    assert!(
+        err.contains("shards is a directory") && err.contains("glob"),
+        "{err}"
+    );
+
+    // An empty JSONL, no --split (was "split : expected at least 1 of the 0 ...").
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let out_prefix = dir.join("o").display().to_string();
+    let err = run(&[
+        "prepare",
+        "--input",
+        empty.to_str().unwrap(),
+        "--output",
+        &out_prefix,
+    ]);
+    assert!(
+        err.contains("empty.jsonl") && err.contains("expected at least 1 document"),
+        "{err}"
+    );
+    assert!(!err.contains("split"), "{err}");
+
+    // Bad UTF-8 on line 2 (was "line 2 column 11 ... at line 1 column 11").
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        b"{\"text\": \"a\"}\n{\"text\":\"b\xff\"}\n".as_slice(),
+    )
+    .unwrap();
+    let err = run(&[
+        "prepare",
+        "--input",
+        bad.to_str().unwrap(),
+        "--output",
+        &out_prefix,
+    ]);
+    assert!(
+        err.contains("bad.jsonl: line 2 column 11") && err.contains("UTF-8"),
+        "{err}"
+    );
+    assert!(!err.contains("line 1"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -27,6 +27,19 @@ fn read(path: &Path) -> Vec<f32> {
         .collect()
 }
 
+/// Exit status, stdout, stderr.
+fn mx_full(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mx"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn mx(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mx"))
         .args(args)
@@ -258,23 +271,6 @@ fn bad_inputs_are_named() {
     ]);
     assert!(!ok && text.contains("33") && text.contains("32"), "{text}");
     assert!(!out.exists(), "no output on error");
-    let nan = tmp("nan.f32");
-    let mut v = randv(32, 6);
-    v[7] = f32::NAN;
-    write(&nan, &v);
-    let (ok, text) = mx(&[
-        "quantize",
-        "--rounding",
-        "sr",
-        "--input",
-        nan.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        !ok && text.contains("value 7") && text.contains("NaN"),
-        "{text}"
-    );
     let (ok, text) = mx(&[
         "quantize",
         "--rounding",
@@ -362,4 +358,213 @@ fn stats_reports_both_columns() {
     ] {
         assert!(text.contains(needle), "missing '{needle}':\n{text}");
     }
+}
+
+/// docs/numerics.md section 2: a block holding NaN or an infinity gets scale byte 0xFF and codes
+/// 0, dequantizes to NaN, and is counted as non-finite; the other blocks are unaffected.
+#[test]
+fn nan_and_inf_blocks_follow_the_contract() {
+    let mut x = randv(128, 10);
+    x[32 + 7] = f32::NAN; // block 1
+    x[64] = f32::INFINITY; // block 2
+    x[64 + 31] = f32::NEG_INFINITY;
+    let (input, output, packed) = (tmp("nan_in.f32"), tmp("nan_out.f32"), tmp("nan.bin"));
+    write(&input, &x);
+    for rounding in ["rtn", "sr"] {
+        let _ = std::fs::remove_file(&output);
+        let _ = std::fs::remove_file(&packed);
+        let (code, stdout, stderr) = mx_full(&[
+            "quantize",
+            "--rounding",
+            rounding,
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--packed",
+            packed.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{rounding}: {stderr}");
+        assert!(
+            stdout.contains("4 blocks of 32; non-finite blocks: 2"),
+            "{rounding}: {stdout}"
+        );
+        let y = read(&output);
+        assert_eq!(y.len(), 128);
+        for (blk, chunk) in y.chunks(32).enumerate() {
+            let nan = chunk.iter().filter(|v| v.is_nan()).count();
+            let want = if blk == 1 || blk == 2 { 32 } else { 0 };
+            assert_eq!(nan, want, "{rounding}: block {blk}: {chunk:?}");
+        }
+        if rounding == "rtn" {
+            for blk in [0, 3] {
+                let want = ref_rtn_block(&x[blk * 32..(blk + 1) * 32]);
+                for i in 0..32 {
+                    assert_eq!(y[blk * 32 + i] as f64, want[i], "block {blk} element {i}");
+                }
+            }
+        }
+        let bytes = std::fs::read(&packed).unwrap();
+        assert_eq!(bytes.len(), 4 + 64);
+        assert_eq!(&bytes[1..3], &[0xFF, 0xFF], "{rounding}: NaN scale bytes");
+        assert!(bytes[0] != 0xFF && bytes[3] != 0xFF);
+        assert!(
+            bytes[4 + 16..4 + 48].iter().all(|&b| b == 0),
+            "{rounding}: codes of the non-finite blocks are 0"
+        );
+    }
+
+    // The MX GEMM: a NaN block of A poisons exactly the row of C it belongs to.
+    let (m, n, k) = (3, 2, 64);
+    let mut a = randv(m * k, 11);
+    a[k + 40] = f32::NAN; // row 1, block 1
+    let b = randv(k * n, 12);
+    let (pa, pb, pc) = (tmp("nan_a.f32"), tmp("nan_b.f32"), tmp("nan_c.f32"));
+    write(&pa, &a);
+    write(&pb, &b);
+    let (code, stdout, stderr) = mx_full(&[
+        "gemm",
+        "--m",
+        "3",
+        "--n",
+        "2",
+        "--k",
+        "64",
+        "--a",
+        pa.to_str().unwrap(),
+        "--b",
+        pb.to_str().unwrap(),
+        "--output",
+        pc.to_str().unwrap(),
+        "--backward",
+        "mxfp4-rtn",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("non-finite blocks: 1"), "{stdout}");
+    let c = read(&pc);
+    for i in 0..m {
+        for j in 0..n {
+            assert_eq!(
+                c[i * n + j].is_nan(),
+                i == 1,
+                "[{i},{j}] = {}",
+                c[i * n + j]
+            );
+        }
+    }
+
+    // stats counts them and leaves them out of the error figures.
+    let (code, stdout, stderr) = mx_full(&[
+        "stats",
+        "--input",
+        input.to_str().unwrap(),
+        "--hadamard-block",
+        "32",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("non-finite blocks"))
+        .unwrap_or_else(|| panic!("no non-finite row:\n{stdout}"));
+    assert_eq!(
+        row.split_whitespace().rev().take(2).collect::<Vec<_>>(),
+        ["2", "2"],
+        "{row}"
+    );
+    let rel = stdout
+        .lines()
+        .find(|l| l.starts_with("relative error"))
+        .unwrap();
+    assert!(!rel.contains("NaN"), "{rel}");
+    assert!(stdout.contains("3 NaN/Inf values left out"), "{stdout}");
+}
+
+/// Shapes whose products overflow: an error naming the flags, exit status 1, never a panic
+/// (m * k wrapped around to the file's length and the GEMM then indexed out of bounds).
+#[test]
+fn huge_gemm_shapes_are_refused_without_panic() {
+    let (pa, pb, out) = (tmp("h_a.f32"), tmp("h_b.f32"), tmp("h_c.f32"));
+    write(&pa, &randv(64, 13));
+    write(&pb, &randv(64, 14));
+    let gemm = |m: &str, n: &str, k: &str| {
+        mx_full(&[
+            "gemm",
+            "--m",
+            m,
+            "--n",
+            n,
+            "--k",
+            k,
+            "--a",
+            pa.to_str().unwrap(),
+            "--b",
+            pb.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--backward",
+            "bf16",
+        ])
+    };
+    // (2^63 + 2) * 32 wraps to 64, the length of a.f32.
+    let (code, stdout, stderr) = gemm("9223372036854775810", "2", "32");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("--m 9223372036854775810 x --k 32 overflows"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (code, _, stderr) = gemm("2", "4611686018427387904", "32");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--k 32 x --n 4611686018427387904 overflows"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = gemm("2", "9223372036854775810", "32");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("overflows") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // m * n overflows while m * k and k * n fit the files.
+    let (code, _, stderr) = gemm("18446744073709551615", "18446744073709551615", "0");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--k is 0"), "{stderr}");
+    assert!(!out.exists(), "no output on error");
+    for line in stderr.lines() {
+        assert!(line.ends_with('.'), "a sentence: {line}");
+    }
+}
+
+#[test]
+fn random_writes_reproducible_normal_values() {
+    let (p1, p2, p3) = (tmp("r1.f32"), tmp("r2.f32"), tmp("r3.f32"));
+    let gen = |p: &Path, seed: &str| {
+        let (code, _, stderr) = mx_full(&[
+            "random",
+            "--count",
+            "20000",
+            "--seed",
+            seed,
+            "--std",
+            "2",
+            "--output",
+            p.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        read(p)
+    };
+    let (x1, x2, x3) = (gen(&p1, "1"), gen(&p2, "1"), gen(&p3, "2"));
+    assert_eq!(x1.len(), 20000);
+    assert_eq!(x1, x2, "same seed, same values");
+    assert_ne!(x1, x3);
+    let mean = x1.iter().map(|&v| v as f64).sum::<f64>() / 20000.0;
+    let var = x1.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / 20000.0;
+    assert!(mean.abs() < 0.06, "mean {mean}");
+    assert!((var.sqrt() - 2.0).abs() < 0.06, "std {}", var.sqrt());
+    // About 68% within one standard deviation, as for a normal distribution.
+    let within = x1.iter().filter(|v| v.abs() < 2.0).count() as f64 / 20000.0;
+    assert!((within - 0.6827).abs() < 0.015, "{within}");
+    let (code, _, stderr) = mx_full(&["random", "--count", "0", "--output", p3.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--count is 0"), "{stderr}");
 }

@@ -4,6 +4,11 @@
 //!   data prepare --corpus shakespeare
 //!   data inspect PREFIX_OR_FILE [--text N]
 //!
+//! `inspect` prints one JSON object: `tokens` counts the tokens stored in the files;
+//! `stream_tokens` is the length of the stream training reads, which adds an EOT after every
+//! document of a Megatron dataset made without `--append-eod` (otherwise the two are equal).
+//! `max_token`, `first_tokens` and `text` come from the stream.
+//!
 //! Errors print one line on stderr and exit with status 1.
 
 use argh::FromArgs;
@@ -58,7 +63,10 @@ struct Prepare {
 
 #[derive(FromArgs)]
 #[argh(subcommand, name = "inspect")]
-/// Print one JSON object describing a dataset (Megatron prefix, llm.c shard or glob).
+/// Print one JSON object describing a dataset (Megatron prefix, llm.c shard or glob): format,
+/// dtype, documents, sequences, tokens (stored in the files), stream_tokens (the training stream's
+/// length: tokens plus the EOTs inserted after each document of a Megatron dataset made without
+/// --append-eod), max_token, first_tokens (the stream's first 16).
 struct Inspect {
     /// dataset prefix, .bin/.idx file, or glob of llm.c shards (default: the Shakespeare
     /// corpus's training part, data/shakespeare_train)
@@ -100,7 +108,7 @@ fn run_prepare(p: Prepare) -> Result<(), DataError> {
             println!(
                 "{prefix}_{part}: {} documents, {} tokens",
                 d.num_documents(),
-                d.num_tokens()
+                d.stored_tokens()
             );
         }
         return Ok(());
@@ -180,7 +188,8 @@ fn run_inspect(i: Inspect) -> Result<(), DataError> {
         "dtype": d.dtype().name(),
         "documents": d.num_documents(),
         "sequences": d.num_sequences(),
-        "tokens": d.num_tokens(),
+        "tokens": d.stored_tokens(),
+        "stream_tokens": d.num_tokens(),
         "max_token": d.max_token(),
         "first_tokens": first,
     });

@@ -1,7 +1,8 @@
 //! `tools/mx`: MXFP4 numerics from the command line — quantize a tensor, run the backward GEMM in
 //! any mode, or report quantization error with and without the random Hadamard transform. It
 //! calls exactly the code the CPU backend trains with (gpt::mx), so it also serves to check the
-//! numerics from outside (e.g. against a PyTorch or GPU implementation).
+//! numerics from outside (e.g. against a PyTorch or GPU implementation). `random` writes inputs
+//! to try them on.
 //!
 //! Files are raw little-endian f32. Conventions fixed here (a checker needs them):
 //! - quantize: the input is one row; blocks are consecutive 32 values; SR uses stream
@@ -14,10 +15,10 @@ use gpt::mx::{
     self, format, hadamard, GemmId, GemmKind, LinearKind, MxConfig, MxTelemetry, Rounding,
 };
 use gpt::precision::BackwardMode;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tools::{read_f32_file, write_atomic, write_f32_file};
 
-/// MXFP4 numerics: quantize, gemm, stats.
+/// MXFP4 numerics: quantize, gemm, stats; random writes test inputs.
 #[derive(FromArgs)]
 struct Args {
     #[argh(subcommand)]
@@ -30,6 +31,7 @@ enum Cmd {
     Quantize(Quantize),
     Gemm(Gemm),
     Stats(Stats),
+    Random(Random),
 }
 
 /// quantize a tensor to MXFP4 and write the dequantized values (and the packed encoding)
@@ -45,10 +47,10 @@ struct Quantize {
     /// SR stream id (default 0)
     #[argh(option, default = "0")]
     stream: u64,
-    /// raw f32 input; length a multiple of 32
+    /// raw f32 input; length a multiple of 32; a block holding NaN or Inf gets scale 0xFF
     #[argh(option)]
     input: PathBuf,
-    /// raw f32 output: the dequantized values (SR includes the 4/3)
+    /// raw f32 output: the dequantized values (SR includes the 4/3; NaN in non-finite blocks)
     #[argh(option)]
     output: PathBuf,
     /// optional: scale bytes (one per block) followed by the packed codes (low nibble first)
@@ -92,6 +94,27 @@ struct Gemm {
     hadamard_block: usize,
 }
 
+/// write a raw f32 file of normal random values (inputs for the other subcommands)
+#[derive(FromArgs)]
+#[argh(subcommand, name = "random")]
+struct Random {
+    /// how many values
+    #[argh(option)]
+    count: usize,
+    /// raw f32 output
+    #[argh(option)]
+    output: PathBuf,
+    /// seed (default 0)
+    #[argh(option, default = "0")]
+    seed: u64,
+    /// standard deviation (default 1)
+    #[argh(option, default = "1.0")]
+    std: f32,
+    /// fraction of values multiplied by 100, like a gradient's outliers (default 0)
+    #[argh(option, default = "0.0")]
+    outliers: f64,
+}
+
 /// report quantization error with and without the random Hadamard transform
 #[derive(FromArgs)]
 #[argh(subcommand, name = "stats")]
@@ -116,6 +139,7 @@ fn main() {
         Cmd::Quantize(q) => quantize(q),
         Cmd::Gemm(g) => gemm(g),
         Cmd::Stats(s) => stats(s),
+        Cmd::Random(r) => random(r),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");
@@ -123,25 +147,78 @@ fn main() {
     }
 }
 
-/// Reads an input tensor, rejecting NaN/Inf (naming the index) and lengths not a multiple of
-/// `multiple`.
-fn read_input(path: &PathBuf, multiple: usize, what: &str) -> Result<Vec<f32>, String> {
+/// Reads an input tensor, rejecting lengths that are not a non-empty multiple of `multiple`.
+/// NaN and infinities are accepted: docs/numerics.md section 2 quantizes a block holding one to
+/// the NaN scale byte 0xFF with all codes 0, and counts it as non-finite.
+fn read_input(path: &Path, multiple: usize, what: &str) -> Result<Vec<f32>, String> {
     let x = read_f32_file(path)?;
     if x.is_empty() || x.len() % multiple != 0 {
         return Err(format!(
-            "{}: {} values; {what} needs a non-empty multiple of {multiple}",
+            "{} holds {} values, but {what} needs a non-empty multiple of {multiple}.",
             path.display(),
             x.len()
         ));
     }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+    Ok(x)
+}
+
+/// `x * y` for the shape flags `--{xn} x` and `--{yn} y`, or an error naming them when the
+/// product does not fit in a usize (it could never be a file's length).
+fn shape_product(xn: &str, x: usize, yn: &str, y: usize) -> Result<usize, String> {
+    x.checked_mul(y).ok_or_else(|| {
+        format!(
+            "--{xn} {x} x --{yn} {y} overflows a {}-bit size: no input can hold that many values.",
+            usize::BITS
+        )
+    })
+}
+
+/// Zeroed f32 values, or an error (not an abort) when that much memory cannot be had.
+fn zeros(len: usize, what: &str) -> Result<Vec<f32>, String> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        format!(
+            "The {what} of {len} f32 values ({:.1} GiB) cannot be allocated.",
+            len as f64 * 4.0 / (1u64 << 30) as f64
+        )
+    })?;
+    v.resize(len, 0.0);
+    Ok(v)
+}
+
+/// Normal values by Box-Muller over the splitmix64 sequence of `--seed` (the same seed gives the
+/// same file).
+fn random(r: Random) -> Result<(), String> {
+    if r.count == 0 {
+        return Err("--count is 0, but the file needs at least 1 value.".into());
+    }
+    if !(0.0..=1.0).contains(&r.outliers) {
         return Err(format!(
-            "{}: value {i} is {} (NaN/Inf input cannot be quantized)",
-            path.display(),
-            x[i]
+            "--outliers {} is not a fraction between 0 and 1.",
+            r.outliers
         ));
     }
-    Ok(x)
+    if !r.std.is_finite() || r.std < 0.0 {
+        return Err(format!(
+            "--std {} is not a finite, non-negative number.",
+            r.std
+        ));
+    }
+    // The splitmix64 sequence: state advances by the golden-ratio constant, then is mixed.
+    let mut state = r.seed;
+    let mut uniform = || {
+        let out = dataio::splitmix64(state);
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        (out >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut x = zeros(r.count, "output (--count)")?;
+    for v in x.iter_mut() {
+        let (u1, u2) = (1.0 - uniform(), uniform()); // u1 in (0, 1]
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let scale = if uniform() < r.outliers { 100.0 } else { 1.0 };
+        *v = (z * r.std as f64 * scale) as f32;
+    }
+    write_f32_file(&r.output, &x)
 }
 
 fn quantize(q: Quantize) -> Result<(), String> {
@@ -151,47 +228,58 @@ fn quantize(q: Quantize) -> Result<(), String> {
         format::BLOCK,
         "MXFP4 quantization (32-element blocks)",
     )?;
-    let (op, _) =
+    let (op, tel) =
         mx::quantize_rows(&x, 1, x.len(), rounding, q.seed, q.stream).map_err(|e| e.to_string())?;
     write_f32_file(&q.output, &op.dequantize(rounding == Rounding::Sr))?;
     if let Some(p) = &q.packed {
         write_atomic(p, &op.to_bytes())?;
     }
+    println!(
+        "{}: {} values in {} blocks of 32; non-finite blocks: {}{}",
+        q.input.display(),
+        x.len(),
+        x.len() / format::BLOCK,
+        tel.nonfinite_blocks,
+        if tel.nonfinite_blocks > 0 {
+            " (scale byte 0xFF, codes 0, dequantized to NaN)"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 
 fn gemm(g: Gemm) -> Result<(), String> {
     let mode: BackwardMode = g.backward.parse()?;
+    for (name, v) in [("m", g.m), ("n", g.n), ("k", g.k)] {
+        if v == 0 {
+            return Err(format!(
+                "--{name} is 0, but every GEMM dimension must be at least 1."
+            ));
+        }
+    }
+    let a_len = shape_product("m", g.m, "k", g.k)?;
+    let b_len = shape_product("k", g.k, "n", g.n)?;
+    let c_len = shape_product("m", g.m, "n", g.n)?;
     let a = read_f32_file(&g.a)?;
     let b = read_f32_file(&g.b)?;
-    if a.len() != g.m * g.k {
+    if a.len() != a_len {
         return Err(format!(
-            "{}: {} values, but --m {} x --k {} = {}",
+            "{} holds {} values, but --m {} x --k {} needs {a_len}.",
             g.a.display(),
             a.len(),
             g.m,
             g.k,
-            g.m * g.k
         ));
     }
-    if b.len() != g.k * g.n {
+    if b.len() != b_len {
         return Err(format!(
-            "{}: {} values, but --k {} x --n {} = {}",
+            "{} holds {} values, but --k {} x --n {} needs {b_len}.",
             g.b.display(),
             b.len(),
             g.k,
             g.n,
-            g.k * g.n
         ));
-    }
-    for (name, v) in [(&g.a, &a), (&g.b, &b)] {
-        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            return Err(format!(
-                "{}: value {i} is {} (NaN/Inf input)",
-                name.display(),
-                v[i]
-            ));
-        }
     }
     let cfg = MxConfig {
         mode,
@@ -206,7 +294,8 @@ fn gemm(g: Gemm) -> Result<(), String> {
         linear: LinearKind::Qkv,
         gemm: GemmKind::Dgrad,
     };
-    let mut c = vec![0.0f32; g.m * g.n];
+    let mut c = zeros(c_len, "output C (--m x --n)")?;
+    let mut tel = MxTelemetry::default();
     mx::backward_gemm(
         &cfg,
         &id,
@@ -215,10 +304,28 @@ fn gemm(g: Gemm) -> Result<(), String> {
         &mut c,
         g.n,
         false,
-        None,
+        Some(&mut tel),
     )
     .map_err(|e| format!("--backward {mode}: {e}"))?;
-    write_f32_file(&g.output, &c)
+    write_f32_file(&g.output, &c)?;
+    if mode != BackwardMode::Bf16 {
+        println!(
+            "gemm: {} values quantized (A and B); non-finite blocks: {}{}",
+            tel.elements,
+            tel.nonfinite_blocks,
+            if tel.nonfinite_blocks > 0 {
+                " (NaN scale: every output they touch is NaN)"
+            } else {
+                ""
+            }
+        );
+    } else {
+        let bad = a.iter().chain(&b).filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            println!("gemm: {bad} non-finite input values (--backward {mode} propagates them)");
+        }
+    }
+    Ok(())
 }
 
 /// Error statistics of quantizing `x` (one row) as given.
@@ -233,17 +340,19 @@ fn measure(x: &[f32], rounding: Rounding, seed: u64) -> Result<Report, String> {
     let (op, tel) =
         mx::quantize_rows(x, 1, x.len(), rounding, seed, 0).map_err(|e| e.to_string())?;
     let deq = op.dequantize(rounding == Rounding::Sr);
-    let n = x.len() as f64;
-    let bias = deq
+    // Non-finite blocks (scale 0xFF) are left out, as in the trainer's telemetry.
+    let finite: Vec<(f32, f32)> = deq
+        .chunks(format::BLOCK)
+        .zip(x.chunks(format::BLOCK))
+        .zip(&op.scales)
+        .filter(|(_, &s)| s != format::SCALE_NAN)
+        .flat_map(|((d, v), _)| d.iter().copied().zip(v.iter().copied()))
+        .collect();
+    let n = finite.len() as f64;
+    let bias = finite.iter().map(|(d, v)| (d - v) as f64).sum::<f64>() / n;
+    let mean_abs_err = finite
         .iter()
-        .zip(x)
-        .map(|(d, v)| (*d - *v) as f64)
-        .sum::<f64>()
-        / n;
-    let mean_abs_err = deq
-        .iter()
-        .zip(x)
-        .map(|(d, v)| ((*d - *v) as f64).abs())
+        .map(|(d, v)| ((d - v) as f64).abs())
         .sum::<f64>()
         / n;
     Ok(Report {
@@ -272,14 +381,21 @@ fn stats(s: Stats) -> Result<(), String> {
     hadamard::rht_row(&mut xr, &hadamard::rht_signs(s.seed, 1, g));
     let plain = measure(&x, rounding, s.seed)?;
     let rotated = measure(&xr, rounding, s.seed)?;
-    let rms = (x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / x.len() as f64).sqrt();
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let finite: Vec<f32> = x.iter().copied().filter(|v| v.is_finite()).collect();
+    let rms = (finite.iter().map(|v| (*v as f64).powi(2)).sum::<f64>()
+        / finite.len().max(1) as f64)
+        .sqrt();
+    let amax = finite.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     println!(
-        "{}: {} values ({} blocks of 32), rms {rms:.4e}, max |x| {amax:.4e} ({:.1} x rms)",
+        "{}: {} values ({} blocks of 32), rms {rms:.4e}, max |x| {amax:.4e} ({:.1} x rms){}",
         s.input.display(),
         x.len(),
         x.len() / 32,
-        amax as f64 / rms
+        amax as f64 / rms,
+        match x.len() - finite.len() {
+            0 => String::new(),
+            n => format!("; {n} NaN/Inf values left out of these figures"),
+        }
     );
     println!(
         "rounding: {}{}",
@@ -319,11 +435,17 @@ fn stats(s: Stats) -> Result<(), String> {
         format!("{:.3}%", sp.clipped_fraction * 100.0),
         format!("{:.3}%", sr.clipped_fraction * 100.0),
     );
+    row(
+        "non-finite blocks (0xFF)",
+        sp.nonfinite_blocks.to_string(),
+        sr.nonfinite_blocks.to_string(),
+    );
     println!();
     println!("scale exponents e (block counts):");
     let hist = |scales: &[u8]| {
         let mut h = std::collections::BTreeMap::new();
-        for &b in scales {
+        // Non-finite blocks (scale byte 0xFF) are counted in the table above, not here.
+        for &b in scales.iter().filter(|&&b| b != format::SCALE_NAN) {
             *h.entry(b as i32 - 127).or_insert(0usize) += 1;
         }
         h

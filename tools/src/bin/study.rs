@@ -1,7 +1,11 @@
 //! `tools/study`: the MXFP4 paper's Table 2 in miniature. Trains one small GPT on the
-//! Shakespeare corpus with each `--backward` mode and several seeds, same data order and steps
-//! per seed, then writes under perf/study/: `study.json` (every validation curve), `README.md`
-//! (final validation loss per mode, mean and spread) and `loss_curves.svg` (mean curves).
+//! Shakespeare corpus with each of the paper's five `--backward` modes (bf16 and the four MXFP4
+//! variants) and several seeds, same data order and steps per seed, then writes `study.json` (every validation curve), `README.md` (final validation
+//! loss per mode, mean and spread, and the command that reproduces it) and `loss_curves.svg`
+//! (mean curves).
+//!
+//! Output goes to `target/study/` (git-ignored) unless `--out DIR` says otherwise; the committed
+//! study in `perf/study/` is replaced only when asked, with `--save` (or `--out perf/study`).
 //!
 //! The seed sets the initialization, the data order and the MXFP4 randomness; runs with the
 //! same seed differ only in the backward mode, so the comparison is paired.
@@ -11,46 +15,78 @@ use gpt::precision::BackwardMode;
 use gpt::trainer::{train, TrainArgs};
 use serde_json::json;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Small-scale MXFP4 study: every backward mode x seeds on Shakespeare.
+// The defaults, named so that the README's "Reproduce" line can list every flag that differs.
+const DEFAULT_STEPS: u64 = 300;
+const DEFAULT_SEEDS: &[u64] = &[1, 2];
+const DEFAULT_LAYERS: usize = 4;
+const DEFAULT_DIM: usize = 128;
+const DEFAULT_HEADS: usize = 4;
+const DEFAULT_SEQ: usize = 128;
+const DEFAULT_BATCH: usize = 8;
+const DEFAULT_LR: f32 = 2e-3;
+const DEFAULT_EVAL_EVERY: u64 = 25;
+const DEFAULT_EVAL_BATCHES: usize = 8;
+/// Where a run writes without --out or --save (under the git-ignored target/).
+const DEFAULT_OUT: &str = "target/study";
+/// The committed study, written only with --save or an explicit --out.
+const COMMITTED_OUT: &str = "perf/study";
+
+/// Small-scale MXFP4 study: the paper's five backward modes x seeds on Shakespeare. About an
+/// hour on 2 CPU cores at the defaults. Writes to target/study/ unless --out or --save says otherwise.
 #[derive(FromArgs)]
 struct Args {
     /// optimizer steps per run (default 300)
-    #[argh(option, default = "300")]
+    #[argh(option, default = "DEFAULT_STEPS")]
     steps: u64,
     /// seeds, comma separated (default 1,2)
     #[argh(option, default = "String::from(\"1,2\")")]
     seeds: String,
     /// layers (default 4)
-    #[argh(option, default = "4")]
+    #[argh(option, default = "DEFAULT_LAYERS")]
     layers: usize,
     /// width (default 128)
-    #[argh(option, default = "128")]
+    #[argh(option, default = "DEFAULT_DIM")]
     dim: usize,
     /// heads (default 4)
-    #[argh(option, default = "4")]
+    #[argh(option, default = "DEFAULT_HEADS")]
     heads: usize,
     /// sequence length (default 128)
-    #[argh(option, default = "128")]
+    #[argh(option, default = "DEFAULT_SEQ")]
     seq: usize,
     /// micro batch (default 8)
-    #[argh(option, default = "8")]
+    #[argh(option, default = "DEFAULT_BATCH")]
     batch: usize,
     /// peak learning rate (default 2e-3)
-    #[argh(option, default = "2e-3")]
+    #[argh(option, default = "DEFAULT_LR")]
     lr: f32,
     /// evaluate every N steps (default 25)
-    #[argh(option, default = "25")]
+    #[argh(option, default = "DEFAULT_EVAL_EVERY")]
     eval_every: u64,
     /// validation batches per evaluation (default 8)
-    #[argh(option, default = "8")]
+    #[argh(option, default = "DEFAULT_EVAL_BATCHES")]
     eval_batches: usize,
-    /// output directory (default perf/study)
-    #[argh(option, default = "PathBuf::from(\"perf/study\")")]
-    out: PathBuf,
+    /// output directory (default target/study, which git ignores; perf/study holds the
+    /// committed study and is written only when named here or with --save)
+    #[argh(option)]
+    out: Option<PathBuf>,
+    /// replace the committed study in perf/study (keeping its hand-written reading)
+    #[argh(switch)]
+    save: bool,
 }
+
+/// The modes of the paper's Table 2, in its order, with its names. Spelled out (not
+/// `BackwardMode::ALL`) so that a new backward mode changes neither the study's runtime nor the
+/// committed table; the chart has a colour for each.
+const MODES: [(BackwardMode, &str); 5] = [
+    (BackwardMode::Bf16, "BF16"),
+    (BackwardMode::Mxfp4Rtn, "MXFP4"),
+    (BackwardMode::Mxfp4Rht, "MXFP4+RHT"),
+    (BackwardMode::Mxfp4Sr, "MXFP4+SR"),
+    (BackwardMode::Mxfp4, "MXFP4+RHT+SR"),
+];
 
 struct Run {
     mode: BackwardMode,
@@ -62,29 +98,94 @@ struct Run {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let a: Args = argh::from_env();
-    if let Err(e) = run(&a) {
+    if let Err(e) = run(&a, &gpt::trainer::project_root()) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(a: &Args) -> Result<(), String> {
-    let seeds: Vec<u64> = a
-        .seeds
-        .split(',')
-        .map(|s| {
-            s.trim()
-                .parse::<u64>()
-                .map_err(|_| format!("--seeds: '{s}' is not a number"))
+/// The seeds of `--seeds`.
+fn parse_seeds(s: &str) -> Result<Vec<u64>, String> {
+    s.split(',')
+        .map(|p| {
+            p.trim().parse::<u64>().map_err(|_| {
+                format!("--seeds {s:?}: {p:?} is not a non-negative integer (expected e.g. 1,2).")
+            })
         })
-        .collect::<Result<_, _>>()?;
-    let root = gpt::trainer::project_root();
-    let data = dataio::prepare_shakespeare(&root).map_err(|e| e.to_string())?;
+        .collect()
+}
+
+/// The output directory: --out, or perf/study with --save, or target/study; relative to the
+/// repository root `root`.
+fn out_dir(a: &Args, root: &Path) -> Result<PathBuf, String> {
+    match (&a.out, a.save) {
+        (Some(out), true) => Err(format!(
+            "--save writes the committed study in {COMMITTED_OUT}, but --out {} names another \
+             place: give one of them.",
+            out.display()
+        )),
+        (Some(out), false) => Ok(root.join(out)),
+        (None, true) => Ok(root.join(COMMITTED_OUT)),
+        (None, false) => Ok(root.join(DEFAULT_OUT)),
+    }
+}
+
+/// The command line that repeats this run: `tools/study` with every flag that is not at its
+/// default, in the order of `--help`.
+fn reproduce(a: &Args, seeds: &[u64]) -> String {
+    let mut cmd = String::from("tools/study");
+    let mut flag = |name: &str, value: String| {
+        let _ = write!(cmd, " --{name} {value}");
+    };
+    if a.steps != DEFAULT_STEPS {
+        flag("steps", a.steps.to_string());
+    }
+    if seeds != DEFAULT_SEEDS {
+        let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
+        flag("seeds", list.join(","));
+    }
+    if a.layers != DEFAULT_LAYERS {
+        flag("layers", a.layers.to_string());
+    }
+    if a.dim != DEFAULT_DIM {
+        flag("dim", a.dim.to_string());
+    }
+    if a.heads != DEFAULT_HEADS {
+        flag("heads", a.heads.to_string());
+    }
+    if a.seq != DEFAULT_SEQ {
+        flag("seq", a.seq.to_string());
+    }
+    if a.batch != DEFAULT_BATCH {
+        flag("batch", a.batch.to_string());
+    }
+    if a.lr != DEFAULT_LR {
+        flag("lr", a.lr.to_string());
+    }
+    if a.eval_every != DEFAULT_EVAL_EVERY {
+        flag("eval-every", a.eval_every.to_string());
+    }
+    if a.eval_batches != DEFAULT_EVAL_BATCHES {
+        flag("eval-batches", a.eval_batches.to_string());
+    }
+    if let Some(out) = &a.out {
+        flag("out", out.display().to_string());
+    }
+    if a.save {
+        cmd.push_str(" --save");
+    }
+    cmd
+}
+
+fn run(a: &Args, root: &Path) -> Result<(), String> {
+    let seeds = parse_seeds(&a.seeds)?;
+    let out = out_dir(a, root)?;
+    let data = dataio::prepare_shakespeare(root).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut runs = Vec::new();
-    let total = BackwardMode::ALL.len() * seeds.len();
+    let total = MODES.len() * seeds.len();
     for &seed in &seeds {
-        for mode in BackwardMode::ALL {
+        for (mode, _) in MODES {
             let t0 = Instant::now();
             let list: Vec<String> = [
                 "--model",
@@ -140,12 +241,13 @@ fn run(a: &Args) -> Result<(), String> {
             runs.push(run);
         }
     }
-    std::fs::create_dir_all(&a.out)
-        .map_err(|e| format!("cannot create {}: {e}", a.out.display()))?;
+    std::fs::create_dir_all(&out)
+        .map_err(|e| format!("Cannot create the output directory {}: {e}.", out.display()))?;
+    let command = reproduce(a, &seeds);
     let config = json!({"layers": a.layers, "dim": a.dim, "heads": a.heads, "seq": a.seq, "batch": a.batch, "steps": a.steps,
         "lr": a.lr, "eval_every": a.eval_every, "eval_batches": a.eval_batches, "seeds": seeds, "data": "shakespeare",
         "hadamard_block": 64, "threads": runtime::cpu::threads(), "cpu": gpt::cpu::backend::cpu_model_name(),
-        "total_seconds": started.elapsed().as_secs_f64(), "commit": tools::git_commit()});
+        "total_seconds": started.elapsed().as_secs_f64(), "commit": tools::git_commit(), "command": command});
     let runs_json: Vec<_> = runs
         .iter()
         .map(|r| {
@@ -155,31 +257,34 @@ fn run(a: &Args) -> Result<(), String> {
         .collect();
     let doc = json!({"config": config, "runs": runs_json});
     write(
-        &a.out.join("study.json"),
+        &out.join("study.json"),
         &serde_json::to_string_pretty(&doc).unwrap(),
     )?;
     // A hand-written interpretation below NOTES_HEADING survives a rerun (it is about the
     // numbers, so reread it when they change).
-    let readme = a.out.join("README.md");
+    let readme = out.join("README.md");
     let notes = std::fs::read_to_string(&readme)
         .ok()
         .and_then(|old| old.find(NOTES_HEADING).map(|i| old[i..].to_string()))
         .unwrap_or_default();
-    let table_md = table(&runs, a, started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    let table_md = table(&runs, a, &command, seconds);
     write(
         &readme,
         &if notes.is_empty() {
-            table_md
+            table_md.clone()
         } else {
             format!("{table_md}\n{notes}")
         },
     )?;
-    write(&a.out.join("loss_curves.svg"), &svg(&runs))?;
-    println!("{}", table(&runs, a, started.elapsed().as_secs_f64()));
+    write(&out.join("loss_curves.svg"), &svg(&runs))?;
+    println!("{table_md}");
+    eprintln!("study: wrote {}", out.display());
     Ok(())
 }
 
-/// Heading of the hand-written part of perf/study/README.md that a rerun keeps.
+/// Heading of the hand-written part of the README (perf/study's) that a rerun into the same
+/// directory keeps.
 const NOTES_HEADING: &str = "## Reading the results";
 
 fn write(p: &std::path::Path, s: &str) -> Result<(), String> {
@@ -197,7 +302,7 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn table(runs: &[Run], a: &Args, seconds: f64) -> String {
+fn table(runs: &[Run], a: &Args, command: &str, seconds: f64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -210,15 +315,11 @@ fn table(runs: &[Run], a: &Args, seconds: f64) -> String {
         a.layers, a.dim, a.heads, a.seq, a.batch, a.steps, a.lr, a.eval_batches, a.eval_every, a.seeds, seconds,
         gpt::cpu::backend::cpu_model_name(), runtime::cpu::threads()
     );
-    let _ = writeln!(
-        s,
-        "Reproduce: `tools/study --steps {} --seeds {}`\n",
-        a.steps, a.seeds
-    );
+    let _ = writeln!(s, "Reproduce: `{command}`\n");
     let _ = writeln!(s, "| backward | paper's name | final val loss (mean) | spread (min..max) | vs bf16 (paired mean diff) |");
     let _ = writeln!(s, "|---|---|---|---|---|");
     let base = finals(runs, BackwardMode::Bf16);
-    for mode in BackwardMode::ALL {
+    for (mode, paper) in MODES {
         let f = finals(runs, mode);
         let (lo, hi) = f
             .iter()
@@ -226,14 +327,6 @@ fn table(runs: &[Run], a: &Args, seconds: f64) -> String {
                 (l.min(x), h.max(x))
             });
         let diff = mean(&f.iter().zip(&base).map(|(x, b)| x - b).collect::<Vec<_>>());
-        let paper = match mode {
-            BackwardMode::Bf16 => "BF16",
-            BackwardMode::Mxfp4Rtn => "MXFP4",
-            BackwardMode::Mxfp4Rht => "MXFP4+RHT",
-            BackwardMode::Mxfp4Sr => "MXFP4+SR",
-            BackwardMode::Mxfp4 => "MXFP4+RHT+SR",
-            BackwardMode::Nvfp4 | BackwardMode::Nvfp4Rtn => "(NVFP4, not in the paper)",
-        };
         let _ = writeln!(
             s,
             "| `{}` | {paper} | {:.4} | {lo:.4}..{hi:.4} | {diff:+.4} |",
@@ -247,9 +340,9 @@ fn table(runs: &[Run], a: &Args, seconds: f64) -> String {
 /// Mean validation curve per mode as an SVG line chart (hand-written: no plotting dependency).
 fn svg(runs: &[Run]) -> String {
     let (w, h, l, r, t, b) = (720.0, 420.0, 70.0, 170.0, 30.0, 50.0);
-    let curves: Vec<(BackwardMode, Vec<(f64, f64)>)> = BackwardMode::ALL
+    let curves: Vec<(BackwardMode, Vec<(f64, f64)>)> = MODES
         .iter()
-        .map(|&mode| {
+        .map(|&(mode, _)| {
             let rs: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
             let n = rs.iter().map(|r| r.curve.len()).min().unwrap_or(0);
             let pts = (0..n)
@@ -318,4 +411,176 @@ fn svg(runs: &[Run]) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(flags: &[&str]) -> Args {
+        <Args as FromArgs>::from_args(&["study"], flags).unwrap()
+    }
+
+    #[test]
+    fn output_goes_under_target_and_perf_study_only_when_asked() {
+        let root = Path::new("/repo");
+        assert_eq!(
+            out_dir(&args(&[]), root).unwrap(),
+            root.join("target/study")
+        );
+        assert_eq!(
+            out_dir(&args(&["--save"]), root).unwrap(),
+            root.join("perf/study")
+        );
+        assert_eq!(
+            out_dir(&args(&["--out", "perf/study"]), root).unwrap(),
+            root.join("perf/study")
+        );
+        assert_eq!(
+            out_dir(&args(&["--out", "/elsewhere"]), root).unwrap(),
+            PathBuf::from("/elsewhere")
+        );
+        let err = out_dir(&args(&["--save", "--out", "x"]), root).unwrap_err();
+        assert!(
+            err.contains("--save") && err.contains("--out x") && err.ends_with('.'),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reproduce_lists_every_non_default_flag() {
+        let line = |flags: &[&str]| {
+            let a = args(flags);
+            reproduce(&a, &parse_seeds(&a.seeds).unwrap())
+        };
+        assert_eq!(line(&[]), "tools/study");
+        // The run behind the committed perf/study (steps 250, everything else at its default).
+        assert_eq!(
+            line(&["--steps", "250", "--seeds", "1,2", "--save"]),
+            "tools/study --steps 250 --save"
+        );
+        let all = [
+            "--steps",
+            "7",
+            "--seeds",
+            "3, 4",
+            "--layers",
+            "2",
+            "--dim",
+            "64",
+            "--heads",
+            "2",
+            "--seq",
+            "32",
+            "--batch",
+            "4",
+            "--lr",
+            "0.001",
+            "--eval-every",
+            "5",
+            "--eval-batches",
+            "3",
+            "--out",
+            "/tmp/s",
+        ];
+        assert_eq!(
+            line(&all),
+            "tools/study --steps 7 --seeds 3,4 --layers 2 --dim 64 --heads 2 --seq 32 --batch 4 \
+             --lr 0.001 --eval-every 5 --eval-batches 3 --out /tmp/s"
+        );
+        assert!(parse_seeds("1,x").unwrap_err().contains("\"x\""));
+    }
+
+    /// A throwaway repository root with a small random Megatron corpus where the study looks for
+    /// Shakespeare, and a committed-looking perf/study/README.md.
+    fn fake_root(tag: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("study-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut state = 7u64;
+        for (part, docs) in [("train", 40), ("val", 10)] {
+            let prefix = root.join(format!("data/shakespeare_{part}"));
+            let mut w =
+                dataio::MegatronWriter::create(prefix.to_str().unwrap(), dataio::Dtype::U16)
+                    .unwrap();
+            for _ in 0..docs {
+                let mut doc: Vec<u32> = (0..100)
+                    .map(|_| {
+                        state = state.wrapping_add(1);
+                        (dataio::splitmix64(state) % 1000) as u32
+                    })
+                    .collect();
+                doc.push(dataio::EOT_TOKEN);
+                w.add_document(&doc).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        std::fs::create_dir_all(root.join("perf/study")).unwrap();
+        std::fs::write(
+            root.join("perf/study/README.md"),
+            "committed table\n\n## Reading the results\n\nhand-written reading\n",
+        )
+        .unwrap();
+        root
+    }
+
+    const TINY: [&str; 16] = [
+        "--steps",
+        "2",
+        "--seeds",
+        "5",
+        "--layers",
+        "1",
+        "--dim",
+        "64",
+        "--heads",
+        "1",
+        "--seq",
+        "64",
+        "--batch",
+        "1",
+        "--eval-every",
+        "1",
+    ];
+
+    #[test]
+    fn a_run_leaves_the_committed_study_alone_unless_saved() {
+        let root = fake_root("run");
+        let committed = std::fs::read_to_string(root.join("perf/study/README.md")).unwrap();
+        let mut flags = TINY.to_vec();
+        flags.extend(["--eval-batches", "1"]);
+        run(&args(&flags), &root).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.join("perf/study/README.md")).unwrap(),
+            committed,
+            "a run without --save must not touch perf/study"
+        );
+        assert_eq!(
+            std::fs::read_dir(root.join("perf/study")).unwrap().count(),
+            1
+        );
+        let readme = std::fs::read_to_string(root.join("target/study/README.md")).unwrap();
+        let repro = "Reproduce: `tools/study --steps 2 --seeds 5 --layers 1 --dim 64 --heads 1 \
+                     --seq 64 --batch 1 --eval-every 1 --eval-batches 1`";
+        assert!(readme.contains(repro), "{readme}");
+        assert!(!readme.contains("hand-written reading"));
+        for mode in ["bf16", "mxfp4-rtn", "mxfp4-rht", "mxfp4-sr", "mxfp4"] {
+            assert!(readme.contains(&format!("| `{mode}` |")), "{readme}");
+        }
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("target/study/study.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(json["runs"].as_array().unwrap().len(), 5);
+        assert!(root.join("target/study/loss_curves.svg").is_file());
+
+        // --save replaces the committed table and keeps its reading.
+        flags.push("--save");
+        run(&args(&flags), &root).unwrap();
+        let saved = std::fs::read_to_string(root.join("perf/study/README.md")).unwrap();
+        assert!(!saved.contains("committed table"), "{saved}");
+        let saved_repro = format!("{} --save`", repro.strip_suffix('`').unwrap());
+        assert!(saved.contains(&saved_repro), "{saved}");
+        assert!(saved.ends_with("## Reading the results\n\nhand-written reading\n"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }
