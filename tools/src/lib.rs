@@ -1,5 +1,6 @@
 //! tools: the `data`, `mx` and `bench` command-line programs (src/bin) and what they share.
 
+pub mod bench;
 pub mod gpu_bench;
 
 use std::fs;

@@ -164,10 +164,22 @@ fn quick_suites_write_documented_json() {
 }
 
 fn synthetic(median: f64, q1: f64, q3: f64) -> String {
+    result_file("cpu-test", 2, "2026-01-01T00:00:00Z", median, q1, q3)
+}
+
+/// A result file of `device` with `threads`, dated `date`: one kernel entry with the given
+/// quartiles (min and max 10% beyond them) and one failed step entry.
+fn result_file(device: &str, threads: u32, date: &str, median: f64, q1: f64, q3: f64) -> String {
+    let (min, max) = (q1 - 0.1 * (median - q1), q3 + 0.1 * (q3 - median));
     format!(
-        r#"{{"schema":1,"device":"cpu-test","date":"2026-01-01T00:00:00Z","model":"tiny","entries":[
-        {{"suite":"kernels","name":"matmul_forward/qkv","shape":"rows=32","stats":{{"median_ms":{median},"min_ms":{q1},"max_ms":{q3},"q1_ms":{q1},"q3_ms":{q3},"reps":10}}}},
-        {{"suite":"step","name":"step/mxfp4","shape":"x","error":"not merged"}}]}}"#
+        r#"{{"schema":1,"device":"{device}","backend":"{}","threads":{threads},"date":"{date}","commit":"abc1234","model":"tiny","batch":1,"seq":32,"entries":[
+        {{"suite":"kernels","name":"matmul_forward/qkv","shape":"rows=32","stats":{{"median_ms":{median},"min_ms":{min},"max_ms":{max},"q1_ms":{q1},"q3_ms":{q3},"reps":10}}}},
+        {{"suite":"step","name":"step/mxfp4","shape":"x","error":"not merged"}}]}}"#,
+        if device.starts_with("cuda") {
+            "cuda"
+        } else {
+            "cpu"
+        }
     )
 }
 
@@ -311,15 +323,9 @@ fn plot_writes_svg() {
     }
     // the bar of b is 1.2x the bar of a
     let cmp = std::fs::read_to_string(dir.join("plots/comparison.svg")).unwrap();
-    let widths: Vec<f64> = cmp
-        .match_indices("width=\"")
-        .skip(1)
-        .filter_map(|(i, _)| cmp[i + 7..].split('"').next()?.parse().ok())
-        .collect();
-    assert!(
-        widths.windows(2).any(|w| (w[1] / w[0] - 1.2).abs() < 0.01),
-        "{widths:?}"
-    );
+    let widths = attrs_of_class(&cmp, "bar", "width");
+    assert_eq!(widths.len(), 2, "{cmp}");
+    assert!((widths[1] / widths[0] - 1.2).abs() < 0.01, "{widths:?}");
 }
 
 /// The step suite splits the MXFP4 operand preparation (gather, RHT, quantization) out of the
@@ -361,4 +367,400 @@ fn step_suite_reports_quantization_separately() {
     assert_eq!(phase("step/bf16", "quantization"), 0.0);
     assert!(phase("step/mxfp4", "quantization") > 0.0);
     assert!(phase("step/mxfp4", "backward_gemm") > 0.0);
+}
+
+/// `bench --quick --suite kernels EXTRA...` in `dir`.
+fn run_quick_kernels(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--quick", "--suite", "kernels"];
+    args.extend_from_slice(extra);
+    bench(&args, dir)
+}
+
+/// Issue 13, item 1: a baseline recorded on another device, or with another thread count, is
+/// refused with both named (exit 2) before anything runs; `--force` compares anyway and the
+/// report says loudly that the devices differ.
+#[test]
+fn baseline_of_another_device_or_thread_count_is_refused() {
+    let dir = tmpdir("devcheck");
+    std::fs::write(
+        dir.join("other.json"),
+        result_file(
+            "cpu-other-machine",
+            96,
+            "2026-01-01T00:00:00Z",
+            1.0,
+            0.9,
+            1.1,
+        ),
+    )
+    .unwrap();
+    // --force: runs, compares, and says so loudly
+    let out = run_quick_kernels(
+        &dir,
+        &["--out", "forced", "--baseline", "other.json", "--force"],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let (result, doc) = only_json_in(&dir.join("forced"));
+    let device = doc["device"].as_str().unwrap().to_string();
+    let threads = doc["threads"].as_u64().unwrap();
+    assert!(
+        stdout.contains("DIFFERENT DEVICES")
+            && stdout.contains("cpu-other-machine")
+            && stdout.contains(&device),
+        "{stdout}"
+    );
+    // without --force: refused before the suites run, naming both devices, exit 2
+    let out = run_quick_kernels(&dir, &["--out", "refused", "--baseline", "other.json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let last = err.trim().lines().last().unwrap_or("");
+    assert!(
+        last.contains("cpu-other-machine") && last.contains(&device) && last.contains("--force"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("refused").exists(),
+        "refused run still wrote results"
+    );
+    // same device, another thread count: refused too, by `compare` as well
+    let mut base = doc.clone();
+    base["threads"] = serde_json::json!(threads + 7);
+    std::fs::write(dir.join("threads.json"), base.to_string()).unwrap();
+    let res = result.to_str().unwrap();
+    let out = bench(&["compare", res, "--baseline", "threads.json"], &dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{threads} threads"))
+            && err.contains(&format!("{} threads", threads + 7)),
+        "{err}"
+    );
+    let out = bench(
+        &["compare", res, "--baseline", "threads.json", "--force"],
+        &dir,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("DIFFERENT"), "{stdout}");
+    // the same device and thread count compares quietly
+    let out = bench(&["compare", res, "--baseline", res], &dir);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("DIFFERENT"));
+}
+
+/// Issue 13, item 2: the ceilings are measured in rounds until the best of the last rounds
+/// agree, and the JSON records their spread; a ceiling that did not settle is flagged on every
+/// percentage computed from it, in the JSON and in the table.
+#[test]
+fn ceilings_settle_and_unsettled_percentages_say_so() {
+    let dir = tmpdir("ceil");
+    let out = run_quick_kernels(&dir, &["--out", "ok"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, doc) = only_json_in(&dir.join("ok"));
+    let c = &doc["ceilings"];
+    let tol = c["tolerance"].as_f64().expect("ceilings.tolerance");
+    for k in ["copy", "sgemm"] {
+        let rounds = c[format!("{k}_rounds")].as_array().expect("rounds").len();
+        let spread = c[format!("{k}_spread")].as_f64().expect("spread");
+        let stable = c[format!("{k}_stable")].as_bool().expect("stable");
+        assert!(rounds >= 1 && spread >= 0.0, "{c}");
+        if stable {
+            assert!(rounds >= 3 && spread < tol, "{c}");
+        }
+    }
+    // A zero tolerance can never be met: the ceilings stop at the time cap, unsettled, and every
+    // percentage says so.
+    let out = run_quick_kernels(
+        &dir,
+        &[
+            "--out",
+            "unsettled",
+            "--ceiling-tolerance",
+            "0",
+            "--ceiling-time",
+            "0.3",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, doc) = only_json_in(&dir.join("unsettled"));
+    let c = &doc["ceilings"];
+    assert_eq!(c["copy_stable"], false, "{c}");
+    assert_eq!(c["sgemm_stable"], false, "{c}");
+    let entries = doc["entries"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for e in entries {
+        assert_eq!(e["ceiling_stable"], false, "{e}");
+    }
+    assert!(stdout.contains("did not stabilize"), "{stdout}");
+    let marked = stdout.lines().filter(|l| l.contains("%?")).count();
+    assert_eq!(marked, entries.len(), "{stdout}");
+}
+
+/// Issue 13, item 4: an ad-hoc run writes under target/ (ignored by git) and says where;
+/// `--save` writes to perf/results; `--out DIR` to DIR.
+#[test]
+fn results_go_to_an_ignored_directory_unless_saved() {
+    let dir = tmpdir("outdir");
+    let out = bench(&["--quick", "--suite", "step"], &dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !dir.join("perf").exists(),
+        "an ad-hoc run wrote under perf/"
+    );
+    let (path, _) = only_json_in(&dir.join("target/bench-results"));
+    assert!(
+        err.contains(&format!(
+            "target/bench-results/{}",
+            path.file_name().unwrap().to_string_lossy()
+        )),
+        "{err}"
+    );
+    let out = bench(&["--quick", "--suite", "step", "--save"], &dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let (path, _) = only_json_in(&dir.join("perf/results"));
+    assert!(
+        err.contains(&format!(
+            "perf/results/{}",
+            path.file_name().unwrap().to_string_lossy()
+        )),
+        "{err}"
+    );
+    let out = bench(
+        &["--quick", "--suite", "step", "--save", "--out", "x"],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `class="NAME"` elements' attribute `attr`, in document order.
+fn attrs_of_class(svg: &str, class: &str, attr: &str) -> Vec<f64> {
+    svg.split('<')
+        .filter(|el| el.contains(&format!("class=\"{class}\"")))
+        .filter_map(|el| {
+            let i = el.find(&format!(" {attr}=\""))? + attr.len() + 3;
+            el[i..].split('"').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Issue 13, item 3: comparison.svg compares the two newest results of one device by the dates
+/// inside the files, with noise bars; one result alone is said, not drawn.
+#[test]
+fn comparison_picks_by_date_within_one_device_with_noise_bars() {
+    let dir = tmpdir("plotpick");
+    let res = dir.join("res");
+    std::fs::create_dir_all(&res).unwrap();
+    // name order is not date order, and another device's file sorts last by name
+    for (file, device, date, median) in [
+        ("cpu-a_run1.json", "cpu-a", "2026-01-05T00:00:00Z", 10.0),
+        ("cpu-a_run2.json", "cpu-a", "2026-01-01T00:00:00Z", 30.0),
+        ("cpu-a_run3.json", "cpu-a", "2026-01-03T00:00:00Z", 20.0),
+        ("cuda-z_run.json", "cuda-z", "2026-01-04T00:00:00Z", 1.0),
+    ] {
+        std::fs::write(
+            res.join(file),
+            result_file(device, 2, date, median, median * 0.9, median * 1.1),
+        )
+        .unwrap();
+    }
+    let out = bench(&["plot", "--out", "res", "--plots-dir", "plots"], &dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cmp = std::fs::read_to_string(dir.join("plots/comparison.svg")).unwrap();
+    assert!(
+        cmp.contains("cpu-a_run3") && cmp.contains("cpu-a_run1"),
+        "{cmp}"
+    );
+    assert!(
+        !cmp.contains("cuda-z") && !cmp.contains("cpu-a_run2"),
+        "{cmp}"
+    );
+    // run3 (older) is the reference, run1 takes half its time
+    let bars = attrs_of_class(&cmp, "bar", "width");
+    assert_eq!(bars.len(), 2, "{cmp}");
+    assert!((bars[1] / bars[0] - 0.5).abs() < 0.01, "{bars:?}");
+    // a noise bar (q1..q3) on every bar, spanning 0.9..1.1 of its median
+    let (x1, x2) = (
+        attrs_of_class(&cmp, "iqr", "x1"),
+        attrs_of_class(&cmp, "iqr", "x2"),
+    );
+    let x0 = attrs_of_class(&cmp, "bar", "x");
+    assert_eq!((x1.len(), x2.len()), (2, 2), "{cmp}");
+    for i in 0..2 {
+        let (lo, hi) = ((x1[i] - x0[i]) / bars[i], (x2[i] - x0[i]) / bars[i]);
+        assert!(
+            (lo - 0.9).abs() < 0.02 && (hi - 1.1).abs() < 0.02,
+            "{lo} {hi}"
+        );
+    }
+
+    // the newest device has one result: nothing to compare, and it says so
+    std::fs::write(
+        res.join("cuda-z_run.json"),
+        result_file("cuda-z", 2, "2026-02-01T00:00:00Z", 1.0, 0.9, 1.1),
+    )
+    .unwrap();
+    let out = bench(&["plot", "--out", "res", "--plots-dir", "plots2"], &dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("only one") && err.contains("cuda-z"), "{err}");
+    assert!(!dir.join("plots2/comparison.svg").exists());
+    assert!(dir.join("plots2/history.svg").exists());
+    // one file named explicitly: a clear error
+    let out = bench(
+        &["plot", "res/cpu-a_run1.json", "--plots-dir", "plots3"],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// Issue 13, item 3: history.svg has a panel per device (machines never share a line), a
+/// legend naming every series, ticks on both axes, and a marker on every point (so a series of
+/// one run is visible).
+#[test]
+fn history_is_per_device_with_legend_ticks_and_points() {
+    let dir = tmpdir("plothist");
+    let res = dir.join("res");
+    std::fs::create_dir_all(&res).unwrap();
+    for (file, device, date, median) in [
+        ("cpu-a_1.json", "cpu-a", "2026-01-01T00:00:00Z", 10.0),
+        ("cpu-a_2.json", "cpu-a", "2026-01-02T00:00:00Z", 11.0),
+        ("cpu-a_3.json", "cpu-a", "2026-01-03T00:00:00Z", 9.0),
+        ("cuda-z_1.json", "cuda-z", "2026-01-02T12:00:00Z", 1.0),
+    ] {
+        std::fs::write(
+            res.join(file),
+            result_file(device, 2, date, median, median * 0.95, median * 1.05),
+        )
+        .unwrap();
+    }
+    let out = bench(&["plot", "--out", "res", "--plots-dir", "plots"], &dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(dir.join("plots/history.svg")).unwrap();
+    let panel = |device: &str| -> String {
+        let start = svg
+            .find(&format!("data-device=\"{device}\""))
+            .unwrap_or_else(|| panic!("no panel for {device}: {svg}"));
+        let end = svg[start..].find("</g><!-- panel -->").unwrap() + start;
+        svg[start..end].to_string()
+    };
+    let (cpu, gpu) = (panel("cpu-a"), panel("cuda-z"));
+    assert_eq!(cpu.matches("<circle").count(), 3, "{cpu}");
+    assert_eq!(gpu.matches("<circle").count(), 1, "{gpu}");
+    for p in [&cpu, &gpu] {
+        assert!(p.contains(">matmul_forward/qkv [rows=32]"), "legend: {p}");
+        assert!(p.matches("class=\"ytick\"").count() >= 3, "y ticks: {p}");
+        assert!(p.matches("class=\"xtick\"").count() >= 1, "x ticks: {p}");
+    }
+    assert_eq!(cpu.matches("class=\"xtick\"").count(), 3);
+}
+
+/// Issue 13, item 5 (guard): every flag tools/cuda/gpu-session.sh passes to the bench exists,
+/// and the same command line on the CPU writes its result into --out DIR.
+#[test]
+fn gpu_session_flags_keep_working() {
+    let script =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda/gpu-session.sh"))
+            .unwrap();
+    let mut flags = std::collections::BTreeSet::new();
+    let mut in_bench = false;
+    for line in script.lines() {
+        if line.contains("\"$here/bench\"") {
+            in_bench = true;
+        }
+        if in_bench {
+            for w in line.split_whitespace().filter(|w| w.starts_with("--")) {
+                flags.insert(w.to_string());
+            }
+            in_bench = line.trim_end().ends_with('\\');
+        }
+    }
+    for f in [
+        "--device",
+        "--suite",
+        "--model",
+        "--batch",
+        "--seq",
+        "--backward",
+        "--mx-gemm",
+        "--warmup",
+        "--reps",
+        "--min-time",
+        "--out",
+    ] {
+        assert!(
+            flags.contains(f),
+            "gpu-session.sh no longer passes {f}: {flags:?}"
+        );
+    }
+    let dir = tmpdir("session");
+    let help = bench(&["--help"], &dir);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for f in &flags {
+        assert!(help.contains(f.as_str()), "bench --help has no {f}");
+    }
+    for (suite, out_dir) in [("kernels", "k"), ("step", "s")] {
+        let out = bench(
+            &[
+                "--device",
+                "cpu",
+                "--suite",
+                suite,
+                "--model",
+                "tiny",
+                "--batch",
+                "1",
+                "--seq",
+                "32",
+                "--backward",
+                "bf16",
+                "--mx-gemm",
+                "int8",
+                "--warmup",
+                "1",
+                "--reps",
+                "3",
+                "--min-time",
+                "0",
+                "--out",
+                out_dir,
+            ],
+            &dir,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (_, doc) = only_json_in(&dir.join(out_dir));
+        assert!(doc["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["suite"] == suite));
+        assert_eq!(doc["mx_gemm"], "int8");
+    }
+    assert!(!dir.join("perf").exists() && !dir.join("target").exists());
 }
