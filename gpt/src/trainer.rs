@@ -7,15 +7,18 @@ use crate::config::ModelConfig;
 use crate::cpu::backend::CpuBackend;
 use crate::cpu::ops::AdamW;
 use crate::layout::{Arena, TensorRef};
+use crate::memory::{self, Device, MemoryEstimate, RunPlan};
 use crate::model::{Gpt, PrecisionPlan};
 use crate::mx::{MxConfig, MxTelemetry};
+use crate::outliers::OutlierDetector;
 use crate::precision::BackwardMode;
 use crate::rng::SplitMix64;
+use crate::run_lock::RunLock;
 use crate::schedule::{LrSchedule, ScheduleKind};
 use argh::FromArgs;
 use dataio::{BatchLoader, DataSplits, LoaderState, TokenDataset, Tokenizer};
 use serde_json::{json, Value};
-use std::fs::{File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -113,9 +116,10 @@ pub struct TrainArgs {
     /// recipe) (default bf16)
     #[argh(option, default = "String::from(\"bf16\")")]
     pub backward: String,
-    /// the Hadamard block size g for the RHT modes: 16, 32, 64, 128, 256 (default 64)
-    #[argh(option, default = "64")]
-    pub hadamard_block: usize,
+    /// the Hadamard block size g of the modes with a random Hadamard transform (mxfp4-rht,
+    /// mxfp4): 16, 32, 64, 128, 256 (default 64; an error with any other mode)
+    #[argh(option)]
+    pub hadamard_block: Option<usize>,
     /// keep blocks in BF16 backward: first:N,last:M
     #[argh(option)]
     pub bf16_blocks: Option<String>,
@@ -136,10 +140,17 @@ pub struct TrainArgs {
     /// how many checkpoints to keep in --checkpoint-dir (default 3)
     #[argh(option, default = "3")]
     pub keep_checkpoints: usize,
-    /// resume from a checkpoint: auto (the latest in --checkpoint-dir, or a fresh start if none)
-    /// or a path
+    /// resume from a checkpoint: auto (the newest valid one in --checkpoint-dir, or a fresh
+    /// start if there is none) or a path; settings that differ from the checkpoint's are listed
     #[argh(option)]
     pub resume: Option<String>,
+    /// skip the optimizer update of a step whose loss or gradient-norm z-score over the last
+    /// --outlier-window steps exceeds Z, as llm.c does (default: off)
+    #[argh(option)]
+    pub skip_outliers: Option<f32>,
+    /// steps in the window of the outlier z-scores (default 128)
+    #[argh(option, default = "128")]
+    pub outlier_window: usize,
     /// read the GPU's NVML counters (power, energy, clocks, ...) every N steps (0 = off;
     /// default 10)
     #[argh(option, default = "10")]
@@ -199,9 +210,17 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         Some(spec) => PrecisionPlan::with_bf16_blocks(mode, cfg.layers, spec)?,
         None => PrecisionPlan::uniform(mode, cfg.layers),
     };
+    if let Some(g) = args.hadamard_block {
+        if !mode.uses_rht() {
+            return Err(format!(
+                "--hadamard-block {g} has no effect with --backward {mode}: only the modes with a random Hadamard transform (mxfp4-rht, mxfp4) use it; drop the flag or pick one of those modes"
+            ));
+        }
+    }
+    let hadamard_block = args.hadamard_block.unwrap_or(64);
     let mx = MxConfig {
         mode,
-        hadamard_block: args.hadamard_block,
+        hadamard_block,
         seed: args.seed,
     };
     if mode.is_mxfp4() {
@@ -209,12 +228,12 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         // Every MXFP4 GEMM reduces over C, 3C or 4C (dgrad) or B*T (wgrad) in 32-blocks and,
         // with RHT, in g-blocks.
         let block = if mode.uses_rht() {
-            args.hadamard_block.max(32)
+            hadamard_block.max(32)
         } else {
             32
         };
         if cfg.channels % block != 0 {
-            return Err(format!("--backward {mode} needs the width ({}) to be a multiple of {block} (MX block 32{})", cfg.channels, if mode.uses_rht() { format!(", Hadamard block {}", args.hadamard_block) } else { String::new() }));
+            return Err(format!("--backward {mode} needs the width ({}) to be a multiple of {block} (MX block 32{})", cfg.channels, if mode.uses_rht() { format!(", Hadamard block {hadamard_block}") } else { String::new() }));
         }
         if bt % block != 0 {
             return Err(format!("--backward {mode} needs B*T ({bt}) to be a multiple of {block}: the weight-gradient GEMMs reduce over tokens"));
@@ -224,6 +243,19 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
     }
     if args.steps == 0 {
         return Err("--steps must be at least 1".into());
+    }
+    if let Some(z) = args.skip_outliers {
+        if !(z > 0.0 && z.is_finite()) {
+            return Err(format!(
+                "--skip-outliers {z} must be a positive z-score (e.g. 5)"
+            ));
+        }
+    }
+    if args.outlier_window < 2 {
+        return Err(format!(
+            "--outlier-window {} must be at least 2 steps",
+            args.outlier_window
+        ));
     }
     let warmup = match (args.warmup_steps, args.warmup_fraction) {
         (Some(_), Some(_)) => {
@@ -277,27 +309,31 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
     })
 }
 
-/// Picks the backend for `--device`: `cuda` must get a GPU; `auto` takes the GPU when this build
+/// Picks the device for `--device`: `cuda` must get a GPU; `auto` takes the GPU when this build
 /// has the CUDA backend and a driver and device answer, else the CPU (saying why).
-fn make_backend(args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
-    let cpu = || -> Result<Box<dyn Backend>, String> {
-        Ok(Box::new(
-            CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.to_string())?,
-        ))
-    };
+fn pick_device(args: &TrainArgs) -> Result<Device, String> {
     match args.device.as_str() {
-        "cpu" => cpu(),
-        "cuda" => cuda_backend(args, gpt),
-        "auto" => match gpu_probe() {
-            Ok(()) => cuda_backend(args, gpt),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda),
+        "auto" => Ok(match gpu_probe() {
+            Ok(()) => Device::Cuda,
             Err(why) => {
                 log::info!("device auto: using the CPU ({why})");
-                cpu()
+                Device::Cpu
             }
-        },
+        }),
         other => Err(format!(
             "unknown --device '{other}': expected cpu, cuda or auto"
         )),
+    }
+}
+
+fn make_backend(device: Device, args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+    match device {
+        Device::Cpu => Ok(Box::new(
+            CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.to_string())?,
+        )),
+        Device::Cuda => cuda_backend(args, gpt),
     }
 }
 
@@ -323,7 +359,8 @@ pub fn project_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn open_data(args: &TrainArgs) -> Result<DataSplits, String> {
+/// The splits and the dataset spec they came from.
+fn open_data(args: &TrainArgs) -> Result<(DataSplits, String), String> {
     let spec = match &args.data {
         Some(s) => s.clone(),
         None => {
@@ -332,51 +369,193 @@ fn open_data(args: &TrainArgs) -> Result<DataSplits, String> {
             prefix
         }
     };
-    match &args.split {
+    let splits = match &args.split {
         Some(ratio) => {
             let weights = dataio::prepare::parse_split(ratio).map_err(|e| e.to_string())?;
             dataio::open_splits_ratio(&spec, &weights).map_err(|e| e.to_string())
         }
         None => dataio::open_splits(&spec).map_err(|e| e.to_string()),
-    }
+    }?;
+    Ok((splits, spec))
 }
 
-struct JsonLog(Option<File>);
+/// `--log-json`: each record is formatted into one line first and written with one `write`, so
+/// a killed run cannot leave a torn line between two records.
+struct JsonLog(Option<Box<dyn Write>>);
 
 impl JsonLog {
-    fn open(path: Option<&Path>, append: bool) -> Result<Self, String> {
+    /// A fresh run truncates the file; a run resumed at `resume_step` first drops the records
+    /// past that step (the interrupted run's, which this run redoes) so the file reads as one run.
+    fn open(path: Option<&Path>, resume_step: Option<u64>) -> Result<Self, String> {
         let Some(p) = path else {
             return Ok(JsonLog(None));
         };
+        if let (Some(step), true) = (resume_step, p.exists()) {
+            drop_records_after(p, step)?;
+        }
         let f = OpenOptions::new()
             .create(true)
             .write(true)
-            .append(append)
-            .truncate(!append)
+            .append(resume_step.is_some())
+            .truncate(resume_step.is_none())
             .open(p)
             .map_err(|e| format!("cannot open --log-json {}: {e}", p.display()))?;
-        Ok(JsonLog(Some(f)))
+        Ok(JsonLog(Some(Box::new(f))))
     }
-    fn record(&mut self, v: Value) -> Result<(), String> {
+
+    fn record(&mut self, v: &Value) -> Result<(), String> {
         if let Some(f) = &mut self.0 {
-            writeln!(f, "{v}").map_err(|e| format!("writing --log-json: {e}"))?;
+            let mut line = v.to_string();
+            line.push('\n');
+            f.write_all(line.as_bytes())
+                .map_err(|e| format!("writing --log-json: {e}"))?;
         }
         Ok(())
     }
 }
 
-fn train_state_json(args: &TrainArgs, s: &Setup, loader: &LoaderState) -> Value {
+/// Rewrites the JSON log `p` without the records of steps after `step` and without torn lines:
+/// the kept lines go to a temporary file, which is fsynced and renamed over `p`.
+fn drop_records_after(p: &Path, step: u64) -> Result<(), String> {
+    let bytes = fs::read(p).map_err(|e| format!("cannot read --log-json {}: {e}", p.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let (mut kept, mut dropped) = (String::new(), 0usize);
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) if v["step"].as_u64().is_none_or(|s| s <= step) => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            _ => dropped += 1,
+        }
+    }
+    if kept.len() == bytes.len() {
+        return Ok(()); // nothing to drop, and the last line is complete
+    }
+    let tmp = p.with_file_name(format!(
+        ".{}.tmp",
+        p.file_name().map_or("log".into(), |n| n.to_string_lossy())
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(kept.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, p)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!("cannot rewrite --log-json {}: {e}", p.display())
+    })?;
+    log::info!(
+        "log-json: dropped {dropped} records after step {step} from {} (the interrupted run's; this run redoes those steps)",
+        p.display()
+    );
+    Ok(())
+}
+
+/// The trainer's part of a checkpoint. `seed`, `batch`, `seq`, `accum` and `backward` are
+/// what the first checkpoints held (kept, so older builds read new checkpoints); `settings` is
+/// every setting that shapes the numbers (see `run_settings`), `outliers` the z-score windows.
+fn train_state_json(
+    s: &Setup,
+    loader: &LoaderState,
+    settings: &[(&str, String)],
+    outliers: &[&OutlierDetector; 2],
+) -> Value {
+    let settings: serde_json::Map<String, Value> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect();
     json!({
-        "seed": args.seed,
+        "seed": s.mx.seed,
         "batch": s.gpt.batch,
         "seq": s.gpt.seq,
         "accum": s.accum,
         "backward": s.plan.mode.name(),
         "loader": loader_state_to_json(loader),
+        "settings": settings,
+        "outliers": {"loss": outliers[0].to_json(), "grad_norm": outliers[1].to_json()},
     })
 }
 
-fn format_duration(secs: f64) -> String {
+/// Every setting that changes what a run computes, as (flag, value) with defaults resolved, so
+/// a resumed run can say exactly what differs from its checkpoint.
+fn run_settings(
+    args: &TrainArgs,
+    s: &Setup,
+    data: &str,
+    device: &str,
+) -> Vec<(&'static str, String)> {
+    let sch = &s.schedule;
+    let or_none = |o: &Option<String>| o.clone().unwrap_or_else(|| "none".into());
+    vec![
+        ("--model", s.cfg.to_string()),
+        ("--device", device.to_string()),
+        ("--backward", s.plan.mode.name().to_string()),
+        (
+            "--hadamard-block",
+            if s.plan.mode.uses_rht() {
+                s.mx.hadamard_block.to_string()
+            } else {
+                "none".into()
+            },
+        ),
+        ("--bf16-blocks", or_none(&args.bf16_blocks)),
+        ("--mx-gemm", args.mx_gemm.clone()),
+        ("--data", data.to_string()),
+        ("--split", or_none(&args.split)),
+        ("--batch", s.gpt.batch.to_string()),
+        ("--seq", s.gpt.seq.to_string()),
+        (
+            "--total-batch-tokens",
+            (s.gpt.batch * s.gpt.seq * s.accum).to_string(),
+        ),
+        ("--steps", args.steps.to_string()),
+        ("--lr", sch.max_lr.to_string()),
+        ("--min-lr", sch.min_lr.to_string()),
+        ("--warmup-steps", sch.warmup_steps.to_string()),
+        ("--schedule", args.schedule.clone()),
+        ("--wsd-decay-fraction", args.wsd_decay_fraction.to_string()),
+        ("--beta1", args.beta1.to_string()),
+        ("--beta2", args.beta2.to_string()),
+        ("--eps", args.eps.to_string()),
+        ("--weight-decay", args.weight_decay.to_string()),
+        ("--grad-clip", args.grad_clip.to_string()),
+        ("--seed", args.seed.to_string()),
+        (
+            "--skip-outliers",
+            args.skip_outliers.map_or("off".into(), |z| z.to_string()),
+        ),
+        ("--outlier-window", args.outlier_window.to_string()),
+    ]
+}
+
+/// (flag, checkpoint value, this run's value) for every setting that differs; "unknown" where
+/// the checkpoint predates the setting (checkpoints before `settings` held only a few fields).
+fn settings_diff(train: &Value, now: &[(&str, String)]) -> Vec<(String, String, String)> {
+    let saved = |flag: &str| -> Option<String> {
+        if let Some(v) = train["settings"].get(flag) {
+            return v.as_str().map(String::from);
+        }
+        let u = |k: &str| train[k].as_u64();
+        match flag {
+            "--seed" => u("seed").map(|v| v.to_string()),
+            "--batch" => u("batch").map(|v| v.to_string()),
+            "--seq" => u("seq").map(|v| v.to_string()),
+            "--backward" => train["backward"].as_str().map(String::from),
+            "--total-batch-tokens" => Some((u("batch")? * u("seq")? * u("accum")?).to_string()),
+            _ => None,
+        }
+    };
+    now.iter()
+        .filter_map(|(flag, value)| {
+            let then = saved(flag).unwrap_or_else(|| "unknown".into());
+            (then != *value).then(|| (flag.to_string(), then, value.clone()))
+        })
+        .collect()
+}
+
+pub fn format_duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     if s >= 3600 {
         format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
@@ -395,6 +574,159 @@ fn all_params(gpt: &Gpt) -> TensorRef {
     }
 }
 
+/// A loss above this many times that of uniform guessing (ln V) means the weights have
+/// diverged, whatever the z-scores say (they need a full window of history).
+const DIVERGED_LOSS_FACTOR: f32 = 2.0;
+/// The z-score beyond which a checkpoint's loss is out of the normal range when
+/// `--skip-outliers` does not set one.
+const NORMAL_Z: f64 = 5.0;
+
+/// Which checkpoints held healthy weights. A checkpoint's weights are judged by the loss of the
+/// step after it (its own step's loss was computed before its update), so the newest one is
+/// pending until the next step.
+#[derive(Default)]
+struct CheckpointHealth {
+    pending: Option<PathBuf>,
+    /// The newest checkpoint whose next loss was in the normal range, and that loss.
+    good: Option<(PathBuf, f32)>,
+    /// Checkpoints newer than `good` whose next loss was not, with that loss.
+    diverged: Vec<(PathBuf, f32)>,
+}
+
+impl CheckpointHealth {
+    fn judge(&mut self, loss: f32, normal: bool) {
+        if let Some(p) = self.pending.take() {
+            if normal {
+                self.good = Some((p, loss));
+                self.diverged.clear();
+            } else {
+                self.diverged.push((p, loss));
+            }
+        }
+    }
+
+    /// Where to resume after a non-finite step.
+    fn advice(&self) -> String {
+        let diverged = self
+            .diverged
+            .iter()
+            .filter(|(p, _)| p.exists()) // pruned ones are not worth naming
+            .map(|(p, l)| format!("{} (next loss {l:.4e})", p.display()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let newer = if diverged.is_empty() {
+            String::new()
+        } else {
+            format!("; these had already diverged: {diverged}")
+        };
+        match &self.good {
+            Some((p, l)) => format!(
+                "The last checkpoint whose weights gave a loss in the normal range is {} (loss {l:.4} on the step after it): resume from it with --resume {}{newer}.",
+                p.display(),
+                p.display()
+            ),
+            None if self.diverged.is_empty() => "No checkpoint was written by this run.".into(),
+            None => format!("No checkpoint of this run gave a loss in the normal range{newer}."),
+        }
+    }
+}
+
+/// Takes `--checkpoint-dir` for this run before any work: it must be writable with room for a
+/// checkpoint, and no other run may be using it (the returned lock is held for the whole run).
+fn claim_checkpoint_dir(dir: &Path, gpt: &Gpt) -> Result<RunLock, String> {
+    checkpoint::prepare_dir(dir, checkpoint::file_bytes(gpt.params.total))?;
+    let lock = RunLock::acquire(dir)?;
+    for p in checkpoint::remove_stale_temps(dir) {
+        log::info!(
+            "checkpoint: removed {}, left half-written by an interrupted run",
+            p.display()
+        );
+    }
+    Ok(lock)
+}
+
+/// The checkpoint `--resume` names, loaded and verified. `auto` takes the newest valid one in
+/// `--checkpoint-dir`, skipping (and saying why) any that fail verification.
+fn find_resume(args: &TrainArgs) -> Result<Option<(PathBuf, Checkpoint)>, String> {
+    match args.resume.as_deref() {
+        None => Ok(None),
+        Some("auto") => {
+            let dir = args
+                .checkpoint_dir
+                .as_ref()
+                .ok_or("--resume auto needs --checkpoint-dir")?;
+            let candidates = checkpoint::list(dir)?;
+            if candidates.is_empty() {
+                log::info!(
+                    "resume auto: no checkpoint in {} yet; starting fresh",
+                    dir.display()
+                );
+                return Ok(None);
+            }
+            let mut skipped = Vec::new();
+            for (_, p) in candidates {
+                match checkpoint::load(&p) {
+                    Ok(ck) => {
+                        if !skipped.is_empty() {
+                            log::warn!(
+                                "resume auto: using {}, the newest valid checkpoint",
+                                p.display()
+                            );
+                        }
+                        return Ok(Some((p, ck)));
+                    }
+                    Err(e) => {
+                        log::warn!("resume auto: skipping {e}");
+                        skipped.push(e);
+                    }
+                }
+            }
+            Err(format!(
+                "--resume auto: none of the {} checkpoints in {} is valid:\n  {}",
+                skipped.len(),
+                dir.display(),
+                skipped.join("\n  ")
+            ))
+        }
+        Some(p) => {
+            let p = PathBuf::from(p);
+            let ck = checkpoint::load(&p)?;
+            Ok(Some((p, ck)))
+        }
+    }
+}
+
+/// Continues the data order where the checkpoint left it. When the position cannot carry over
+/// (another batch, sequence length, seed or dataset: it would name other windows), continues
+/// at the same point of the same epoch in this run's order instead, and says so.
+fn restore_loader(loader: &mut BatchLoader, saved: &Value, path: &Path) -> Result<(), String> {
+    let saved = loader_state_from_json(saved)
+        .ok_or_else(|| format!("checkpoint {}: no data-loader state", path.display()))?;
+    if loader.restore(saved).is_ok() {
+        return Ok(());
+    }
+    let now = loader.state();
+    let frac = saved.next_window as f64 / saved.num_windows.max(1) as f64;
+    let next =
+        ((frac * now.num_windows as f64) as u64 / now.batch * now.batch).min(now.num_windows);
+    loader
+        .restore(LoaderState {
+            epoch: saved.epoch,
+            next_window: next,
+            ..now
+        })
+        .map_err(|e| format!("checkpoint {}: {e}", path.display()))?;
+    log::warn!(
+        "data: the checkpoint's position (epoch {}, window {} of {}) does not carry over to this run's batch, sequence length, seed or data; continuing at the same point of epoch {}: window {next} of {}",
+        saved.epoch,
+        saved.next_window,
+        saved.num_windows,
+        saved.epoch,
+        now.num_windows
+    );
+    Ok(())
+}
+
 /// Runs training as the arguments say. Errors are complete sentences for the user.
 pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     if let Some(t) = args.threads {
@@ -404,8 +736,25 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         std::env::set_var("MXGPT_THREADS", t.to_string());
     }
     let s = setup(args)?;
-    let mut be = make_backend(args, &s.gpt)?;
-    let data = open_data(args)?;
+    let device = pick_device(args)?;
+    // Problems that would otherwise surface hours later, found before any work: an unusable or
+    // shared checkpoint directory, a run that does not fit in memory.
+    let estimate = MemoryEstimate::new(&RunPlan {
+        gpt: &s.gpt,
+        device,
+        threads: runtime::cpu::threads(),
+        mode: s.plan.mode,
+        resume: args.resume.is_some(),
+        checkpoints: args.checkpoint_dir.is_some(),
+        sampling: args.sample_every > 0,
+    });
+    memory::check_fits(&estimate, &s.cfg, &s.gpt)?;
+    let _lock = match &args.checkpoint_dir {
+        Some(dir) => Some(claim_checkpoint_dir(dir, &s.gpt)?),
+        None => None,
+    };
+    let mut be = make_backend(device, args, &s.gpt)?;
+    let (data, data_spec) = open_data(args)?;
     let (b, t) = (s.gpt.batch, s.gpt.seq);
     let mut loader =
         BatchLoader::new(&data.train, b, t, args.seed, true).map_err(|e| e.to_string())?;
@@ -434,6 +783,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
             None => ", no validation split (evaluation off)".into(),
         }
     );
+    log::info!(
+        "memory: estimated peak {}{}",
+        estimate.describe(),
+        memory::available_bytes()
+            .map(|(a, src)| format!("; {} available ({src})", memory::format_bytes(a)))
+            .unwrap_or_default()
+    );
 
     // Perf counters: NVML on a GPU backend; MFU wherever a peak is known (the device table, or
     // MXGPT_PEAK_TFLOPS, e.g. a CPU's measured GEMM ceiling).
@@ -457,28 +813,29 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     let mut tokens_since_sample = 0u64;
 
     // Fresh start or resume.
+    let settings = run_settings(args, &s, &data_spec, &info.name);
+    let mut loss_z = OutlierDetector::new(args.outlier_window);
+    let mut norm_z = OutlierDetector::new(args.outlier_window);
+    let mut health = CheckpointHealth::default();
     let mut start_step = 0u64;
-    let mut last_checkpoint = None;
-    let resume_path = match args.resume.as_deref() {
-        None => None,
-        Some("auto") => {
-            let dir = args
-                .checkpoint_dir
-                .as_ref()
-                .ok_or("--resume auto needs --checkpoint-dir")?;
-            let p = checkpoint::latest(dir)?;
-            if p.is_none() {
-                log::info!(
-                    "resume auto: no checkpoint in {} yet; starting fresh",
-                    dir.display()
-                );
-            }
-            p
+    let resumed = find_resume(args)?;
+    if let Some((path, ck)) = &resumed {
+        let diff = settings_diff(&ck.train, &settings);
+        if diff.is_empty() {
+            log::info!(
+                "resume: every training setting matches checkpoint {}",
+                path.display()
+            );
+        } else {
+            log::warn!(
+                "resume: these settings differ from checkpoint {} (flag: checkpoint value -> this run's value):\n{}\nThe run continues with this run's values; the bit-exact resume guarantee holds only when nothing differs.",
+                path.display(),
+                diff.iter()
+                    .map(|(f, then, now)| format!("  {f}: {then} -> {now}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
-        Some(p) => Some(PathBuf::from(p)),
-    };
-    if let Some(path) = &resume_path {
-        let ck = checkpoint::load(path)?;
         if ck.model != s.cfg {
             return Err(format!(
                 "checkpoint {} was written for a different model ({}); this run is {}",
@@ -487,21 +844,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
                 s.cfg
             ));
         }
-        for (key, now) in [("batch", b), ("seq", t), ("accum", s.accum)] {
-            let then = ck.train[key].as_u64().unwrap_or(0) as usize;
-            if then != now {
-                return Err(format!("checkpoint {} was trained with {key} {then}, this run has {now}: the data position would not carry over", path.display()));
-            }
-        }
         be.write_optimizer(&ck.params, &ck.adam_m, &ck.adam_v)
             .map_err(|e| e.to_string())?;
-        let state = loader_state_from_json(&ck.train["loader"])
-            .ok_or_else(|| format!("checkpoint {}: no data-loader state", path.display()))?;
-        loader
-            .restore(state)
-            .map_err(|e| format!("checkpoint {}: {e}", path.display()))?;
+        restore_loader(&mut loader, &ck.train["loader"], path)?;
+        loss_z.restore(&ck.train["outliers"]["loss"]);
+        norm_z.restore(&ck.train["outliers"]["grad_norm"]);
         start_step = ck.step;
-        last_checkpoint = Some(path.clone());
+        health.pending = Some(path.clone());
         log::info!("resumed from {} at step {start_step}", path.display());
         if start_step >= args.steps {
             log::info!(
@@ -513,8 +862,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         be.write(all_params(&s.gpt), &s.gpt.init_params(args.seed))
             .map_err(|e| e.to_string())?;
     }
+    // The checkpoint's arrays are in the backend now; free the host copies before training.
+    let resumed_from = resumed.map(|(p, _)| p);
 
-    let mut json_log = JsonLog::open(args.log_json.as_deref(), resume_path.is_some())?;
+    let mut json_log = JsonLog::open(
+        args.log_json.as_deref(),
+        resumed_from.as_ref().map(|_| start_step),
+    )?;
     let tokenizer = if args.sample_every > 0 {
         Some(Tokenizer::gpt2().map_err(|e| e.to_string())?)
     } else {
@@ -524,13 +878,16 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     let mut inputs = vec![0u32; b * t];
     let mut targets = vec![0u32; b * t];
     let mut summary = TrainSummary {
-        last_checkpoint,
+        last_checkpoint: resumed_from,
         backend: Some(info.clone()),
         ..Default::default()
     };
     let mut recent_ms: Vec<f64> = Vec::new();
     let mut total_ms = 0.0;
     let mut timed_steps = 0u64;
+    let mut skipped_steps = 0u64;
+    let diverged_loss = DIVERGED_LOSS_FACTOR * (s.cfg.vocab as f32).ln();
+    let normal_z = args.skip_outliers.map_or(NORMAL_Z, |z| z as f64);
 
     for step in start_step..args.steps {
         let t0 = Instant::now();
@@ -552,34 +909,48 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         let loss = (loss_sum / s.accum as f64) as f32;
         let norm = be.grad_norm().map_err(|e| e.to_string())?;
         let telemetry = be.take_mx_telemetry();
+        let (zl, zn) = (loss_z.z(loss as f64), norm_z.z(norm as f64));
+        health.judge(
+            loss,
+            loss.is_finite() && loss <= diverged_loss && zl.is_none_or(|z| z <= normal_z),
+        );
         if !loss.is_finite() || !norm.is_finite() {
             return Err(format!(
                 "step {}: non-finite {} (loss {loss}, gradient norm {norm}){}; stopped before updating the weights. {}",
                 step + 1,
                 if loss.is_finite() { "gradient norm" } else { "loss" },
                 mx_nonfinite_note(&telemetry),
-                match &summary.last_checkpoint {
-                    Some(p) => format!("The last good checkpoint is {}.", p.display()),
-                    None => "No checkpoint was written by this run.".into(),
-                }
+                health.advice()
             ));
         }
+        loss_z.push(loss as f64);
+        norm_z.push(norm as f64);
+        let skip = args.skip_outliers.and_then(|limit| {
+            let over = |z: Option<f64>| z.filter(|&z| z > limit as f64);
+            match (over(zl), over(zn)) {
+                (Some(z), _) => Some(format!("loss z-score {z:.2} > {limit}")),
+                (None, Some(z)) => Some(format!("gradient-norm z-score {z:.2} > {limit}")),
+                _ => None,
+            }
+        });
         let lr = s.schedule.lr(step);
-        let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
-            args.grad_clip / norm
-        } else {
-            1.0
-        };
-        let hp = AdamW {
-            lr,
-            beta1: args.beta1,
-            beta2: args.beta2,
-            eps: args.eps,
-            weight_decay: args.weight_decay,
-            t: step + 1,
-            grad_scale,
-        };
-        be.adamw(&hp).map_err(|e| e.to_string())?;
+        if skip.is_none() {
+            let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
+                args.grad_clip / norm
+            } else {
+                1.0
+            };
+            let hp = AdamW {
+                lr,
+                beta1: args.beta1,
+                beta2: args.beta2,
+                eps: args.eps,
+                weight_decay: args.weight_decay,
+                t: step + 1,
+                grad_scale,
+            };
+            be.adamw(&hp).map_err(|e| e.to_string())?;
+        }
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let done = step + 1;
         // The first step of a process pays for page faults and warm-up: keep it out of averages.
@@ -599,11 +970,22 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         let mfu_note = mfu
             .map(|m| format!(" | MFU {:.1}%", m * 100.0))
             .unwrap_or_default();
+        skipped_steps += skip.is_some() as u64;
+        let skip_note = skip
+            .as_ref()
+            .map(|why| format!(" | skipped the update: {why}"))
+            .unwrap_or_default();
         log::info!(
-            "step {done:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.4} | {ms:.1} ms | {tokens_per_s:.0} tok/s{mfu_note} | ETA {eta}{mx_note}",
+            "step {done:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.4} | {ms:.1} ms | {tokens_per_s:.0} tok/s{mfu_note} | ETA {eta}{mx_note}{skip_note}",
             args.steps
         );
-        let mut rec = json!({"type": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": norm, "ms": ms, "tokens_per_s": tokens_per_s});
+        let mut rec = json!({"type": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": norm, "ms": ms, "tokens_per_s": tokens_per_s, "skipped": skip.is_some()});
+        if let Some(z) = zl {
+            rec["loss_z"] = json!(z);
+        }
+        if let Some(z) = zn {
+            rec["grad_norm_z"] = json!(z);
+        }
         if let Some(m) = mfu {
             rec["mfu"] = json!(m);
         }
@@ -620,7 +1002,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
                 rec["counters"] = serde_json::from_str(&sample.to_json()).unwrap_or(Value::Null);
             }
         }
-        json_log.record(rec)?;
+        json_log.record(&rec)?;
         summary.losses.push((done, loss));
 
         let last = done == args.steps;
@@ -632,7 +1014,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
                     args.steps,
                     (vl as f64).exp()
                 );
-                json_log.record(json!({"type": "eval", "step": done, "val_loss": vl}))?;
+                json_log.record(&json!({"type": "eval", "step": done, "val_loss": vl}))?;
                 summary.val_losses.push((done, vl));
             }
         }
@@ -657,11 +1039,14 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
                     params,
                     adam_m: m,
                     adam_v: v,
-                    train: train_state_json(args, &s, &loader.state()),
+                    train: train_state_json(&s, &loader.state(), &settings, &[&loss_z, &norm_z]),
                 };
                 let p = checkpoint::save(dir, &ck)?;
-                checkpoint::prune(dir, args.keep_checkpoints)?;
+                drop(ck);
+                let good = health.good.as_ref().map(|(g, _)| g.as_path());
+                checkpoint::prune(dir, args.keep_checkpoints, good.as_slice())?;
                 log::info!("checkpoint: {}", p.display());
+                health.pending = Some(p.clone());
                 summary.last_checkpoint = Some(p);
             }
         }
@@ -682,10 +1067,22 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         summary.ms_per_step = total_ms / timed_steps as f64;
         summary.tokens_per_s = tokens_per_step / (summary.ms_per_step / 1e3);
         log::info!(
-            "done: {} steps, {:.1} ms/step, {:.0} tokens/s (first step excluded)",
+            "done: {} steps{}, {:.1} ms/step, {:.0} tokens/s (first step excluded)",
             summary.losses.len(),
+            if skipped_steps > 0 {
+                format!(" ({skipped_steps} updates skipped as outliers)")
+            } else {
+                String::new()
+            },
             summary.ms_per_step,
             summary.tokens_per_s
+        );
+    }
+    if let Some(rss) = memory::peak_rss_bytes() {
+        log::info!(
+            "memory: peak RSS {} (estimated {})",
+            memory::format_bytes(rss),
+            memory::format_bytes(estimate.peak)
         );
     }
     Ok(summary)
@@ -802,4 +1199,39 @@ fn loader_state_from_json(v: &Value) -> Option<LoaderState> {
         num_windows: g("num_windows")?,
         shuffle: g("shuffle")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// Keeps every `write` call it receives.
+    struct Calls(Rc<RefCell<Vec<Vec<u8>>>>);
+
+    impl Write for Calls {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.borrow_mut().push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_json_record_is_one_write() {
+        let calls = Rc::new(RefCell::new(Vec::new()));
+        let mut log = JsonLog(Some(Box::new(Calls(calls.clone()))));
+        let rec =
+            json!({"type": "train", "step": 7, "loss": 1.5, "mx": {"clipped_fraction": 0.01}});
+        log.record(&rec).unwrap();
+        log.record(&json!({"type": "eval", "step": 7, "val_loss": 2.0}))
+            .unwrap();
+        let calls = calls.borrow();
+        assert_eq!(calls.len(), 2, "one write per record: {calls:?}");
+        let line = calls[0].strip_suffix(b"\n").expect("a whole line");
+        assert_eq!(serde_json::from_slice::<Value>(line).unwrap(), rec);
+    }
 }

@@ -46,3 +46,57 @@ pub fn args(list: &[&str]) -> gpt::trainer::TrainArgs {
     gpt::trainer::TrainArgs::from_args(&["train_gpt"], list)
         .unwrap_or_else(|e| panic!("bad test args {list:?}: {}", e.output))
 }
+
+/// Runs the `train_gpt` binary; returns its exit code and stdout + stderr.
+pub fn train_gpt(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_train_gpt"))
+        .args(args)
+        .output()
+        .expect("train_gpt runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// `train_gpt` that must succeed; returns its output.
+pub fn train_gpt_ok(args: &[&str]) -> String {
+    let (code, text) = train_gpt(args);
+    assert_eq!(code, 0, "{args:?} failed:\n{text}");
+    text
+}
+
+/// `train_gpt` that must fail with every one of `needles` in its output; returns the output.
+pub fn train_gpt_fails(args: &[&str], needles: &[&str]) -> String {
+    let (code, text) = train_gpt(args);
+    assert_ne!(code, 0, "{args:?} should fail; output:\n{text}");
+    for n in needles {
+        assert!(
+            text.contains(n),
+            "{args:?}: expected '{n}' in the output; got:\n{text}"
+        );
+    }
+    text
+}
+
+/// The tiny model at one short sequence on `data`, evaluation off, then `extra`.
+pub fn tiny<'a>(data: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--model",
+        "tiny",
+        "--batch",
+        "1",
+        "--seq",
+        "32",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--data",
+        data,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
