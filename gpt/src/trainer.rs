@@ -9,9 +9,10 @@ use crate::cpu::ops::AdamW;
 use crate::layout::{Arena, TensorRef};
 use crate::memory::{self, Device, MemoryEstimate, RunPlan};
 use crate::model::{Gpt, PrecisionPlan};
+use crate::mx::fp8::{ForwardConfig, Fp8Scaling, Fp8State};
 use crate::mx::{MxConfig, MxTelemetry};
 use crate::outliers::OutlierDetector;
-use crate::precision::BackwardMode;
+use crate::precision::{BackwardMode, ForwardMode};
 use crate::rng::SplitMix64;
 use crate::run_lock::RunLock;
 use crate::schedule::{LrSchedule, ScheduleKind};
@@ -113,9 +114,20 @@ pub struct TrainArgs {
     #[argh(option, default = "String::from(\"auto\")")]
     pub device: String,
     /// backward GEMM precision: bf16, mxfp4-rtn, mxfp4-rht, mxfp4-sr, mxfp4 (= RHT + SR; the
-    /// recipe) (default bf16)
+    /// recipe), nvfp4 (NVIDIA's recipe), nvfp4-rtn (default bf16)
     #[argh(option, default = "String::from(\"bf16\")")]
     pub backward: String,
+    /// forward GEMM precision of the blocks' linear layers: bf16 (the backend's high precision)
+    /// or fp8 (E4M3 operands, one scale per tensor) (default bf16)
+    #[argh(option, default = "String::from(\"bf16\")")]
+    pub forward: String,
+    /// FP8 tensor scaling: current (448 / amax of the tensor at each call) or delayed (from the
+    /// largest amax of the last --fp8-amax-history training calls) (default current)
+    #[argh(option)]
+    pub fp8_scaling: Option<String>,
+    /// calls in delayed scaling's amax history (default 16)
+    #[argh(option)]
+    pub fp8_amax_history: Option<usize>,
     /// the Hadamard block size g of the modes with a random Hadamard transform (mxfp4-rht,
     /// mxfp4): 16, 32, 64, 128, 256 (default 64; an error with any other mode)
     #[argh(option)]
@@ -179,6 +191,7 @@ struct Setup {
     accum: usize,
     plan: PrecisionPlan,
     mx: MxConfig,
+    forward: ForwardConfig,
     schedule: LrSchedule,
 }
 
@@ -223,17 +236,25 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         hadamard_block,
         seed: args.seed,
     };
-    if mode.is_mxfp4() {
+    if mode.is_quantized() {
         mx.validate().map_err(|e| e.to_string())?;
-        // Every MXFP4 GEMM reduces over C, 3C or 4C (dgrad) or B*T (wgrad) in 32-blocks and,
-        // with RHT, in g-blocks.
-        let block = if mode.uses_rht() {
-            hadamard_block.max(32)
+        // Every quantized GEMM reduces over C, 3C or 4C (dgrad) or B*T (wgrad) in blocks of 32
+        // (MXFP4; with RHT also g) or 16 (NVFP4, whose wgrad transform is 16-point too).
+        let (block, what) = if mode.is_nvfp4() {
+            (crate::mx::nvfp4::BLOCK, "NVFP4 block 16".to_string())
+        } else if mode.uses_rht() {
+            (
+                hadamard_block.max(32),
+                format!("MX block 32, Hadamard block {hadamard_block}"),
+            )
         } else {
-            32
+            (32, "MX block 32".to_string())
         };
         if cfg.channels % block != 0 {
-            return Err(format!("--backward {mode} needs the width ({}) to be a multiple of {block} (MX block 32{})", cfg.channels, if mode.uses_rht() { format!(", Hadamard block {hadamard_block}") } else { String::new() }));
+            return Err(format!(
+                "--backward {mode} needs the width ({}) to be a multiple of {block} ({what})",
+                cfg.channels
+            ));
         }
         if bt % block != 0 {
             return Err(format!("--backward {mode} needs B*T ({bt}) to be a multiple of {block}: the weight-gradient GEMMs reduce over tokens"));
@@ -285,9 +306,9 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         decay_fraction: args.wsd_decay_fraction,
     };
     // Every backward GEMM of a run has its own random stream (mx::GemmId::stream).
-    if mode.is_mxfp4() && total / bt > crate::mx::GemmId::MAX_MICRO_STEPS {
+    if mode.is_quantized() && total / bt > crate::mx::GemmId::MAX_MICRO_STEPS {
         return Err(format!(
-            "{} micro-steps of gradient accumulation: the MXFP4 modes key their randomness with at most {} per step; raise --batch or lower --total-batch-tokens",
+            "{} micro-steps of gradient accumulation: the quantized modes key their randomness with at most {} per step; raise --batch or lower --total-batch-tokens",
             total / bt,
             crate::mx::GemmId::MAX_MICRO_STEPS
         ));
@@ -305,8 +326,45 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         accum: total / bt,
         plan,
         mx,
+        forward: forward_config(args)?,
         schedule,
     })
+}
+
+/// `--forward`, `--fp8-scaling`, `--fp8-amax-history`: the FP8 options only with fp8, the
+/// history only with delayed scaling.
+fn forward_config(args: &TrainArgs) -> Result<ForwardConfig, String> {
+    let mode: ForwardMode = args.forward.parse()?;
+    if mode != ForwardMode::Fp8 {
+        if let Some(f) = [
+            ("--fp8-scaling", args.fp8_scaling.is_some()),
+            ("--fp8-amax-history", args.fp8_amax_history.is_some()),
+        ]
+        .iter()
+        .find(|(_, given)| *given)
+        {
+            return Err(format!(
+                "{} applies to --forward fp8, but this run's forward is {mode}: drop the flag or add --forward fp8",
+                f.0
+            ));
+        }
+    }
+    let mut scaling: Fp8Scaling = args.fp8_scaling.as_deref().unwrap_or("current").parse()?;
+    match (&mut scaling, args.fp8_amax_history) {
+        (Fp8Scaling::Delayed { history }, Some(h)) => {
+            if h == 0 {
+                return Err("--fp8-amax-history 0: the history needs at least 1 call".into());
+            }
+            *history = h;
+        }
+        (Fp8Scaling::Current, Some(h)) => {
+            return Err(format!(
+                "--fp8-amax-history {h} applies to --fp8-scaling delayed; current scaling keeps no history"
+            ))
+        }
+        _ => {}
+    }
+    Ok(ForwardConfig { mode, scaling })
 }
 
 /// Picks the device for `--device`: `cuda` must get a GPU; `auto` takes the GPU when this build
@@ -453,6 +511,33 @@ fn drop_records_after(p: &Path, step: u64) -> Result<(), String> {
     Ok(())
 }
 
+fn describe_forward(f: &ForwardConfig) -> String {
+    match (f.mode, f.scaling) {
+        (ForwardMode::Bf16, _) => "bf16".into(),
+        (ForwardMode::Fp8, Fp8Scaling::Current) => "fp8 (current scaling)".into(),
+        (ForwardMode::Fp8, Fp8Scaling::Delayed { history }) => {
+            format!("fp8 (delayed scaling, amax history {history})")
+        }
+    }
+}
+
+fn fp8_state_to_json(st: &Fp8State) -> Value {
+    json!({"history": st.history, "amax": st.amax, "calls": st.calls})
+}
+
+fn fp8_state_from_json(v: &Value) -> Option<Fp8State> {
+    let f = |x: &Value| x.as_f64().map(|a| a as f32);
+    Some(Fp8State {
+        history: v["history"].as_u64()? as usize,
+        amax: v["amax"].as_array()?.iter().map(f).collect::<Option<_>>()?,
+        calls: v["calls"]
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect::<Option<_>>()?,
+    })
+}
+
 /// The trainer's part of a checkpoint. `seed`, `batch`, `seq`, `accum` and `backward` are
 /// what the first checkpoints held (kept, so older builds read new checkpoints); `settings` is
 /// every setting that shapes the numbers (see `run_settings`), `outliers` the z-score windows.
@@ -461,6 +546,7 @@ fn train_state_json(
     loader: &LoaderState,
     settings: &[(&str, String)],
     outliers: &[&OutlierDetector; 2],
+    fp8: Option<&Fp8State>,
 ) -> Value {
     let settings: serde_json::Map<String, Value> = settings
         .iter()
@@ -475,6 +561,7 @@ fn train_state_json(
         "loader": loader_state_to_json(loader),
         "settings": settings,
         "outliers": {"loss": outliers[0].to_json(), "grad_norm": outliers[1].to_json()},
+        "fp8": fp8.map(fp8_state_to_json),
     })
 }
 
@@ -492,6 +579,15 @@ fn run_settings(
         ("--model", s.cfg.to_string()),
         ("--device", device.to_string()),
         ("--backward", s.plan.mode.name().to_string()),
+        ("--forward", s.forward.mode.name().to_string()),
+        (
+            "--fp8-scaling",
+            match (s.forward.mode, s.forward.scaling) {
+                (ForwardMode::Bf16, _) => "none".into(),
+                (_, Fp8Scaling::Current) => "current".into(),
+                (_, Fp8Scaling::Delayed { history }) => format!("delayed (history {history})"),
+            },
+        ),
         (
             "--hadamard-block",
             if s.plan.mode.uses_rht() {
@@ -564,6 +660,33 @@ pub fn format_duration(secs: f64) -> String {
     } else {
         format!("{s}s")
     }
+}
+
+/// Gives the backend the checkpoint's delayed-scaling history when both have one; a run that
+/// switches to delayed scaling starts a fresh history (the settings diff already says so).
+fn restore_fp8_state(be: &mut dyn Backend, saved: &Value, path: &Path) -> Result<(), String> {
+    let now = be.fp8_state().map_err(|e| e.to_string())?;
+    match (now, saved.is_null()) {
+        (Some(_), false) => {
+            let st = fp8_state_from_json(saved).ok_or_else(|| {
+                format!(
+                    "checkpoint {}: its FP8 scaling state is malformed",
+                    path.display()
+                )
+            })?;
+            if be.set_fp8_state(&st).is_err() {
+                log::warn!("resume: the checkpoint's FP8 amax history (history {}) does not fit this run's; starting a fresh history", st.history);
+            }
+        }
+        (Some(_), true) => {
+            log::warn!(
+                "resume: checkpoint {} has no FP8 amax history; delayed scaling starts a fresh one",
+                path.display()
+            )
+        }
+        (None, _) => {}
+    }
+    Ok(())
 }
 
 fn all_params(gpt: &Gpt) -> TensorRef {
@@ -759,6 +882,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     let mut loader =
         BatchLoader::new(&data.train, b, t, args.seed, true).map_err(|e| e.to_string())?;
     be.set_mx_config(s.mx).map_err(|e| e.to_string())?;
+    be.set_forward_config(s.forward)
+        .map_err(|e| e.to_string())?;
     let info = be.info();
     log::info!(
         "model: {} ({:.2}M parameters)",
@@ -766,9 +891,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         s.gpt.params.total as f64 / 1e6
     );
     log::info!(
-        "batch: {b} x {t} tokens x {} accumulation = {} tokens/step; backward {}{}; backend {} ({}, {} threads)",
+        "batch: {b} x {t} tokens x {} accumulation = {} tokens/step; forward {}; backward {}{}; backend {} ({}, {} threads)",
         s.accum,
         b * t * s.accum,
+        describe_forward(&s.forward),
         s.plan.mode,
         if s.plan.mode.uses_rht() { format!(" (Hadamard block {})", s.mx.hadamard_block) } else { String::new() },
         info.name,
@@ -847,6 +973,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         be.write_optimizer(&ck.params, &ck.adam_m, &ck.adam_v)
             .map_err(|e| e.to_string())?;
         restore_loader(&mut loader, &ck.train["loader"], path)?;
+        restore_fp8_state(be.as_mut(), &ck.train["fp8"], path)?;
         loss_z.restore(&ck.train["outliers"]["loss"]);
         norm_z.restore(&ck.train["outliers"]["grad_norm"]);
         start_step = ck.step;
@@ -989,7 +1116,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         if let Some(m) = mfu {
             rec["mfu"] = json!(m);
         }
-        if s.plan.mode.is_mxfp4() {
+        if s.plan.mode.is_quantized() {
             rec["mx"] = mx_json(&telemetry);
         }
         tokens_since_sample += tokens_per_step as u64;
@@ -1033,13 +1160,20 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         if let Some(dir) = &args.checkpoint_dir {
             if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || last {
                 let (params, m, v) = be.read_optimizer().map_err(|e| e.to_string())?;
+                let fp8 = be.fp8_state().map_err(|e| e.to_string())?;
                 let ck = Checkpoint {
                     model: s.cfg,
                     step: done,
                     params,
                     adam_m: m,
                     adam_v: v,
-                    train: train_state_json(&s, &loader.state(), &settings, &[&loss_z, &norm_z]),
+                    train: train_state_json(
+                        &s,
+                        &loader.state(),
+                        &settings,
+                        &[&loss_z, &norm_z],
+                        fp8.as_ref(),
+                    ),
                 };
                 let p = checkpoint::save(dir, &ck)?;
                 drop(ck);

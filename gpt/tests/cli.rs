@@ -62,6 +62,47 @@ fn bad_arguments_are_named() {
         &["--model", "tiny", "--schedule", "zigzag", "--data", &data],
         &["zigzag", "cosine"],
     );
+    assert_fails(
+        &["--model", "tiny", "--forward", "fp4", "--data", &data],
+        &["unknown --forward mode 'fp4'", "bf16 or fp8"],
+    );
+    assert_fails(
+        &[
+            "--model",
+            "tiny",
+            "--fp8-scaling",
+            "delayed",
+            "--data",
+            &data,
+        ],
+        &["--fp8-scaling", "--forward fp8"],
+    );
+    assert_fails(
+        &[
+            "--model",
+            "tiny",
+            "--forward",
+            "fp8",
+            "--fp8-scaling",
+            "sometimes",
+            "--data",
+            &data,
+        ],
+        &["sometimes", "current or delayed"],
+    );
+    assert_fails(
+        &[
+            "--model",
+            "tiny",
+            "--forward",
+            "fp8",
+            "--fp8-amax-history",
+            "8",
+            "--data",
+            &data,
+        ],
+        &["--fp8-amax-history 8", "delayed"],
+    );
     // 6.7B parameters at a large batch: refused up front with the estimate, not an OOM kill.
     assert_fails(
         &[

@@ -25,21 +25,21 @@ fn run(v: &[String]) -> gpt::trainer::TrainSummary {
     train(&args(&refs)).unwrap()
 }
 
-fn determinism_and_resume(mode: &str) {
+/// `mode` names the run; `precision` are its precision flags.
+fn determinism_and_resume(mode: &str, precision: &[&str]) {
     let dir = tmpdir(&format!("resume-{mode}"));
     let data = synthetic_dataset(&dir, 40);
     let ck_a = dir.join("a").to_string_lossy().to_string();
     let ck_b = dir.join("b").to_string_lossy().to_string();
-    let common = [
+    let mut common = vec![
         "--steps",
         "6",
-        "--backward",
-        mode,
         "--total-batch-tokens",
         "256",
         "--eval-every",
         "0",
     ];
+    common.extend_from_slice(precision);
 
     // Uninterrupted run, checkpointing every 3 steps.
     let mut a = base_args(&data, &common);
@@ -99,7 +99,7 @@ fn determinism_and_resume(mode: &str) {
 
 #[test]
 fn bf16_runs_are_deterministic_and_resume_bit_for_bit() {
-    determinism_and_resume("bf16");
+    determinism_and_resume("bf16", &["--backward", "bf16"]);
 }
 
 #[test]
@@ -174,5 +174,40 @@ fn tiny_learns_shakespeare() {
 
 #[test]
 fn mxfp4_runs_are_deterministic_and_resume_bit_for_bit() {
-    determinism_and_resume("mxfp4");
+    determinism_and_resume("mxfp4", &["--backward", "mxfp4"]);
+}
+
+/// NVFP4 backward with the FP8 forward under delayed scaling: the amax history (4 calls, full
+/// by the step-3 checkpoint) must travel in the checkpoint for the resume to be exact.
+#[test]
+fn nvfp4_with_fp8_delayed_scaling_resumes_bit_for_bit() {
+    determinism_and_resume(
+        "nvfp4-fp8",
+        &[
+            "--backward",
+            "nvfp4",
+            "--forward",
+            "fp8",
+            "--fp8-scaling",
+            "delayed",
+            "--fp8-amax-history",
+            "4",
+        ],
+    );
+}
+
+#[test]
+fn the_fp8_forward_changes_the_losses_but_not_by_much() {
+    let dir = tmpdir("fp8-vs-bf16");
+    let data = synthetic_dataset(&dir, 40);
+    let common = ["--steps", "4", "--eval-every", "0"];
+    let high = run(&base_args(&data, &common));
+    let mut f = base_args(&data, &common);
+    f.extend(["--forward", "fp8"].map(String::from));
+    let fp8 = run(&f);
+    for ((s, a), (_, b)) in high.losses.iter().zip(&fp8.losses) {
+        assert!(a != b, "step {s}: the FP8 forward gave the same loss {a}");
+        assert!((a - b).abs() < 0.05 * a, "step {s}: {a} vs {b}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod gpu_bench;
+pub mod probe;
 
 use std::fs;
 use std::path::Path;

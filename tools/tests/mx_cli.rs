@@ -568,3 +568,69 @@ fn random_writes_reproducible_normal_values() {
     assert_eq!(code, 1);
     assert!(stderr.contains("--count is 0"), "{stderr}");
 }
+
+#[test]
+fn nvfp4_quantize_matches_hand_computed_blocks() {
+    // Block 1 holds E2M1 grid values times 0.25, amax 1.5: s_enc = 2688 / 1.5 = 1792 and the
+    // block scale e4m3(1.5 / 6 * 1792) = 448 (0x7E), so every value is representable and
+    // comes back unchanged. Block 2 holds one value, 0.175. Block 3 holds a NaN.
+    let grid = [0.0f32, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+    let mut x: Vec<f32> = (0..16)
+        .map(|i| {
+            if i < 8 {
+                grid[i] * 0.25
+            } else {
+                -grid[1 + (i - 8) % 7] * 0.25
+            }
+        })
+        .collect();
+    x.extend((0..16).map(|i| if i == 0 { 0.7 * 0.25 } else { 0.0 }));
+    x.extend((0..16).map(|i| if i == 3 { f32::NAN } else { 1.0 }));
+    let (inp, out, packed) = (tmp("nv_in.f32"), tmp("nv_out.f32"), tmp("nv_packed.bin"));
+    write(&inp, &x);
+    let (ok, text) = mx(&[
+        "quantize",
+        "--format",
+        "nvfp4",
+        "--rounding",
+        "rtn",
+        "--input",
+        inp.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--packed",
+        packed.to_str().unwrap(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("3 blocks of 16; non-finite blocks: 1"),
+        "{text}"
+    );
+    let y = read(&out);
+    assert_eq!(&y[..16], &x[..16]);
+    // Block 2: amax 0.175, scale e4m3(0.175 / 6 * 1792) = e4m3(52.27) = 52 (0x65: exponent
+    // field 12, mantissa 5: 1.625 * 32); 0.175 * 1792 / 52 = 6.03 -> code 7 (6); dequantized
+    // 6 * 52 / 1792.
+    assert_eq!(y[16], 6.0 * 52.0 / 1792.0);
+    assert!(y[17..32].iter().all(|&v| v == 0.0));
+    assert!(y[32..48].iter().all(|v| v.is_nan()));
+    let p = std::fs::read(&packed).unwrap();
+    assert_eq!(p.len(), 4 + 3 + 24);
+    assert_eq!(f32::from_le_bytes(p[..4].try_into().unwrap()), 1792.0);
+    assert_eq!(&p[4..7], &[0x7E, 0x65, 0x7F]);
+    // Codes of block 1, low nibble first: 0, 1, .. 7, then sign 8 | 1, 8 | 2, ...
+    assert_eq!(p[7], 0x10);
+    assert_eq!(p[11], 0xA9);
+    let (ok, text) = mx(&[
+        "quantize",
+        "--format",
+        "fp6",
+        "--rounding",
+        "rtn",
+        "--input",
+        inp.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && text.contains("unknown --format 'fp6'"), "{text}");
+}

@@ -31,6 +31,60 @@ pub struct CpuBackend {
     forward: ForwardConfig,
     /// Delayed FP8 scaling's amax history (None unless in use).
     fp8: Option<Fp8State>,
+    /// With `capture_linear_backward`, every linear_backward's operands (the gradient probe).
+    captured: Option<Vec<CapturedLinear>>,
+}
+
+/// The operands of one linear layer's backward, copied out for analysis (tools/mx probe).
+#[derive(Clone, Debug)]
+pub struct CapturedLinear {
+    pub prec: Option<LinearBackward>,
+    /// dY (rows x oc), X (rows x ic), W (oc x ic), row-major.
+    pub dout: Vec<f32>,
+    pub inp: Vec<f32>,
+    pub w: Vec<f32>,
+    pub rows: usize,
+    pub ic: usize,
+    pub oc: usize,
+}
+
+/// One linear layer's two backward GEMMs on plain slices, exactly as `linear_backward` runs
+/// them: dX = dY · W (overwritten), dW (+)= dY^T · X; each in `prec`'s precision.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_gemms(
+    mx_cfg: MxConfig,
+    telemetry: &mut MxTelemetry,
+    prec: Option<LinearBackward>,
+    (dy, x, w): (&[f32], &[f32], &[f32]),
+    (dx, dw): (&mut [f32], &mut [f32]),
+    (rows, ic, oc): (usize, usize, usize),
+    accumulate_dw: bool,
+) -> BResult<()> {
+    // dgrad: dX[rows, IC] = dY[rows, OC] · W[OC, IC]
+    let r1 = backward_gemm(
+        mx_cfg,
+        telemetry,
+        prec,
+        mx::GemmKind::Dgrad,
+        MatRef::row_major(dy, rows, oc),
+        MatRef::row_major(w, oc, ic),
+        dx,
+        ic,
+        false,
+    );
+    // wgrad: dW[OC, IC] (+)= dY^T[OC, rows] · X[rows, IC]
+    let r2 = backward_gemm(
+        mx_cfg,
+        telemetry,
+        prec,
+        mx::GemmKind::Wgrad,
+        MatRef::transposed(dy, oc, rows),
+        MatRef::row_major(x, rows, ic),
+        dw,
+        ic,
+        accumulate_dw,
+    );
+    r1.and(r2)
 }
 
 impl CpuBackend {
@@ -87,7 +141,18 @@ impl CpuBackend {
             layers: cfg.layers,
             forward: ForwardConfig::HIGH_PRECISION,
             fp8: None,
+            captured: None,
         })
+    }
+
+    /// From now on, copy every linear_backward's operands (until `take_captured`).
+    pub fn capture_linear_backward(&mut self) {
+        self.captured = Some(Vec::new());
+    }
+
+    /// The operands captured since `capture_linear_backward`, in call order; capturing stops.
+    pub fn take_captured(&mut self) -> Vec<CapturedLinear> {
+        self.captured.take().unwrap_or_default()
     }
 
     fn arena(&self, a: Arena) -> &[f32] {
@@ -521,34 +586,31 @@ impl Backend for CpuBackend {
             ops::bias_backward(g, d, rows, oc);
         }
         let (mx_cfg, mut tel) = (self.mx, std::mem::take(&mut self.telemetry));
-        // dgrad: dX[rows, IC] = dY[rows, OC] · W[OC, IC]
-        let ([dx], [dy, wt]) = self.views([dinp], [dout, w]);
-        let r1 = backward_gemm(
+        let mut captured = self.captured.take();
+        let ([dx, gw], [dy, x, wt]) = self.views([dinp, dw], [dout, inp, w]);
+        if let Some(c) = captured.as_mut() {
+            c.push(CapturedLinear {
+                prec,
+                dout: dy.to_vec(),
+                inp: x.to_vec(),
+                w: wt.to_vec(),
+                rows,
+                ic,
+                oc,
+            });
+        }
+        let r = linear_backward_gemms(
             mx_cfg,
             &mut tel,
             prec,
-            mx::GemmKind::Dgrad,
-            MatRef::row_major(dy, rows, oc),
-            MatRef::row_major(wt, oc, ic),
-            dx,
-            ic,
-            false,
-        );
-        // wgrad: dW[OC, IC] += dY^T[OC, rows] · X[rows, IC]
-        let ([gw], [dy, x]) = self.views([dw], [dout, inp]);
-        let r2 = backward_gemm(
-            mx_cfg,
-            &mut tel,
-            prec,
-            mx::GemmKind::Wgrad,
-            MatRef::transposed(dy, oc, rows),
-            MatRef::row_major(x, rows, ic),
-            gw,
-            ic,
+            (dy, x, wt),
+            (dx, gw),
+            (rows, ic, oc),
             true,
         );
         self.telemetry = tel;
-        r1.and(r2)
+        self.captured = captured;
+        r
     }
 
     fn gelu_backward(&mut self, d: TensorRef, pre: TensorRef) -> BResult<()> {

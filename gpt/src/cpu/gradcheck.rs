@@ -644,7 +644,7 @@ fn fp8_forward_loss_matches_the_f64_model_with_e4m3_linears() {
         len: gpt.params.total,
     };
     let plan = PrecisionPlan::uniform(BackwardMode::Bf16, cfg.layers);
-    let mut loss_of = |mode| {
+    let loss_of = |mode| {
         let mut be = CpuBackend::new(&cfg, b, t).unwrap();
         be.set_forward_config(ForwardConfig {
             mode,

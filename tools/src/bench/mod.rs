@@ -24,3 +24,4 @@ mod result;
 mod step;
 
 pub use cli::main;
+pub use result::utc_now;

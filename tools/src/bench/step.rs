@@ -5,12 +5,13 @@
 
 use super::ceilings::Ceilings;
 use super::method::{measure, random_tokens, Method, Stats, ROTATE};
-use gpt::backend::{BResult, Backend, BackendInfo, LinearBackward};
+use gpt::backend::{BResult, Backend, BackendInfo, LinearBackward, LinearForward};
 use gpt::config::ModelConfig;
 use gpt::cpu::backend::CpuBackend;
 use gpt::cpu::ops::AdamW;
 use gpt::layout::{Arena, TensorRef};
 use gpt::model::{Gpt, PrecisionPlan};
+use gpt::mx::fp8::{ForwardConfig, Fp8State};
 use gpt::mx::{MxConfig, MxTelemetry};
 use gpt::precision::BackwardMode;
 use serde_json::{json, Value};
@@ -92,6 +93,12 @@ impl Backend for TimedBackend {
     }
     fn residual_layernorm_forward(&mut self, res_out: TensorRef, ln_out: TensorRef, mean: TensorRef, rstd: TensorRef, res_in: TensorRef, delta: TensorRef, w: TensorRef, b: TensorRef, c: usize) -> BResult<()> {
         let s = Instant::now(); let r = self.inner.residual_layernorm_forward(res_out, ln_out, mean, rstd, res_in, delta, w, b, c); self.add(FWD, s); r
+    }
+    fn set_forward_config(&mut self, cfg: ForwardConfig) -> BResult<()> { self.inner.set_forward_config(cfg) }
+    fn fp8_state(&self) -> BResult<Option<Fp8State>> { self.inner.fp8_state() }
+    fn set_fp8_state(&mut self, state: &Fp8State) -> BResult<()> { self.inner.set_fp8_state(state) }
+    fn linear_forward(&mut self, site: LinearForward, out: TensorRef, inp: TensorRef, w: TensorRef, bias: Option<TensorRef>, gelu_out: Option<TensorRef>, rows: usize, ic: usize, oc: usize) -> BResult<()> {
+        let s = Instant::now(); let r = self.inner.linear_forward(site, out, inp, w, bias, gelu_out, rows, ic, oc); self.add(FWD, s); r
     }
     fn matmul_forward(&mut self, out: TensorRef, inp: TensorRef, w: TensorRef, bias: Option<TensorRef>, gelu_out: Option<TensorRef>, rows: usize, ic: usize, oc: usize) -> BResult<()> {
         let s = Instant::now(); let r = self.inner.matmul_forward(out, inp, w, bias, gelu_out, rows, ic, oc); self.add(FWD, s); r

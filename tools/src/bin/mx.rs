@@ -2,11 +2,11 @@
 //! any mode, or report quantization error with and without the random Hadamard transform. It
 //! calls exactly the code the CPU backend trains with (gpt::mx), so it also serves to check the
 //! numerics from outside (e.g. against a PyTorch or GPU implementation). `random` writes inputs
-//! to try them on.
+//! to try them on; `probe` measures what each backward mode does to a model's gradient.
 //!
 //! Files are raw little-endian f32. Conventions fixed here (a checker needs them):
-//! - quantize: the input is one row; blocks are consecutive 32 values; SR uses stream
-//!   `--stream` (default 0) with the element's position as counter.
+//! - quantize: the input is one row; blocks are consecutive 32 (MXFP4) or 16 (NVFP4) values; SR
+//!   uses stream `--stream` (default 0) with the element's position as counter.
 //! - gemm: the GEMM identity is step `--step` (default 0), micro step 0, layer 0, QKV, dgrad.
 
 use argh::FromArgs;
@@ -32,28 +32,36 @@ enum Cmd {
     Gemm(Gemm),
     Stats(Stats),
     Random(Random),
+    Probe(Probe),
 }
 
-/// quantize a tensor to MXFP4 and write the dequantized values (and the packed encoding)
+/// quantize a tensor to MXFP4 or NVFP4 and write the dequantized values (and the packed encoding)
 #[derive(FromArgs)]
 #[argh(subcommand, name = "quantize")]
 struct Quantize {
     /// rtn or sr
     #[argh(option)]
     rounding: String,
+    /// mxfp4 (blocks of 32, E8M0 scales) or nvfp4 (blocks of 16, E4M3 scales and an f32
+    /// tensor scale) (default mxfp4)
+    #[argh(option, default = "String::from(\"mxfp4\")")]
+    format: String,
     /// seed of the SR generator (default 0)
     #[argh(option, default = "0")]
     seed: u64,
     /// SR stream id (default 0)
     #[argh(option, default = "0")]
     stream: u64,
-    /// raw f32 input; length a multiple of 32; a block holding NaN or Inf gets scale 0xFF
+    /// raw f32 input; length a multiple of the block; a block holding NaN or Inf gets the NaN
+    /// scale (0xFF in MXFP4, 0x7F in NVFP4)
     #[argh(option)]
     input: PathBuf,
-    /// raw f32 output: the dequantized values (SR includes the 4/3; NaN in non-finite blocks)
+    /// raw f32 output: the dequantized values (MXFP4 SR includes the 4/3; NaN in non-finite
+    /// blocks)
     #[argh(option)]
     output: PathBuf,
-    /// optional: scale bytes (one per block) followed by the packed codes (low nibble first)
+    /// optional: [NVFP4: the tensor scale, f32 little-endian,] scale bytes (one per block), then
+    /// the packed codes (low nibble first)
     #[argh(option)]
     packed: Option<PathBuf>,
 }
@@ -80,7 +88,8 @@ struct Gemm {
     /// raw f32 output, M x N row-major
     #[argh(option)]
     output: PathBuf,
-    /// bf16, mxfp4-rtn, mxfp4-rht, mxfp4-sr or mxfp4
+    /// bf16, mxfp4-rtn, mxfp4-rht, mxfp4-sr, mxfp4, nvfp4 or nvfp4-rtn (the format follows
+    /// the mode)
     #[argh(option)]
     backward: String,
     /// seed of the SR noise and RHT signs (default 0)
@@ -115,6 +124,44 @@ struct Random {
     outliers: f64,
 }
 
+/// the gradient probe: for every backward mode, draw a checkpoint's gradient on one batch many
+/// times and compare it with the exact gradient (bias, slope, cosine, variance, beside the
+/// minibatch noise), per block weight and per GEMM; writes probe.json and probe.svg
+#[derive(FromArgs)]
+#[argh(subcommand, name = "probe")]
+struct Probe {
+    /// checkpoint file (repeat for several points of a run)
+    #[argh(option)]
+    checkpoint: Vec<PathBuf>,
+    /// token dataset (default: the prepared Shakespeare train split)
+    #[argh(option)]
+    data: Option<String>,
+    /// micro batch (default 8)
+    #[argh(option, default = "8")]
+    batch: usize,
+    /// sequence length (default 128, at most the model's)
+    #[argh(option, default = "128")]
+    seq: usize,
+    /// draws per random mode (default 32)
+    #[argh(option, default = "32")]
+    draws: usize,
+    /// batches for the minibatch noise, the probed one included (default 32)
+    #[argh(option, default = "32")]
+    batches: usize,
+    /// backward modes, comma-separated, or all (default all)
+    #[argh(option, default = "String::from(\"all\")")]
+    modes: String,
+    /// the Hadamard block g of the RHT modes (default 64)
+    #[argh(option, default = "64")]
+    hadamard_block: usize,
+    /// seed of the batches and the draws (default 0)
+    #[argh(option, default = "0")]
+    seed: u64,
+    /// output directory (default target/probe)
+    #[argh(option, default = "PathBuf::from(\"target/probe\")")]
+    out: PathBuf,
+}
+
 /// report quantization error with and without the random Hadamard transform
 #[derive(FromArgs)]
 #[argh(subcommand, name = "stats")]
@@ -140,6 +187,7 @@ fn main() {
         Cmd::Gemm(g) => gemm(g),
         Cmd::Stats(s) => stats(s),
         Cmd::Random(r) => random(r),
+        Cmd::Probe(p) => probe(p),
     };
     if let Err(e) = r {
         eprintln!("error: {e}");
@@ -223,6 +271,27 @@ fn random(r: Random) -> Result<(), String> {
 
 fn quantize(q: Quantize) -> Result<(), String> {
     let rounding: Rounding = q.rounding.parse()?;
+    match q.format.as_str() {
+        "mxfp4" => quantize_mxfp4(&q, rounding),
+        "nvfp4" => quantize_nvfp4(&q, rounding),
+        f => Err(format!("unknown --format '{f}': expected mxfp4 or nvfp4.")),
+    }
+}
+
+fn print_quantized(q: &Quantize, values: usize, block: usize, nonfinite: u64, nan_scale: &str) {
+    println!(
+        "{}: {values} values in {} blocks of {block}; non-finite blocks: {nonfinite}{}",
+        q.input.display(),
+        values / block,
+        if nonfinite > 0 {
+            format!(" (scale byte {nan_scale}, codes 0, dequantized to NaN)")
+        } else {
+            String::new()
+        }
+    );
+}
+
+fn quantize_mxfp4(q: &Quantize, rounding: Rounding) -> Result<(), String> {
     let x = read_input(
         &q.input,
         format::BLOCK,
@@ -234,18 +303,28 @@ fn quantize(q: Quantize) -> Result<(), String> {
     if let Some(p) = &q.packed {
         write_atomic(p, &op.to_bytes())?;
     }
-    println!(
-        "{}: {} values in {} blocks of 32; non-finite blocks: {}{}",
-        q.input.display(),
-        x.len(),
-        x.len() / format::BLOCK,
-        tel.nonfinite_blocks,
-        if tel.nonfinite_blocks > 0 {
-            " (scale byte 0xFF, codes 0, dequantized to NaN)"
-        } else {
-            ""
-        }
-    );
+    print_quantized(q, x.len(), format::BLOCK, tel.nonfinite_blocks, "0xFF");
+    Ok(())
+}
+
+fn quantize_nvfp4(q: &Quantize, rounding: Rounding) -> Result<(), String> {
+    let x = read_input(
+        &q.input,
+        mx::nvfp4::BLOCK,
+        "NVFP4 quantization (16-element blocks)",
+    )?;
+    let (op, tel) = mx::nvfp4::quantize_rows(&x, 1, x.len(), rounding, q.seed, q.stream)
+        .map_err(|e| e.to_string())?;
+    let values: Vec<f32> = op.dequantize().into_iter().map(|v| v as f32).collect();
+    write_f32_file(&q.output, &values)?;
+    if let Some(p) = &q.packed {
+        let mut bytes = op.s_enc.to_le_bytes().to_vec();
+        bytes.extend(&op.scales);
+        bytes.extend(format::pack_codes(&op.codes));
+        write_atomic(p, &bytes)?;
+    }
+    print_quantized(q, x.len(), mx::nvfp4::BLOCK, tel.nonfinite_blocks, "0x7F");
+    println!("tensor scale s_enc = 2688 / amax = {:e}", op.s_enc);
     Ok(())
 }
 
@@ -471,4 +550,26 @@ fn stats(s: Stats) -> Result<(), String> {
         "the Hadamard transform spreads each outlier over g entries, evening out the block maxima."
     );
     Ok(())
+}
+
+fn probe(p: Probe) -> Result<(), String> {
+    let root = gpt::trainer::project_root();
+    let command = std::iter::once("tools/mx".to_string())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    tools::probe::run::run(&tools::probe::run::ProbeRun {
+        modes: tools::probe::run::parse_modes(&p.modes)?,
+        checkpoints: p.checkpoint,
+        data: p.data,
+        batch: p.batch,
+        seq: p.seq,
+        draws: p.draws,
+        batches: p.batches,
+        hadamard_block: p.hadamard_block,
+        seed: p.seed,
+        out: root.join(p.out),
+        root,
+        command,
+    })
 }

@@ -1,0 +1,154 @@
+//! `tools/mx probe` end to end: checkpoints and batches in, `probe.json` and `probe.svg` out.
+
+use super::{probe, Batch, ProbeConfig};
+use gpt::model::Gpt;
+use gpt::precision::BackwardMode;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// What the command line asks for (see `tools/mx probe --help`).
+pub struct ProbeRun {
+    pub checkpoints: Vec<PathBuf>,
+    pub data: Option<String>,
+    pub batch: usize,
+    pub seq: usize,
+    pub draws: usize,
+    pub batches: usize,
+    pub modes: Vec<BackwardMode>,
+    pub hadamard_block: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub root: PathBuf,
+    pub command: String,
+}
+
+/// `--modes all` (every quantized mode) or a comma list; bf16 is the reference, never drawn.
+pub fn parse_modes(s: &str) -> Result<Vec<BackwardMode>, String> {
+    let modes: Vec<BackwardMode> = if s == "all" {
+        BackwardMode::ALL.to_vec()
+    } else {
+        s.split(',')
+            .map(|m| m.trim().parse())
+            .collect::<Result<_, _>>()?
+    };
+    Ok(modes.into_iter().filter(|m| m.is_quantized()).collect())
+}
+
+fn batches(spec: &str, gpt: &Gpt, count: usize, seed: u64) -> Result<Vec<Batch>, String> {
+    let data = dataio::TokenDataset::open(spec).map_err(|e| e.to_string())?;
+    let mut loader = dataio::BatchLoader::new(&data, gpt.batch, gpt.seq, seed, true)
+        .map_err(|e| e.to_string())?;
+    (0..count)
+        .map(|_| {
+            let n = gpt.tokens_per_batch();
+            let (mut inputs, mut targets) = (vec![0; n], vec![0; n]);
+            loader
+                .next_batch(&mut inputs, &mut targets)
+                .map_err(|e| e.to_string())?;
+            Ok(Batch { inputs, targets })
+        })
+        .collect()
+}
+
+pub fn run(r: &ProbeRun) -> Result<(), String> {
+    if r.checkpoints.is_empty() {
+        return Err("--checkpoint: give at least one checkpoint file to probe".into());
+    }
+    if r.draws < 2 || r.batches < 2 {
+        return Err(format!(
+            "--draws {} --batches {}: the variances need at least 2 of each",
+            r.draws, r.batches
+        ));
+    }
+    let spec = match &r.data {
+        Some(s) => s.clone(),
+        None => format!(
+            "{}_train",
+            dataio::prepare_shakespeare(&r.root).map_err(|e| e.to_string())?
+        ),
+    };
+    let cfg = ProbeConfig {
+        modes: r.modes.clone(),
+        draws: r.draws,
+        hadamard_block: r.hadamard_block,
+        seed: r.seed,
+    };
+    let mut results = Vec::new();
+    let mut rows = Vec::new();
+    for path in &r.checkpoints {
+        let ck = gpt::checkpoint::load(path)?;
+        let seq = r.seq.min(ck.model.max_seq);
+        let gpt = Gpt::new(ck.model, r.batch, seq)?;
+        let bs = batches(&spec, &gpt, r.batches, r.seed)?;
+        let started = std::time::Instant::now();
+        let name = path.display().to_string();
+        let v = probe(&gpt, &ck.params, &bs, &cfg, &mut |what| {
+            eprintln!("probe {name} (step {}): {what}", ck.step);
+        })?;
+        let seconds = started.elapsed().as_secs_f64();
+        rows.push((format!("step {} ({name})", ck.step), v.clone()));
+        results.push(
+            json!({"checkpoint": name, "step": ck.step, "model": ck.model.to_string(),
+                            "batch": r.batch, "seq": seq, "seconds": seconds, "probe": v}),
+        );
+    }
+    let doc = json!({
+        "command": r.command,
+        "data": spec,
+        "date": tools_date(),
+        "commit": crate::git_commit(),
+        "results": results,
+    });
+    std::fs::create_dir_all(&r.out).map_err(|e| {
+        format!(
+            "cannot create the output directory {}: {e}",
+            r.out.display()
+        )
+    })?;
+    let json_text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    crate::write_atomic(&r.out.join("probe.json"), json_text.as_bytes())?;
+    crate::write_atomic(
+        &r.out.join("probe.svg"),
+        super::svg::render(&rows).as_bytes(),
+    )?;
+    print_summary(&rows);
+    eprintln!("wrote {}", display(&r.out));
+    Ok(())
+}
+
+fn display(p: &Path) -> String {
+    format!("{}/probe.json and probe.svg", p.display())
+}
+
+fn tools_date() -> Value {
+    json!(crate::bench::utc_now().0)
+}
+
+/// One line per checkpoint and mode: the block-weight gradient's bias, floor, slope, std.
+fn print_summary(rows: &[(String, Value)]) {
+    for (title, v) in rows {
+        let Some(g) = v["tensors"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == "block weights"))
+        else {
+            continue;
+        };
+        println!(
+            "{title}: block weights, minibatch noise std {:.3} |g|",
+            g["minibatch_variance"].as_f64().unwrap_or(f64::NAN).sqrt()
+        );
+        if let Some(modes) = g["modes"].as_object() {
+            for (m, s) in modes {
+                let f = |k: &str| s[k].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "  {m:<10} bias {:.4} (floor {:.4})  slope {:.4}  cosine {:.4}  std {:.4}",
+                    f("bias"),
+                    f("bias_floor"),
+                    f("slope"),
+                    f("cosine"),
+                    f("variance").sqrt()
+                );
+            }
+        }
+    }
+}
