@@ -9,6 +9,7 @@
 use gpt::backend::Backend;
 use gpt::config::ModelConfig;
 use gpt::cpu::ops::AdamW;
+use gpt::cuda::kernels::attention::{self, AttentionImpl};
 use gpt::cuda::kernels::{cast, gemm, global_norm, Ptr};
 use gpt::cuda::{CudaBackend, MxGemmChoice, MxGemmPath};
 use gpt::layout::{Arena, TensorRef};
@@ -101,8 +102,9 @@ fn two_steps(
 
 #[test]
 fn training_steps_are_bit_identical_under_every_schedule() {
-    // Head sizes 16 and 64, a ragged padded vocabulary; BF16 and the MXFP4 recipe on both MX
-    // GEMM paths (quantize kernels, int8 and bf16 MX GEMMs).
+    // Head sizes 16 and 64 (attention.cu's kernels at 16, attention_tc.cu's at 64), a ragged
+    // padded vocabulary; BF16 and the MXFP4 recipe on both MX GEMM paths (quantize kernels, int8
+    // and bf16 MX GEMMs).
     for (l, c, nh, mode, path) in [
         (1, 64, 4, BackwardMode::Bf16, MxGemmPath::Bf16),
         (1, 128, 2, BackwardMode::Bf16, MxGemmPath::Bf16),
@@ -230,6 +232,81 @@ fn glue_kernels_are_bit_identical_under_every_schedule() {
         "clip",
         "norm",
     ];
+    for (s, r) in SCHEDULES.iter().zip(&runs).skip(1) {
+        for (i, name) in names.iter().enumerate() {
+            assert!(r[i] == runs[0][i], "{name} differs under {s:?}");
+        }
+    }
+}
+
+/// Attention forward and backward on both implementations at both tensor-core head sizes
+/// (training above reaches attention_tc.cu only at HS 64): T = 70 gives a full 64-row block
+/// and a ragged one (off-diagonal, diagonal and zero-filled tiles), B = 2 and NH = 2.
+fn attention_kernels(g: &Gpu) -> Vec<Vec<u16>> {
+    let mut rng = Rng(91);
+    let (b, t) = (2, 70);
+    let mut outs = vec![];
+    for (c, nh) in [(128, 2), (256, 2)] {
+        let mut qkv = rng.vec_bf16(b * t * 3 * c, 2.0);
+        // v in [-1, 1)
+        for (i, x) in qkv.iter_mut().enumerate() {
+            if i % (3 * c) >= 2 * c {
+                *x = bf16::from_f32(x.to_f32() * 0.5);
+            }
+        }
+        let qkv = g.upload(&qkv).unwrap();
+        let dout = g.upload(&rng.vec_bf16(b * t * c, 1.0)).unwrap();
+        for imp in [AttentionImpl::TensorCore, AttentionImpl::Reference] {
+            let out = poisoned::<bf16>(g, b * t * c);
+            let lse = poisoned::<f32>(g, b * nh * t);
+            let dqkv = poisoned::<bf16>(g, b * t * 3 * c);
+            let scratch =
+                poisoned::<f32>(g, attention::attention_backward_scratch_len(b, t, c, nh));
+            let (o, l) = (Ptr::of(&out), Ptr::of(&lse));
+            attention::attention_forward_with(g, imp, o, l, Ptr::of(&qkv), b, t, c, nh).unwrap();
+            attention::attention_backward_with(
+                g,
+                imp,
+                Ptr::of(&dqkv),
+                Ptr::of(&dout),
+                Ptr::of(&qkv),
+                o,
+                l,
+                Ptr::of(&scratch),
+                b,
+                t,
+                c,
+                nh,
+            )
+            .unwrap();
+            let lse_bits: Vec<u16> = g
+                .download(&lse)
+                .unwrap()
+                .iter()
+                .flat_map(|x| [x.to_bits() as u16, (x.to_bits() >> 16) as u16])
+                .collect();
+            outs.push(bits(&g.download(&out).unwrap()));
+            outs.push(lse_bits);
+            outs.push(bits(&g.download(&dqkv).unwrap()));
+        }
+    }
+    outs
+}
+
+#[test]
+fn attention_kernels_are_bit_identical_under_every_schedule() {
+    let runs: Vec<_> = SCHEDULES
+        .iter()
+        .map(|&s| attention_kernels(&Gpu::harness(s)))
+        .collect();
+    let mut names = vec![];
+    for hs in [64, 128] {
+        for imp in ["tensor-core", "reference"] {
+            for what in ["out", "lse", "dqkv"] {
+                names.push(format!("attention HS {hs} {imp} {what}"));
+            }
+        }
+    }
     for (s, r) in SCHEDULES.iter().zip(&runs).skip(1) {
         for (i, name) in names.iter().enumerate() {
             assert!(r[i] == runs[0][i], "{name} differs under {s:?}");
