@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
+pub mod dist;
 pub mod layout;
 pub mod memory;
 pub mod model;

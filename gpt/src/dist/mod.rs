@@ -1,0 +1,145 @@
+//! Data-parallel training across processes: the small transport interface the trainer needs,
+//! the single-process transport, and how the parameter space is split into ZeRO-1 shards.
+//!
+//! Determinism: every sum across ranks is taken in rank order, ((x0 + x1) + x2) + ..., by our
+//! own code over plain data movement (point-to-point sends, gathers), never by an MPI or NCCL
+//! reduction, whose order is implementation-defined. So N ranks reproduce themselves bit for bit,
+//! whatever MPI library or network is underneath.
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
+
+use std::ops::Range;
+
+/// What data-parallel training needs from a communication library. Errors are sentences.
+pub trait Transport {
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+    /// On every rank, `out` = the sum in rank order of `send[shards.range(rank)]` over all ranks
+    /// (`out.len()` = that shard's length).
+    fn reduce_scatter_sum(
+        &self,
+        send: &[f32],
+        shards: &Shards,
+        out: &mut [f32],
+    ) -> Result<(), String>;
+    /// On every rank, `buf[shards.range(r)]` = rank r's `buf[shards.range(r)]` for every r.
+    fn all_gather(&self, buf: &mut [f32], shards: &Shards) -> Result<(), String>;
+    /// Every rank's `x`, indexed by rank (small values: losses, norms, flags).
+    fn all_gather_f64(&self, x: f64) -> Result<Vec<f64>, String>;
+    /// Rank `root`'s `buf` into every rank's `buf`.
+    fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<(), String>;
+    fn barrier(&self) -> Result<(), String>;
+    /// Ends every rank of the job at once (after this rank printed why).
+    fn abort(&self, code: i32) -> !;
+
+    /// The sum in rank order of every rank's `x`.
+    fn sum_f64(&self, x: f64) -> Result<f64, String> {
+        let all = self.all_gather_f64(x)?;
+        Ok(all[1..].iter().fold(all[0], |acc, v| acc + v))
+    }
+    /// `buf` summed over ranks in rank order, on every rank: a reduce-scatter and an all-gather.
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), String> {
+        let shards = Shards::even(buf.len(), self.size());
+        let mut mine = vec![0.0; shards.range(self.rank()).len()];
+        self.reduce_scatter_sum(buf, &shards, &mut mine)?;
+        buf[shards.range(self.rank())].copy_from_slice(&mine);
+        self.all_gather(buf, &shards)
+    }
+}
+
+/// One process: every collective is the identity.
+pub struct Local;
+
+impl Transport for Local {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn reduce_scatter_sum(
+        &self,
+        send: &[f32],
+        shards: &Shards,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        out.copy_from_slice(&send[shards.range(0)]);
+        Ok(())
+    }
+    fn all_gather(&self, _buf: &mut [f32], _shards: &Shards) -> Result<(), String> {
+        Ok(())
+    }
+    fn all_gather_f64(&self, x: f64) -> Result<Vec<f64>, String> {
+        Ok(vec![x])
+    }
+    fn broadcast(&self, _buf: &mut [u8], _root: usize) -> Result<(), String> {
+        Ok(())
+    }
+    fn barrier(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+/// A split of `0..total` into `n` contiguous shards, rank r owning the r-th: sizes differ by at
+/// most one element. The AdamW update is elementwise, so shard edges may fall anywhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shards {
+    pub total: usize,
+    pub n: usize,
+}
+
+impl Shards {
+    pub fn even(total: usize, n: usize) -> Shards {
+        assert!(n > 0, "a split into 0 shards");
+        Shards { total, n }
+    }
+    pub fn range(&self, r: usize) -> Range<usize> {
+        let at = |i: usize| (i as u128 * self.total as u128 / self.n as u128) as usize;
+        at(r)..at(r + 1)
+    }
+}
+
+/// The transport this process was started with: MPI's world under `mpirun` in a build with the
+/// `mpi` feature, else a single process (saying so if `mpirun` started it without the feature).
+pub fn from_env() -> Result<Box<dyn Transport>, String> {
+    let launched = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().map(|v| (*k, v)));
+    #[cfg(feature = "mpi")]
+    if launched.is_some() {
+        return Ok(Box::new(mpi::Mpi::init()?));
+    }
+    #[cfg(not(feature = "mpi"))]
+    if let Some((k, v)) = launched {
+        if k != "OMPI_COMM_WORLD_SIZE" || v != "1" {
+            return Err(format!(
+                "started by an MPI launcher ({k}={v}) but this train_gpt was built without the `mpi` feature: every rank would train alone. Build with `cargo build --release -p gpt --features mpi` (./train_gpt does when it finds mpicc and mpirun on PATH)"
+            ));
+        }
+    }
+    Ok(Box::new(Local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_everything_once() {
+        for (total, n) in [(10, 3), (7, 7), (3, 5), (124_000_001, 4)] {
+            let s = Shards::even(total, n);
+            let mut next = 0;
+            for r in 0..n {
+                let range = s.range(r);
+                assert_eq!(range.start, next);
+                assert!(range.len() <= total / n + 1);
+                next = range.end;
+            }
+            assert_eq!(next, total);
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The MPI transport (feature `mpi`): rsmpi over the system's MPI library (Open MPI from
+//! Debian's packages). Sums are ours, in rank order (see `dist`): the reduce-scatter is
+//! point-to-point sends of each shard to its owner, which adds the contributions rank 0 first;
+//! the all-gathers only move data. MPI's default error handler (errors are fatal) stays: an MPI
+//! failure, or a rank that dies, ends the whole job through `mpirun` instead of hanging.
+
+use super::{Shards, Transport};
+use mpi::datatype::PartitionMut;
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+pub struct Mpi {
+    world: SimpleCommunicator,
+    rank: usize,
+    size: usize,
+    // Dropped last: finalizes MPI when the transport goes away.
+    _universe: Universe,
+}
+
+impl Mpi {
+    pub fn init() -> Result<Mpi, String> {
+        // Only the main thread calls MPI (the CPU backend's workers never do): FUNNELED.
+        let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+            .ok_or("MPI_Init_thread failed (or MPI was already initialized in this process)")?;
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        Ok(Mpi {
+            world,
+            rank,
+            size,
+            _universe: universe,
+        })
+    }
+}
+
+/// MPI counts and displacements are C ints.
+fn count(n: usize, what: &str) -> Result<i32, String> {
+    i32::try_from(n).map_err(|_| {
+        format!(
+            "{what} of {n} floats: MPI messages hold at most {} elements; use more ranks",
+            i32::MAX
+        )
+    })
+}
+
+impl Transport for Mpi {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn reduce_scatter_sum(
+        &self,
+        send: &[f32],
+        shards: &Shards,
+        out: &mut [f32],
+    ) -> Result<(), String> {
+        let me = self.rank;
+        let mine = shards.range(me);
+        assert_eq!(
+            send.len(),
+            shards.total,
+            "reduce-scatter of a buffer its shards do not describe"
+        );
+        assert_eq!(
+            out.len(),
+            mine.len(),
+            "reduce-scatter output is not this rank's shard"
+        );
+        count(shards.range(0).len(), "a gradient shard")?;
+        let mut recv = vec![0.0f32; mine.len()];
+        mpi::request::scope(|scope| {
+            let sends: Vec<_> = (0..self.size)
+                .filter(|&r| r != me)
+                .map(|r| {
+                    self.world
+                        .process_at_rank(r as i32)
+                        .immediate_send(scope, &send[shards.range(r)])
+                })
+                .collect();
+            for r in 0..self.size {
+                let part: &[f32] = if r == me {
+                    &send[mine.clone()]
+                } else {
+                    self.world
+                        .process_at_rank(r as i32)
+                        .receive_into(&mut recv[..]);
+                    &recv
+                };
+                if r == 0 {
+                    out.copy_from_slice(part);
+                } else {
+                    out.iter_mut().zip(part).for_each(|(o, x)| *o += *x);
+                }
+            }
+            for s in sends {
+                s.wait();
+            }
+        });
+        Ok(())
+    }
+
+    fn all_gather(&self, buf: &mut [f32], shards: &Shards) -> Result<(), String> {
+        count(shards.total, "an all-gather")?;
+        let ranges: Vec<_> = (0..self.size).map(|r| shards.range(r)).collect();
+        let counts: Vec<i32> = ranges.iter().map(|r| r.len() as i32).collect();
+        let displs: Vec<i32> = ranges.iter().map(|r| r.start as i32).collect();
+        let mine = buf[ranges[self.rank].clone()].to_vec();
+        let mut part = PartitionMut::new(buf, counts, displs);
+        self.world.all_gather_varcount_into(&mine[..], &mut part);
+        Ok(())
+    }
+
+    fn all_gather_f64(&self, x: f64) -> Result<Vec<f64>, String> {
+        let mut all = vec![0.0f64; self.size];
+        self.world.all_gather_into(&x, &mut all[..]);
+        Ok(all)
+    }
+
+    fn broadcast(&self, buf: &mut [u8], root: usize) -> Result<(), String> {
+        count(buf.len(), "a broadcast")?;
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<(), String> {
+        self.world.barrier();
+        Ok(())
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+}
