@@ -160,11 +160,7 @@ impl BatchLoader {
                 format!("{} and {}", inputs.len(), targets.len()),
             ));
         }
-        if self.state.next_window + self.state.batch > self.state.num_windows {
-            self.state.epoch += 1;
-            self.state.next_window = 0;
-            self.order = Self::order_for(&self.state);
-        }
+        self.start_epoch_if_done();
         for row in 0..b {
             let start = self.window_start(self.state.next_window + row as u64);
             self.dataset.read_tokens(start, &mut self.window)?;
@@ -173,6 +169,21 @@ impl BatchLoader {
         }
         self.state.next_window += self.state.batch;
         Ok(())
+    }
+
+    /// Moves past the next batch without reading it, exactly as `next_batch` would (data
+    /// parallelism: the other ranks' batches of a global batch).
+    pub fn skip_batch(&mut self) {
+        self.start_epoch_if_done();
+        self.state.next_window += self.state.batch;
+    }
+
+    fn start_epoch_if_done(&mut self) {
+        if self.state.next_window + self.state.batch > self.state.num_windows {
+            self.state.epoch += 1;
+            self.state.next_window = 0;
+            self.order = Self::order_for(&self.state);
+        }
     }
 
     pub fn state(&self) -> LoaderState {

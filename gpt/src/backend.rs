@@ -50,6 +50,19 @@ impl std::error::Error for BackendError {}
 
 pub type BResult<T> = Result<T, BackendError>;
 
+/// The training state of a backend that keeps it in host memory (the CPU), borrowed in place:
+/// data-parallel collectives and checkpoint I/O work on it without copies.
+pub struct HostState<'a> {
+    /// The parameters, which are the FP32 master weights.
+    pub params: &'a mut [f32],
+    pub grads: &'a mut [f32],
+    /// AdamW moments of the parameters `moments_at..moments_at + m.len()`: all of them, or this
+    /// rank's ZeRO-1 shard.
+    pub m: &'a mut [f32],
+    pub v: &'a mut [f32],
+    pub moments_at: usize,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub trait Backend {
     fn info(&self) -> BackendInfo;
@@ -64,6 +77,12 @@ pub trait Backend {
     /// FP32 master weights, first and second AdamW moments: the optimizer state.
     fn read_optimizer(&self) -> BResult<(Vec<f32>, Vec<f32>, Vec<f32>)>;
     fn write_optimizer(&mut self, master: &[f32], m: &[f32], v: &[f32]) -> BResult<()>;
+    /// The state in place where it lives in host memory; None (the default) where it lives on a
+    /// device: checkpoints then go through `read_optimizer`/`write_optimizer`, and data-parallel
+    /// training needs a device transport (NCCL, not implemented yet).
+    fn host_state(&mut self) -> Option<HostState<'_>> {
+        None
+    }
 
     fn set_mx_config(&mut self, cfg: MxConfig) -> BResult<()>;
     /// The forward precision of the blocks' linear layers (`linear_forward`). The defaults

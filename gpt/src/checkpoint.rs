@@ -14,20 +14,30 @@
 //! | 4·P | f32 AdamW second moments |
 //! | 8 | u64 checksum of every byte before it (see `checksum`) |
 //!
+//! Version 2 is a data-parallel run's checkpoint: `ckpt_<step>.bin` holds the header (with
+//! `ranks` N and `arrays`, the array lengths) and the parameters only; rank r's AdamW moments of
+//! its ZeRO-1 shard are in `ckpt_<step>.rank<r>-of-<N>.bin` (header: step, rank, ranks, offset,
+//! arrays; then first and second moments). Every rank writes its shard, all wait for each
+//! other, then rank 0 writes the model file: it is the marker, written last, and a checkpoint
+//! counts only when it exists.
+//!
 //! A checkpoint is written to `NAME.tmp`, flushed to disk, then renamed over `NAME`, so a crash
 //! never leaves a half-written file under a checkpoint's name; files are named
 //! `ckpt_<step, 8 digits>.bin` so `--resume auto` tries the highest step first. Saving and
-//! loading stream the arrays through one buffer of `memory::CHECKPOINT_IO_BUFFER` bytes.
+//! loading stream the arrays between the backend and the file through one buffer of
+//! `memory::CHECKPOINT_IO_BUFFER` bytes (`save_streaming`, `load_streaming`): no whole copy.
 
 use crate::config::ModelConfig;
 use crate::memory::CHECKPOINT_IO_BUFFER;
 use serde_json::{json, Value};
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"MXGPTCKP";
 pub const VERSION: u32 = 1;
+/// Files of a data-parallel checkpoint (model file and optimizer shards).
+pub const VERSION_SHARDED: u32 = 2;
 
 pub struct Checkpoint {
     pub model: ModelConfig,
@@ -116,56 +126,89 @@ pub fn file_name(step: u64) -> String {
     format!("ckpt_{step:08}.bin")
 }
 
-/// Writes `ck` atomically into `dir` and returns its path: the arrays stream from `ck` through
-/// one I/O buffer into `NAME.tmp`, which is fsynced, renamed over `NAME`, and the directory
-/// fsynced so the rename itself survives a power loss.
-pub fn save(dir: &Path, ck: &Checkpoint) -> Result<PathBuf, String> {
+/// What a checkpoint file says about itself, read before (and without) its arrays.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub model: ModelConfig,
+    pub step: u64,
+    pub num_params: usize,
+    /// Ranks of the run that wrote it: 1 for a single process (format version 1, with the
+    /// optimizer state inside), N for a data-parallel run (version 2: the parameters here, the
+    /// optimizer state in one shard file per rank, see `shard_path`).
+    pub ranks: usize,
+    /// Trainer state (seed, loader position, options), opaque to this module.
+    pub train: Value,
+}
+
+/// Fills a chunk of array `index` starting at element `offset` (saving).
+pub type Fill<'a> = dyn FnMut(usize, usize, &mut [f32]) -> Result<(), String> + 'a;
+/// Takes a chunk of array `index` starting at element `offset` (loading).
+pub type Take<'a> = dyn FnMut(usize, usize, &[f32]) -> Result<(), String> + 'a;
+
+const CHUNK_FLOATS: usize = CHECKPOINT_IO_BUFFER / 4;
+
+/// Writes a file atomically: magic, `version`, `header`, the arrays of `lens` (their values
+/// from `fill`, one I/O buffer at a time), the checksum, into `NAME.tmp`; fsync; rename over
+/// `path`; fsync the directory so the rename itself survives a power loss.
+fn write_atomic(
+    path: &Path,
+    version: u32,
+    header: &Value,
+    lens: &[usize],
+    fill: &mut Fill,
+) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create checkpoint directory {}: {e}", dir.display()))?;
-    let path = dir.join(file_name(ck.step));
-    let tmp = dir.join(format!("{}.tmp", file_name(ck.step)));
-    let header = json!({"model": model_json(&ck.model), "step": ck.step, "num_params": ck.params.len(), "train": ck.train});
-    let header = serde_json::to_vec(&header).expect("header serializes");
-    let write = || -> std::io::Result<()> {
-        let mut f = BufWriter::with_capacity(CHECKPOINT_IO_BUFFER, File::create(&tmp)?);
+    let tmp = path.with_file_name(format!(
+        "{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let header = serde_json::to_vec(header).expect("header serializes");
+    let mut chunk = vec![0.0f32; CHUNK_FLOATS];
+    let mut write = || -> Result<(), String> {
+        let io = |e: std::io::Error| e.to_string();
+        let mut f = File::create(&tmp).map_err(io)?;
         let mut sum = Checksum::new();
-        let mut put = |f: &mut BufWriter<File>, b: &[u8]| -> std::io::Result<()> {
+        let mut put = |f: &mut File, b: &[u8]| -> Result<(), String> {
             sum.update(b);
-            f.write_all(b)
+            f.write_all(b).map_err(io)
         };
-        put(&mut f, MAGIC)?;
-        put(&mut f, &VERSION.to_le_bytes())?;
-        put(&mut f, &(header.len() as u32).to_le_bytes())?;
-        put(&mut f, &header)?;
-        for arr in [&ck.params, &ck.adam_m, &ck.adam_v] {
-            for chunk in f32_bytes(arr).chunks(CHECKPOINT_IO_BUFFER) {
-                put(&mut f, chunk)?;
+        let mut head = MAGIC.to_vec();
+        head.extend_from_slice(&version.to_le_bytes());
+        head.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        head.extend_from_slice(&header);
+        put(&mut f, &head)?;
+        for (index, &len) in lens.iter().enumerate() {
+            for at in (0..len).step_by(CHUNK_FLOATS) {
+                let c = &mut chunk[..CHUNK_FLOATS.min(len - at)];
+                fill(index, at, c)?;
+                put(&mut f, f32_bytes(c))?;
             }
         }
-        f.write_all(&sum.finish().to_le_bytes())?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()
+        f.write_all(&sum.finish().to_le_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)
     };
     if let Err(e) = write() {
         let _ = fs::remove_file(&tmp);
         return Err(format!("writing checkpoint {}: {e}", tmp.display()));
     }
-    fs::rename(&tmp, &path)
+    fs::rename(&tmp, path)
         .map_err(|e| format!("renaming {} to {}: {e}", tmp.display(), path.display()))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("syncing checkpoint directory {}: {e}", dir.display()))?;
-    Ok(path)
+        .map_err(|e| format!("syncing checkpoint directory {}: {e}", dir.display()))
 }
 
-/// Reads and verifies a checkpoint, streaming the arrays from the file into their vectors (no
-/// copy of the whole file in memory); every failure names the file and what was wrong.
-pub fn load(path: &Path) -> Result<Checkpoint, String> {
+/// Reads and verifies a file written by `write_atomic`, streaming its arrays into `take` one
+/// I/O buffer at a time; returns the header. Every failure names the file and what was wrong.
+/// The checksum is known only at the end: on an error `take` may have received a prefix.
+fn read_verified(path: &Path, take: &mut Take) -> Result<Value, String> {
     let err = |what: String| format!("checkpoint {}: {what}", path.display());
     let io = |e: std::io::Error| err(format!("cannot read: {e}"));
     let file = File::open(path).map_err(io)?;
     let file_len = file.metadata().map_err(io)?.len();
-    let mut r = BufReader::with_capacity(CHECKPOINT_IO_BUFFER, file);
+    let mut r = BufReader::with_capacity(64 << 10, file);
     let mut sum = Checksum::new();
     let mut prefix = [0u8; 16];
     if file_len < 24 || r.read_exact(&mut prefix).is_err() || &prefix[..8] != MAGIC {
@@ -176,9 +219,9 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
     }
     sum.update(&prefix);
     let version = u32::from_le_bytes(prefix[8..12].try_into().unwrap());
-    if version != VERSION {
+    if version != VERSION && version != VERSION_SHARDED {
         return Err(err(format!(
-            "format version {version}, this build reads version {VERSION}"
+            "format version {version}, this build reads versions {VERSION} and {VERSION_SHARDED}"
         )));
     }
     let hlen = u32::from_le_bytes(prefix[12..16].try_into().unwrap()) as u64;
@@ -195,24 +238,23 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
             "header at offset 16 is not valid JSON ({e}): the file is corrupt"
         ))
     })?;
-    let n = header["num_params"]
-        .as_u64()
-        .ok_or_else(|| err("header has no num_params".into()))? as usize;
-    let expected_len = (n as u64).saturating_mul(12).saturating_add(16 + hlen + 8);
+    let lens = array_lens(version, &header).map_err(err)?;
+    let floats: u64 = lens.iter().map(|&l| l as u64).sum();
+    let expected_len = floats.saturating_mul(4).saturating_add(16 + hlen + 8);
     if file_len != expected_len {
         return Err(err(format!(
-            "file is {file_len} bytes, expected {expected_len} for {n} parameters: truncated or corrupt"
+            "file is {file_len} bytes, expected {expected_len} for arrays of {lens:?} floats: truncated or corrupt"
         )));
     }
-    let mut read_array = || -> Result<Vec<f32>, String> {
-        let mut v = vec![0.0f32; n];
-        for chunk in f32_bytes_mut(&mut v).chunks_mut(CHECKPOINT_IO_BUFFER) {
-            r.read_exact(chunk).map_err(io)?;
-            sum.update(chunk);
+    let mut chunk = vec![0.0f32; CHUNK_FLOATS];
+    for (index, &len) in lens.iter().enumerate() {
+        for at in (0..len).step_by(CHUNK_FLOATS) {
+            let c = &mut chunk[..CHUNK_FLOATS.min(len - at)];
+            r.read_exact(f32_bytes_mut(c)).map_err(io)?;
+            sum.update(f32_bytes(c));
+            take(index, at, c).map_err(err)?;
         }
-        Ok(v)
-    };
-    let (params, adam_m, adam_v) = (read_array()?, read_array()?, read_array()?);
+    }
     let mut tail = [0u8; 8];
     r.read_exact(&mut tail).map_err(io)?;
     let stored = u64::from_le_bytes(tail);
@@ -220,29 +262,206 @@ pub fn load(path: &Path) -> Result<Checkpoint, String> {
     if stored != computed {
         return Err(err(format!("checksum mismatch (stored {stored:#018x}, computed {computed:#018x}): the file is corrupt")));
     }
-    let m = &header["model"];
+    Ok(header)
+}
+
+/// Version 1 holds parameters and both moments; version 2 lists its arrays in the header.
+fn array_lens(version: u32, header: &Value) -> Result<Vec<usize>, String> {
+    if version == VERSION {
+        let n = header["num_params"]
+            .as_u64()
+            .ok_or("header has no num_params")?;
+        return Ok(vec![n as usize; 3]);
+    }
+    header["arrays"]
+        .as_array()
+        .and_then(|a| a.iter().map(|v| v.as_u64().map(|x| x as usize)).collect())
+        .ok_or_else(|| "header has no array lengths".into())
+}
+
+fn parse_header(path: &Path, h: &Value) -> Result<Header, String> {
+    let err = |what: String| format!("checkpoint {}: {what}", path.display());
+    let m = &h["model"];
     let get = |k: &str| {
         m[k].as_u64()
             .map(|v| v as usize)
             .ok_or_else(|| err(format!("header model.{k} missing")))
     };
-    let model = ModelConfig {
-        layers: get("layers")?,
-        channels: get("channels")?,
-        heads: get("heads")?,
-        max_seq: get("max_seq")?,
-        vocab: get("vocab")?,
-        padded_vocab: get("padded_vocab")?,
-    };
-    Ok(Checkpoint {
-        model,
-        step: header["step"]
+    Ok(Header {
+        model: ModelConfig {
+            layers: get("layers")?,
+            channels: get("channels")?,
+            heads: get("heads")?,
+            max_seq: get("max_seq")?,
+            vocab: get("vocab")?,
+            padded_vocab: get("padded_vocab")?,
+        },
+        step: h["step"]
             .as_u64()
             .ok_or_else(|| err("header has no step".into()))?,
+        num_params: h["num_params"]
+            .as_u64()
+            .ok_or_else(|| err("header has no num_params".into()))? as usize,
+        ranks: h["ranks"].as_u64().unwrap_or(1) as usize,
+        train: h["train"].clone(),
+    })
+}
+
+/// Writes the checkpoint (model) file of `h` into `dir` atomically and returns its path. With
+/// one rank `fill` supplies parameters, first and second moments (version 1); with N ranks only
+/// the parameters (version 2), after every rank saved its optimizer shard (`save_shard`): the
+/// model file is written last, and a checkpoint counts only once it exists.
+pub fn save_streaming(dir: &Path, h: &Header, fill: &mut Fill) -> Result<PathBuf, String> {
+    let path = dir.join(file_name(h.step));
+    let mut header = json!({"model": model_json(&h.model), "step": h.step, "num_params": h.num_params, "train": h.train});
+    if h.ranks == 1 {
+        write_atomic(&path, VERSION, &header, &[h.num_params; 3], fill)?;
+    } else {
+        header["ranks"] = json!(h.ranks);
+        header["arrays"] = json!([h.num_params]);
+        write_atomic(&path, VERSION_SHARDED, &header, &[h.num_params], fill)?;
+    }
+    Ok(path)
+}
+
+/// Reads and verifies a checkpoint (model) file, streaming its arrays into `take` (index 0
+/// parameters; with one rank 1 and 2 the moments).
+pub fn load_streaming(path: &Path, take: &mut Take) -> Result<Header, String> {
+    let h = read_verified(path, take)?;
+    parse_header(path, &h)
+}
+
+/// The header of a checkpoint file, without reading (or verifying) its arrays.
+pub fn peek(path: &Path) -> Result<Header, String> {
+    let err = |what: String| format!("checkpoint {}: {what}", path.display());
+    let mut f = File::open(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut prefix = [0u8; 16];
+    if f.read_exact(&mut prefix).is_err() || &prefix[..8] != MAGIC {
+        return Err(err(format!(
+            "not an mxgpt checkpoint (expected magic {:?} at offset 0)",
+            String::from_utf8_lossy(MAGIC)
+        )));
+    }
+    let hlen = u32::from_le_bytes(prefix[12..16].try_into().unwrap()) as u64;
+    let mut header = Vec::new();
+    f.take(hlen)
+        .read_to_end(&mut header)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let h: Value = serde_json::from_slice(&header).map_err(|e| {
+        err(format!(
+            "header is not valid JSON ({e}): the file is corrupt"
+        ))
+    })?;
+    parse_header(path, &h)
+}
+
+/// Rank `rank`'s optimizer shard of the checkpoint at `step` of an N-rank run.
+pub fn shard_path(dir: &Path, step: u64, rank: usize, ranks: usize) -> PathBuf {
+    dir.join(format!("ckpt_{step:08}.rank{rank}-of-{ranks}.bin"))
+}
+
+/// Writes this rank's optimizer shard (AdamW first and second moments of the parameters
+/// `offset..offset + len`, from `fill` as arrays 0 and 1) atomically.
+pub fn save_shard(
+    dir: &Path,
+    step: u64,
+    (rank, ranks): (usize, usize),
+    (offset, len): (usize, usize),
+    fill: &mut Fill,
+) -> Result<PathBuf, String> {
+    let path = shard_path(dir, step, rank, ranks);
+    let header = json!({"kind": "optimizer shard", "step": step, "rank": rank, "ranks": ranks,
+                        "offset": offset, "arrays": [len, len]});
+    write_atomic(&path, VERSION_SHARDED, &header, &[len, len], fill)?;
+    Ok(path)
+}
+
+/// Reads and verifies this rank's optimizer shard of the checkpoint at `step`, streaming the
+/// moments into `take`; the shard must cover exactly `offset..offset + len`.
+pub fn load_shard(
+    dir: &Path,
+    step: u64,
+    (rank, ranks): (usize, usize),
+    (offset, len): (usize, usize),
+    take: &mut Take,
+) -> Result<(), String> {
+    let path = shard_path(dir, step, rank, ranks);
+    let h = read_verified(&path, &mut |i, at, c| {
+        if at + c.len() > len {
+            return Err(format!(
+                "holds more than the {len} moments of rank {rank}'s shard"
+            ));
+        }
+        take(i, at, c)
+    })?;
+    let found = (
+        h["step"].as_u64(),
+        h["rank"].as_u64(),
+        h["ranks"].as_u64(),
+        h["offset"].as_u64(),
+    );
+    let want = (
+        Some(step),
+        Some(rank as u64),
+        Some(ranks as u64),
+        Some(offset as u64),
+    );
+    if found != want || array_lens(VERSION_SHARDED, &h)? != [len, len] {
+        return Err(format!(
+            "checkpoint shard {}: holds (step, rank, ranks, offset) {found:?} with arrays {}, expected {want:?} with two arrays of {len}",
+            path.display(),
+            h["arrays"]
+        ));
+    }
+    Ok(())
+}
+
+/// Writes `ck` (a whole single-process checkpoint in memory) atomically into `dir`.
+pub fn save(dir: &Path, ck: &Checkpoint) -> Result<PathBuf, String> {
+    let h = Header {
+        model: ck.model,
+        step: ck.step,
+        num_params: ck.params.len(),
+        ranks: 1,
+        train: ck.train.clone(),
+    };
+    let arrays = [&ck.params, &ck.adam_m, &ck.adam_v];
+    save_streaming(dir, &h, &mut |i, at, c| {
+        c.copy_from_slice(&arrays[i][at..at + c.len()]);
+        Ok(())
+    })
+}
+
+/// Reads and verifies a single-process checkpoint into memory (tools and tests; the trainer
+/// streams with `load_streaming`).
+pub fn load(path: &Path) -> Result<Checkpoint, String> {
+    let h = peek(path)?;
+    if h.ranks != 1 {
+        return Err(format!(
+            "checkpoint {} was written by {} ranks: its optimizer state is in per-rank shard files; resume it with train_gpt on {} ranks",
+            path.display(),
+            h.ranks,
+            h.ranks
+        ));
+    }
+    let mut arrays = [vec![], vec![], vec![]];
+    for a in &mut arrays {
+        a.try_reserve_exact(h.num_params)
+            .map_err(|_| format!("checkpoint {}: out of memory", path.display()))?;
+        a.resize(h.num_params, 0.0);
+    }
+    let h = load_streaming(path, &mut |i, at, c| {
+        arrays[i][at..at + c.len()].copy_from_slice(c);
+        Ok(())
+    })?;
+    let [params, adam_m, adam_v] = arrays;
+    Ok(Checkpoint {
+        model: h.model,
+        step: h.step,
         params,
         adam_m,
         adam_v,
-        train: header["train"].clone(),
+        train: h.train,
     })
 }
 
@@ -282,14 +501,35 @@ pub fn latest(dir: &Path) -> Result<Option<PathBuf>, String> {
 /// Deletes all but the newest `keep` checkpoints in `dir`, never one in `protect` (the last
 /// checkpoint known to be good, so a run that diverges cannot prune away its way back).
 pub fn prune(dir: &Path, keep: usize, protect: &[&Path]) -> Result<(), String> {
-    for (_, p) in list(dir)?.iter().skip(keep.max(1)) {
+    for (step, p) in list(dir)?.iter().skip(keep.max(1)) {
         if protect.iter().any(|q| q == p) {
             continue;
         }
+        // The model file first: without it the shards no longer count as a checkpoint.
         fs::remove_file(p)
             .map_err(|e| format!("cannot remove old checkpoint {}: {e}", p.display()))?;
+        for s in shard_files(dir, Some(*step)) {
+            fs::remove_file(&s)
+                .map_err(|e| format!("cannot remove old checkpoint shard {}: {e}", s.display()))?;
+        }
     }
     Ok(())
+}
+
+/// The optimizer shard files in `dir` (of checkpoint `step`, or of every step).
+fn shard_files(dir: &Path, step: Option<u64>) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let prefix = step.map_or("ckpt_".to_string(), |s| format!("ckpt_{s:08}."));
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with(&prefix) && name.contains(".rank") && name.ends_with(".bin")
+        })
+        .collect()
 }
 
 /// Makes sure checkpoints can be written to `dir` before a run spends any time: creates it,
@@ -326,20 +566,40 @@ pub fn prepare_dir(dir: &Path, bytes: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// Removes the `ckpt_*.tmp` files a killed run left half-written and returns their paths. Only
-/// for the holder of the directory's lock: nobody else can be writing them.
+/// Removes the `ckpt_*.tmp` files a killed run left half-written, and optimizer shards whose
+/// checkpoint never got its model file (the run died while saving), and returns their paths.
+/// Only for the holder of the directory's lock: nobody else can be writing them.
 pub fn remove_stale_temps(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.starts_with("ckpt_") && name.ends_with(".tmp") && fs::remove_file(e.path()).is_ok()
+    let mut removed: Vec<PathBuf> = shard_files(dir, None)
+        .into_iter()
+        .filter(|s| {
+            let name = s
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let model = dir.join(format!(
+                "{}.bin",
+                name.split('.').next().unwrap_or_default()
+            ));
+            !model.exists() && fs::remove_file(s).is_ok()
         })
-        .map(|e| e.path())
-        .collect()
+        .collect();
+    removed.extend(
+        entries
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.starts_with("ckpt_")
+                    && name.ends_with(".tmp")
+                    && fs::remove_file(e.path()).is_ok()
+            })
+            .map(|e| e.path()),
+    );
+    removed
 }
 
 /// Size of a checkpoint of `num_params` parameters (the header is a few hundred bytes).

@@ -1,11 +1,12 @@
 //! The single training loop: data, model, backend, optimizer, schedule, evaluation, sampling,
 //! logging and checkpoints. Every backend runs this same code.
 
-use crate::backend::{Backend, BackendInfo};
-use crate::checkpoint::{self, Checkpoint};
+use crate::backend::{Backend, BackendInfo, HostState};
+use crate::checkpoint::{self, Header};
 use crate::config::ModelConfig;
 use crate::cpu::backend::CpuBackend;
 use crate::cpu::ops::AdamW;
+use crate::dist::{Local, Shards, Transport};
 use crate::layout::{Arena, TensorRef};
 use crate::memory::{self, Device, MemoryEstimate, RunPlan};
 use crate::model::{Gpt, PrecisionPlan};
@@ -188,14 +189,17 @@ pub struct TrainSummary {
 struct Setup {
     cfg: ModelConfig,
     gpt: Gpt,
+    /// Micro batches per optimizer step, over all ranks (the 1-rank accumulation).
     accum: usize,
+    /// Data-parallel ranks; each runs `accum / ranks` of the micro batches.
+    ranks: usize,
     plan: PrecisionPlan,
     mx: MxConfig,
     forward: ForwardConfig,
     schedule: LrSchedule,
 }
 
-fn setup(args: &TrainArgs) -> Result<Setup, String> {
+fn setup(args: &TrainArgs, ranks: usize) -> Result<Setup, String> {
     let mut cfg = ModelConfig::named(&args.model)?;
     if let Some(l) = args.layers {
         cfg.layers = l;
@@ -215,6 +219,14 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         return Err(format!(
             "--total-batch-tokens {total} must be a positive multiple of the micro batch B*T = {} x {} = {bt}",
             args.batch, seq
+        ));
+    }
+    if total % (bt * ranks) != 0 {
+        return Err(format!(
+            "--total-batch-tokens {total} must be a multiple of B*T x ranks = {} x {} x {ranks} = {}: each of the {ranks} ranks runs the same number of micro batches",
+            args.batch,
+            seq,
+            bt * ranks
         ));
     }
     let mode: BackwardMode = args.backward.parse()?;
@@ -324,6 +336,7 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
         cfg,
         gpt,
         accum: total / bt,
+        ranks,
         plan,
         mx,
         forward: forward_config(args)?,
@@ -386,10 +399,23 @@ fn pick_device(args: &TrainArgs) -> Result<Device, String> {
     }
 }
 
-fn make_backend(device: Device, args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+/// The backend; with several ranks it keeps AdamW moments for this rank's ZeRO-1 shard only.
+fn make_backend(
+    device: Device,
+    args: &TrainArgs,
+    gpt: &Gpt,
+    dist: &dyn Transport,
+) -> Result<Box<dyn Backend>, String> {
+    let shard =
+        (dist.size() > 1).then(|| Shards::even(gpt.params.total, dist.size()).range(dist.rank()));
     match device {
         Device::Cpu => Ok(Box::new(
-            CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.to_string())?,
+            CpuBackend::with_moments(&gpt.cfg, gpt.batch, gpt.seq, shard)
+                .map_err(|e| e.to_string())?,
+        )),
+        Device::Cuda if shard.is_some() => Err(format!(
+            "{} ranks on --device cuda: data-parallel training on the GPU needs the NCCL transport, which is not implemented yet; use --device cpu (MPI) or one rank",
+            dist.size()
         )),
         Device::Cuda => cuda_backend(args, gpt),
     }
@@ -401,6 +427,13 @@ fn cuda_backend(args: &TrainArgs, gpt: &Gpt) -> Result<Box<dyn Backend>, String>
     be.set_mx_gemm(args.mx_gemm.parse()?)
         .map_err(|e| e.to_string())?;
     Ok(Box::new(be))
+}
+
+/// Ranks on this machine, as the MPI launcher says (None: not launched by one).
+fn local_ranks() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse().ok())
 }
 
 /// Whether GPU 0 can be opened (`auto`).
@@ -768,56 +801,223 @@ fn claim_checkpoint_dir(dir: &Path, gpt: &Gpt) -> Result<RunLock, String> {
     Ok(lock)
 }
 
-/// The checkpoint `--resume` names, loaded and verified. `auto` takes the newest valid one in
-/// `--checkpoint-dir`, skipping (and saying why) any that fail verification.
-fn find_resume(args: &TrainArgs) -> Result<Option<(PathBuf, Checkpoint)>, String> {
-    match args.resume.as_deref() {
-        None => Ok(None),
+/// Loads the checkpoint `--resume` names into the backend, streaming it from the file (no
+/// whole copy on the CPU), and returns its path and header. `auto` takes the newest checkpoint
+/// in `--checkpoint-dir` that every rank reads and verifies, skipping (and saying why) any that
+/// fail. A checkpoint of another model or number of ranks is refused.
+fn resume_from(
+    args: &TrainArgs,
+    s: &Setup,
+    be: &mut dyn Backend,
+    dist: &dyn Transport,
+) -> Result<Option<(PathBuf, Header)>, String> {
+    let (candidates, auto) = match args.resume.as_deref() {
+        None => return Ok(None),
         Some("auto") => {
             let dir = args
                 .checkpoint_dir
                 .as_ref()
                 .ok_or("--resume auto needs --checkpoint-dir")?;
-            let candidates = checkpoint::list(dir)?;
-            if candidates.is_empty() {
+            let found: Vec<PathBuf> = checkpoint::list(dir)?.into_iter().map(|c| c.1).collect();
+            if found.is_empty() {
                 log::info!(
                     "resume auto: no checkpoint in {} yet; starting fresh",
                     dir.display()
                 );
                 return Ok(None);
             }
-            let mut skipped = Vec::new();
-            for (_, p) in candidates {
-                match checkpoint::load(&p) {
-                    Ok(ck) => {
-                        if !skipped.is_empty() {
-                            log::warn!(
-                                "resume auto: using {}, the newest valid checkpoint",
-                                p.display()
-                            );
-                        }
-                        return Ok(Some((p, ck)));
-                    }
-                    Err(e) => {
-                        log::warn!("resume auto: skipping {e}");
-                        skipped.push(e);
-                    }
-                }
+            (found, true)
+        }
+        Some(p) => (vec![PathBuf::from(p)], false),
+    };
+    let mut skipped = Vec::new();
+    for p in &candidates {
+        let loaded = match checkpoint::peek(p) {
+            Ok(h) => {
+                refuse_incompatible(p, &h, s)?; // the same file, so the same answer on every rank
+                load_state(p, &h, be, dist).map(|()| h)
             }
-            Err(format!(
-                "--resume auto: none of the {} checkpoints in {} is valid:\n  {}",
-                skipped.len(),
-                dir.display(),
-                skipped.join("\n  ")
-            ))
+            Err(e) => Err(e),
+        };
+        // Every rank must continue from the same checkpoint: it counts only if all read theirs.
+        let ok = dist.all_gather_f64(loaded.is_ok() as u8 as f64)?;
+        let failed: Vec<usize> = (0..ok.len()).filter(|&r| ok[r] != 1.0).collect();
+        let why = match loaded {
+            Ok(h) if failed.is_empty() => {
+                if !skipped.is_empty() {
+                    log::warn!("resume auto: using {}, the newest valid checkpoint", p.display());
+                }
+                return Ok(Some((p.clone(), h)));
+            }
+            Ok(_) => format!(
+                "checkpoint {}: rank(s) {failed:?} could not read their part (their messages say why)",
+                p.display()
+            ),
+            Err(e) => e,
+        };
+        if !auto {
+            return Err(why);
         }
-        Some(p) => {
-            let p = PathBuf::from(p);
-            let ck = checkpoint::load(&p)?;
-            Ok(Some((p, ck)))
-        }
+        log::warn!("resume auto: skipping {why}");
+        skipped.push(why);
+    }
+    Err(format!(
+        "--resume auto: none of the {} checkpoints in {} is valid:\n  {}",
+        skipped.len(),
+        args.checkpoint_dir
+            .as_deref()
+            .unwrap_or(Path::new("."))
+            .display(),
+        skipped.join("\n  ")
+    ))
+}
+
+fn refuse_incompatible(p: &Path, h: &Header, s: &Setup) -> Result<(), String> {
+    if h.model != s.cfg {
+        return Err(format!(
+            "checkpoint {} was written for a different model ({}); this run is {}",
+            p.display(),
+            h.model,
+            s.cfg
+        ));
+    }
+    if h.ranks != s.ranks {
+        return Err(format!(
+            "checkpoint {} was written by {} rank(s), this run has {}: resume it on {} (re-sharding the optimizer state to another number of ranks is not supported)",
+            p.display(),
+            h.ranks,
+            s.ranks,
+            h.ranks
+        ));
+    }
+    Ok(())
+}
+
+/// Streams checkpoint `p` into the backend: parameters (and, with one rank, the moments) from
+/// the model file; with N ranks this rank's moments from its shard file. A backend without host
+/// state (the GPU) gets whole host copies through `write_optimizer`.
+fn load_state(
+    p: &Path,
+    h: &Header,
+    be: &mut dyn Backend,
+    dist: &dyn Transport,
+) -> Result<(), String> {
+    let Some(HostState {
+        params,
+        m,
+        v,
+        moments_at,
+        ..
+    }) = be.host_state()
+    else {
+        let ck = checkpoint::load(p)?;
+        return be
+            .write_optimizer(&ck.params, &ck.adam_m, &ck.adam_v)
+            .map_err(|e| e.to_string());
+    };
+    let put = |dst: &mut [f32], at: usize, c: &[f32]| -> Result<(), String> {
+        dst.get_mut(at..at + c.len())
+            .ok_or("holds more values than this run's state")?
+            .copy_from_slice(c);
+        Ok(())
+    };
+    checkpoint::load_streaming(p, &mut |i, at, c| match i {
+        0 => put(params, at, c),
+        1 => put(m, at, c),
+        _ => put(v, at, c),
+    })?;
+    if dist.size() > 1 {
+        let dir = p.parent().unwrap_or(Path::new("."));
+        let shard = (moments_at, m.len());
+        checkpoint::load_shard(
+            dir,
+            h.step,
+            (dist.rank(), dist.size()),
+            shard,
+            &mut |i, at, c| put(if i == 0 { m } else { v }, at, c),
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes the checkpoint of `h`, streaming from the backend (a backend without host state
+/// hands over whole copies). With N ranks every rank writes its optimizer shard, all wait for
+/// each other, then rank 0 writes the model file: the marker that makes the checkpoint count.
+fn save_state(
+    dir: &Path,
+    h: &Header,
+    be: &mut dyn Backend,
+    dist: &dyn Transport,
+) -> Result<PathBuf, String> {
+    let Some(HostState {
+        params,
+        m,
+        v,
+        moments_at,
+        ..
+    }) = be.host_state()
+    else {
+        let (params, adam_m, adam_v) = be.read_optimizer().map_err(|e| e.to_string())?;
+        let ck = checkpoint::Checkpoint {
+            model: h.model,
+            step: h.step,
+            params,
+            adam_m,
+            adam_v,
+            train: h.train.clone(),
+        };
+        return checkpoint::save(dir, &ck);
+    };
+    let (params, m, v) = (&*params, &*m, &*v);
+    let copy = |c: &mut [f32], src: &[f32], at: usize| {
+        c.copy_from_slice(&src[at..at + c.len()]);
+        Ok(())
+    };
+    if dist.size() > 1 {
+        let shard = (moments_at, m.len());
+        checkpoint::save_shard(
+            dir,
+            h.step,
+            (dist.rank(), dist.size()),
+            shard,
+            &mut |i, at, c| copy(c, if i == 0 { m } else { v }, at),
+        )?;
+        dist.barrier()?;
+    }
+    if dist.rank() == 0 {
+        checkpoint::save_streaming(dir, h, &mut |i, at, c| copy(c, [params, m, v][i], at))
+    } else {
+        Ok(dir.join(checkpoint::file_name(h.step)))
     }
 }
+
+/// ZeRO-1: sums every rank's gradients (in rank order) into this rank's shard of the gradient
+/// buffer (the rest of it is stale from here on) and returns the global gradient norm.
+fn reduce_gradients(
+    be: &mut dyn Backend,
+    dist: &dyn Transport,
+    shards: &Shards,
+) -> Result<f32, String> {
+    let st = be.host_state().ok_or(NEEDS_HOST_STATE)?;
+    let mine = shards.range(dist.rank());
+    let mut sum = vec![0.0f32; mine.len()];
+    dist.reduce_scatter_sum(st.grads, shards, &mut sum)?;
+    st.grads[mine].copy_from_slice(&sum);
+    let squares = dist.sum_f64(crate::cpu::ops::sum_of_squares(&sum))?;
+    Ok(squares.sqrt() as f32)
+}
+
+/// ZeRO-1: every rank updated its shard of the parameters; gathers them all on every rank.
+fn gather_params(
+    be: &mut dyn Backend,
+    dist: &dyn Transport,
+    shards: &Shards,
+) -> Result<(), String> {
+    let st = be.host_state().ok_or(NEEDS_HOST_STATE)?;
+    dist.all_gather(st.params, shards)
+}
+
+const NEEDS_HOST_STATE: &str = "data-parallel training needs a backend that keeps its state in host memory (the CPU backend); the GPU needs the NCCL transport, not implemented yet";
 
 /// Continues the data order where the checkpoint left it. When the position cannot carry over
 /// (another batch, sequence length, seed or dataset: it would name other windows), continues
@@ -850,15 +1050,28 @@ fn restore_loader(loader: &mut BatchLoader, saved: &Value, path: &Path) -> Resul
     Ok(())
 }
 
-/// Runs training as the arguments say. Errors are complete sentences for the user.
+/// Runs training as the arguments say, in this process alone. Errors are complete sentences.
 pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
+    train_with(args, &Local)
+}
+
+/// Runs training as one rank of `dist`: each rank computes its share of the micro batches of
+/// every step, the gradients are summed over the ranks, and each rank updates its ZeRO-1 shard
+/// of the parameters (then all are gathered). Only rank 0 logs, evaluates and samples.
+pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary, String> {
     if let Some(t) = args.threads {
         if t == 0 {
             return Err("--threads must be at least 1".into());
         }
         std::env::set_var("MXGPT_THREADS", t.to_string());
+    } else if let Some(local) = local_ranks().filter(|&n| n > 1) {
+        // Ranks sharing a machine share its cores.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("MXGPT_THREADS", (cores / local).max(1).to_string());
     }
-    let s = setup(args)?;
+    let s = setup(args, dist.size())?;
+    let shards = Shards::even(s.gpt.params.total, s.ranks);
+    let lead = dist.rank() == 0;
     let device = pick_device(args)?;
     // Problems that would otherwise surface hours later, found before any work: an unusable or
     // shared checkpoint directory, a run that does not fit in memory.
@@ -869,14 +1082,17 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         mode: s.plan.mode,
         resume: args.resume.is_some(),
         checkpoints: args.checkpoint_dir.is_some(),
-        sampling: args.sample_every > 0,
+        sampling: args.sample_every > 0 && lead,
+        ranks: s.ranks,
     });
     memory::check_fits(&estimate, &s.cfg, &s.gpt)?;
+    // Rank 0 claims the directory for the whole job; the others wait until it has.
     let _lock = match &args.checkpoint_dir {
-        Some(dir) => Some(claim_checkpoint_dir(dir, &s.gpt)?),
-        None => None,
+        Some(dir) if lead => Some(claim_checkpoint_dir(dir, &s.gpt)?),
+        _ => None,
     };
-    let mut be = make_backend(device, args, &s.gpt)?;
+    dist.barrier()?;
+    let mut be = make_backend(device, args, &s.gpt, dist)?;
     let (data, data_spec) = open_data(args)?;
     let (b, t) = (s.gpt.batch, s.gpt.seq);
     let mut loader =
@@ -891,15 +1107,17 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         s.gpt.params.total as f64 / 1e6
     );
     log::info!(
-        "batch: {b} x {t} tokens x {} accumulation = {} tokens/step; forward {}; backward {}{}; backend {} ({}, {} threads)",
+        "batch: {b} x {t} tokens x {} accumulation{} = {} tokens/step; forward {}; backward {}{}; backend {} ({}, {} threads{})",
         s.accum,
+        if s.ranks > 1 { format!(" ({} per rank x {} ranks)", s.accum / s.ranks, s.ranks) } else { String::new() },
         b * t * s.accum,
         describe_forward(&s.forward),
         s.plan.mode,
         if s.plan.mode.uses_rht() { format!(" (Hadamard block {})", s.mx.hadamard_block) } else { String::new() },
         info.name,
         info.device,
-        info.threads
+        info.threads,
+        if s.ranks > 1 { " per rank; ZeRO-1: each rank holds the AdamW moments of 1/N of the parameters" } else { "" }
     );
     log::info!(
         "data: {} training tokens{}",
@@ -944,7 +1162,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     let mut norm_z = OutlierDetector::new(args.outlier_window);
     let mut health = CheckpointHealth::default();
     let mut start_step = 0u64;
-    let resumed = find_resume(args)?;
+    let resumed = resume_from(args, &s, be.as_mut(), dist)?;
     if let Some((path, ck)) = &resumed {
         let diff = settings_diff(&ck.train, &settings);
         if diff.is_empty() {
@@ -962,16 +1180,6 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
                     .join("\n")
             );
         }
-        if ck.model != s.cfg {
-            return Err(format!(
-                "checkpoint {} was written for a different model ({}); this run is {}",
-                path.display(),
-                ck.model,
-                s.cfg
-            ));
-        }
-        be.write_optimizer(&ck.params, &ck.adam_m, &ck.adam_v)
-            .map_err(|e| e.to_string())?;
         restore_loader(&mut loader, &ck.train["loader"], path)?;
         restore_fp8_state(be.as_mut(), &ck.train["fp8"], path)?;
         loss_z.restore(&ck.train["outliers"]["loss"]);
@@ -993,10 +1201,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     let resumed_from = resumed.map(|(p, _)| p);
 
     let mut json_log = JsonLog::open(
-        args.log_json.as_deref(),
+        args.log_json.as_deref().filter(|_| lead),
         resumed_from.as_ref().map(|_| start_step),
     )?;
-    let tokenizer = if args.sample_every > 0 {
+    let tokenizer = if args.sample_every > 0 && lead {
         Some(Tokenizer::gpt2().map_err(|e| e.to_string())?)
     } else {
         None
@@ -1015,13 +1223,21 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
     let mut skipped_steps = 0u64;
     let diverged_loss = DIVERGED_LOSS_FACTOR * (s.cfg.vocab as f32).ln();
     let normal_z = args.skip_outliers.map_or(NORMAL_Z, |z| z as f64);
+    let per_rank = s.accum / s.ranks;
 
     for step in start_step..args.steps {
         let t0 = Instant::now();
         be.zero_grads().map_err(|e| e.to_string())?;
         let mut loss_sum = 0.0f64;
         let loss_scale = 1.0 / (b * t * s.accum) as f32;
+        // Rank r runs micro batches r*A/N .. (r+1)*A/N of the global batch and steps its loader
+        // past the others', so the data order and the micro-step index that keys the MXFP4
+        // randomness are those of a 1-rank run with A-fold accumulation, whatever N.
         for micro in 0..s.accum {
+            if micro / per_rank != dist.rank() {
+                loader.skip_batch();
+                continue;
+            }
             loader
                 .next_batch(&mut inputs, &mut targets)
                 .map_err(|e| e.to_string())?;
@@ -1033,8 +1249,15 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
                 .map_err(|e| e.to_string())?;
             loss_sum += l as f64;
         }
-        let loss = (loss_sum / s.accum as f64) as f32;
-        let norm = be.grad_norm().map_err(|e| e.to_string())?;
+        let t_comm = Instant::now();
+        let (loss, norm) = if s.ranks == 1 {
+            let norm = be.grad_norm().map_err(|e| e.to_string())?;
+            ((loss_sum / s.accum as f64) as f32, norm)
+        } else {
+            let loss = (dist.sum_f64(loss_sum)? / s.accum as f64) as f32;
+            (loss, reduce_gradients(be.as_mut(), dist, &shards)?)
+        };
+        let mut comm_ms = t_comm.elapsed().as_secs_f64() * 1e3;
         let telemetry = be.take_mx_telemetry();
         let (zl, zn) = (loss_z.z(loss as f64), norm_z.z(norm as f64));
         health.judge(
@@ -1077,6 +1300,11 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
                 grad_scale,
             };
             be.adamw(&hp).map_err(|e| e.to_string())?;
+            if s.ranks > 1 {
+                let t_gather = Instant::now();
+                gather_params(be.as_mut(), dist, &shards)?;
+                comm_ms += t_gather.elapsed().as_secs_f64() * 1e3;
+            }
         }
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let done = step + 1;
@@ -1092,7 +1320,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         let avg_ms = recent_ms.iter().sum::<f64>() / recent_ms.len() as f64;
         let tokens_per_s = tokens_per_step / (ms / 1e3);
         let eta = format_duration(avg_ms / 1e3 * (args.steps - done) as f64);
-        let mx_note = mx_summary(&telemetry);
+        let mut mx_note = mx_summary(&telemetry);
+        if s.ranks > 1 {
+            mx_note = format!(
+                " | {:.0} tok/s/rank | comm {comm_ms:.1} ms{mx_note}",
+                tokens_per_s / s.ranks as f64
+            );
+        }
         let mfu = peak_tflops.map(|p| runtime::counters::mfu(flops_per_token, tokens_per_s, p));
         let mfu_note = mfu
             .map(|m| format!(" | MFU {:.1}%", m * 100.0))
@@ -1116,6 +1350,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         if let Some(m) = mfu {
             rec["mfu"] = json!(m);
         }
+        if s.ranks > 1 {
+            rec["ranks"] = json!(s.ranks);
+            rec["comm_ms"] = json!(comm_ms);
+        }
         if s.plan.mode.is_quantized() {
             rec["mx"] = mx_json(&telemetry);
         }
@@ -1133,7 +1371,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         summary.losses.push((done, loss));
 
         let last = done == args.steps;
-        if let Some(val) = &data.val {
+        if let Some(val) = data.val.as_ref().filter(|_| lead) {
             if args.eval_every > 0 && (done % args.eval_every == 0 || last) {
                 let vl = evaluate(&s.gpt, be.as_mut(), val, args)?;
                 log::info!(
@@ -1159,14 +1397,12 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         }
         if let Some(dir) = &args.checkpoint_dir {
             if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || last {
-                let (params, m, v) = be.read_optimizer().map_err(|e| e.to_string())?;
                 let fp8 = be.fp8_state().map_err(|e| e.to_string())?;
-                let ck = Checkpoint {
+                let header = Header {
                     model: s.cfg,
                     step: done,
-                    params,
-                    adam_m: m,
-                    adam_v: v,
+                    num_params: s.gpt.params.total,
+                    ranks: s.ranks,
                     train: train_state_json(
                         &s,
                         &loader.state(),
@@ -1175,10 +1411,11 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
                         fp8.as_ref(),
                     ),
                 };
-                let p = checkpoint::save(dir, &ck)?;
-                drop(ck);
+                let p = save_state(dir, &header, be.as_mut(), dist)?;
                 let good = health.good.as_ref().map(|(g, _)| g.as_path());
-                checkpoint::prune(dir, args.keep_checkpoints, good.as_slice())?;
+                if lead {
+                    checkpoint::prune(dir, args.keep_checkpoints, good.as_slice())?;
+                }
                 log::info!("checkpoint: {}", p.display());
                 health.pending = Some(p.clone());
                 summary.last_checkpoint = Some(p);

@@ -6,7 +6,9 @@
 
 use super::gemm::MatRef;
 use super::ops::{self, AdamW};
-use crate::backend::{BResult, Backend, BackendError, BackendInfo, LinearBackward, LinearForward};
+use crate::backend::{
+    BResult, Backend, BackendError, BackendInfo, HostState, LinearBackward, LinearForward,
+};
 use crate::config::ModelConfig;
 use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
 use crate::mx::fp8::{self, ForwardConfig, Fp8Operand, Fp8Scaling, Fp8State};
@@ -20,8 +22,11 @@ pub struct CpuBackend {
     acts: Vec<f32>,
     scratch: Vec<f32>,
     stats: Vec<f32>,
+    /// AdamW moments of the parameters `moments_at..moments_at + adam_m.len()` (all of them,
+    /// or a ZeRO-1 shard); `adamw` updates only those parameters.
     adam_m: Vec<f32>,
     adam_v: Vec<f32>,
+    moments_at: usize,
     inputs: Vec<u32>,
     targets: Vec<u32>,
     vocab: usize,
@@ -91,11 +96,29 @@ impl CpuBackend {
     /// Allocates everything for `cfg` at micro batch `batch` x `seq`; the sizes are checked so an
     /// impossible request fails with the number of bytes it needed instead of aborting.
     pub fn new(cfg: &ModelConfig, batch: usize, seq: usize) -> BResult<Self> {
+        Self::with_moments(cfg, batch, seq, None)
+    }
+
+    /// As `new`, with AdamW moments (and updates) for the parameters in `moments` only: this
+    /// rank's ZeRO-1 shard (None: all of them).
+    pub fn with_moments(
+        cfg: &ModelConfig,
+        batch: usize,
+        seq: usize,
+        moments: Option<std::ops::Range<usize>>,
+    ) -> BResult<Self> {
         let layout = ParamLayout::new(cfg);
         let acts = ActLayout::new(cfg, batch, seq);
         let n = layout.total;
+        let moments = moments.unwrap_or(0..n);
+        if moments.end > n {
+            return Err(BackendError(format!(
+                "optimizer shard {moments:?} outside the {n} parameters"
+            )));
+        }
         // params, grads, two AdamW moments (the parameters are the master weights on the CPU)
-        let floats = 4 * n + acts.acts_total + acts.scratch_total + acts.stats_total;
+        let floats =
+            2 * n + 2 * moments.len() + acts.acts_total + acts.scratch_total + acts.stats_total;
         let need = floats as f64 * 4.0 / (1u64 << 30) as f64;
         if let Some(avail) = mem_available_bytes() {
             let avail = avail as f64 / (1u64 << 30) as f64;
@@ -123,8 +146,9 @@ impl CpuBackend {
         Ok(CpuBackend {
             params: alloc(n, "parameters")?,
             grads: alloc(n, "gradients")?,
-            adam_m: alloc(n, "AdamW first moments")?,
-            adam_v: alloc(n, "AdamW second moments")?,
+            adam_m: alloc(moments.len(), "AdamW first moments")?,
+            adam_v: alloc(moments.len(), "AdamW second moments")?,
+            moments_at: moments.start,
             acts: alloc(acts.acts_total, "activations")?,
             scratch: alloc(acts.scratch_total, "activation gradients")?,
             stats: alloc(acts.stats_total, "per-row statistics")?,
@@ -143,6 +167,17 @@ impl CpuBackend {
             fp8: None,
             captured: None,
         })
+    }
+
+    fn check_unsharded(&self) -> BResult<()> {
+        if self.adam_m.len() != self.params.len() {
+            return Err(BackendError(format!(
+                "the optimizer state is a ZeRO-1 shard (parameters {}..{}): read or write it through host_state",
+                self.moments_at,
+                self.moments_at + self.adam_m.len()
+            )));
+        }
+        Ok(())
     }
 
     /// From now on, copy every linear_backward's operands (until `take_captured`).
@@ -286,6 +321,7 @@ impl Backend for CpuBackend {
     }
 
     fn read_optimizer(&self) -> BResult<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        self.check_unsharded()?;
         Ok((
             self.params.clone(),
             self.adam_m.clone(),
@@ -294,6 +330,7 @@ impl Backend for CpuBackend {
     }
 
     fn write_optimizer(&mut self, master: &[f32], m: &[f32], v: &[f32]) -> BResult<()> {
+        self.check_unsharded()?;
         let n = self.params.len();
         if master.len() != n || m.len() != n || v.len() != n {
             return Err(BackendError(format!(
@@ -307,6 +344,16 @@ impl Backend for CpuBackend {
         self.adam_m.copy_from_slice(m);
         self.adam_v.copy_from_slice(v);
         Ok(())
+    }
+
+    fn host_state(&mut self) -> Option<HostState<'_>> {
+        Some(HostState {
+            params: &mut self.params,
+            grads: &mut self.grads,
+            m: &mut self.adam_m,
+            v: &mut self.adam_v,
+            moments_at: self.moments_at,
+        })
     }
 
     fn set_mx_config(&mut self, cfg: MxConfig) -> BResult<()> {
@@ -647,13 +694,19 @@ impl Backend for CpuBackend {
     }
 
     fn adamw(&mut self, hp: &AdamW) -> BResult<()> {
+        let (lo, hi) = (self.moments_at, self.moments_at + self.adam_m.len());
         for t in &self.layout.tensors {
-            let r = t.offset..t.offset + t.len();
+            // The part of the tensor whose moments this backend holds.
+            let r = t.offset.max(lo)..(t.offset + t.len()).min(hi);
+            if r.is_empty() {
+                continue;
+            }
+            let mr = r.start - lo..r.end - lo;
             ops::adamw_update(
                 &mut self.params[r.clone()],
-                &self.grads[r.clone()],
-                &mut self.adam_m[r.clone()],
-                &mut self.adam_v[r],
+                &self.grads[r],
+                &mut self.adam_m[mr.clone()],
+                &mut self.adam_v[mr],
                 hp,
                 t.weight_decay(),
             );

@@ -1,0 +1,520 @@
+//! Data-parallel training on 2 ranks under `mpirun` (feature `mpi`, Open MPI installed):
+//! `cargo test --release -p gpt --features mpi --test mpi`. Runs as root too (CI does).
+
+#![cfg(feature = "mpi")]
+
+mod common;
+use common::*;
+use gpt::checkpoint;
+use gpt::dist::Shards;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `mpirun -np N` with what a 2-core CI machine running as root needs.
+fn mpirun(np: usize) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args([
+        "-np",
+        &np.to_string(),
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+    ])
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
+    c
+}
+
+/// train_gpt on `np` ranks (1: without mpirun); returns the exit code and the output.
+fn train(np: usize, args: &[&str]) -> (i32, String) {
+    let mut c = if np == 1 {
+        Command::new(env!("CARGO_BIN_EXE_train_gpt"))
+    } else {
+        let mut c = mpirun(np);
+        c.arg(env!("CARGO_BIN_EXE_train_gpt"));
+        c
+    };
+    let out = c
+        .args(args)
+        .output()
+        .expect("mpirun runs (is Open MPI installed?)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn train_ok(np: usize, args: &[&str]) -> String {
+    let (code, text) = train(np, args);
+    assert_eq!(code, 0, "{np} rank(s) {args:?} failed:\n{text}");
+    text
+}
+
+/// Every step's loss of a `--log-json` file.
+fn losses(log: &Path) -> Vec<f32> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "train")
+        .map(|v| v["loss"].as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// Parameters, first and second moments of the checkpoint at `step` in `dir`, the moments
+/// gathered from the rank shards of a data-parallel checkpoint.
+fn state(dir: &Path, step: u64) -> [Vec<f32>; 3] {
+    let path = dir.join(checkpoint::file_name(step));
+    let h = checkpoint::peek(&path).unwrap();
+    let mut a = [
+        vec![0.0f32; h.num_params],
+        vec![0.0; h.num_params],
+        vec![0.0; h.num_params],
+    ];
+    checkpoint::load_streaming(&path, &mut |i, at, c| {
+        a[i][at..at + c.len()].copy_from_slice(c);
+        Ok(())
+    })
+    .unwrap();
+    let shards = Shards::even(h.num_params, h.ranks);
+    for r in (0..h.ranks).filter(|_| h.ranks > 1) {
+        let range = shards.range(r);
+        let (lo, len) = (range.start, range.len());
+        checkpoint::load_shard(dir, step, (r, h.ranks), (lo, len), &mut |i, at, c| {
+            a[1 + i][lo + at..lo + at + c.len()].copy_from_slice(c);
+            Ok(())
+        })
+        .unwrap();
+    }
+    a
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// The largest |a - b| relative to the largest |a|.
+fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let scale = a
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-30);
+    let d = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
+    d / scale
+}
+
+fn base<'a>(data: &'a str, backward: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--model",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "64",
+        "--total-batch-tokens",
+        "256",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--backward",
+        backward,
+        "--data",
+        data,
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn two_ranks_equal_one_rank_with_twice_the_accumulation() {
+    let dir = tmpdir("mpi-equal");
+    let data = synthetic_dataset(&dir, 60);
+    for backward in ["bf16", "mxfp4"] {
+        let run = |np: usize, name: &str| -> (Vec<f32>, [Vec<f32>; 3]) {
+            let ck = dir.join(format!("{backward}-{name}"));
+            let log = dir.join(format!("{backward}-{name}.json"));
+            let (ck_s, log_s) = (ck.to_string_lossy(), log.to_string_lossy());
+            let args = base(
+                &data,
+                backward,
+                &[
+                    "--steps",
+                    "5",
+                    "--checkpoint-dir",
+                    &ck_s,
+                    "--log-json",
+                    &log_s,
+                ],
+            );
+            let out = train_ok(np, &args);
+            if np == 2 {
+                assert!(out.contains("(1 per rank x 2 ranks)"), "{out}");
+                assert!(
+                    !out.contains("rank 1: step"),
+                    "rank 1 logged its steps:\n{out}"
+                );
+            }
+            (losses(&log), state(&ck, 5))
+        };
+        let (l1, s1) = run(1, "one");
+        let (l2, s2) = run(2, "two");
+        let (l2b, s2b) = run(2, "two-again");
+        // N ranks reproduce themselves bit for bit (the sums are in rank order).
+        assert_eq!(
+            bits(&l2),
+            bits(&l2b),
+            "{backward}: 2-rank losses not reproducible"
+        );
+        for k in 0..3 {
+            assert_eq!(
+                bits(&s2[k]),
+                bits(&s2b[k]),
+                "{backward}: 2-rank state {k} not reproducible"
+            );
+        }
+        // Against 1 rank with 2 micro batches: the same data, the same MXFP4 streams, the same
+        // sum of the two micro gradients; only the accumulation inside the backward ops rounds
+        // differently (1 rank adds micro batch 2 into the buffer holding micro batch 1).
+        assert_eq!(l1.len(), 5);
+        let dl = rel_diff(&l1, &l2);
+        let (dp, dm, dv) = (
+            rel_diff(&s1[0], &s2[0]),
+            rel_diff(&s1[1], &s2[1]),
+            rel_diff(&s1[2], &s2[2]),
+        );
+        eprintln!("{backward}: 2 ranks vs 1 rank x 2 accumulation after 5 steps: loss {dl:.2e}, params {dp:.2e}, adam m {dm:.2e}, adam v {dv:.2e} (largest difference / largest value)");
+        assert_eq!(
+            l1[0].to_bits(),
+            l2[0].to_bits(),
+            "{backward}: the first step's loss differs"
+        );
+        assert!(
+            dl < 1e-5 && dp < 1e-4 && dm < 1e-3 && dv < 1e-3,
+            "{backward}: 2 ranks drifted from 1 rank"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The collectives under mpirun: this test binary re-runs itself on 2 ranks
+/// (`transport_child`), which checks the sums and gathers bit for bit.
+#[test]
+fn collectives_sum_in_rank_order_and_regather_exactly() {
+    let exe = std::env::current_exe().unwrap();
+    let out = mpirun(2)
+        .arg(&exe)
+        .args([
+            "--exact",
+            "transport_child",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("MXGPT_MPI_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("transport child: ok").count(), 2, "{text}");
+}
+
+/// Rank r's contribution: values of mixed magnitudes, so the order of a sum shows in its bits.
+fn contribution(r: usize, i: usize) -> f32 {
+    let x = dataio::splitmix64((r * 1_000_003 + i) as u64);
+    let mant = (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+    mant * [1.0, 1e-3, 1e3, 1e-7][(x & 3) as usize]
+}
+
+#[test]
+fn transport_child() {
+    if std::env::var("MXGPT_MPI_CHILD").is_err() {
+        return; // only under mpirun, started by the test above
+    }
+    let dist = gpt::dist::from_env().unwrap();
+    let (me, n) = (dist.rank(), dist.size());
+    assert_eq!(n, 2, "expected 2 ranks");
+    let in_order = |i: usize| (1..n).fold(contribution(0, i), |s, r| s + contribution(r, i));
+    let mut reversed_differs = false;
+    for total in [1usize, 2, 7, 1001, 65_537] {
+        let shards = Shards::even(total, n);
+        let mine = shards.range(me);
+        let send: Vec<f32> = (0..total).map(|i| contribution(me, i)).collect();
+        let mut out = vec![f32::NAN; mine.len()];
+        dist.reduce_scatter_sum(&send, &shards, &mut out).unwrap();
+        for (k, i) in mine.clone().enumerate() {
+            assert_eq!(
+                out[k].to_bits(),
+                in_order(i).to_bits(),
+                "reduce-scatter element {i} of {total}"
+            );
+            let rev = (0..n).rev().fold(-0.0f32, |s, r| s + contribution(r, i));
+            reversed_differs |= n > 2 && rev.to_bits() != out[k].to_bits();
+        }
+        // ZeRO-1's all-gather: each rank's shard lands everywhere, bit for bit.
+        let mut buf = vec![f32::NAN; total];
+        buf[mine.clone()].copy_from_slice(&out);
+        dist.all_gather(&mut buf, &shards).unwrap();
+        for (i, v) in buf.iter().enumerate() {
+            assert_eq!(
+                v.to_bits(),
+                in_order(i).to_bits(),
+                "all-gather element {i} of {total}"
+            );
+        }
+        let mut all = send.clone();
+        dist.all_reduce_sum(&mut all).unwrap();
+        assert_eq!(bits(&all), bits(&buf), "all-reduce of {total}");
+    }
+    let _ = reversed_differs; // with 2 ranks a sum of two commutes; more ranks would check order
+    let ranks = dist.all_gather_f64(me as f64 + 0.5).unwrap();
+    assert_eq!(ranks, vec![0.5, 1.5]);
+    assert_eq!(dist.sum_f64(1.25).unwrap(), 2.5);
+    let mut b = if me == 0 {
+        b"from rank 0".to_vec()
+    } else {
+        vec![0u8; 11]
+    };
+    dist.broadcast(&mut b, 0).unwrap();
+    assert_eq!(&b, b"from rank 0");
+    dist.barrier().unwrap();
+    println!("transport child: ok");
+}
+
+fn copy_checkpoint(from: &Path, to: &Path, step: u64, ranks: usize) {
+    std::fs::create_dir_all(to).unwrap();
+    let name = checkpoint::file_name(step);
+    std::fs::copy(from.join(&name), to.join(&name)).unwrap();
+    for r in 0..ranks {
+        let s = checkpoint::shard_path(from, step, r, ranks);
+        std::fs::copy(&s, to.join(s.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn two_rank_checkpoint_and_resume_is_bit_exact() {
+    let dir = tmpdir("mpi-resume");
+    let data = synthetic_dataset(&dir, 60);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let (a_s, b_s) = (
+        a.to_string_lossy().to_string(),
+        b.to_string_lossy().to_string(),
+    );
+    let (la, lb) = (dir.join("a.json"), dir.join("b.json"));
+    let (la_s, lb_s) = (
+        la.to_string_lossy().to_string(),
+        lb.to_string_lossy().to_string(),
+    );
+    let common = [
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--keep-checkpoints",
+        "5",
+    ];
+    let mut args_a = base(&data, "mxfp4", &common);
+    args_a.extend(["--checkpoint-dir", &a_s, "--log-json", &la_s]);
+    train_ok(2, &args_a);
+    // Every rank's shard and the model file, which rank 0 wrote last.
+    for step in [3, 6] {
+        for r in 0..2 {
+            assert!(checkpoint::shard_path(&a, step, r, 2).exists());
+        }
+    }
+    // Resume from the step-3 checkpoint in a directory of its own: steps 4..6 and the final
+    // state reproduce the uninterrupted run bit for bit.
+    copy_checkpoint(&a, &b, 3, 2);
+    let mut args_b = base(&data, "mxfp4", &common);
+    args_b.extend([
+        "--checkpoint-dir",
+        &b_s,
+        "--resume",
+        "auto",
+        "--log-json",
+        &lb_s,
+    ]);
+    let out = train_ok(2, &args_b);
+    assert!(
+        out.contains("resumed from") && out.contains("every training setting matches"),
+        "{out}"
+    );
+    assert_eq!(
+        bits(&losses(&la)[3..]),
+        bits(&losses(&lb)),
+        "resumed losses differ"
+    );
+    let (sa, sb) = (state(&a, 6), state(&b, 6));
+    for k in 0..3 {
+        assert_eq!(
+            bits(&sa[k]),
+            bits(&sb[k]),
+            "state array {k} differs after resume"
+        );
+    }
+
+    // Another number of ranks is refused, naming both.
+    let mut one = base(&data, "mxfp4", &["--steps", "7"]);
+    one.extend(["--checkpoint-dir", &b_s, "--resume", "auto"]);
+    let (code, text) = train(1, &one);
+    assert_ne!(code, 0);
+    assert!(
+        text.contains("written by 2 rank(s), this run has 1"),
+        "{text}"
+    );
+
+    // A corrupt shard of the newest checkpoint: every rank falls back to the step-3 one.
+    let shard = checkpoint::shard_path(&b, 6, 1, 2);
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&shard, bytes).unwrap();
+    let mut again = base(&data, "mxfp4", &["--steps", "6", "--checkpoint-every", "3"]);
+    again.extend(["--checkpoint-dir", &b_s, "--resume", "auto"]);
+    let out = train_ok(2, &again);
+    assert!(
+        out.contains("checksum mismatch") && out.contains("ckpt_00000003.bin"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The pid of rank `rank` among the train_gpt children of `mpirun`.
+fn rank_pid(mpirun_pid: u32, rank: usize) -> Option<i32> {
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: u32 = stat
+            .rsplit(')')
+            .next()?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        let env = String::from_utf8_lossy(&env);
+        (ppid == mpirun_pid && stat.contains("(train_gpt)") && env.split('\0').any(|v| v == want))
+            .then_some(pid)
+    })
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_and_the_last_checkpoint_stays_valid() {
+    let dir = tmpdir("mpi-kill");
+    let data = synthetic_dataset(&dir, 60);
+    let ck = dir.join("ck");
+    let ck_s = ck.to_string_lossy().to_string();
+    let log = dir.join("out.txt");
+    let mut args = base(
+        &data,
+        "bf16",
+        &["--steps", "1000", "--checkpoint-every", "2"],
+    );
+    args.extend(["--checkpoint-dir", &ck_s]);
+    let mut child = mpirun(2)
+        .arg(env!("CARGO_BIN_EXE_train_gpt"))
+        .args(&args)
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("err.txt")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !ck.join(checkpoint::file_name(4)).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint at step 4 within 2 minutes"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the job ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = rank_pid(child.id(), 1).expect("rank 1's process");
+    // SAFETY: kill(2) on a process we started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the job still runs 60 s after rank 1 died"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&log).unwrap()
+        + &std::fs::read_to_string(dir.join("err.txt")).unwrap();
+    eprintln!(
+        "the job ended {:.1} s after rank 1 was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("rank 1") && text.contains("signal 9"),
+        "no clear message:\n{text}"
+    );
+    // The newest complete checkpoint resumes (on the same 2 ranks).
+    let (newest, _) = checkpoint::list(&ck).unwrap()[0].clone();
+    let step = newest;
+    let steps = (step + 1).to_string();
+    let mut resume = base(&data, "bf16", &["--steps", &steps]);
+    resume.extend(["--checkpoint-dir", &ck_s, "--resume", "auto"]);
+    let out = train_ok(2, &resume);
+    assert!(
+        out.contains(&format!(
+            "resumed from {}",
+            ck.join(checkpoint::file_name(step)).display()
+        )),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_rank_that_fails_ends_the_job_and_its_checkpoint_never_counts() {
+    let dir = tmpdir("mpi-fail");
+    let data = synthetic_dataset(&dir, 60);
+    let ck = dir.join("ck");
+    let ck_s = ck.to_string_lossy().to_string();
+    // Rank 1 cannot write its shard of the step-4 checkpoint (a directory is in the way).
+    let blocker = dir.join("ck/ckpt_00000004.rank1-of-2.bin.tmp");
+    std::fs::create_dir_all(&blocker).unwrap();
+    let mut args = base(&data, "bf16", &["--steps", "8", "--checkpoint-every", "2"]);
+    args.extend(["--checkpoint-dir", &ck_s]);
+    let t = Instant::now();
+    let (code, text) = train(2, &args);
+    eprintln!(
+        "the job ended {:.1} s after it started",
+        t.elapsed().as_secs_f64()
+    );
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("rank 1 of 2") && text.contains("aborting all 2 ranks"),
+        "{text}"
+    );
+    assert!(text.contains("ckpt_00000004.rank1-of-2.bin.tmp"), "{text}");
+    // Rank 0 never wrote the step-4 model file: the step-2 checkpoint is the newest and resumes.
+    let newest: Vec<u64> = checkpoint::list(&ck).unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(newest, vec![2], "{text}");
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let mut resume = base(&data, "bf16", &["--steps", "3"]);
+    resume.extend(["--checkpoint-dir", &ck_s, "--resume", "auto"]);
+    let out = train_ok(2, &resume);
+    assert!(out.contains("ckpt_00000002.bin at step 2"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
