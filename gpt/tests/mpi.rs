@@ -11,10 +11,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `mpirun -np N` with what a 2-core CI machine running as root needs.
+/// `mpirun -np N` with what a 2-core CI machine running as root needs, under a 5-minute
+/// `timeout` so that a job that hangs fails its test instead of stalling CI.
 fn mpirun(np: usize) -> Command {
-    let mut c = Command::new("mpirun");
+    let mut c = Command::new("timeout");
     c.args([
+        "300",
+        "mpirun",
         "-np",
         &np.to_string(),
         "--oversubscribe",
@@ -392,22 +395,19 @@ fn two_rank_checkpoint_and_resume_is_bit_exact() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The pid of rank `rank` among the train_gpt children of `mpirun`.
-fn rank_pid(mpirun_pid: u32, rank: usize) -> Option<i32> {
-    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+/// The pid of rank `rank` of the job whose ranks have `tag` in their environment.
+fn rank_pid(tag: &str, rank: usize) -> Option<i32> {
+    let want = [
+        format!("OMPI_COMM_WORLD_RANK={rank}"),
+        format!("MXGPT_TEST_TAG={tag}"),
+    ];
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-        let ppid: u32 = stat
-            .rsplit(')')
-            .next()?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
         let env = std::fs::read(e.path().join("environ")).ok()?;
         let env = String::from_utf8_lossy(&env);
-        (ppid == mpirun_pid && stat.contains("(train_gpt)") && env.split('\0').any(|v| v == want))
+        let vars: Vec<&str> = env.split('\0').collect();
+        (comm.trim() == "train_gpt" && want.iter().all(|w| vars.contains(&w.as_str())))
             .then_some(pid)
     })
 }
@@ -425,7 +425,9 @@ fn a_killed_rank_ends_the_job_and_the_last_checkpoint_stays_valid() {
         &["--steps", "1000", "--checkpoint-every", "2"],
     );
     args.extend(["--checkpoint-dir", &ck_s]);
+    let tag = dir.to_string_lossy().to_string();
     let mut child = mpirun(2)
+        .env("MXGPT_TEST_TAG", &tag)
         .arg(env!("CARGO_BIN_EXE_train_gpt"))
         .args(&args)
         .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -443,7 +445,7 @@ fn a_killed_rank_ends_the_job_and_the_last_checkpoint_stays_valid() {
         assert!(child.try_wait().unwrap().is_none(), "the job ended early");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let pid = rank_pid(child.id(), 1).expect("rank 1's process");
+    let pid = rank_pid(&tag, 1).expect("rank 1's process");
     // SAFETY: kill(2) on a process we started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let killed = Instant::now();
