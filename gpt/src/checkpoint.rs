@@ -702,6 +702,81 @@ mod tests {
         fs::remove_dir_all(&d).unwrap();
     }
 
+    /// A 2-rank checkpoint at `step`: both shards, then the model file.
+    fn save_two_rank(d: &Path, ck: &Checkpoint) {
+        let n = ck.params.len();
+        for (rank, range) in [(0, 0..n / 2), (1, n / 2..n)] {
+            let (m, v) = (&ck.adam_m[range.clone()], &ck.adam_v[range.clone()]);
+            save_shard(
+                d,
+                ck.step,
+                (rank, 2),
+                (range.start, range.len()),
+                &mut |i, at, c| {
+                    c.copy_from_slice(&[m, v][i][at..at + c.len()]);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        }
+        let h = Header {
+            model: ck.model,
+            step: ck.step,
+            num_params: n,
+            ranks: 2,
+            train: ck.train.clone(),
+        };
+        save_streaming(d, &h, &mut |_, at, c| {
+            c.copy_from_slice(&ck.params[at..at + c.len()]);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn sharded_checkpoints_round_trip_prune_and_refuse_the_wrong_shard() {
+        let d = tmpdir("shards");
+        let ck = sample();
+        save_two_rank(&d, &ck);
+        let p = d.join(file_name(42));
+        let h = peek(&p).unwrap();
+        assert_eq!((h.ranks, h.num_params, h.step), (2, 10, 42));
+        let mut params = vec![0.0; 10];
+        load_streaming(&p, &mut |i, at, c| {
+            assert_eq!(i, 0, "a 2-rank model file holds the parameters only");
+            params[at..at + c.len()].copy_from_slice(c);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(params, ck.params);
+        let (mut m, mut v) = (vec![0.0; 5], vec![0.0; 5]);
+        load_shard(&d, 42, (1, 2), (5, 5), &mut |i, at, c| {
+            [&mut m, &mut v][i][at..at + c.len()].copy_from_slice(c);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((&m[..], &v[..]), (&ck.adam_m[5..], &ck.adam_v[5..]));
+        // Another rank's shard, or another split, is refused by name.
+        let e = load_shard(&d, 42, (1, 2), (4, 6), &mut |_, _, _| Ok(())).unwrap_err();
+        assert!(e.contains("rank1-of-2") && e.contains("expected"), "{e}");
+        // The whole-file loader says where the optimizer state is.
+        assert!(load(&p).err().unwrap().contains("written by 2 ranks"));
+        // Pruning takes the shards with the model file; an orphan shard (no model file: the
+        // run died while saving) is removed at the next start.
+        let mut newer = sample();
+        newer.step = 43;
+        save_two_rank(&d, &newer);
+        prune(&d, 1, &[]).unwrap();
+        assert!(
+            !p.exists() && !shard_path(&d, 42, 0, 2).exists() && !shard_path(&d, 42, 1, 2).exists()
+        );
+        assert!(shard_path(&d, 43, 1, 2).exists());
+        fs::remove_file(d.join(file_name(43))).unwrap();
+        assert_eq!(remove_stale_temps(&d).len(), 2);
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn unusable_directories_are_named() {
         let d = tmpdir("prep");

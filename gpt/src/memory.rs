@@ -234,12 +234,18 @@ pub fn peak_rss_bytes() -> Option<f64> {
     Some(u.ru_maxrss as f64 * 1024.0) // kilobytes on Linux
 }
 
-/// Refuses a run whose estimate exceeds the available memory, saying what to lower.
-pub fn check_fits(est: &MemoryEstimate, cfg: &ModelConfig, gpt: &Gpt) -> Result<(), String> {
+/// Refuses a run whose estimate, times the `ranks_here` data-parallel ranks sharing this
+/// machine, exceeds the available memory, saying what to lower.
+pub fn check_fits(
+    est: &MemoryEstimate,
+    cfg: &ModelConfig,
+    gpt: &Gpt,
+    ranks_here: usize,
+) -> Result<(), String> {
     let Some((avail, source)) = available_bytes() else {
         return Ok(());
     };
-    if est.peak <= avail {
+    if est.peak * ranks_here as f64 <= avail {
         return Ok(());
     }
     // Advise what actually dominates: the per-token memory or the model's own state.
@@ -250,8 +256,13 @@ pub fn check_fits(est: &MemoryEstimate, cfg: &ModelConfig, gpt: &Gpt) -> Result<
     } else {
         format!("pick a smaller --model (the weights and optimizer state dominate; lowering --batch or --seq would save at most {})", format_bytes(per_token))
     };
+    let per_rank = if ranks_here > 1 {
+        format!(" per rank, x {ranks_here} ranks on this machine")
+    } else {
+        String::new()
+    };
     Err(format!(
-        "out of memory: {cfg} at batch {} x seq {} needs an estimated {}, but only {} are available ({source}): {advice}",
+        "out of memory: {cfg} at batch {} x seq {} needs an estimated {}{per_rank}, but only {} are available ({source}): {advice}",
         gpt.batch,
         gpt.seq,
         est.describe(),

@@ -1085,7 +1085,8 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
         sampling: args.sample_every > 0 && lead,
         ranks: s.ranks,
     });
-    memory::check_fits(&estimate, &s.cfg, &s.gpt)?;
+    let ranks_here = local_ranks().unwrap_or(1).min(s.ranks);
+    memory::check_fits(&estimate, &s.cfg, &s.gpt, ranks_here)?;
     // Rank 0 claims the directory for the whole job; the others wait until it has.
     let _lock = match &args.checkpoint_dir {
         Some(dir) if lead => Some(claim_checkpoint_dir(dir, &s.gpt)?),
