@@ -9,6 +9,8 @@
 #[cfg(feature = "mpi")]
 pub mod mpi;
 
+pub mod nccl;
+
 use std::ops::Range;
 
 /// What data-parallel training needs from a communication library. Errors are sentences.
