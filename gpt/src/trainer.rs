@@ -10,7 +10,7 @@ use crate::layout::{Arena, TensorRef};
 use crate::memory::{self, Device, MemoryEstimate, RunPlan};
 use crate::model::{Gpt, PrecisionPlan};
 use crate::mx::fp8::{ForwardConfig, Fp8Scaling, Fp8State};
-use crate::mx::{MxConfig, MxTelemetry};
+use crate::mx::{HadamardSigns, MxConfig, MxTelemetry};
 use crate::outliers::OutlierDetector;
 use crate::precision::{BackwardMode, ForwardMode};
 use crate::rng::SplitMix64;
@@ -132,6 +132,11 @@ pub struct TrainArgs {
     /// mxfp4): 16, 32, 64, 128, 256 (default 64; an error with any other mode)
     #[argh(option)]
     pub hadamard_block: Option<usize>,
+    /// the random Hadamard transform's signs: fresh (new signs for every GEMM call, the MXFP4
+    /// paper's recipe) or fixed (one sign vector for the whole run, drawn from the seed)
+    /// (default fresh; an error with a mode that has no transform)
+    #[argh(option)]
+    pub hadamard_signs: Option<String>,
     /// keep blocks in BF16 backward: first:N,last:M
     #[argh(option)]
     pub bf16_blocks: Option<String>,
@@ -230,10 +235,22 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
             ));
         }
     }
+    if let Some(signs) = &args.hadamard_signs {
+        if !mode.uses_rht() {
+            return Err(format!(
+                "--hadamard-signs {signs} has no effect with --backward {mode}: only the MXFP4 modes with a random Hadamard transform (mxfp4-rht, mxfp4) use it (the NVFP4 recipe always fixes its signs); drop the flag or pick one of those modes"
+            ));
+        }
+    }
     let hadamard_block = args.hadamard_block.unwrap_or(64);
+    let signs: HadamardSigns = match &args.hadamard_signs {
+        Some(s) => s.parse()?,
+        None => HadamardSigns::Fresh,
+    };
     let mx = MxConfig {
         mode,
         hadamard_block,
+        signs,
         seed: args.seed,
     };
     if mode.is_quantized() {
@@ -596,6 +613,14 @@ fn run_settings(
                 "none".into()
             },
         ),
+        (
+            "--hadamard-signs",
+            if s.plan.mode.uses_rht() {
+                s.mx.signs.name().to_string()
+            } else {
+                "none".into()
+            },
+        ),
         ("--bf16-blocks", or_none(&args.bf16_blocks)),
         ("--mx-gemm", args.mx_gemm.clone()),
         ("--data", data.to_string()),
@@ -896,7 +921,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         b * t * s.accum,
         describe_forward(&s.forward),
         s.plan.mode,
-        if s.plan.mode.uses_rht() { format!(" (Hadamard block {})", s.mx.hadamard_block) } else { String::new() },
+        if s.plan.mode.uses_rht() { format!(" (Hadamard block {}, {} signs)", s.mx.hadamard_block, s.mx.signs.name()) } else { String::new() },
         info.name,
         info.device,
         info.threads

@@ -135,6 +135,7 @@ impl CpuBackend {
             mx: MxConfig {
                 mode: BackwardMode::Bf16,
                 hadamard_block: 64,
+                signs: crate::mx::HadamardSigns::Fresh,
                 seed: 0,
             },
             telemetry: MxTelemetry::default(),

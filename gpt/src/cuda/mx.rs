@@ -243,7 +243,7 @@ impl MxBackward {
             rounding,
             seed: self.cfg.seed,
             sr_stream: id.stream(role),
-            sign_stream: id.stream(StreamRole::RhtSigns),
+            sign_stream: self.cfg.sign_stream(&id),
             hadamard_block: p.mode.uses_rht().then_some(self.cfg.hadamard_block),
         };
         let (sa, sb) = (

@@ -31,7 +31,46 @@ pub struct MxConfig {
     pub mode: BackwardMode,
     /// g of the random Hadamard transform (RHT modes only).
     pub hadamard_block: usize,
+    /// Fresh RHT signs for every GEMM call, or one vector for the whole run (RHT modes only).
+    pub signs: HadamardSigns,
     pub seed: u64,
+}
+
+/// Where the RHT's sign vector comes from (`--hadamard-signs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HadamardSigns {
+    /// A fresh vector per GEMM call, from the call's own stream (the MXFP4 paper's recipe).
+    #[default]
+    Fresh,
+    /// One vector for the whole run, from the fixed stream `FIXED_SIGN_STREAM` of the run's seed
+    /// (NVIDIA's NVFP4 recipe fixes its signs the same way).
+    Fixed,
+}
+
+/// The stream of the run-wide sign vector under `HadamardSigns::Fixed`. No `GemmId` stream equals
+/// it: their two role bits never hold 3.
+pub const FIXED_SIGN_STREAM: u64 = u64::MAX;
+
+impl HadamardSigns {
+    pub fn name(self) -> &'static str {
+        match self {
+            HadamardSigns::Fresh => "fresh",
+            HadamardSigns::Fixed => "fixed",
+        }
+    }
+}
+
+impl std::str::FromStr for HadamardSigns {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fresh" => Ok(HadamardSigns::Fresh),
+            "fixed" => Ok(HadamardSigns::Fixed),
+            _ => Err(format!(
+                "unknown --hadamard-signs '{s}': expected fresh (new signs for every GEMM call) or fixed (one sign vector for the run)"
+            )),
+        }
+    }
 }
 
 impl MxConfig {
@@ -40,6 +79,14 @@ impl MxConfig {
             return Err(MxError::BadHadamardBlock(self.hadamard_block));
         }
         Ok(())
+    }
+
+    /// The stream the RHT signs of GEMM `id` are drawn from.
+    pub fn sign_stream(&self, id: &GemmId) -> u64 {
+        match self.signs {
+            HadamardSigns::Fresh => id.stream(StreamRole::RhtSigns),
+            HadamardSigns::Fixed => FIXED_SIGN_STREAM,
+        }
     }
 
     pub fn rounding(&self) -> Rounding {
@@ -406,7 +453,7 @@ pub fn backward_gemm(
     let mut xa = gather_k_major(a, true);
     let mut xb = gather_k_major(b, false);
     if cfg.mode.uses_rht() {
-        let signs = hadamard::rht_signs(cfg.seed, id.stream(StreamRole::RhtSigns), g);
+        let signs = hadamard::rht_signs(cfg.seed, cfg.sign_stream(id), g);
         for x in [&mut xa, &mut xb] {
             parallel_rows_mut(x, k, 8, |_, chunk| {
                 for row in chunk.chunks_exact_mut(k) {

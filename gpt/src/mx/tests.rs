@@ -215,6 +215,7 @@ fn backward_gemm_modes_follow_their_definitions() {
         let cfg = MxConfig {
             mode,
             hadamard_block: 32,
+            signs: crate::mx::HadamardSigns::Fresh,
             seed: 3,
         };
         let mut c = vec![f32::NAN; m * n];
@@ -268,6 +269,7 @@ fn sr_gemm_is_unbiased_over_seeds() {
             let cfg = MxConfig {
                 mode,
                 hadamard_block: 64,
+                signs: crate::mx::HadamardSigns::Fresh,
                 seed,
             };
             let mut c = vec![0.0f32; m * n];
@@ -293,6 +295,7 @@ fn sr_gemm_is_unbiased_over_seeds() {
     let cfg = MxConfig {
         mode: BackwardMode::Mxfp4Rtn,
         hadamard_block: 64,
+        signs: crate::mx::HadamardSigns::Fresh,
         seed: 0,
     };
     let (mut c1, mut c2) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
@@ -318,6 +321,7 @@ fn shapes_that_do_not_divide_are_named() {
     let cfg = MxConfig {
         mode: BackwardMode::Mxfp4Rtn,
         hadamard_block: 64,
+        signs: crate::mx::HadamardSigns::Fresh,
         seed: 0,
     };
     let mut c = vec![0.0f32; 4];
@@ -341,6 +345,7 @@ fn shapes_that_do_not_divide_are_named() {
     let cfg = MxConfig {
         mode: BackwardMode::Mxfp4,
         hadamard_block: 64,
+        signs: crate::mx::HadamardSigns::Fresh,
         seed: 0,
     };
     let e = backward_gemm(
@@ -361,6 +366,7 @@ fn shapes_that_do_not_divide_are_named() {
     assert!(MxConfig {
         mode: BackwardMode::Mxfp4,
         hadamard_block: 48,
+        signs: crate::mx::HadamardSigns::Fresh,
         seed: 0
     }
     .validate()
@@ -439,4 +445,50 @@ fn rht_shrinks_the_error_on_outlier_heavy_data() {
         rotated.summary().unwrap().relative_error,
     );
     assert!(e1 < e0, "RHT error {e1} should be below plain {e0}");
+}
+
+#[test]
+fn fixed_hadamard_signs_are_one_vector_for_the_run() {
+    let (m, n, k) = (4, 6, 128);
+    let a_data = gradient_like(m, k, 31);
+    let b_data = gradient_like(k, n, 32);
+    let (a, b) = (
+        MatRef::row_major(&a_data, m, k),
+        MatRef::row_major(&b_data, k, n),
+    );
+    // RHT + RTN is deterministic given the signs, so equal outputs mean equal signs.
+    let run = |signs: HadamardSigns, step: u32| {
+        let cfg = MxConfig {
+            mode: BackwardMode::Mxfp4Rht,
+            hadamard_block: 64,
+            signs,
+            seed: 8,
+        };
+        let mut c = vec![f32::NAN; m * n];
+        backward_gemm(&cfg, &id(step), a, b, &mut c, n, false, None).unwrap();
+        c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    };
+    let bits_differ = |x: &[u32], y: &[u32]| x != y;
+    assert_eq!(run(HadamardSigns::Fixed, 1), run(HadamardSigns::Fixed, 900));
+    assert!(bits_differ(
+        &run(HadamardSigns::Fresh, 1),
+        &run(HadamardSigns::Fresh, 900)
+    ));
+    // The fixed vector is word j of stream 2^64 - 1 (docs/numerics.md section 4), the NVFP4
+    // recipe's stream, and no GEMM's own sign stream.
+    assert_eq!(FIXED_SIGN_STREAM, u64::MAX);
+    assert_eq!(crate::mx::nvfp4::SIGN_STREAM, FIXED_SIGN_STREAM);
+    let signs = hadamard::rht_signs(8, u64::MAX, 64);
+    let (mut xa, mut xb) = (a_data.clone(), gather_k_major(b, false));
+    for row in xa.chunks_exact_mut(k).chain(xb.chunks_exact_mut(k)) {
+        hadamard::rht_row(row, &signs);
+    }
+    let (qa, _) = quantize_rows(&xa, m, k, Rounding::Rtn, 8, 0).unwrap();
+    let (qb, _) = quantize_rows(&xb, n, k, Rounding::Rtn, 8, 0).unwrap();
+    let mut manual = vec![0.0f32; m * n];
+    mx_gemm_int_reference(&qa, &qb, &mut manual, n, false, false);
+    let manual: Vec<u32> = manual.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(run(HadamardSigns::Fixed, 7), manual);
+    assert!("fixed".parse::<HadamardSigns>() == Ok(HadamardSigns::Fixed));
+    assert!("Fixed".parse::<HadamardSigns>().is_err());
 }

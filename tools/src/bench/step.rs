@@ -277,6 +277,7 @@ fn run_steps(
     be.set_mx_config(MxConfig {
         mode,
         hadamard_block: 64,
+        signs: gpt::mx::HadamardSigns::Fresh,
         seed: 1,
     })
     .map_err(|e| e.0)?;

@@ -245,6 +245,7 @@ pub fn probe(
     let mx = MxConfig {
         mode: BackwardMode::Bf16,
         hadamard_block: cfg.hadamard_block,
+        signs: gpt::mx::HadamardSigns::Fresh,
         seed: cfg.seed,
     };
     let regions = regions(gpt);
