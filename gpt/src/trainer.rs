@@ -148,6 +148,12 @@ pub struct TrainArgs {
     /// write JSON lines (train and eval records) to this file
     #[argh(option)]
     pub log_json: Option<PathBuf>,
+    /// with a quantized --backward: every N steps, log per linear layer and backward GEMM the
+    /// clip and underflow fractions and relative error since the last such record, and measure
+    /// that step's quantization noise against the exact GEMM (two extra GEMMs per quantized
+    /// GEMM on that step only); 0 turns it off (default 100)
+    #[argh(option, default = "100")]
+    pub mx_telemetry_every: u64,
     /// directory for checkpoints
     #[argh(option)]
     pub checkpoint_dir: Option<PathBuf>,
@@ -1043,6 +1049,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
 
     for step in start_step..args.steps {
         let t0 = Instant::now();
+        let per_layer_mx = s.plan.mode.is_quantized()
+            && args.mx_telemetry_every > 0
+            && (step + 1) % args.mx_telemetry_every == 0;
+        be.set_mx_noise_measurement(per_layer_mx);
         be.zero_grads().map_err(|e| e.to_string())?;
         let mut loss_sum = 0.0f64;
         let loss_scale = 1.0 / (b * t * s.accum) as f32;
@@ -1142,7 +1152,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
             rec["mfu"] = json!(m);
         }
         if s.plan.mode.is_quantized() {
-            rec["mx"] = mx_json(&telemetry);
+            rec["mx"] = telemetry.summary_json();
         }
         tokens_since_sample += tokens_per_step as u64;
         if let Some(c) = &counters {
@@ -1156,6 +1166,23 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         }
         json_log.record(&rec)?;
         summary.losses.push((done, loss));
+        if per_layer_mx {
+            be.set_mx_noise_measurement(false);
+            let sites = be.take_mx_site_telemetry();
+            if !sites.is_empty() {
+                log::info!(
+                    "step {done:>5}/{} | mx per layer: {}",
+                    args.steps,
+                    crate::mx::telemetry::sites_note(&sites)
+                );
+                json_log.record(&json!({
+                    "type": "mx_layers",
+                    "step": done,
+                    "steps": args.mx_telemetry_every.min(done - start_step),
+                    "sites": sites.iter().map(|x| x.json()).collect::<Vec<_>>(),
+                }))?;
+            }
+        }
 
         let last = done == args.steps;
         if let Some(val) = &data.val {
@@ -1315,20 +1342,14 @@ fn sample(
 fn mx_summary(t: &MxTelemetry) -> String {
     match t.summary() {
         Some(s) => format!(
-            " | mx clip {:.2}% relerr {:.4}",
+            " | mx clip {:.2}%{} relerr {:.4}",
             s.clipped_fraction * 100.0,
+            s.underflow_fraction
+                .map(|u| format!(" underflow {:.2}%", u * 100.0))
+                .unwrap_or_default(),
             s.relative_error
         ),
         None => String::new(),
-    }
-}
-
-fn mx_json(t: &MxTelemetry) -> Value {
-    match t.summary() {
-        Some(s) => {
-            json!({"clipped_fraction": s.clipped_fraction, "relative_error": s.relative_error, "nonfinite_blocks": s.nonfinite_blocks})
-        }
-        None => Value::Null,
     }
 }
 

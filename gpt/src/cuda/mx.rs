@@ -367,7 +367,7 @@ impl MxBackward {
             sq_sum: t[1],
             clipped: t[2] as u64,
             nonfinite_blocks: t[3] as u64,
-            quantize_seconds: 0.0,
+            ..MxTelemetry::default()
         };
         self.elements = 0;
         Ok(tel)

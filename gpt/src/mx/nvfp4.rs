@@ -156,6 +156,7 @@ pub fn quantize_rows(
             if !st.nonfinite {
                 tel.sq_err += st.sq_err;
                 tel.sq_sum += st.sq_sum;
+                tel.add_underflow(&x[at..at + BLOCK], &codes[at..at + BLOCK]);
             }
         }
     }

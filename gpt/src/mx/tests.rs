@@ -492,3 +492,66 @@ fn fixed_hadamard_signs_are_one_vector_for_the_run() {
     assert!("fixed".parse::<HadamardSigns>() == Ok(HadamardSigns::Fixed));
     assert!("Fixed".parse::<HadamardSigns>().is_err());
 }
+
+#[test]
+fn telemetry_counts_underflow_and_measures_gemm_noise() {
+    // One large value and 30 tiny ones per block: amax 1000 gives e = 9 - 2 = 7, so 1e-3 is
+    // 7.8e-6 units of 2^e and rounds to zero (RTN), while the exact zero is not an underflow.
+    // Signs alternate: a negative underflow keeps its sign bit (code 0x8) and still counts.
+    let mut x: Vec<f32> = (0..64)
+        .map(|i| if i % 2 == 1 { -1e-3 } else { 1e-3 })
+        .collect();
+    x[0] = 1000.0;
+    x[5] = 0.0;
+    x[32] = -1000.0;
+    let (_, t) = quantize_rows(&x, 2, 32, Rounding::Rtn, 0, 0).unwrap();
+    assert_eq!((t.underflow, t.underflow_counted), (61, 64));
+    assert_eq!(t.summary().unwrap().underflow_fraction, Some(61.0 / 64.0));
+    let (_, t) = nvfp4::quantize_rows(&x, 2, 32, Rounding::Rtn, 0, 0).unwrap();
+    assert!(t.underflow > 0 && t.underflow_counted == 64, "{t:?}");
+
+    // gemm_noise against an f64 product and the GEMM's own output.
+    let (m, n, k) = (5, 7, 64);
+    let a_data = gradient_like(m, k, 41);
+    let b_data = gradient_like(k, n, 42);
+    let (a, b) = (
+        MatRef::row_major(&a_data, m, k),
+        MatRef::row_major(&b_data, k, n),
+    );
+    let exact = f64_matmul(a, b);
+    for mode in [
+        BackwardMode::Mxfp4Sr,
+        BackwardMode::Mxfp4Rtn,
+        BackwardMode::Bf16,
+    ] {
+        let cfg = MxConfig {
+            mode,
+            hadamard_block: 64,
+            signs: HadamardSigns::Fresh,
+            seed: 4,
+        };
+        let mut q = vec![f32::NAN; m * n];
+        backward_gemm(&cfg, &id(2), a, b, &mut q, n, false, None).unwrap();
+        let (noise, sum) = gemm_noise(&cfg, &id(2), a, b).unwrap();
+        let want_sum: f64 = exact.iter().map(|e| e * e).sum();
+        let want_noise: f64 = q
+            .iter()
+            .zip(&exact)
+            .map(|(q, e)| (*q as f64 - e).powi(2))
+            .sum();
+        assert!((sum - want_sum).abs() <= 1e-5 * want_sum, "{mode}");
+        if mode == BackwardMode::Bf16 {
+            assert!(
+                noise <= 1e-10 * want_sum,
+                "{mode}: the f32 GEMM has no quantization noise"
+            );
+        } else {
+            // Same streams as the step's GEMM: the noise of exactly its product.
+            assert!(
+                (noise - want_noise).abs() <= 1e-4 * want_noise,
+                "{mode}: {noise} vs {want_noise}"
+            );
+            assert!(noise > 1e-4 * sum, "{mode}");
+        }
+    }
+}
