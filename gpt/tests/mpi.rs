@@ -251,6 +251,17 @@ fn transport_child() {
         return; // only under mpirun, started by the test above
     }
     let dist = gpt::dist::from_env().unwrap();
+    // A failed check must end every rank at once, not leave the others in a collective.
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_transport(dist.as_ref())
+    }));
+    if checked.is_err() {
+        dist.abort(1);
+    }
+    println!("transport child: ok");
+}
+
+fn check_transport(dist: &dyn gpt::dist::Transport) {
     let (me, n) = (dist.rank(), dist.size());
     assert!(n >= 2, "expected at least 2 ranks");
     let in_order = |i: usize| (1..n).fold(contribution(0, i), |s, r| s + contribution(r, i));
@@ -301,7 +312,6 @@ fn transport_child() {
     dist.broadcast(&mut b, 0).unwrap();
     assert_eq!(&b, b"from rank 0");
     dist.barrier().unwrap();
-    println!("transport child: ok");
 }
 
 fn copy_checkpoint(from: &Path, to: &Path, step: u64, ranks: usize) {

@@ -33,7 +33,19 @@ fn main() {
         })
         .init();
     let args: gpt::trainer::TrainArgs = argh::from_env();
-    if let Err(e) = gpt::trainer::train_with(&args, dist.as_ref()) {
+    // A panic on one rank must not leave the others waiting in a collective (nor this rank in
+    // MPI_Finalize while unwinding): the panic message is printed, then the job is aborted.
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        gpt::trainer::train_with(&args, dist.as_ref())
+    }));
+    let Ok(result) = run else {
+        if ranks > 1 {
+            eprintln!("error: rank {rank} of {ranks} panicked (above); aborting all {ranks} ranks");
+            dist.abort(101);
+        }
+        std::process::exit(101);
+    };
+    if let Err(e) = result {
         if ranks > 1 {
             // The other ranks may be waiting in a collective: end the whole job now.
             eprintln!("error: rank {rank} of {ranks}: {e}\nerror: aborting all {ranks} ranks");
