@@ -57,6 +57,29 @@ fn train_ok(np: usize, args: &[&str]) -> String {
     text
 }
 
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// (peak RSS, estimate) in bytes from the "memory: peak RSS 94.5 MiB (estimated 89.8 MiB)" line.
+fn peak_and_estimate(out: &str) -> (f64, f64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("memory: peak RSS "))
+        .expect("a memory line");
+    let nums: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let unit = |i: usize| {
+        if line.matches("GiB").count() > i {
+            1024.0 * MIB
+        } else {
+            MIB
+        }
+    };
+    assert!(!line.contains("GiB"), "a tiny run in GiB? {line}");
+    (nums[0] * unit(0), nums[1] * unit(1))
+}
+
 /// Every step's loss of a `--log-json` file.
 fn losses(log: &Path) -> Vec<f32> {
     std::fs::read_to_string(log)
@@ -162,6 +185,14 @@ fn two_ranks_equal_one_rank_with_twice_the_accumulation() {
             let out = train_ok(np, &args);
             if np == 2 {
                 assert!(out.contains("(1 per rank x 2 ranks)"), "{out}");
+                // Rank 0's peak RSS against its per-rank (ZeRO-1) estimate, as 1-rank runs are.
+                let (rss, est) = peak_and_estimate(&out);
+                eprintln!(
+                    "{backward} 2 ranks: rank 0 peak RSS {:.1} MiB, estimate {:.1} MiB",
+                    rss / MIB,
+                    est / MIB
+                );
+                assert!((0.85..=1.15).contains(&(rss / est)), "{out}");
                 assert!(
                     !out.contains("rank 1: step"),
                     "rank 1 logged its steps:\n{out}"
