@@ -69,15 +69,11 @@ fn peak_and_estimate(out: &str) -> (f64, f64) {
         .split(|c: char| !(c.is_ascii_digit() || c == '.'))
         .filter_map(|w| w.parse().ok())
         .collect();
-    let unit = |i: usize| {
-        if line.matches("GiB").count() > i {
-            1024.0 * MIB
-        } else {
-            MIB
-        }
-    };
-    assert!(!line.contains("GiB"), "a tiny run in GiB? {line}");
-    (nums[0] * unit(0), nums[1] * unit(1))
+    assert!(
+        line.matches("MiB").count() == 2,
+        "a tiny run in MiB: {line}"
+    );
+    (nums[0] * MIB, nums[1] * MIB)
 }
 
 /// Every step's loss of a `--log-json` file.
