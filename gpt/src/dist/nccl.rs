@@ -52,6 +52,7 @@ fn candidates() -> Vec<PathBuf> {
 
 /// Opens the first of `paths` that loads and resolves every entry point. The handle is never
 /// closed: the functions live as long as the process.
+#[allow(clippy::missing_transmute_annotations)] // each target type is the field's
 fn load_from(paths: &[PathBuf]) -> Result<Api, String> {
     let mut tried = Vec::new();
     for p in paths {
