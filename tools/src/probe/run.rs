@@ -188,3 +188,36 @@ fn print_summary(rows: &[(String, Value)]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replot_redraws_the_picture_from_the_json_and_refuses_other_files() {
+        let dir = std::env::temp_dir().join(format!("probe-replot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json_path = dir.join("probe.json");
+        let doc = json!({"results": [
+            {"step": 30, "checkpoint": "/runs/a/ckpt_00000030.bin", "probe": {"modes": [], "tensors": []}},
+            {"step": 300, "checkpoint": "ckpt_00000300.bin", "probe": {"modes": [], "tensors": []}},
+        ]});
+        std::fs::write(&json_path, doc.to_string()).unwrap();
+        replot(&json_path).unwrap();
+        let svg = std::fs::read_to_string(dir.join("probe.svg")).unwrap();
+        assert!(svg.contains("step 30 (ckpt_00000030.bin)"), "{svg}");
+        assert!(svg.contains("step 300 (ckpt_00000300.bin)"), "{svg}");
+        assert!(
+            !svg.contains("/runs/a"),
+            "rows name the file, not its directory"
+        );
+
+        std::fs::write(&json_path, "{\"tensors\": []}").unwrap();
+        let err = replot(&json_path).unwrap_err();
+        assert!(
+            err.contains("no \"results\"") && err.contains("probe.json"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
