@@ -48,7 +48,7 @@ def run_bench(path, args, threads, out):
 def run_torch(args, threads, out):
     cmd = [args.python, os.path.join(HERE, "torch_reference.py"), "--device", "cpu", "--suite",
            "step", "--model", args.model, "--batch", str(args.batch), "--seq", str(args.seq),
-           "--precision", "fp32", "--threads", str(threads), "--variants", "eager,compile",
+           "--precision", "fp32", "--threads", str(threads), "--variants", args.torch_variants,
            "--modes", "bf16", "--warmup", "2", "--reps", str(args.reps), "--out", out]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     newest = max(glob.glob(os.path.join(out, "torch-*.json")), key=os.path.getmtime)
@@ -68,6 +68,7 @@ def main():
                    help="LABEL=PATH of a tools/bench binary (repeatable; default: this build)")
     p.add_argument("--python", default=sys.executable, help="python with torch")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--torch-variants", default="eager,compile", help="eager, compile (comma)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("MXGPT_THREADS", "0"))
                    or os.cpu_count())
     p.add_argument("--out", default=os.path.join(HERE, "results"))

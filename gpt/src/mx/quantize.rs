@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn branchless_sr_code_matches_sr_code() {
         let mut r = crate::rng::SplitMix64::new(3);
-        let mut check = |a: f32, u: f32| {
+        let check = |a: f32, u: f32| {
             assert_eq!(sr_code_branchless(a, u), sr_code(a, u), "a {a} u {u}");
         };
         for &g in &E2M1_VALUES {
