@@ -6,7 +6,8 @@ Runs, round after round (interleaved, so a noisy neighbour hits every system ali
     `--backward bf16,mxfp4`, at one model and shape;
   - perf/torch_reference.py --device cpu: the same GPT-2 step in FP32, eager and torch.compile,
     with torch.set_num_threads equal to mxgpt's thread count;
-then writes the per-round medians, the median over rounds and the ratios to
+then writes the per-round medians, the median over rounds and the ratios (taken within each
+round, then the median over rounds) to
 perf/results/cpu-side-by-side_<model>_<date>_<commit>.json (device, date, commit, threads).
 
     python3 perf/cpu_side_by_side.py --model 124m --batch 4 --seq 64 --rounds 3 \\
@@ -56,6 +57,25 @@ def run_torch(args, threads, out):
     return {e["variant"]: {"median_ms": e["stats"]["median_ms"]} for e in doc["entries"]}, doc
 
 
+def summarize(rounds, labels, with_torch):
+    """Ratios taken within each round (systems side by side under the same load), then the
+    median over rounds: a load spike that hits one round moves both sides of its ratios."""
+    def med(f):
+        return statistics.median(f(rd) for rd in rounds)
+
+    ratios = {}
+    for label in labels:
+        for m in rounds[0][label]:
+            if with_torch:
+                for v in rounds[0]["pytorch"]:
+                    ratios[f"{label}/{m} speed vs pytorch {v}"] = med(
+                        lambda rd: rd["pytorch"][v]["median_ms"] / rd[label][m]["median_ms"])
+            if label != labels[0]:
+                ratios[f"{label}/{m} speedup vs {labels[0]}"] = med(
+                    lambda rd: rd[labels[0]][m]["median_ms"] / rd[label][m]["median_ms"])
+    return ratios
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="124m")
@@ -96,17 +116,7 @@ def main():
     for system in rounds[0]:
         summary[system] = {m: statistics.median(rd[system][m]["median_ms"] for rd in rounds)
                            for m in rounds[0][system]}
-    ratios = {}
-    if not args.no_torch:
-        for label, _ in benches:
-            for m, ms in summary[label].items():
-                for v, tms in summary["pytorch"].items():
-                    ratios[f"{label}/{m} speed vs pytorch {v}"] = tms / ms
-    if len(benches) > 1:
-        first = benches[0][0]
-        for label, _ in benches[1:]:
-            for m in summary[label]:
-                ratios[f"{label}/{m} speedup vs {first}"] = summary[first][m] / summary[label][m]
+    ratios = summarize(rounds, [label for label, _ in benches], not args.no_torch)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip() or "unknown"
     now = datetime.datetime.now(datetime.timezone.utc)
