@@ -75,6 +75,7 @@ fn train(be: &mut dyn Backend, gpt: &Gpt, steps: usize, plan: &PrecisionPlan) ->
     be.set_mx_config(MxConfig {
         mode,
         hadamard_block: 32,
+        signs: gpt::mx::HadamardSigns::Fresh,
         seed: 5,
     })
     .unwrap();
@@ -371,6 +372,7 @@ fn mxfp4_linear_backward_matches_the_cpu_op() {
                 be.set_mx_config(MxConfig {
                     mode,
                     hadamard_block: 64,
+                    signs: gpt::mx::HadamardSigns::Fresh,
                     seed: 11,
                 })
                 .unwrap();
