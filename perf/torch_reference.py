@@ -23,8 +23,13 @@ written). It is a timing reference, not a numerics reference.
 
     python3 perf/torch_reference.py --model 124m --batch 8 --seq 1024 [--out perf/results]
 
-Needs PyTorch with CUDA (a GPU host has it); runs on the CPU too with --device cpu for a
-smoke test at tiny sizes (--model tiny).
+Needs PyTorch with CUDA (a GPU host has it). CPU mode (`--device cpu`, issue 16): the same step
+in FP32 (`--precision fp32`, the CPU default: mxgpt's CPU math), `torch.set_num_threads(--threads)`
+(default MXGPT_THREADS, else all cores), measured in eager mode and under torch.compile
+(`--variants eager,compile`); perf/cpu_side_by_side.py runs it beside tools/bench.
+
+    python3 perf/torch_reference.py --device cpu --suite step --model 124m --batch 4 --seq 64 \
+        --variants eager,compile --modes bf16
 """
 
 import argparse
@@ -230,33 +235,43 @@ def gemm_entries(layers, c, rows, device, warmup, reps):
     return entries
 
 
-def step_entries(cfg, batch, seq, device, warmup, reps):
-    """One training step in plain PyTorch, BF16 backward vs fake-quant MXFP4 backward."""
+def step_entries(cfg, batch, seq, device, warmup, reps, precision="bf16", variants=("eager",),
+                 modes=("bf16", "mxfp4_fakequant")):
+    """One training step in plain PyTorch, BF16 backward vs fake-quant MXFP4 backward; per
+    variant: eager, or torch.compile of the model (inductor)."""
     layers, c, nh, max_seq = cfg
     entries = []
-    for mode, mx in [("bf16", False), ("mxfp4_fakequant", True)]:
-        torch.manual_seed(0)
-        model = GPT(layers, c, nh, max_seq, mx).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1,
-                                fused=device == "cuda")
-        idx = torch.randint(0, VOCAB, (batch, seq), device=device)
-        tgt = torch.randint(0, VOCAB, (batch, seq), device=device)
-        dtype = torch.bfloat16
+    for variant in variants:
+        for mode in modes:
+            mx = mode == "mxfp4_fakequant"
+            torch.manual_seed(0)
+            model = GPT(layers, c, nh, max_seq, mx).to(device)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1,
+                                    fused=device == "cuda")
+            fwd = torch.compile(model) if variant == "compile" else model
+            idx = torch.randint(0, VOCAB, (batch, seq), device=device)
+            tgt = torch.randint(0, VOCAB, (batch, seq), device=device)
 
-        def step():
-            with torch.autocast(device_type=device, dtype=dtype):
-                loss = model(idx, tgt)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            def step():
+                if precision == "bf16":
+                    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+                        loss = fwd(idx, tgt)
+                else:
+                    loss = fwd(idx, tgt)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
 
-        st = timed(step, warmup, reps, device)
-        entries.append({"suite": "torch_step", "name": f"{mode}", "mode": mode,
-                        "shape": f"B={batch} T={seq} L={layers} C={c}", "stats": st,
-                        "tokens_per_s": batch * seq / (st["median_ms"] * 1e-3)})
-        del model, opt
-    bf16, mx = entries[0]["stats"]["median_ms"], entries[1]["stats"]["median_ms"]
-    entries[1]["overhead_vs_bf16"] = mx / bf16 - 1.0
+            st = timed(step, warmup, reps, device)
+            name = mode if variant == "eager" else f"{variant}/{mode}"
+            entries.append({"suite": "torch_step", "name": name, "mode": mode,
+                            "variant": variant, "precision": precision,
+                            "shape": f"B={batch} T={seq} L={layers} C={c}", "stats": st,
+                            "tokens_per_s": batch * seq / (st["median_ms"] * 1e-3)})
+            del model, opt, fwd
+        if len(modes) == 2:
+            bf16, mx = entries[-2]["stats"]["median_ms"], entries[-1]["stats"]["median_ms"]
+            entries[-1]["overhead_vs_bf16"] = mx / bf16 - 1.0
     return entries
 
 
@@ -273,6 +288,17 @@ def commit():
         return "unknown"
 
 
+def cpu_name():
+    """The CPU model from /proc/cpuinfo (as tools/bench names it), else "cpu"."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="124m", choices=sorted(MODELS))
@@ -283,7 +309,17 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--out", default="perf/results")
+    p.add_argument("--precision", choices=["bf16", "fp32"],
+                   help="autocast dtype of the step (default: bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument("--threads", type=int,
+                   help="torch.set_num_threads on the CPU (default MXGPT_THREADS, else all)")
+    p.add_argument("--variants", default="eager", help="step variants: eager, compile (comma)")
+    p.add_argument("--modes", default="bf16,mxfp4_fakequant", help="step backward modes (comma)")
     args = p.parse_args()
+    if args.device == "cpu":
+        threads = args.threads or int(os.environ.get("MXGPT_THREADS", "0")) or os.cpu_count()
+        torch.set_num_threads(threads)
+    precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("torch_reference: --device cuda but PyTorch sees no GPU")
     cfg = MODELS[args.model]
@@ -293,12 +329,15 @@ def main():
         entries += gemm_entries(cfg[0], cfg[1], args.batch * args.seq, args.device, args.warmup,
                                 args.reps)
     if "step" in suites:
-        entries += step_entries(cfg, args.batch, args.seq, args.device, args.warmup, args.reps)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+        entries += step_entries(cfg, args.batch, args.seq, args.device, args.warmup, args.reps,
+                                precision, tuple(args.variants.split(",")),
+                                tuple(args.modes.split(",")))
+    name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     now = datetime.datetime.now(datetime.timezone.utc)
     doc = {"schema": "mxgpt-torch-reference-1", "device": name, "date": now.isoformat(),
            "commit": commit(), "torch": torch.__version__, "model": args.model,
-           "batch": args.batch, "seq": args.seq, "entries": entries}
+           "batch": args.batch, "seq": args.seq, "threads": torch.get_num_threads(),
+           "precision": precision, "entries": entries}
     os.makedirs(args.out, exist_ok=True)
     slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
     path = os.path.join(args.out, f"torch-{slug}_{now:%Y%m%d-%H%M%S}_{doc['commit']}.json")

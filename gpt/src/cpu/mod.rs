@@ -3,6 +3,9 @@
 pub mod backend;
 pub mod gemm;
 pub mod ops;
+pub mod simd;
 
+#[cfg(test)]
+mod fast_tests;
 #[cfg(test)]
 mod gradcheck;

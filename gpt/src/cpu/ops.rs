@@ -367,21 +367,69 @@ pub fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + th) + 0.5 * x * sech2 * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x)
 }
 
+/// GELU through the logistic function, the form the fast kernels use:
+/// 0.5·x·(1 + tanh(a)) = x·σ(2a) with σ(z) = 1 / (1 + e^-z), a = √(2/π)·(x + 0.044715·x³).
+/// Plain arithmetic around `exp_f32` (no libm call), so loops over it vectorize; no cancellation
+/// for negative x (where 1 + tanh(a) loses digits). Within (4 + |2a|)·1.5e-7 relative of the exact
+/// function: a few ulp times the condition number of σ(2a) (tested).
+#[inline(always)]
+pub fn gelu_fast(x: f32) -> f32 {
+    let a = GELU_SCALE * (x + 0.044715 * x * x * x);
+    x / (1.0 + exp_f32(-2.0 * a))
+}
+
+/// gelu'(x) from the same σ: with s = σ(2a), e = e^-2a: 0.5·(1 + tanh) = s and
+/// sech² = 4·s·(1 - s) = 4·s²·e, so gelu' = s + 2·x·s²·e·√(2/π)·(1 + 3·0.044715·x²).
+/// Within 2e-6 absolute of the exact derivative (tested).
+#[inline(always)]
+pub fn gelu_grad_fast(x: f32) -> f32 {
+    let a = GELU_SCALE * (x + 0.044715 * x * x * x);
+    let e = exp_f32(-2.0 * a);
+    let s = 1.0 / (1.0 + e);
+    s + 2.0 * x * (s * s * e) * GELU_SCALE * (1.0 + 3.0 * 0.044715 * x * x)
+}
+
+#[inline(always)]
+pub(crate) fn gelu_forward_chunk(out: &mut [f32], inp: &[f32]) {
+    for (o, x) in out.iter_mut().zip(inp) {
+        *o = gelu_fast(*x);
+    }
+}
+
+#[inline(always)]
+pub(crate) fn gelu_backward_chunk(d: &mut [f32], pre: &[f32]) {
+    for (g, x) in d.iter_mut().zip(pre) {
+        *g *= gelu_grad_fast(*x);
+    }
+}
+
+/// out = gelu(inp), elementwise. Memory-bound once vectorized (8 bytes per element, ~30 flops);
+/// split in 4096-element chunks over the pool.
 pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
     parallel_rows_mut(out, 1, 4096, |r, chunk| {
-        for (o, x) in chunk.iter_mut().zip(&inp[r]) {
-            *o = gelu(*x);
-        }
+        crate::avx2!(gelu_forward_chunk(chunk, &inp[r]))
     });
 }
 
 /// d *= gelu'(pre), in place.
 pub fn gelu_backward_inplace(d: &mut [f32], pre: &[f32]) {
     parallel_rows_mut(d, 1, 4096, |r, chunk| {
-        for (g, x) in chunk.iter_mut().zip(&pre[r]) {
-            *g *= gelu_grad(*x);
-        }
+        crate::avx2!(gelu_backward_chunk(chunk, &pre[r]))
     });
+}
+
+/// The plain twins of `gelu_forward` / `gelu_backward_inplace` (libm tanh), kept as the
+/// reference the fast ones are tested against.
+pub fn gelu_forward_plain(out: &mut [f32], inp: &[f32]) {
+    for (o, x) in out.iter_mut().zip(inp) {
+        *o = gelu(*x);
+    }
+}
+
+pub fn gelu_backward_plain(d: &mut [f32], pre: &[f32]) {
+    for (g, x) in d.iter_mut().zip(pre) {
+        *g *= gelu_grad(*x);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,38 +451,40 @@ pub fn attention_forward(
     let scale = 1.0 / (hs as f32).sqrt();
     let (op, lp) = (SharedMut::new(out), SharedMut::new(lse));
     parallel_for(b * nh, 1, |pairs| {
-        let mut scores = vec![0.0f32; t];
-        let mut acc = vec![0.0f32; hs];
-        for pair in pairs {
-            let (bi, h) = (pair / nh, pair % nh);
-            let row = |tt: usize, part: usize| {
-                let base = (bi * t + tt) * 3 * c + part * c + h * hs;
-                &qkv[base..base + hs]
-            };
-            for t1 in 0..t {
-                let q = row(t1, 0);
-                let mut maxv = f32::NEG_INFINITY;
-                for t2 in 0..=t1 {
-                    let s = dot(q, row(t2, 1)) * scale;
-                    scores[t2] = s;
-                    maxv = maxv.max(s);
+        super::simd::with_avx2(|| {
+            let mut scores = vec![0.0f32; t];
+            let mut acc = vec![0.0f32; hs];
+            for pair in pairs {
+                let (bi, h) = (pair / nh, pair % nh);
+                let row = |tt: usize, part: usize| {
+                    let base = (bi * t + tt) * 3 * c + part * c + h * hs;
+                    &qkv[base..base + hs]
+                };
+                for t1 in 0..t {
+                    let q = row(t1, 0);
+                    let mut maxv = f32::NEG_INFINITY;
+                    for t2 in 0..=t1 {
+                        let s = dot(q, row(t2, 1)) * scale;
+                        scores[t2] = s;
+                        maxv = maxv.max(s);
+                    }
+                    let mut sum = 0.0f32;
+                    acc.fill(0.0);
+                    for t2 in 0..=t1 {
+                        let p = exp_f32(scores[t2] - maxv);
+                        sum += p;
+                        axpy(&mut acc, p, row(t2, 2));
+                    }
+                    let inv = 1.0 / sum;
+                    // SAFETY: (bi, h) owns out[bi, :, h*hs..(h+1)*hs] and lse[bi, h, :].
+                    let o = unsafe { op.slice((bi * t + t1) * c + h * hs, hs) };
+                    for (o, a) in o.iter_mut().zip(&acc) {
+                        *o = a * inv;
+                    }
+                    unsafe { lp.slice((bi * nh + h) * t + t1, 1)[0] = maxv + sum.ln() };
                 }
-                let mut sum = 0.0f32;
-                acc.fill(0.0);
-                for t2 in 0..=t1 {
-                    let p = exp_f32(scores[t2] - maxv);
-                    sum += p;
-                    axpy(&mut acc, p, row(t2, 2));
-                }
-                let inv = 1.0 / sum;
-                // SAFETY: (bi, h) owns out[bi, :, h*hs..(h+1)*hs] and lse[bi, h, :].
-                let o = unsafe { op.slice((bi * t + t1) * c + h * hs, hs) };
-                for (o, a) in o.iter_mut().zip(&acc) {
-                    *o = a * inv;
-                }
-                unsafe { lp.slice((bi * nh + h) * t + t1, 1)[0] = maxv + sum.ln() };
             }
-        }
+        })
     });
 }
 
@@ -455,42 +505,44 @@ pub fn attention_backward(
     let scale = 1.0 / (hs as f32).sqrt();
     let dp = SharedMut::new(dqkv);
     parallel_for(b * nh, 1, |pairs| {
-        let mut dscore = vec![0.0f32; t];
-        for pair in pairs {
-            let (bi, h) = (pair / nh, pair % nh);
-            let at = |tt: usize, part: usize| (bi * t + tt) * 3 * c + part * c + h * hs;
-            // SAFETY: (bi, h) owns the head-h channels of q, k and v in dqkv[bi, :, :].
-            for tt in 0..t {
-                for part in 0..3 {
-                    unsafe { dp.slice(at(tt, part), hs) }.fill(0.0);
+        super::simd::with_avx2(|| {
+            let mut dscore = vec![0.0f32; t];
+            for pair in pairs {
+                let (bi, h) = (pair / nh, pair % nh);
+                let at = |tt: usize, part: usize| (bi * t + tt) * 3 * c + part * c + h * hs;
+                // SAFETY: (bi, h) owns the head-h channels of q, k and v in dqkv[bi, :, :].
+                for tt in 0..t {
+                    for part in 0..3 {
+                        unsafe { dp.slice(at(tt, part), hs) }.fill(0.0);
+                    }
+                }
+                for t1 in 0..t {
+                    let q = &qkv[at(t1, 0)..at(t1, 0) + hs];
+                    let d_o = &dout[(bi * t + t1) * c + h * hs..][..hs];
+                    let o = &out[(bi * t + t1) * c + h * hs..][..hs];
+                    let l = lse[(bi * nh + h) * t + t1];
+                    let d_sum = dot(d_o, o); // sum_t2 P dP, the softmax-backward correction
+                    for t2 in 0..=t1 {
+                        let k = &qkv[at(t2, 1)..at(t2, 1) + hs];
+                        let v = &qkv[at(t2, 2)..at(t2, 2) + hs];
+                        let p = exp_f32(dot(q, k) * scale - l);
+                        // dV[t2] += P * dO[t1]
+                        axpy(unsafe { dp.slice(at(t2, 2), hs) }, p, d_o);
+                        dscore[t2] = p * (dot(d_o, v) - d_sum) * scale;
+                    }
+                    let dq = unsafe { dp.slice(at(t1, 0), hs) };
+                    for t2 in 0..=t1 {
+                        let k = &qkv[at(t2, 1)..at(t2, 1) + hs];
+                        axpy(dq, dscore[t2], k);
+                        axpy(unsafe { dp.slice(at(t2, 1), hs) }, dscore[t2], q);
+                    }
                 }
             }
-            for t1 in 0..t {
-                let q = &qkv[at(t1, 0)..at(t1, 0) + hs];
-                let d_o = &dout[(bi * t + t1) * c + h * hs..][..hs];
-                let o = &out[(bi * t + t1) * c + h * hs..][..hs];
-                let l = lse[(bi * nh + h) * t + t1];
-                let d_sum = dot(d_o, o); // sum_t2 P dP, the softmax-backward correction
-                for t2 in 0..=t1 {
-                    let k = &qkv[at(t2, 1)..at(t2, 1) + hs];
-                    let v = &qkv[at(t2, 2)..at(t2, 2) + hs];
-                    let p = exp_f32(dot(q, k) * scale - l);
-                    // dV[t2] += P * dO[t1]
-                    axpy(unsafe { dp.slice(at(t2, 2), hs) }, p, d_o);
-                    dscore[t2] = p * (dot(d_o, v) - d_sum) * scale;
-                }
-                let dq = unsafe { dp.slice(at(t1, 0), hs) };
-                for t2 in 0..=t1 {
-                    let k = &qkv[at(t2, 1)..at(t2, 1) + hs];
-                    axpy(dq, dscore[t2], k);
-                    axpy(unsafe { dp.slice(at(t2, 1), hs) }, dscore[t2], q);
-                }
-            }
-        }
+        })
     });
 }
 
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums so the compiler can vectorize without reassociating (fixed order).
     let mut acc = [0.0f32; 8];
@@ -507,7 +559,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
 }
 
-#[inline]
+#[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += a * x;
@@ -659,14 +711,30 @@ pub fn adamw_update(
     parallel_rows_mut(params, 1, 8192, |r, p| {
         // SAFETY: each worker owns the range r of m and v.
         let (m, v) = unsafe { (mp.slice(r.start, r.len()), vp.slice(r.start, r.len())) };
-        let g = &grads[r];
-        for i in 0..p.len() {
-            let gi = g[i] * hp.grad_scale;
-            m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * gi;
-            v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * gi * gi;
-            let mhat = m[i] / bc1;
-            let vhat = v[i] / bc2;
-            p[i] -= hp.lr * (mhat / (vhat.sqrt() + hp.eps) + wd * p[i]);
-        }
+        crate::avx2!(adamw_chunk(p, &grads[r], m, v, hp, bc1, bc2, wd))
     });
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn adamw_chunk(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    hp: &AdamW,
+    bc1: f32,
+    bc2: f32,
+    wd: f32,
+) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let gi = g[i] * hp.grad_scale;
+        m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * gi;
+        v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * gi * gi;
+        let mhat = m[i] / bc1;
+        let vhat = v[i] / bc2;
+        p[i] -= hp.lr * (mhat / (vhat.sqrt() + hp.eps) + wd * p[i]);
+    }
 }
