@@ -93,6 +93,13 @@ impl CudaBackend {
         let work_len = [
             k::layernorm::layernorm_backward_scratch_len(bt, c),
             k::gemm::bias_backward_scratch_len(bt, 4 * c),
+            // split-K partials and the fused bias gradient's partial sums (linear_backward_with)
+            k::gemm::linear_layers_scratch_len(
+                &k::gemm::GemmOptions::from_env().map_err(err)?,
+                bt,
+                c,
+                cfg.padded_vocab,
+            ),
             k::attention::attention_backward_scratch_len(batch, seq, c, cfg.heads),
             k::global_norm::grad_norm_scratch_len(layout.total),
         ]
@@ -228,10 +235,41 @@ impl CudaBackend {
                 mx.linear_backward(g, &p, dx, dwp, d, x, wp, (rows, ic, oc))?;
             }
             None => {
-                k::gemm::matmul_backward_input(g, self.bf(dinp)?, d, self.bf(w)?, rows, ic, oc)
-                    .map_err(err)?;
-                k::gemm::matmul_backward_weight(g, self.bf(dw)?, d, self.bf(inp)?, rows, ic, oc)
-                    .map_err(err)?;
+                // The work buffer allows split-K and holds the bias gradient's partial sums,
+                // which the fast wgrad computes from the dout tiles it already loads (the same
+                // bits as bias_backward; gemm.rs).
+                let (o, work) = (
+                    k::gemm::GemmOptions::from_env().map_err(err)?,
+                    Ptr::of(&self.work),
+                );
+                let db = dbias.map(|t| self.bf(t)).transpose()?;
+                k::gemm::matmul_backward_input_with(
+                    g,
+                    &o,
+                    self.bf(dinp)?,
+                    d,
+                    self.bf(w)?,
+                    None,
+                    Some(work),
+                    rows,
+                    ic,
+                    oc,
+                )
+                .map_err(err)?;
+                k::gemm::matmul_backward_weight_with(
+                    g,
+                    &o,
+                    self.bf(dw)?,
+                    db,
+                    d,
+                    self.bf(inp)?,
+                    Some(work),
+                    rows,
+                    ic,
+                    oc,
+                )
+                .map_err(err)?;
+                return Ok(());
             }
         }
         if let Some(db) = dbias {
