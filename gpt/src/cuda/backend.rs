@@ -798,32 +798,40 @@ impl Backend for CudaBackend {
     }
 
     fn adamw(&mut self, hp: &AdamW) -> BResult<()> {
-        let args = |decay: bool| k::adamw::AdamwArgs {
+        let args = k::adamw::AdamwArgs {
             lr: hp.lr,
             beta1: hp.beta1,
             beta2: hp.beta2,
             beta1_correction: 1.0 - hp.beta1.powi(hp.t as i32),
             beta2_correction: 1.0 - hp.beta2.powi(hp.t as i32),
             eps: hp.eps,
-            weight_decay: if decay { hp.weight_decay } else { 0.0 },
+            // Applied to the decayed ranges only (matrices); the others get 0.
+            weight_decay: hp.weight_decay,
             grad_scale: hp.grad_scale,
             seed: adamw_seed(hp.t),
         };
-        let g = &self.gpu;
-        for t in &self.layout.tensors {
-            k::adamw::adamw_update(
-                g,
-                Ptr::of(&self.params),
-                Ptr::of(&self.master),
-                Ptr::of(&self.grads),
-                Ptr::of(&self.adam_m),
-                Ptr::of(&self.adam_v),
-                t.offset,
-                t.len(),
-                &args(t.weight_decay()),
-            )
-            .map_err(err)?;
-        }
-        Ok(())
+        // Every tensor in one multi-tensor launch (or one reference launch per range when
+        // MXGPT_MEMBOUND_KERNELS=reference); the same bits either way.
+        let ranges: Vec<k::adamw::AdamwRange> = self
+            .layout
+            .tensors
+            .iter()
+            .map(|t| k::adamw::AdamwRange {
+                offset: t.offset,
+                len: t.len(),
+                decay: t.weight_decay(),
+            })
+            .collect();
+        k::adamw::adamw_update_ranges(
+            &self.gpu,
+            Ptr::of(&self.params),
+            Ptr::of(&self.master),
+            Ptr::of(&self.grads),
+            Ptr::of(&self.adam_m),
+            Ptr::of(&self.adam_v),
+            &ranges,
+            &args,
+        )
+        .map_err(err)
     }
 }

@@ -18,6 +18,7 @@ pub mod gelu;
 pub mod gemm;
 pub mod global_norm;
 pub mod layernorm;
+pub mod membound;
 pub mod mx;
 pub mod mx_tcgen05;
 
