@@ -9,7 +9,7 @@
 
 use crate::layout::TensorRef;
 use crate::mx::fp8::{ForwardConfig, Fp8State};
-use crate::mx::{GemmId, LinearKind, MxConfig, MxTelemetry};
+use crate::mx::{GemmId, LinearKind, MxConfig, MxTelemetry, SiteTelemetry};
 use crate::precision::BackwardMode;
 
 /// Which block linear layer a forward GEMM computes, and whether the pass trains: delayed FP8
@@ -90,6 +90,15 @@ pub trait Backend {
     }
     /// Quantization telemetry accumulated since the last call (empty in bf16 mode).
     fn take_mx_telemetry(&mut self) -> MxTelemetry;
+    /// The same sums per backward-GEMM site since the last call of this method, in (layer,
+    /// linear, GEMM) order; independent of `take_mx_telemetry`. Empty where a backend keeps only
+    /// totals (the CUDA backend today).
+    fn take_mx_site_telemetry(&mut self) -> Vec<SiteTelemetry> {
+        Vec::new()
+    }
+    /// While on, measure every quantized backward GEMM's output against the exact product
+    /// (`MxTelemetry::noise_sq`); a backend that cannot ignores it.
+    fn set_mx_noise_measurement(&mut self, _on: bool) {}
 
     /// Token ids of the current micro batch ([B*T] each); targets may be absent (inference).
     fn set_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> BResult<()>;

@@ -10,7 +10,7 @@ use crate::layout::{Arena, TensorRef};
 use crate::memory::{self, Device, MemoryEstimate, RunPlan};
 use crate::model::{Gpt, PrecisionPlan};
 use crate::mx::fp8::{ForwardConfig, Fp8Scaling, Fp8State};
-use crate::mx::{MxConfig, MxTelemetry};
+use crate::mx::{HadamardSigns, MxConfig, MxTelemetry};
 use crate::outliers::OutlierDetector;
 use crate::precision::{BackwardMode, ForwardMode};
 use crate::rng::SplitMix64;
@@ -132,6 +132,11 @@ pub struct TrainArgs {
     /// mxfp4): 16, 32, 64, 128, 256 (default 64; an error with any other mode)
     #[argh(option)]
     pub hadamard_block: Option<usize>,
+    /// the random Hadamard transform's signs: fresh (new signs for every GEMM call, the MXFP4
+    /// paper's recipe) or fixed (one sign vector for the whole run, drawn from the seed)
+    /// (default fresh; an error with a mode that has no transform)
+    #[argh(option)]
+    pub hadamard_signs: Option<String>,
     /// keep blocks in BF16 backward: first:N,last:M
     #[argh(option)]
     pub bf16_blocks: Option<String>,
@@ -143,6 +148,12 @@ pub struct TrainArgs {
     /// write JSON lines (train and eval records) to this file
     #[argh(option)]
     pub log_json: Option<PathBuf>,
+    /// with a quantized --backward: every N steps, log per linear layer and backward GEMM the
+    /// clip and underflow fractions and relative error since the last such record, and measure
+    /// that step's quantization noise against the exact GEMM (two extra GEMMs per quantized
+    /// GEMM on that step only); 0 turns it off (default 100)
+    #[argh(option, default = "100")]
+    pub mx_telemetry_every: u64,
     /// directory for checkpoints
     #[argh(option)]
     pub checkpoint_dir: Option<PathBuf>,
@@ -230,10 +241,22 @@ fn setup(args: &TrainArgs) -> Result<Setup, String> {
             ));
         }
     }
+    if let Some(signs) = &args.hadamard_signs {
+        if !mode.uses_rht() {
+            return Err(format!(
+                "--hadamard-signs {signs} has no effect with --backward {mode}: only the MXFP4 modes with a random Hadamard transform (mxfp4-rht, mxfp4) use it (the NVFP4 recipe always fixes its signs); drop the flag or pick one of those modes"
+            ));
+        }
+    }
     let hadamard_block = args.hadamard_block.unwrap_or(64);
+    let signs: HadamardSigns = match &args.hadamard_signs {
+        Some(s) => s.parse()?,
+        None => HadamardSigns::Fresh,
+    };
     let mx = MxConfig {
         mode,
         hadamard_block,
+        signs,
         seed: args.seed,
     };
     if mode.is_quantized() {
@@ -596,6 +619,14 @@ fn run_settings(
                 "none".into()
             },
         ),
+        (
+            "--hadamard-signs",
+            if s.plan.mode.uses_rht() {
+                s.mx.signs.name().to_string()
+            } else {
+                "none".into()
+            },
+        ),
         ("--bf16-blocks", or_none(&args.bf16_blocks)),
         ("--mx-gemm", args.mx_gemm.clone()),
         ("--data", data.to_string()),
@@ -896,7 +927,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         b * t * s.accum,
         describe_forward(&s.forward),
         s.plan.mode,
-        if s.plan.mode.uses_rht() { format!(" (Hadamard block {})", s.mx.hadamard_block) } else { String::new() },
+        if s.plan.mode.uses_rht() { format!(" (Hadamard block {}, {} signs)", s.mx.hadamard_block, s.mx.signs.name()) } else { String::new() },
         info.name,
         info.device,
         info.threads
@@ -1018,6 +1049,10 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
 
     for step in start_step..args.steps {
         let t0 = Instant::now();
+        let per_layer_mx = s.plan.mode.is_quantized()
+            && args.mx_telemetry_every > 0
+            && (step + 1) % args.mx_telemetry_every == 0;
+        be.set_mx_noise_measurement(per_layer_mx);
         be.zero_grads().map_err(|e| e.to_string())?;
         let mut loss_sum = 0.0f64;
         let loss_scale = 1.0 / (b * t * s.accum) as f32;
@@ -1117,7 +1152,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
             rec["mfu"] = json!(m);
         }
         if s.plan.mode.is_quantized() {
-            rec["mx"] = mx_json(&telemetry);
+            rec["mx"] = telemetry.summary_json();
         }
         tokens_since_sample += tokens_per_step as u64;
         if let Some(c) = &counters {
@@ -1131,6 +1166,23 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
         }
         json_log.record(&rec)?;
         summary.losses.push((done, loss));
+        if per_layer_mx {
+            be.set_mx_noise_measurement(false);
+            let sites = be.take_mx_site_telemetry();
+            if !sites.is_empty() {
+                log::info!(
+                    "step {done:>5}/{} | mx per layer: {}",
+                    args.steps,
+                    crate::mx::telemetry::sites_note(&sites)
+                );
+                json_log.record(&json!({
+                    "type": "mx_layers",
+                    "step": done,
+                    "steps": args.mx_telemetry_every.min(done - start_step),
+                    "sites": sites.iter().map(|x| x.json()).collect::<Vec<_>>(),
+                }))?;
+            }
+        }
 
         let last = done == args.steps;
         if let Some(val) = &data.val {
@@ -1290,20 +1342,14 @@ fn sample(
 fn mx_summary(t: &MxTelemetry) -> String {
     match t.summary() {
         Some(s) => format!(
-            " | mx clip {:.2}% relerr {:.4}",
+            " | mx clip {:.2}%{} relerr {:.4}",
             s.clipped_fraction * 100.0,
+            s.underflow_fraction
+                .map(|u| format!(" underflow {:.2}%", u * 100.0))
+                .unwrap_or_default(),
             s.relative_error
         ),
         None => String::new(),
-    }
-}
-
-fn mx_json(t: &MxTelemetry) -> Value {
-    match t.summary() {
-        Some(s) => {
-            json!({"clipped_fraction": s.clipped_fraction, "relative_error": s.relative_error, "nonfinite_blocks": s.nonfinite_blocks})
-        }
-        None => Value::Null,
     }
 }
 

@@ -394,3 +394,35 @@ fn hadamard_block_needs_a_mode_with_rht() {
     assert!(text.contains("Hadamard block 32"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn hadamard_signs_need_a_mode_with_rht_and_a_known_value() {
+    let dir = tmpdir("hadamard-signs");
+    let data = synthetic_dataset(&dir, 8);
+    for mode in ["bf16", "mxfp4-sr", "nvfp4"] {
+        let mut a = tiny(&data, &["--backward", mode, "--hadamard-signs", "fixed"]);
+        a.extend(["--steps", "1"]);
+        train_gpt_fails(&a, &["--hadamard-signs fixed", mode, "no effect"]);
+    }
+    let mut bad = tiny(
+        &data,
+        &["--backward", "mxfp4", "--hadamard-signs", "random"],
+    );
+    bad.extend(["--steps", "1"]);
+    train_gpt_fails(&bad, &["--hadamard-signs 'random'", "fresh", "fixed"]);
+    let mut ok = tiny(
+        &data,
+        &[
+            "--backward",
+            "mxfp4",
+            "--hadamard-block",
+            "32",
+            "--hadamard-signs",
+            "fixed",
+        ],
+    );
+    ok.extend(["--steps", "1"]);
+    let text = train_gpt_ok(&ok);
+    assert!(text.contains("fixed signs"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -43,6 +43,7 @@ fn two_steps(
     be.set_mx_config(MxConfig {
         mode,
         hadamard_block: 32,
+        signs: gpt::mx::HadamardSigns::Fresh,
         seed: 4,
     })
     .unwrap();

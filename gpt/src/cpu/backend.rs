@@ -10,7 +10,7 @@ use crate::backend::{BResult, Backend, BackendError, BackendInfo, LinearBackward
 use crate::config::ModelConfig;
 use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
 use crate::mx::fp8::{self, ForwardConfig, Fp8Operand, Fp8Scaling, Fp8State};
-use crate::mx::{self, MxConfig, MxTelemetry};
+use crate::mx::{self, MxConfig, MxRecorder, MxTelemetry, SiteTelemetry};
 use crate::precision::BackwardMode;
 
 pub struct CpuBackend {
@@ -26,7 +26,7 @@ pub struct CpuBackend {
     targets: Vec<u32>,
     vocab: usize,
     mx: MxConfig,
-    telemetry: MxTelemetry,
+    telemetry: MxRecorder,
     layers: usize,
     forward: ForwardConfig,
     /// Delayed FP8 scaling's amax history (None unless in use).
@@ -53,7 +53,7 @@ pub struct CapturedLinear {
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward_gemms(
     mx_cfg: MxConfig,
-    telemetry: &mut MxTelemetry,
+    telemetry: &mut MxRecorder,
     prec: Option<LinearBackward>,
     (dy, x, w): (&[f32], &[f32], &[f32]),
     (dx, dw): (&mut [f32], &mut [f32]),
@@ -135,9 +135,10 @@ impl CpuBackend {
             mx: MxConfig {
                 mode: BackwardMode::Bf16,
                 hadamard_block: 64,
+                signs: crate::mx::HadamardSigns::Fresh,
                 seed: 0,
             },
-            telemetry: MxTelemetry::default(),
+            telemetry: MxRecorder::default(),
             layers: cfg.layers,
             forward: ForwardConfig::HIGH_PRECISION,
             fp8: None,
@@ -222,7 +223,7 @@ impl CpuBackend {
 #[allow(clippy::too_many_arguments)]
 fn backward_gemm(
     mx_cfg: MxConfig,
-    telemetry: &mut MxTelemetry,
+    telemetry: &mut MxRecorder,
     prec: Option<LinearBackward>,
     which: mx::GemmKind,
     a: MatRef,
@@ -242,12 +243,21 @@ fn backward_gemm(
             } else {
                 p.wgrad
             };
-            mx::backward_gemm(&cfg, &id, a, b, c, ldc, accumulate, Some(telemetry)).map_err(|e| {
+            let named = |e: mx::MxError| {
                 BackendError(format!(
                     "{} {which:?} of layer {} {:?}: {e}",
                     p.mode, id.layer, id.linear
                 ))
-            })
+            };
+            let mut t = MxTelemetry::default();
+            mx::backward_gemm(&cfg, &id, a, b, c, ldc, accumulate, Some(&mut t)).map_err(named)?;
+            if telemetry.measure_noise {
+                let (noise_sq, exact_sq) = mx::gemm_noise(&cfg, &id, a, b).map_err(named)?;
+                t.noise_sq += noise_sq;
+                t.exact_sq += exact_sq;
+            }
+            telemetry.record(&id, &t);
+            Ok(())
         }
         _ => {
             super::gemm::sgemm(a, b, c, ldc, accumulate);
@@ -315,7 +325,13 @@ impl Backend for CpuBackend {
     }
 
     fn take_mx_telemetry(&mut self) -> MxTelemetry {
-        std::mem::take(&mut self.telemetry)
+        self.telemetry.take_total()
+    }
+    fn take_mx_site_telemetry(&mut self) -> Vec<SiteTelemetry> {
+        self.telemetry.take_sites()
+    }
+    fn set_mx_noise_measurement(&mut self, on: bool) {
+        self.telemetry.measure_noise = on;
     }
 
     fn set_forward_config(&mut self, cfg: ForwardConfig) -> BResult<()> {

@@ -407,7 +407,7 @@ impl MxBackward {
             rounding,
             seed: self.cfg.seed,
             sr_stream: id.stream(role),
-            sign_stream: id.stream(StreamRole::RhtSigns),
+            sign_stream: self.cfg.sign_stream(&id),
             hadamard_block: p.mode.uses_rht().then_some(self.cfg.hadamard_block),
         };
         let (sa, sb) = (
@@ -531,7 +531,7 @@ impl MxBackward {
             sq_sum: t[1],
             clipped: t[2] as u64,
             nonfinite_blocks: t[3] as u64,
-            quantize_seconds: 0.0,
+            ..MxTelemetry::default()
         };
         self.elements = 0;
         Ok(tel)

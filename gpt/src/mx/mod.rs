@@ -18,12 +18,14 @@ pub mod hadamard;
 pub mod nvfp4;
 pub mod philox;
 pub mod quantize;
+pub mod telemetry;
 
 use crate::cpu::gemm::{sgemm, MatRef};
 use crate::precision::BackwardMode;
 use format::BLOCK;
 pub use quantize::Rounding;
 use runtime::cpu::parallel_rows_mut;
+pub use telemetry::{MxRecorder, MxSummary, MxTelemetry, SiteTelemetry};
 
 /// The MXFP4 settings of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +33,46 @@ pub struct MxConfig {
     pub mode: BackwardMode,
     /// g of the random Hadamard transform (RHT modes only).
     pub hadamard_block: usize,
+    /// Fresh RHT signs for every GEMM call, or one vector for the whole run (RHT modes only).
+    pub signs: HadamardSigns,
     pub seed: u64,
+}
+
+/// Where the RHT's sign vector comes from (`--hadamard-signs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HadamardSigns {
+    /// A fresh vector per GEMM call, from the call's own stream (the MXFP4 paper's recipe).
+    #[default]
+    Fresh,
+    /// One vector for the whole run, from the fixed stream `FIXED_SIGN_STREAM` of the run's seed
+    /// (NVIDIA's NVFP4 recipe fixes its signs the same way).
+    Fixed,
+}
+
+/// The stream of the run-wide sign vector under `HadamardSigns::Fixed`. No `GemmId` stream equals
+/// it: their two role bits never hold 3.
+pub const FIXED_SIGN_STREAM: u64 = u64::MAX;
+
+impl HadamardSigns {
+    pub fn name(self) -> &'static str {
+        match self {
+            HadamardSigns::Fresh => "fresh",
+            HadamardSigns::Fixed => "fixed",
+        }
+    }
+}
+
+impl std::str::FromStr for HadamardSigns {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fresh" => Ok(HadamardSigns::Fresh),
+            "fixed" => Ok(HadamardSigns::Fixed),
+            _ => Err(format!(
+                "unknown --hadamard-signs '{s}': expected fresh (new signs for every GEMM call) or fixed (one sign vector for the run)"
+            )),
+        }
+    }
 }
 
 impl MxConfig {
@@ -40,6 +81,14 @@ impl MxConfig {
             return Err(MxError::BadHadamardBlock(self.hadamard_block));
         }
         Ok(())
+    }
+
+    /// The stream the RHT signs of GEMM `id` are drawn from.
+    pub fn sign_stream(&self, id: &GemmId) -> u64 {
+        match self.signs {
+            HadamardSigns::Fresh => id.stream(StreamRole::RhtSigns),
+            HadamardSigns::Fixed => FIXED_SIGN_STREAM,
+        }
     }
 
     pub fn rounding(&self) -> Rounding {
@@ -68,6 +117,26 @@ pub enum LinearKind {
 pub enum GemmKind {
     Dgrad = 0,
     Wgrad = 1,
+}
+
+impl LinearKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinearKind::Qkv => "qkv",
+            LinearKind::AttnProj => "attn_proj",
+            LinearKind::MlpUp => "mlp_up",
+            LinearKind::MlpDown => "mlp_down",
+        }
+    }
+}
+
+impl GemmKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmKind::Dgrad => "dgrad",
+            GemmKind::Wgrad => "wgrad",
+        }
+    }
 }
 
 /// What a random stream is used for within one GEMM.
@@ -139,63 +208,6 @@ impl std::fmt::Display for MxError {
 }
 
 impl std::error::Error for MxError {}
-
-/// Quantization telemetry, summed over blocks (cheap: computed while quantizing).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct MxTelemetry {
-    pub elements: u64,
-    pub clipped: u64,
-    pub nonfinite_blocks: u64,
-    pub sq_err: f64,
-    pub sq_sum: f64,
-    /// Wall time spent preparing operands (gather along K, RHT, quantization), for the bench's
-    /// per-phase breakdown.
-    pub quantize_seconds: f64,
-}
-
-/// Derived figures for logs.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MxSummary {
-    /// Fraction of elements with |x / 2^e| > 6 (RTN's clipping; 0 under SR).
-    pub clipped_fraction: f64,
-    /// ||Q(x) - x|| / ||x|| over all quantized operands.
-    pub relative_error: f64,
-    pub nonfinite_blocks: u64,
-}
-
-impl MxTelemetry {
-    pub fn merge(&mut self, o: &MxTelemetry) {
-        self.elements += o.elements;
-        self.clipped += o.clipped;
-        self.nonfinite_blocks += o.nonfinite_blocks;
-        self.sq_err += o.sq_err;
-        self.sq_sum += o.sq_sum;
-        self.quantize_seconds += o.quantize_seconds;
-    }
-
-    fn add_block(&mut self, st: &quantize::BlockStats) {
-        self.elements += BLOCK as u64;
-        self.clipped += st.clipped as u64;
-        self.nonfinite_blocks += st.nonfinite as u64;
-        if !st.nonfinite {
-            self.sq_err += st.sq_err;
-            self.sq_sum += st.sq_sum;
-        }
-    }
-
-    /// None when nothing was quantized.
-    pub fn summary(&self) -> Option<MxSummary> {
-        (self.elements > 0).then(|| MxSummary {
-            clipped_fraction: self.clipped as f64 / self.elements as f64,
-            relative_error: if self.sq_sum > 0.0 {
-                (self.sq_err / self.sq_sum).sqrt()
-            } else {
-                0.0
-            },
-            nonfinite_blocks: self.nonfinite_blocks,
-        })
-    }
-}
 
 /// A quantized K-major operand: `rows` rows of K codes (one 4-bit code per byte, unpacked for
 /// speed) and one E8M0 scale per 32-block of each row.
@@ -283,7 +295,7 @@ pub fn quantize_rows(
                 );
                 // SAFETY: row r's scales belong to this worker.
                 unsafe { sp.set(r * nblk + j, s) };
-                local.add_block(&st);
+                local.add_block(&st, src, dst);
             }
         }
         tel.lock().unwrap().merge(&local);
@@ -406,7 +418,7 @@ pub fn backward_gemm(
     let mut xa = gather_k_major(a, true);
     let mut xb = gather_k_major(b, false);
     if cfg.mode.uses_rht() {
-        let signs = hadamard::rht_signs(cfg.seed, id.stream(StreamRole::RhtSigns), g);
+        let signs = hadamard::rht_signs(cfg.seed, cfg.sign_stream(id), g);
         for x in [&mut xa, &mut xb] {
             parallel_rows_mut(x, k, 8, |_, chunk| {
                 for row in chunk.chunks_exact_mut(k) {
@@ -440,6 +452,27 @@ pub fn backward_gemm(
         t.quantize_seconds += quantize_seconds;
     }
     Ok(())
+}
+
+/// The quantization noise of one backward GEMM: (|Q(A)Q(B) - AB|^2, |AB|^2) summed over the
+/// output, with Q(A)Q(B) recomputed from the same streams as `backward_gemm` draws (so it is the
+/// product the step used) and AB the f32 GEMM. For telemetry: costs two more GEMMs.
+pub fn gemm_noise(
+    cfg: &MxConfig,
+    id: &GemmId,
+    a: MatRef,
+    b: MatRef,
+) -> Result<(f64, f64), MxError> {
+    let n = a.rows * b.cols;
+    let (mut q, mut exact) = (vec![0.0f32; n], vec![0.0f32; n]);
+    backward_gemm(cfg, id, a, b, &mut q, b.cols, false, None)?;
+    sgemm(a, b, &mut exact, b.cols, false);
+    Ok(q.iter()
+        .zip(&exact)
+        .fold((0.0, 0.0), |(noise, sum), (&q, &e)| {
+            let (q, e) = (q as f64, e as f64);
+            (noise + (q - e) * (q - e), sum + e * e)
+        }))
 }
 
 #[cfg(test)]

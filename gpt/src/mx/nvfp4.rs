@@ -15,8 +15,9 @@ use runtime::cpu::parallel_rows_mut;
 pub const BLOCK: usize = 16;
 /// The Hadamard block of the recipe's wgrad transform.
 pub const RHT_BLOCK: usize = 16;
-/// The stream of the recipe's one fixed sign vector (word j: the sign of position j).
-pub const SIGN_STREAM: u64 = u64::MAX;
+/// The stream of the recipe's one fixed sign vector (word j: the sign of position j); the same
+/// stream as the MXFP4 modes' `--hadamard-signs fixed`.
+pub const SIGN_STREAM: u64 = super::FIXED_SIGN_STREAM;
 
 /// A quantized K-major operand: `rows` rows of K codes (one per byte), one E4M3 scale byte per
 /// 16-block, and the tensor scale.
@@ -155,6 +156,7 @@ pub fn quantize_rows(
             if !st.nonfinite {
                 tel.sq_err += st.sq_err;
                 tel.sq_sum += st.sq_sum;
+                tel.add_underflow(&x[at..at + BLOCK], &codes[at..at + BLOCK]);
             }
         }
     }

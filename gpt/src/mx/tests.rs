@@ -215,6 +215,7 @@ fn backward_gemm_modes_follow_their_definitions() {
         let cfg = MxConfig {
             mode,
             hadamard_block: 32,
+            signs: crate::mx::HadamardSigns::Fresh,
             seed: 3,
         };
         let mut c = vec![f32::NAN; m * n];
@@ -268,6 +269,7 @@ fn sr_gemm_is_unbiased_over_seeds() {
             let cfg = MxConfig {
                 mode,
                 hadamard_block: 64,
+                signs: crate::mx::HadamardSigns::Fresh,
                 seed,
             };
             let mut c = vec![0.0f32; m * n];
@@ -293,6 +295,7 @@ fn sr_gemm_is_unbiased_over_seeds() {
     let cfg = MxConfig {
         mode: BackwardMode::Mxfp4Rtn,
         hadamard_block: 64,
+        signs: crate::mx::HadamardSigns::Fresh,
         seed: 0,
     };
     let (mut c1, mut c2) = (vec![0.0f32; m * n], vec![0.0f32; m * n]);
@@ -318,6 +321,7 @@ fn shapes_that_do_not_divide_are_named() {
     let cfg = MxConfig {
         mode: BackwardMode::Mxfp4Rtn,
         hadamard_block: 64,
+        signs: crate::mx::HadamardSigns::Fresh,
         seed: 0,
     };
     let mut c = vec![0.0f32; 4];
@@ -341,6 +345,7 @@ fn shapes_that_do_not_divide_are_named() {
     let cfg = MxConfig {
         mode: BackwardMode::Mxfp4,
         hadamard_block: 64,
+        signs: crate::mx::HadamardSigns::Fresh,
         seed: 0,
     };
     let e = backward_gemm(
@@ -361,6 +366,7 @@ fn shapes_that_do_not_divide_are_named() {
     assert!(MxConfig {
         mode: BackwardMode::Mxfp4,
         hadamard_block: 48,
+        signs: crate::mx::HadamardSigns::Fresh,
         seed: 0
     }
     .validate()
@@ -439,4 +445,113 @@ fn rht_shrinks_the_error_on_outlier_heavy_data() {
         rotated.summary().unwrap().relative_error,
     );
     assert!(e1 < e0, "RHT error {e1} should be below plain {e0}");
+}
+
+#[test]
+fn fixed_hadamard_signs_are_one_vector_for_the_run() {
+    let (m, n, k) = (4, 6, 128);
+    let a_data = gradient_like(m, k, 31);
+    let b_data = gradient_like(k, n, 32);
+    let (a, b) = (
+        MatRef::row_major(&a_data, m, k),
+        MatRef::row_major(&b_data, k, n),
+    );
+    // RHT + RTN is deterministic given the signs, so equal outputs mean equal signs.
+    let run = |signs: HadamardSigns, step: u32| {
+        let cfg = MxConfig {
+            mode: BackwardMode::Mxfp4Rht,
+            hadamard_block: 64,
+            signs,
+            seed: 8,
+        };
+        let mut c = vec![f32::NAN; m * n];
+        backward_gemm(&cfg, &id(step), a, b, &mut c, n, false, None).unwrap();
+        c.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    };
+    let bits_differ = |x: &[u32], y: &[u32]| x != y;
+    assert_eq!(run(HadamardSigns::Fixed, 1), run(HadamardSigns::Fixed, 900));
+    assert!(bits_differ(
+        &run(HadamardSigns::Fresh, 1),
+        &run(HadamardSigns::Fresh, 900)
+    ));
+    // The fixed vector is word j of stream 2^64 - 1 (docs/numerics.md section 4), the NVFP4
+    // recipe's stream, and no GEMM's own sign stream.
+    assert_eq!(FIXED_SIGN_STREAM, u64::MAX);
+    assert_eq!(crate::mx::nvfp4::SIGN_STREAM, FIXED_SIGN_STREAM);
+    let signs = hadamard::rht_signs(8, u64::MAX, 64);
+    let (mut xa, mut xb) = (a_data.clone(), gather_k_major(b, false));
+    for row in xa.chunks_exact_mut(k).chain(xb.chunks_exact_mut(k)) {
+        hadamard::rht_row(row, &signs);
+    }
+    let (qa, _) = quantize_rows(&xa, m, k, Rounding::Rtn, 8, 0).unwrap();
+    let (qb, _) = quantize_rows(&xb, n, k, Rounding::Rtn, 8, 0).unwrap();
+    let mut manual = vec![0.0f32; m * n];
+    mx_gemm_int_reference(&qa, &qb, &mut manual, n, false, false);
+    let manual: Vec<u32> = manual.iter().map(|v| v.to_bits()).collect();
+    assert_eq!(run(HadamardSigns::Fixed, 7), manual);
+    assert!("fixed".parse::<HadamardSigns>() == Ok(HadamardSigns::Fixed));
+    assert!("Fixed".parse::<HadamardSigns>().is_err());
+}
+
+#[test]
+fn telemetry_counts_underflow_and_measures_gemm_noise() {
+    // One large value and 30 tiny ones per block: amax 1000 gives e = 9 - 2 = 7, so 1e-3 is
+    // 7.8e-6 units of 2^e and rounds to zero (RTN), while the exact zero is not an underflow.
+    // Signs alternate: a negative underflow keeps its sign bit (code 0x8) and still counts.
+    let mut x: Vec<f32> = (0..64)
+        .map(|i| if i % 2 == 1 { -1e-3 } else { 1e-3 })
+        .collect();
+    x[0] = 1000.0;
+    x[5] = 0.0;
+    x[32] = -1000.0;
+    let (_, t) = quantize_rows(&x, 2, 32, Rounding::Rtn, 0, 0).unwrap();
+    assert_eq!((t.underflow, t.underflow_counted), (61, 64));
+    assert_eq!(t.summary().unwrap().underflow_fraction, Some(61.0 / 64.0));
+    let (_, t) = nvfp4::quantize_rows(&x, 2, 32, Rounding::Rtn, 0, 0).unwrap();
+    assert!(t.underflow > 0 && t.underflow_counted == 64, "{t:?}");
+
+    // gemm_noise against an f64 product and the GEMM's own output.
+    let (m, n, k) = (5, 7, 64);
+    let a_data = gradient_like(m, k, 41);
+    let b_data = gradient_like(k, n, 42);
+    let (a, b) = (
+        MatRef::row_major(&a_data, m, k),
+        MatRef::row_major(&b_data, k, n),
+    );
+    let exact = f64_matmul(a, b);
+    for mode in [
+        BackwardMode::Mxfp4Sr,
+        BackwardMode::Mxfp4Rtn,
+        BackwardMode::Bf16,
+    ] {
+        let cfg = MxConfig {
+            mode,
+            hadamard_block: 64,
+            signs: HadamardSigns::Fresh,
+            seed: 4,
+        };
+        let mut q = vec![f32::NAN; m * n];
+        backward_gemm(&cfg, &id(2), a, b, &mut q, n, false, None).unwrap();
+        let (noise, sum) = gemm_noise(&cfg, &id(2), a, b).unwrap();
+        let want_sum: f64 = exact.iter().map(|e| e * e).sum();
+        let want_noise: f64 = q
+            .iter()
+            .zip(&exact)
+            .map(|(q, e)| (*q as f64 - e).powi(2))
+            .sum();
+        assert!((sum - want_sum).abs() <= 1e-5 * want_sum, "{mode}");
+        if mode == BackwardMode::Bf16 {
+            assert!(
+                noise <= 1e-10 * want_sum,
+                "{mode}: the f32 GEMM has no quantization noise"
+            );
+        } else {
+            // Same streams as the step's GEMM: the noise of exactly its product.
+            assert!(
+                (noise - want_noise).abs() <= 1e-4 * want_noise,
+                "{mode}: {noise} vs {want_noise}"
+            );
+            assert!(noise > 1e-4 * sum, "{mode}");
+        }
+    }
 }

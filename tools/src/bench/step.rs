@@ -12,7 +12,7 @@ use gpt::cpu::ops::AdamW;
 use gpt::layout::{Arena, TensorRef};
 use gpt::model::{Gpt, PrecisionPlan};
 use gpt::mx::fp8::{ForwardConfig, Fp8State};
-use gpt::mx::{MxConfig, MxTelemetry};
+use gpt::mx::{MxConfig, MxTelemetry, SiteTelemetry};
 use gpt::precision::BackwardMode;
 use serde_json::{json, Value};
 use std::cell::RefCell;
@@ -80,6 +80,8 @@ impl Backend for TimedBackend {
         phases[QNT] += t.quantize_seconds;
         t
     }
+    fn take_mx_site_telemetry(&mut self) -> Vec<SiteTelemetry> { self.inner.take_mx_site_telemetry() }
+    fn set_mx_noise_measurement(&mut self, on: bool) { self.inner.set_mx_noise_measurement(on) }
     fn synchronize(&self) -> BResult<()> { self.inner.synchronize() }
     fn set_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> BResult<()> {
         let t = Instant::now(); let r = self.inner.set_tokens(inputs, targets); self.add(OTH, t); r
@@ -277,6 +279,7 @@ fn run_steps(
     be.set_mx_config(MxConfig {
         mode,
         hadamard_block: 64,
+        signs: gpt::mx::HadamardSigns::Fresh,
         seed: 1,
     })
     .map_err(|e| e.0)?;

@@ -363,6 +363,7 @@ fn gemm(g: Gemm) -> Result<(), String> {
     let cfg = MxConfig {
         mode,
         hadamard_block: g.hadamard_block,
+        signs: gpt::mx::HadamardSigns::Fresh,
         seed: g.seed,
     };
     cfg.validate().map_err(|e| e.to_string())?;

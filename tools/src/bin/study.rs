@@ -1,8 +1,9 @@
 //! `tools/study`: the MXFP4 paper's Table 2 in miniature. Trains one small GPT on the
 //! Shakespeare corpus with each of the paper's five `--backward` modes (bf16 and the four MXFP4
-//! variants) and several seeds, same data order and steps per seed, then writes `study.json` (every validation curve), `README.md` (final validation
-//! loss per mode, mean and spread, and the command that reproduces it) and `loss_curves.svg`
-//! (mean curves).
+//! variants), or with `--variants` also NVFP4 and the FP8 forward, and several seeds, same data
+//! order and steps per seed, then writes `study.json` (every validation curve), `README.md`
+//! (final validation loss per variant, mean and spread, and the command that reproduces it) and
+//! `loss_curves.svg` (mean curves). The per-GEMM view of the same recipes is `tools/mx probe`.
 //!
 //! Output goes to `target/study/` (git-ignored) unless `--out DIR` says otherwise; the committed
 //! study in `perf/study/` is replaced only when asked, with `--save` (or `--out perf/study`).
@@ -11,7 +12,7 @@
 //! same seed differ only in the backward mode, so the comparison is paired.
 
 use argh::FromArgs;
-use gpt::precision::BackwardMode;
+use gpt::precision::{BackwardMode, ForwardMode};
 use gpt::trainer::{train, TrainArgs};
 use serde_json::json;
 use std::fmt::Write as _;
@@ -30,6 +31,7 @@ const DEFAULT_LR: f32 = 2e-3;
 const DEFAULT_EVAL_EVERY: u64 = 25;
 const DEFAULT_EVAL_BATCHES: usize = 8;
 /// Where a run writes without --out or --save (under the git-ignored target/).
+const DEFAULT_VARIANTS: &str = "paper";
 const DEFAULT_OUT: &str = "target/study";
 /// The committed study, written only with --save or an explicit --out.
 const COMMITTED_OUT: &str = "perf/study";
@@ -68,6 +70,10 @@ struct Args {
     /// validation batches per evaluation (default 8)
     #[argh(option, default = "DEFAULT_EVAL_BATCHES")]
     eval_batches: usize,
+    /// which runs: paper (the five modes of the paper's Table 2), all (those, NVFP4 and the FP8
+    /// forward), or a comma list of names from `all` (default paper)
+    #[argh(option, default = "String::from(DEFAULT_VARIANTS)")]
+    variants: String,
     /// output directory (default target/study, which git ignores; perf/study holds the
     /// committed study and is written only when named here or with --save)
     #[argh(option)]
@@ -77,19 +83,70 @@ struct Args {
     save: bool,
 }
 
-/// The modes of the paper's Table 2, in its order, with its names. Spelled out (not
-/// `BackwardMode::ALL`) so that a new backward mode changes neither the study's runtime nor the
-/// committed table; the chart has a colour for each.
-const MODES: [(BackwardMode, &str); 5] = [
-    (BackwardMode::Bf16, "BF16"),
-    (BackwardMode::Mxfp4Rtn, "MXFP4"),
-    (BackwardMode::Mxfp4Rht, "MXFP4+RHT"),
-    (BackwardMode::Mxfp4Sr, "MXFP4+SR"),
-    (BackwardMode::Mxfp4, "MXFP4+RHT+SR"),
+/// One kind of run: its precisions and the name its source (the paper, a recipe) gives it.
+#[derive(Debug, PartialEq)]
+struct Variant {
+    name: &'static str,
+    backward: BackwardMode,
+    forward: ForwardMode,
+    source: &'static str,
+}
+
+const fn variant(
+    name: &'static str,
+    backward: BackwardMode,
+    forward: ForwardMode,
+    source: &'static str,
+) -> Variant {
+    Variant {
+        name,
+        backward,
+        forward,
+        source,
+    }
+}
+
+/// The paper's Table 2 in its order with its names, then the recipes users compare with it.
+/// Spelled out (not `BackwardMode::ALL`) so that a new backward mode changes neither the study's
+/// runtime nor the committed table; the chart has a colour for each.
+#[rustfmt::skip]
+const VARIANTS: [Variant; 8] = [
+    variant("bf16", BackwardMode::Bf16, ForwardMode::Bf16, "BF16"),
+    variant("mxfp4-rtn", BackwardMode::Mxfp4Rtn, ForwardMode::Bf16, "MXFP4"),
+    variant("mxfp4-rht", BackwardMode::Mxfp4Rht, ForwardMode::Bf16, "MXFP4+RHT"),
+    variant("mxfp4-sr", BackwardMode::Mxfp4Sr, ForwardMode::Bf16, "MXFP4+SR"),
+    variant("mxfp4", BackwardMode::Mxfp4, ForwardMode::Bf16, "MXFP4+RHT+SR"),
+    variant("fp8+mxfp4", BackwardMode::Mxfp4, ForwardMode::Fp8, "FP8 forward + MXFP4+RHT+SR"),
+    variant("nvfp4", BackwardMode::Nvfp4, ForwardMode::Bf16, "NVFP4 recipe (arXiv 2509.25149)"),
+    variant("nvfp4-rtn", BackwardMode::Nvfp4Rtn, ForwardMode::Bf16, "NVFP4, RTN, no RHT"),
 ];
+const PAPER_VARIANTS: usize = 5;
+
+/// The variants `--variants` names, in the table's order (bf16, the baseline, always first).
+fn parse_variants(s: &str) -> Result<Vec<&'static Variant>, String> {
+    match s {
+        "paper" => return Ok(VARIANTS[..PAPER_VARIANTS].iter().collect()),
+        "all" => return Ok(VARIANTS.iter().collect()),
+        _ => {}
+    }
+    let names: Vec<&str> = s.split(',').map(str::trim).collect();
+    for n in &names {
+        if !VARIANTS.iter().any(|v| v.name == *n) {
+            let known: Vec<&str> = VARIANTS.iter().map(|v| v.name).collect();
+            return Err(format!(
+                "--variants {s:?}: unknown variant {n:?}; expected paper, all, or a comma list of {}.",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(VARIANTS
+        .iter()
+        .filter(|v| v.name == "bf16" || names.contains(&v.name))
+        .collect())
+}
 
 struct Run {
-    mode: BackwardMode,
+    variant: &'static Variant,
     seed: u64,
     curve: Vec<(u64, f32)>,
     seconds: f64,
@@ -168,6 +225,9 @@ fn reproduce(a: &Args, seeds: &[u64]) -> String {
     if a.eval_batches != DEFAULT_EVAL_BATCHES {
         flag("eval-batches", a.eval_batches.to_string());
     }
+    if a.variants != DEFAULT_VARIANTS {
+        flag("variants", a.variants.replace(' ', ""));
+    }
     if let Some(out) = &a.out {
         flag("out", out.display().to_string());
     }
@@ -179,13 +239,14 @@ fn reproduce(a: &Args, seeds: &[u64]) -> String {
 
 fn run(a: &Args, root: &Path) -> Result<(), String> {
     let seeds = parse_seeds(&a.seeds)?;
+    let variants = parse_variants(&a.variants)?;
     let out = out_dir(a, root)?;
     let data = dataio::prepare_shakespeare(root).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut runs = Vec::new();
-    let total = MODES.len() * seeds.len();
+    let total = variants.len() * seeds.len();
     for &seed in &seeds {
-        for (mode, _) in MODES {
+        for &v in &variants {
             let t0 = Instant::now();
             let list: Vec<String> = [
                 "--model",
@@ -211,7 +272,9 @@ fn run(a: &Args, root: &Path) -> Result<(), String> {
                 "--seed",
                 &seed.to_string(),
                 "--backward",
-                mode.name(),
+                v.backward.name(),
+                "--forward",
+                v.forward.name(),
                 "--data",
                 &data,
                 "--device",
@@ -225,7 +288,7 @@ fn run(a: &Args, root: &Path) -> Result<(), String> {
                 <TrainArgs as FromArgs>::from_args(&["train_gpt"], &refs).map_err(|e| e.output)?;
             let s = train(&args)?;
             let run = Run {
-                mode,
+                variant: v,
                 seed,
                 curve: s.val_losses,
                 seconds: t0.elapsed().as_secs_f64(),
@@ -233,7 +296,7 @@ fn run(a: &Args, root: &Path) -> Result<(), String> {
             eprintln!(
                 "study: run {}/{total}: {:<10} seed {seed}: final val loss {:.4} ({:.0} s; {:.0} s so far)",
                 runs.len() + 1,
-                mode.name(),
+                v.name,
                 run.curve.last().map(|c| c.1).unwrap_or(f32::NAN),
                 run.seconds,
                 started.elapsed().as_secs_f64()
@@ -251,7 +314,7 @@ fn run(a: &Args, root: &Path) -> Result<(), String> {
     let runs_json: Vec<_> = runs
         .iter()
         .map(|r| {
-            json!({"mode": r.mode.name(), "seed": r.seed, "seconds": r.seconds,
+            json!({"variant": r.variant.name, "mode": r.variant.backward.name(), "forward": r.variant.forward.name(), "seed": r.seed, "seconds": r.seconds,
         "val_curve": r.curve.iter().map(|(s, l)| json!([s, l])).collect::<Vec<_>>()})
         })
         .collect();
@@ -268,7 +331,7 @@ fn run(a: &Args, root: &Path) -> Result<(), String> {
         .and_then(|old| old.find(NOTES_HEADING).map(|i| old[i..].to_string()))
         .unwrap_or_default();
     let seconds = started.elapsed().as_secs_f64();
-    let table_md = table(&runs, a, &command, seconds);
+    let table_md = table(&runs, &variants, a, &command, seconds);
     write(
         &readme,
         &if notes.is_empty() {
@@ -277,7 +340,7 @@ fn run(a: &Args, root: &Path) -> Result<(), String> {
             format!("{table_md}\n{notes}")
         },
     )?;
-    write(&out.join("loss_curves.svg"), &svg(&runs))?;
+    write(&out.join("loss_curves.svg"), &svg(&runs, &variants))?;
     println!("{table_md}");
     eprintln!("study: wrote {}", out.display());
     Ok(())
@@ -291,9 +354,9 @@ fn write(p: &std::path::Path, s: &str) -> Result<(), String> {
     tools::write_atomic(p, s.as_bytes())
 }
 
-fn finals(runs: &[Run], mode: BackwardMode) -> Vec<f64> {
+fn finals(runs: &[Run], v: &Variant) -> Vec<f64> {
     runs.iter()
-        .filter(|r| r.mode == mode)
+        .filter(|r| r.variant == v)
         .filter_map(|r| r.curve.last().map(|c| c.1 as f64))
         .collect()
 }
@@ -302,7 +365,7 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
-fn table(runs: &[Run], a: &Args, command: &str, seconds: f64) -> String {
+fn table(runs: &[Run], variants: &[&Variant], a: &Args, command: &str, seconds: f64) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -316,11 +379,11 @@ fn table(runs: &[Run], a: &Args, command: &str, seconds: f64) -> String {
         gpt::cpu::backend::cpu_model_name(), runtime::cpu::threads()
     );
     let _ = writeln!(s, "Reproduce: `{command}`\n");
-    let _ = writeln!(s, "| backward | paper's name | final val loss (mean) | spread (min..max) | vs bf16 (paired mean diff) |");
-    let _ = writeln!(s, "|---|---|---|---|---|");
-    let base = finals(runs, BackwardMode::Bf16);
-    for (mode, paper) in MODES {
-        let f = finals(runs, mode);
+    let _ = writeln!(s, "| variant | forward | backward | name in its source | final val loss (mean) | spread (min..max) | vs bf16 (paired mean diff) |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    let base = finals(runs, &VARIANTS[0]);
+    for v in variants {
+        let f = finals(runs, v);
         let (lo, hi) = f
             .iter()
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
@@ -329,8 +392,11 @@ fn table(runs: &[Run], a: &Args, command: &str, seconds: f64) -> String {
         let diff = mean(&f.iter().zip(&base).map(|(x, b)| x - b).collect::<Vec<_>>());
         let _ = writeln!(
             s,
-            "| `{}` | {paper} | {:.4} | {lo:.4}..{hi:.4} | {diff:+.4} |",
-            mode.name(),
+            "| `{}` | {} | {} | {} | {:.4} | {lo:.4}..{hi:.4} | {diff:+.4} |",
+            v.name,
+            v.forward.name(),
+            v.backward.name(),
+            v.source,
             mean(&f)
         );
     }
@@ -338,12 +404,12 @@ fn table(runs: &[Run], a: &Args, command: &str, seconds: f64) -> String {
 }
 
 /// Mean validation curve per mode as an SVG line chart (hand-written: no plotting dependency).
-fn svg(runs: &[Run]) -> String {
+fn svg(runs: &[Run], variants: &[&Variant]) -> String {
     let (w, h, l, r, t, b) = (720.0, 420.0, 70.0, 170.0, 30.0, 50.0);
-    let curves: Vec<(BackwardMode, Vec<(f64, f64)>)> = MODES
+    let curves: Vec<(&str, Vec<(f64, f64)>)> = variants
         .iter()
-        .map(|&(mode, _)| {
-            let rs: Vec<&Run> = runs.iter().filter(|r| r.mode == mode).collect();
+        .map(|&v| {
+            let rs: Vec<&Run> = runs.iter().filter(|r| r.variant == v).collect();
             let n = rs.iter().map(|r| r.curve.len()).min().unwrap_or(0);
             let pts = (0..n)
                 .map(|i| {
@@ -353,7 +419,7 @@ fn svg(runs: &[Run]) -> String {
                     )
                 })
                 .collect();
-            (mode, pts)
+            (v.name, pts)
         })
         .collect();
     let all: Vec<(f64, f64)> = curves.iter().flat_map(|c| c.1.clone()).collect();
@@ -366,10 +432,12 @@ fn svg(runs: &[Run]) -> String {
     let (y0, y1) = (y0 - 0.05 * (y1 - y0), y1 + 0.05 * (y1 - y0));
     let px = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
     let py = |y: f64| t + (y1 - y) / (y1 - y0) * (h - t - b);
-    let colors = ["#222222", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c"];
+    let colors = [
+        "#222222", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2",
+    ];
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n");
     let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-    let _ = writeln!(s, "<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">Validation loss by backward mode (mean over seeds)</text>", (l + w - r) / 2.0);
+    let _ = writeln!(s, "<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-size=\"14\">Validation loss by variant (mean over seeds)</text>", (l + w - r) / 2.0);
     for i in 0..=5 {
         let y = y0 + (y1 - y0) * i as f64 / 5.0;
         let _ = writeln!(s, "<line x1=\"{l}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{y:.2}</text>", w - r, py(y), py(y), l - 6.0, py(y) + 4.0);
@@ -395,7 +463,7 @@ fn svg(runs: &[Run]) -> String {
         w - l - r,
         h - t - b
     );
-    for (i, (mode, pts)) in curves.iter().enumerate() {
+    for (i, (name, pts)) in curves.iter().enumerate() {
         let path: Vec<String> = pts
             .iter()
             .map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1)))
@@ -407,7 +475,7 @@ fn svg(runs: &[Run]) -> String {
             path.join(" ")
         );
         let ly = t + 20.0 + 22.0 * i as f64;
-        let _ = writeln!(s, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>", w - r + 10.0, w - r + 34.0, colors[i], w - r + 40.0, ly + 4.0, mode.name());
+        let _ = writeln!(s, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>", w - r + 10.0, w - r + 34.0, colors[i], w - r + 40.0, ly + 4.0, name);
     }
     s.push_str("</svg>\n");
     s
@@ -489,6 +557,33 @@ mod tests {
              --lr 0.001 --eval-every 5 --eval-batches 3 --out /tmp/s"
         );
         assert!(parse_seeds("1,x").unwrap_err().contains("\"x\""));
+        assert_eq!(
+            line(&["--variants", "nvfp4, fp8+mxfp4"]),
+            "tools/study --variants nvfp4,fp8+mxfp4"
+        );
+    }
+
+    #[test]
+    fn variants_name_runs_and_keep_the_baseline() {
+        let names =
+            |s: &str| -> Vec<&str> { parse_variants(s).unwrap().iter().map(|v| v.name).collect() };
+        assert_eq!(
+            names("paper"),
+            ["bf16", "mxfp4-rtn", "mxfp4-rht", "mxfp4-sr", "mxfp4"]
+        );
+        assert_eq!(names("all").len(), VARIANTS.len());
+        // bf16 is the baseline of the paired differences: always run, table order kept.
+        assert_eq!(names("nvfp4,fp8+mxfp4"), ["bf16", "fp8+mxfp4", "nvfp4"]);
+        let err = parse_variants("mxfp4,fp4").unwrap_err();
+        assert!(
+            err.contains("\"fp4\"") && err.contains("nvfp4-rtn"),
+            "{err}"
+        );
+        let fp8 = parse_variants("fp8+mxfp4").unwrap()[1];
+        assert_eq!(
+            (fp8.forward, fp8.backward),
+            (ForwardMode::Fp8, BackwardMode::Mxfp4)
+        );
     }
 
     /// A throwaway repository root with a small random Megatron corpus where the study looks for
@@ -581,6 +676,33 @@ mod tests {
         let saved_repro = format!("{} --save`", repro.strip_suffix('`').unwrap());
         assert!(saved.contains(&saved_repro), "{saved}");
         assert!(saved.ends_with("## Reading the results\n\nhand-written reading\n"));
+
+        // The recipes beyond the paper: NVFP4 and the FP8 forward, beside the bf16 baseline.
+        let mut flags = TINY.to_vec();
+        flags.extend(["--eval-batches", "1", "--variants", "nvfp4,fp8+mxfp4"]);
+        run(&args(&flags), &root).unwrap();
+        let readme = std::fs::read_to_string(root.join("target/study/README.md")).unwrap();
+        assert!(readme.contains("| `fp8+mxfp4` | fp8 | mxfp4 |"), "{readme}");
+        assert!(readme.contains("| `nvfp4` | bf16 | nvfp4 |"), "{readme}");
+        assert!(readme.contains("--variants nvfp4,fp8+mxfp4"), "{readme}");
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("target/study/study.json")).unwrap(),
+        )
+        .unwrap();
+        let runs: Vec<String> = json["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {} {}", r["variant"], r["forward"], r["mode"]))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                "\"bf16\" \"bf16\" \"bf16\"",
+                "\"fp8+mxfp4\" \"fp8\" \"mxfp4\"",
+                "\"nvfp4\" \"bf16\" \"nvfp4\""
+            ]
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -24,7 +24,7 @@ use gpt::backend::Backend;
 use gpt::cpu::backend::{linear_backward_gemms, CapturedLinear, CpuBackend};
 use gpt::layout::{Arena, ParamKind, TensorRef};
 use gpt::model::{Gpt, PrecisionPlan};
-use gpt::mx::{GemmKind, LinearKind, MxConfig, MxTelemetry};
+use gpt::mx::{GemmKind, LinearKind, MxConfig, MxRecorder};
 use gpt::precision::BackwardMode;
 use serde_json::{json, Value};
 
@@ -245,6 +245,7 @@ pub fn probe(
     let mx = MxConfig {
         mode: BackwardMode::Bf16,
         hadamard_block: cfg.hadamard_block,
+        signs: gpt::mx::HadamardSigns::Fresh,
         seed: cfg.seed,
     };
     let regions = regions(gpt);
@@ -368,7 +369,7 @@ fn gemms(
     let mut dw = vec![0.0; c.oc * c.ic];
     linear_backward_gemms(
         mx,
-        &mut MxTelemetry::default(),
+        &mut MxRecorder::default(),
         prec,
         (&c.dout, &c.inp, &c.w),
         (&mut dx, &mut dw),
