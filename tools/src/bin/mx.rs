@@ -160,6 +160,9 @@ struct Probe {
     /// output directory (default target/probe)
     #[argh(option, default = "PathBuf::from(\"target/probe\")")]
     out: PathBuf,
+    /// redraw probe.svg from an existing probe.json (written beside it) instead of probing
+    #[argh(option)]
+    replot: Option<PathBuf>,
 }
 
 /// report quantization error with and without the random Hadamard transform
@@ -554,6 +557,9 @@ fn stats(s: Stats) -> Result<(), String> {
 }
 
 fn probe(p: Probe) -> Result<(), String> {
+    if let Some(json) = &p.replot {
+        return tools::probe::run::replot(json);
+    }
     let root = gpt::trainer::project_root();
     let command = std::iter::once("tools/mx".to_string())
         .chain(std::env::args().skip(1))

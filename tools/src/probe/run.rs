@@ -86,7 +86,7 @@ pub fn run(r: &ProbeRun) -> Result<(), String> {
             eprintln!("probe {name} (step {}): {what}", ck.step);
         })?;
         let seconds = started.elapsed().as_secs_f64();
-        rows.push((format!("step {} ({name})", ck.step), v.clone()));
+        rows.push((row_title(ck.step, &name), v.clone()));
         results.push(
             json!({"checkpoint": name, "step": ck.step, "model": ck.model.to_string(),
                             "batch": r.batch, "seq": seq, "seconds": seconds, "probe": v}),
@@ -113,6 +113,42 @@ pub fn run(r: &ProbeRun) -> Result<(), String> {
     )?;
     print_summary(&rows);
     eprintln!("wrote {}", display(&r.out));
+    Ok(())
+}
+
+/// A picture row's title: the step and the checkpoint's file name (its directory is in the JSON).
+fn row_title(step: impl std::fmt::Display, checkpoint: &str) -> String {
+    let file = Path::new(checkpoint)
+        .file_name()
+        .map_or(checkpoint.into(), |f| f.to_string_lossy());
+    format!("step {step} ({file})")
+}
+
+/// Redraws probe.svg beside an existing probe.json (the picture changes; the 30-minute probe
+/// need not be rerun).
+pub fn replot(json_path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(json_path)
+        .map_err(|e| format!("--replot {}: {e}", json_path.display()))?;
+    let doc: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("--replot {}: not a probe.json ({e})", json_path.display()))?;
+    let results = doc["results"].as_array().ok_or_else(|| {
+        format!(
+            "--replot {}: no \"results\" list; expected the probe.json that tools/mx probe writes",
+            json_path.display()
+        )
+    })?;
+    let rows: Vec<(String, Value)> = results
+        .iter()
+        .map(|r| {
+            (
+                row_title(&r["step"], r["checkpoint"].as_str().unwrap_or("?")),
+                r["probe"].clone(),
+            )
+        })
+        .collect();
+    let out = json_path.with_file_name("probe.svg");
+    crate::write_atomic(&out, super::svg::render(&rows).as_bytes())?;
+    eprintln!("wrote {}", out.display());
     Ok(())
 }
 
@@ -150,5 +186,38 @@ fn print_summary(rows: &[(String, Value)]) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replot_redraws_the_picture_from_the_json_and_refuses_other_files() {
+        let dir = std::env::temp_dir().join(format!("probe-replot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let json_path = dir.join("probe.json");
+        let doc = json!({"results": [
+            {"step": 30, "checkpoint": "/runs/a/ckpt_00000030.bin", "probe": {"modes": [], "tensors": []}},
+            {"step": 300, "checkpoint": "ckpt_00000300.bin", "probe": {"modes": [], "tensors": []}},
+        ]});
+        std::fs::write(&json_path, doc.to_string()).unwrap();
+        replot(&json_path).unwrap();
+        let svg = std::fs::read_to_string(dir.join("probe.svg")).unwrap();
+        assert!(svg.contains("step 30 (ckpt_00000030.bin)"), "{svg}");
+        assert!(svg.contains("step 300 (ckpt_00000300.bin)"), "{svg}");
+        assert!(
+            !svg.contains("/runs/a"),
+            "rows name the file, not its directory"
+        );
+
+        std::fs::write(&json_path, "{\"tensors\": []}").unwrap();
+        let err = replot(&json_path).unwrap_err();
+        assert!(
+            err.contains("no \"results\"") && err.contains("probe.json"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

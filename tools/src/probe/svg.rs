@@ -95,7 +95,12 @@ fn row(s: &mut String, top: f64, title: &str, probe: &Value) {
         if std > 0.0 {
             let _ = writeln!(s, "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{:.1}\" fill=\"{color}\" fill-opacity=\"0.35\"><title>{m}: std of one draw {std:.3e}</title></rect>", x + bw + 1.0, py(std), b - py(std));
         }
-        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" transform=\"rotate(-35 {:.1} {:.1})\">{m}</text>", x + bw, b + 14.0, x + bw, b + 14.0);
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{m}</text>",
+            x + bw,
+            b + 16.0
+        );
     }
     let _ = writeln!(s, "<text x=\"{l}\" y=\"{:.1}\" fill=\"#555\">dark: bias |E[q]-g|/|g| (black tick: the floor it is measured at); light: std of one draw</text>", top + ROW_H - 8.0);
     // Right panel: slope, linear axis 0.7 .. 1.1.
