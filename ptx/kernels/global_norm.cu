@@ -26,12 +26,29 @@
 //   clip_by_norm_f32 (float* g, size_t n, const float* norm, float max_norm)
 //       block 256, grid ceil(n / 256).
 //
-// Cost: pass 1 reads 2 B (bf16) per gradient, 2 FLOP each: GPT-2 124M 248 MB, ~83 us at the
-// ~3.0 TB/s measured H100 copy bandwidth. Clip reads and writes 4 B per element (~165 us).
-// Memory-bound; pass 2 is a few microseconds of launch latency.
+// Vectorized pass 1 (the kernels above stay as the readable reference):
+//   global_norm_squares_bf16_vec(float* partials, const bf16* g, size_t n)
+//       block 256, grid GLOBAL_NORM_BLOCKS (fixed, as above), then global_norm_finish. Thread k
+//       of block b reads the 8-vectors q = b*256 + k, q + S, q + 2S, ... (S = gridDim.x * 256)
+//       with 16-byte loads, GN_UNROLL (4) of them issued before any is used (64 bytes per
+//       thread in flight), and sums the squares in that fixed order; the n % 8 tail elements
+//       are added by threads 0..6 of block 0 last. Block reduction and pass 2 as above:
+//       deterministic for a fixed grid, no atomics. g must be 16-byte aligned (the launcher
+//       checks, else it runs global_norm_squares_bf16). The sum differs from the reference's
+//       only in order (f32 rounding).
+//
+// Cost: pass 1 reads 2 B (bf16) per gradient, 2 FLOP each: GPT-2 124M 249 MB: 74 us at the
+// H100 SXM's 3.35 TB/s, 52 us at the H200's 4.8 TB/s. Clip reads and writes 4 B per element.
+// Memory-bound; pass 2 is a few microseconds of launch latency. Loads in flight: the vec
+// kernel's 1024 x 256 threads x 64 B = 16 MB, far above the ~2.3 MB (3.35 TB/s x ~0.7 us) that
+// keeps HBM busy; the reference has one 2-byte load per thread in flight (0.5 MB over the grid)
+// and 8x the load instructions, which is what keeps it below the target of 80% of the measured
+// copy bandwidth. Harness-tested, ptxas-assembled, not timed.
 #include "common.cuh"
+#include "vec.cuh"
 
 #define GLOBAL_NORM_BLOCKS 1024
+#define GN_UNROLL 4
 
 // Fixed-order block reduction of 256 threads (8 warps); result valid in thread 0.
 __device__ __forceinline__ float block_sum_256(float v) {
@@ -67,6 +84,38 @@ global_norm_squares_bf16(float* partials, const bf16* g, size_t n) {
 extern "C" __global__ void __launch_bounds__(256)
 global_norm_squares_f32(float* partials, const float* g, size_t n) {
     norm_squares(partials, g, n);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+global_norm_squares_bf16_vec(float* partials, const bf16* g, size_t n) {
+    size_t nvec = n / 8;
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t q = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    float acc = 0.0f;
+    for (; q + (GN_UNROLL - 1) * stride < nvec; q += GN_UNROLL * stride) {
+        uint4 raw[GN_UNROLL];
+#pragma unroll
+        for (int u = 0; u < GN_UNROLL; u++) raw[u] = ld16(g + (q + u * stride) * 8);
+#pragma unroll
+        for (int u = 0; u < GN_UNROLL; u++) {
+            float x[8];
+            unpack_bf16x8(x, raw[u]);
+#pragma unroll
+            for (int k = 0; k < 8; k++) acc += x[k] * x[k];
+        }
+    }
+    for (; q < nvec; q += stride) {
+        float x[8];
+        load_bf16x8(x, g + q * 8);
+#pragma unroll
+        for (int k = 0; k < 8; k++) acc += x[k] * x[k];
+    }
+    if (blockIdx.x == 0 && threadIdx.x < n - nvec * 8) {
+        float x = to_f32(g[nvec * 8 + threadIdx.x]);
+        acc += x * x;
+    }
+    float total = block_sum_256(acc);
+    if (threadIdx.x == 0) partials[blockIdx.x] = total;
 }
 
 extern "C" __global__ void __launch_bounds__(1024)

@@ -590,3 +590,248 @@ __device__ __forceinline__ void fence_proxy_async_shared(MXH_SITE) {
     __trap();
 #endif
 }
+
+// =============================================================================================
+// FP8 (E4M3) and NVFP4 instructions: the conversion and the mma forms of the FP8 forward
+// (fp8.cu, fp8_gemm.cu) and the NVFP4 GEMM (nvfp4_gemm.cu), then the Blackwell block-scaled
+// NVFP4 MMA (nvfp4_gemm_tcgen05.cu, not emulated).
+// =============================================================================================
+#include "fp8.cuh"
+
+#if !defined(MXGPT_HOST_HARNESS) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#define MXGPT_FP8_INSTR 1
+#else
+#define MXGPT_FP8_INSTR 0
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// cvt.rn.satfinite.e4m3x2.f32 d, a, b   (sm_89+, PTX 7.8)
+//
+// Converts the two f32 a and b to E4M3 and packs them into the 16-bit d: the value converted
+// from a in the upper byte (bits 15..8), from b in the lower byte. .rn: round to nearest, ties
+// to even; .satfinite (required for the f8x2 types): a result beyond the largest finite value
+// (448), infinities included, becomes +-448 with the input's sign; a NaN input gives the NaN
+// byte (0x7F here: which sign the hardware gives a NaN is not stated in what we could read; the
+// kernels never feed it one where the sign would matter, see nvfp4_quantize.cu). Inputs below
+// half the smallest subnormal (2^-10) round to a zero of the input's sign.
+//
+// Host twin: from those words alone, on values rather than bits (independent of fp8.cuh's
+// e4m3_from_f32_sw, which the sm_80 build runs instead of the instruction): the E4M3 values of
+// |x|'s binade are multiples of 2^(max(floor(log2 |x|), -6) - 3); round |x| to the nearest
+// multiple (ties to the even multiple, whose code is the even one), clamp at 448, then encode.
+#ifdef MXGPT_HOST_HARNESS
+namespace mxh {
+inline uint32_t e4m3_rn_satfinite(float x) {
+    if (x != x) return 0x7Fu;
+    const uint32_t sign = std::signbit(x) ? 0x80u : 0u;
+    const double a = std::fabs((double)x);
+    if (a == 0.0) return sign;
+    int e;
+    std::frexp(a, &e);                     // a = f 2^e, f in [0.5, 1): floor(log2 a) = e - 1
+    const int binade = e - 1 < -6 ? -6 : e - 1;
+    const double quantum = std::ldexp(1.0, binade - 3);
+    double q = std::nearbyint(a / quantum) * quantum;  // the current rounding mode: to nearest even
+    if (!(q <= 448.0)) q = 448.0;                      // satfinite (inf too)
+    if (q < std::ldexp(1.0, -6)) return sign | (uint32_t)(q * 512.0);
+    std::frexp(q, &e);
+    const uint32_t m = (uint32_t)(q / std::ldexp(1.0, e - 1) * 8.0) - 8u;
+    return sign | ((uint32_t)(e - 1 + 7) << 3) | m;
+}
+}  // namespace mxh
+#endif
+
+// (a << 8) | b as E4M3 bytes.
+__device__ __forceinline__ uint32_t cvt_e4m3x2_f32(float a, float b) {
+#ifdef MXGPT_HOST_HARNESS
+    return (mxh::e4m3_rn_satfinite(a) << 8) | mxh::e4m3_rn_satfinite(b);
+#elif MXGPT_FP8_INSTR
+    unsigned short d;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(d) : "f"(a), "f"(b));
+    return (uint32_t)d;
+#else
+    return (e4m3_from_f32_sw(a) << 8) | e4m3_from_f32_sw(b);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {d0..d3}, {a0, a1}, {b0}, {c0..c3}
+// (sm_80+)
+//
+// D = A B + C with A 16x16 s8 (row), B 16x8 s8 (col), C and D 16x8 s32; exact integer
+// arithmetic (wrapping modulo 2^32 without .satfinite). Fragments (PTX ISA "Matrix Fragments
+// for mma.m16n8k16 with integer type"), element i of each:
+//   A: 8 s8 a0..a7 in a[0..1] (a[i/4], byte i % 4, a0 in the low byte):
+//        row = g for i < 4,  g + 8 for i >= 4;   col = 4t + (i & 3)
+//   B: 4 s8 b0..b3 in b0:  row = 4t + i;  col = g
+//   C, D: as for m16n8k16 bf16 (row g for i < 2, g + 8 otherwise; col 2t + (i & 1)).
+// One instruction is exactly one 16-element NVFP4 block along K (nvfp4_gemm.cu).
+#ifdef MXGPT_HOST_HARNESS
+namespace mxh {
+struct MmaS8k16In {
+    uint32_t a[2], b;
+    int32_t c[4];
+};
+inline void mma_s8_16816_compute(Collective& c) {
+    int A[16][16], B[16][8], C[16][8];
+    for (unsigned l = 0; l < 32; l++) {
+        MmaS8k16In in;
+        memcpy(&in, c.lane[l].in, sizeof in);
+        const unsigned g = l >> 2, t = l % 4;
+        for (unsigned i = 0; i < 8; i++) A[i < 4 ? g : g + 8][4 * t + (i & 3)] = s8_byte(in.a[i / 4], i % 4);
+        for (unsigned i = 0; i < 4; i++) B[4 * t + i][g] = s8_byte(in.b, i);
+        for (unsigned i = 0; i < 4; i++) C[i < 2 ? g : g + 8][2 * t + (i & 1)] = in.c[i];
+    }
+    for (unsigned l = 0; l < 32; l++) {
+        const unsigned g = l >> 2, t = l % 4;
+        int32_t d[4];
+        for (unsigned i = 0; i < 4; i++) {
+            const unsigned row = i < 2 ? g : g + 8, col = 2 * t + (i & 1);
+            int64_t s = C[row][col];
+            for (unsigned k = 0; k < 16; k++) s += (int64_t)A[row][k] * B[k][col];
+            d[i] = (int32_t)(uint32_t)(uint64_t)s;  // wraps modulo 2^32
+        }
+        memcpy(c.lane[l].out, d, sizeof d);
+    }
+}
+}  // namespace mxh
+#endif
+
+// d += a . b over one k16 step.
+__device__ __forceinline__ void mma_s8_16816(int32_t d[4], uint32_t a0, uint32_t a1, uint32_t b,
+                                             MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    mxh::MmaS8k16In in;
+    in.a[0] = a0;
+    in.a[1] = a1;
+    in.b = b;
+    memcpy(in.c, d, sizeof in.c);
+    mxh::collective(0xFFFFFFFFu, "mma.m16n8k16.s8", file, line, &in, sizeof in, d, 16,
+                    mxh::mma_s8_16816_compute);
+#else
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 "
+        "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a0), "r"(a1), "r"(b));
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {d0..d3}, {a0..a3}, {b0, b1}, {c0..c3}
+// (sm_89+, PTX 8.4)
+//
+// D = A B + C with A 16x32 E4M3 (row), B 32x8 E4M3 (col), C and D 16x8 f32. The fragments are
+// those of m16n8k32 with 8-bit elements (the .s8 table above, which the ISA gives for .e4m3 and
+// .e5m2 too): A 16 bytes in a[0..3], row g for i in 0..3 and 8..11 (g + 8 otherwise), col
+// 4t + (i & 3) (+ 16 for i >= 8); B 8 bytes in b0, b1, row 4t + (i & 3) (+ 16 for i >= 4),
+// col g; C, D row g / g + 8, col 2t + (i & 1). A product of two E4M3 values is exact in f32.
+// How precisely the hardware adds the 32 products and C is not specified (FP8 tensor cores are
+// reported to keep fewer than 24 bits while adding), which is why fp8_gemm.cu passes C = 0 and
+// adds each instruction's result to its own f32 accumulators. The twin sums the products and c
+// exactly (double: products of E4M3 span 2^-18..2^18) and rounds once: an ideal tensor core.
+// On sm_80 builds the wrapper traps; the launcher never selects it below compute capability 8.9.
+#ifdef MXGPT_HOST_HARNESS
+namespace mxh {
+// The value of an E4M3 byte, from the format's definition (OCP FP8 "E4M3FN").
+inline double e4m3_value(unsigned byte) {
+    const unsigned e = (byte >> 3) & 15, m = byte & 7;
+    if (e == 15 && m == 7) return NAN;
+    const double v = e == 0 ? std::ldexp((double)m, -9) : std::ldexp(8.0 + m, (int)e - 10);
+    return (byte & 0x80) ? -v : v;
+}
+struct MmaE4m3In {
+    uint32_t a[4], b[2];
+    float c[4];
+};
+inline void mma_e4m3_16832_compute(Collective& c) {
+    double A[16][32], B[32][8], C[16][8];
+    for (unsigned l = 0; l < 32; l++) {
+        MmaE4m3In in;
+        memcpy(&in, c.lane[l].in, sizeof in);
+        const unsigned g = l >> 2, t = l % 4;
+        for (unsigned i = 0; i < 16; i++) {
+            const unsigned row = (i < 4 || (i >= 8 && i < 12)) ? g : g + 8;
+            const unsigned col = 4 * t + (i & 3) + (i >= 8 ? 16 : 0);
+            A[row][col] = e4m3_value((in.a[i / 4] >> (8 * (i % 4))) & 0xFF);
+        }
+        for (unsigned i = 0; i < 8; i++) {
+            const unsigned row = 4 * t + (i & 3) + (i >= 4 ? 16 : 0);
+            B[row][g] = e4m3_value((in.b[i / 4] >> (8 * (i % 4))) & 0xFF);
+        }
+        for (unsigned i = 0; i < 4; i++) C[i < 2 ? g : g + 8][2 * t + (i & 1)] = in.c[i];
+    }
+    for (unsigned l = 0; l < 32; l++) {
+        const unsigned g = l >> 2, t = l % 4;
+        float d[4];
+        for (unsigned i = 0; i < 4; i++) {
+            const unsigned row = i < 2 ? g : g + 8, col = 2 * t + (i & 1);
+            double s = C[row][col];
+            for (unsigned k = 0; k < 32; k++) s += A[row][k] * B[k][col];
+            d[i] = (float)s;
+        }
+        memcpy(c.lane[l].out, d, sizeof d);
+    }
+}
+}  // namespace mxh
+#endif
+
+// d += a . b over one k32 step of E4M3.
+__device__ __forceinline__ void mma_e4m3_16832(float d[4], const uint32_t a[4], uint32_t b0,
+                                               uint32_t b1, MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    mxh::MmaE4m3In in;
+    memcpy(in.a, a, sizeof in.a);
+    in.b[0] = b0;
+    in.b[1] = b1;
+    memcpy(in.c, d, sizeof in.c);
+    mxh::collective(0xFFFFFFFFu, "mma.m16n8k32.e4m3", file, line, &in, sizeof in, d, 16,
+                    mxh::mma_e4m3_16832_compute);
+#elif MXGPT_FP8_INSTR
+    asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    (void)d;
+    (void)a;
+    (void)b0;
+    (void)b1;
+    __trap();
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::4X
+//     [d_taddr], adesc, bdesc, idesc, [sfa_taddr], [sfb_taddr], p        (p = accumulate != 0)
+//
+// As tcgen05_mma_mxf4 above, with NVFP4's blocks: A M x 64 and B 64 x N packed E2M1, and FOUR
+// scale factors per row per instruction (one per 16 elements of K, .scale_vec::4X), read from
+// tensor memory as bytes 0..3 of one 32-bit column per row; their type (UE4M3 or UE8M0) is
+// the instruction descriptor's bit 23 (0: UE4M3, NVFP4). NOT RUN ON HARDWARE and not emulated
+// (nvfp4_gemm_tcgen05.cu); ptxas 13.0 accepts the spelling for sm_100a.
+__device__ __forceinline__ void tcgen05_mma_mxf4nvf4(uint32_t d_taddr, uint64_t adesc,
+                                                     uint64_t bdesc, uint32_t idesc,
+                                                     uint32_t sfa_taddr, uint32_t sfb_taddr,
+                                                     int accumulate, MXH_SITE) {
+#ifdef MXGPT_HOST_HARNESS
+    (void)d_taddr;
+    (void)adesc;
+    (void)bdesc;
+    (void)idesc;
+    (void)sfa_taddr;
+    (void)sfb_taddr;
+    (void)accumulate;
+    mxh::fail(file, line, "tcgen05.mma is not emulated by the host harness");
+#elif MXGPT_TCGEN05
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %6, 0;\n"
+        "tcgen05.mma.cta_group::1.kind::mxf4nvf4.block_scale.scale_vec::4X "
+        "[%0], %1, %2, %3, [%4], [%5], p;\n"
+        "}\n" ::"r"(d_taddr),
+        "l"(adesc), "l"(bdesc), "r"(idesc), "r"(sfa_taddr), "r"(sfb_taddr), "r"(accumulate)
+        : "memory");
+#else
+    __trap();
+#endif
+}

@@ -202,3 +202,58 @@ fn classifier_bad_target_gives_nan_loss_and_shape_errors() {
         .to_string();
     assert!(e.contains("losses"), "{e}");
 }
+
+#[test]
+fn classifier_misaligned_logits_take_the_2byte_path() {
+    // vp % 8 == 0 but the logits one element off 16-byte alignment: the kernel must see the
+    // misalignment and take its 2-byte path (W = 1; a 16-byte load there would fault on a GPU).
+    // The CPU tolerances of the tests above; the padding exactly 0; the element before the
+    // logits untouched.
+    let g = gpu();
+    let mut rng = Rng(24);
+    let case = make_case(&mut rng, (3, 1032, 1030, 4.0));
+    let (n, vp, v) = (case.n, case.vp, case.v);
+    let mut host = vec![bf16::from_f32(7.0)];
+    host.extend_from_slice(&case.logits);
+    let logits = g.upload(&host).unwrap();
+    let targets: Vec<i32> = case.targets.iter().map(|&t| t as i32).collect();
+    let dt = g.upload(&targets).unwrap();
+    let losses = poisoned::<f32>(&g, n);
+    let dloss = 0.25;
+    classifier::classifier(
+        &g,
+        Ptr::of(&logits).slice(1, n * vp),
+        Ptr::of(&losses),
+        Ptr::of(&dt),
+        n,
+        vp,
+        v,
+        Some(dloss),
+    )
+    .unwrap();
+    let (want_logits, want_losses) = cpu(&case, Some(dloss));
+    assert_close(
+        "misaligned classifier losses",
+        &g.download(&losses).unwrap(),
+        &f64s(&want_losses),
+        1e-5,
+        3e-5,
+    );
+    let got = g.download(&logits).unwrap();
+    assert_eq!(
+        got[0].to_f32(),
+        7.0,
+        "the element before the logits changed"
+    );
+    for r in 0..n {
+        let row = &got[1 + r * vp..1 + (r + 1) * vp];
+        assert_close(
+            &format!("misaligned classifier dlogits row {r}"),
+            &f32s(&row[..v]),
+            &f64s(&want_logits[r * vp..r * vp + v]),
+            1e-2,
+            1e-9,
+        );
+        assert!(row[v..].iter().all(|x| x.to_bits() == 0), "padding row {r}");
+    }
+}

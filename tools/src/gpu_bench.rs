@@ -6,7 +6,7 @@
 //!
 //! NOT VERIFIED ON A GPU unless perf/results holds a `cuda-*` kernels run.
 
-use gpt::cuda::kernels::{self as k, Ptr};
+use gpt::cuda::kernels::{self as k, gemm, Ptr};
 use gpt::model::Gpt;
 use gpt::rng::SplitMix64;
 use runtime::cuda::half::bf16;
@@ -412,6 +412,16 @@ pub fn kernels(g: &Gpu, gpt: &Gpt, warmup: usize, reps: usize) -> Result<Vec<Tim
         f(5 * 2 * bt * c),
     );
 
+    // GEMMs, side by side: `matmul_*/{layer}` is what training runs (the default selection:
+    // gemm_fast.cu, split-K from the backend's work buffer, the wgrad with its fused bias
+    // gradient); `matmul_*_reference/{layer}` is gemm.cu (MXGPT_GEMM=reference), whose wgrad
+    // leaves the bias gradient to `bias_backward/{layer}`. `matmul_backward_input+gelu/fcproj`
+    // is the dgrad with the GELU backward folded in (compare with the dgrad plus
+    // `gelu_backward`).
+    let fast = gemm::GemmOptions::default();
+    let reference = gemm::GemmOptions::REFERENCE;
+    let gemm_scratch = g.alloc::<f32>(gemm::linear_layers_scratch_len(&fast, bt, c, vp))?;
+    let gs = Some(Ptr::of(&gemm_scratch));
     for (name, ic, oc, gelu) in [
         ("qkv", c, 3 * c, false),
         ("attproj", c, c, false),
@@ -420,30 +430,38 @@ pub fn kernels(g: &Gpu, gpt: &Gpt, warmup: usize, reps: usize) -> Result<Vec<Tim
         ("lm_head", c, vp, false),
     ] {
         let shape = format!("rows={bt} IC={ic} OC={oc}");
+        let with_splits = |m: usize, n: usize, k: usize| {
+            let s = gemm::split_plan(fast.split_k, m, n, k).splits;
+            format!("{shape} splits={s}")
+        };
         let flops = 2.0 * f(bt) * f(ic) * f(oc);
         let bytes = 2.0 * f(bt * ic + ic * oc + bt * oc);
         let bias = (name != "lm_head").then(|| small.at(0).slice(0, oc.min(4 * c)));
-        let ms = time(g, warmup, reps, |i| {
-            let gelu_out = gelu.then(|| ob.slice(0, bt * oc));
-            k::gemm::matmul_forward(
-                g,
-                oa.slice(0, bt * oc),
-                act.at(i).slice(0, bt * ic),
-                wts.at(i).slice(0, oc * ic),
-                bias,
-                gelu_out,
-                bt,
-                ic,
-                oc,
-            )
-        })?;
-        push(
-            &format!("matmul_forward/{name}"),
-            shape.clone(),
-            ms,
-            flops,
-            bytes + if gelu { 2.0 * f(bt * oc) } else { 0.0 },
-        );
+        for (suffix, opts) in [("", fast), ("_reference", reference)] {
+            let ms = time(g, warmup, reps, |i| {
+                let gelu_out = gelu.then(|| ob.slice(0, bt * oc));
+                gemm::matmul_forward_with(
+                    g,
+                    &opts,
+                    oa.slice(0, bt * oc),
+                    act.at(i).slice(0, bt * ic),
+                    wts.at(i).slice(0, oc * ic),
+                    bias,
+                    gelu_out,
+                    bt,
+                    ic,
+                    oc,
+                )
+                .map(|_| ())
+            })?;
+            push(
+                &format!("matmul_forward{suffix}/{name}"),
+                shape.clone(),
+                ms,
+                flops,
+                bytes + if gelu { 2.0 * f(bt * oc) } else { 0.0 },
+            );
+        }
         // dgrad and wgrad read dout [BT, OC]: for the LM head that is larger than `act`.
         let dout = if oc <= 4 * c {
             None
@@ -454,42 +472,102 @@ pub fn kernels(g: &Gpu, gpt: &Gpt, warmup: usize, reps: usize) -> Result<Vec<Tim
             Some(buf) => Ptr::of(buf),
             None => act2.at(i).slice(0, bt * oc),
         };
-        let ms = time(g, warmup, reps, |i| {
-            k::gemm::matmul_backward_input(
-                g,
-                oa.slice(0, bt * ic),
-                d(i),
-                wts.at(i).slice(0, oc * ic),
-                bt,
-                ic,
-                oc,
-            )
-        })?;
-        push(
-            &format!("matmul_backward_input/{name}"),
-            shape.clone(),
-            ms,
-            flops,
-            bytes,
-        );
-        let ms = time(g, warmup, reps, |i| {
-            k::gemm::matmul_backward_weight(
-                g,
-                Ptr::of(&grads).slice(0, oc * ic),
-                d(i),
-                act.at(i).slice(0, bt * ic),
-                bt,
-                ic,
-                oc,
-            )
-        })?;
-        push(
-            &format!("matmul_backward_weight/{name}"),
-            shape.clone(),
-            ms,
-            flops,
-            bytes + 2.0 * f(ic * oc),
-        );
+        for (suffix, opts) in [("", fast), ("_reference", reference)] {
+            let ms = time(g, warmup, reps, |i| {
+                gemm::matmul_backward_input_with(
+                    g,
+                    &opts,
+                    oa.slice(0, bt * ic),
+                    d(i),
+                    wts.at(i).slice(0, oc * ic),
+                    None,
+                    gs,
+                    bt,
+                    ic,
+                    oc,
+                )
+                .map(|_| ())
+            })?;
+            let sh = if suffix.is_empty() {
+                with_splits(bt, ic, oc)
+            } else {
+                shape.clone()
+            };
+            push(
+                &format!("matmul_backward_input{suffix}/{name}"),
+                sh,
+                ms,
+                flops,
+                bytes,
+            );
+        }
+        if name == "fcproj" {
+            // d(fch) = gelu'(fch) * (dout . w): the pre-activation from the activations.
+            let ms = time(g, warmup, reps, |i| {
+                gemm::matmul_backward_input_with(
+                    g,
+                    &fast,
+                    oa.slice(0, bt * ic),
+                    d(i),
+                    wts.at(i).slice(0, oc * ic),
+                    Some(act.at(i + 1).slice(0, bt * ic)),
+                    gs,
+                    bt,
+                    ic,
+                    oc,
+                )
+                .map(|_| ())
+            })?;
+            push(
+                &format!("matmul_backward_input+gelu/{name}"),
+                with_splits(bt, ic, oc),
+                ms,
+                flops + 20.0 * f(bt * ic),
+                bytes + 2.0 * f(bt * ic),
+            );
+        }
+        // wgrad: default (split-K), default with the fused bias gradient (what training runs
+        // for layers with a bias), reference.
+        let wgrad_runs: &[(&str, gemm::GemmOptions, bool)] = if name == "lm_head" {
+            &[("", fast, false), ("_reference", reference, false)]
+        } else {
+            &[
+                ("", fast, false),
+                ("+bias", fast, true),
+                ("_reference", reference, false),
+            ]
+        };
+        for &(suffix, opts, with_bias) in wgrad_runs {
+            let ms = time(g, warmup, reps, |i| {
+                let gr = Ptr::of(&grads);
+                gemm::matmul_backward_weight_with(
+                    g,
+                    &opts,
+                    gr.slice(0, oc * ic),
+                    with_bias.then(|| gr.slice(oc * ic, oc)),
+                    d(i),
+                    act.at(i).slice(0, bt * ic),
+                    gs,
+                    bt,
+                    ic,
+                    oc,
+                )
+                .map(|_| ())
+            })?;
+            let sh = if suffix == "_reference" {
+                shape.clone()
+            } else {
+                with_splits(oc, ic, bt)
+            };
+            let extra = if with_bias { 2.0 * f(oc) } else { 0.0 };
+            push(
+                &format!("matmul_backward_weight{suffix}/{name}"),
+                sh,
+                ms,
+                flops + if with_bias { f(bt * oc) } else { 0.0 },
+                bytes + 2.0 * f(ic * oc) + extra,
+            );
+        }
         if name != "lm_head" {
             let ms = time(g, warmup, reps, |i| {
                 k::gemm::bias_backward(g, Ptr::of(&grads).slice(0, oc), d(i), w, bt, oc)
@@ -503,6 +581,7 @@ pub fn kernels(g: &Gpu, gpt: &Gpt, warmup: usize, reps: usize) -> Result<Vec<Tim
             );
         }
     }
+    drop(gemm_scratch);
 
     mx_kernels(g, gpt, warmup, reps, &act, &act2, &wts, &mut push)?;
 

@@ -7,18 +7,26 @@
 //! FP32 space (the deterministic two-pass reductions) share one `work` buffer sized for the
 //! largest of them: everything runs in order on one stream, so they never overlap.
 //!
-//! The MXFP4 backward modes run through `mx.rs` (quantize kernels and the MX GEMM path chosen
-//! with `set_mx_gemm`); their scratch is allocated, with its own memory check, when a run sets an
-//! MXFP4 mode.
+//! The MXFP4 and NVFP4 backward modes run through `mx.rs` (quantize kernels and the MX GEMM path
+//! chosen with `set_mx_gemm`; NVFP4 always its exact s8 GEMM); their scratch is allocated, with
+//! its own memory check, when a run sets a quantized mode.
+//!
+//! The FP8 forward (`--forward fp8`, docs/numerics.md section 9) runs the blocks' linear layers
+//! through fp8.cu / fp8_gemm.cu (`linear_forward`): per call each operand's amax and scale on
+//! the device (delayed scaling's amax rings are device buffers; the call counts that pick a
+//! ring's slot are kept here, on the host), E4M3 quantization, then the FP8 GEMM (E4M3
+//! mma.sync on compute capability 8.9+, the BF16 fallback elsewhere or when asked).
 //!
 //! NOT VERIFIED ON A GPU unless perf/ holds a GPU run of this commit (see the module doc).
 
+use super::kernels::fp8::{self as kfp8, Fp8Operand as Fp8Buf};
 use super::kernels::{self as k, Ptr};
 use super::mx::{self as gmx, MxBackward, MxGemmChoice, MxGemmPath};
-use crate::backend::{BResult, Backend, BackendError, BackendInfo, LinearBackward};
+use crate::backend::{BResult, Backend, BackendError, BackendInfo, LinearBackward, LinearForward};
 use crate::config::ModelConfig;
 use crate::cpu::ops::AdamW;
 use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
+use crate::mx::fp8::{ForwardConfig, Fp8Operand, Fp8Scaling, Fp8State};
 use crate::mx::{MxConfig, MxTelemetry};
 use runtime::cuda::half::bf16;
 use runtime::cuda::{CudaError, DeviceBuffer, Gpu};
@@ -53,6 +61,12 @@ pub struct CudaBackend {
     mx_choice: MxGemmChoice,
     /// The MXFP4 backward state (scratch, settings, telemetry) once an MXFP4 mode is set.
     mx: Option<MxBackward>,
+    /// `--forward` / `--fp8-scaling` as set; the FP8 state once an FP8 forward is set.
+    forward: ForwardConfig,
+    fp8: Option<Fp8Forward>,
+    /// Run the FP8 GEMM on its BF16 fallback even where E4M3 mma exists (tests; takes effect at
+    /// the next `set_forward_config`).
+    fp8_fallback: bool,
     /// Last: fields drop in declaration order, and every buffer above must be freed while the
     /// context is still alive.
     gpu: Gpu,
@@ -93,6 +107,13 @@ impl CudaBackend {
         let work_len = [
             k::layernorm::layernorm_backward_scratch_len(bt, c),
             k::gemm::bias_backward_scratch_len(bt, 4 * c),
+            // split-K partials and the fused bias gradient's partial sums (linear_backward_with)
+            k::gemm::linear_layers_scratch_len(
+                &k::gemm::GemmOptions::from_env().map_err(err)?,
+                bt,
+                c,
+                cfg.padded_vocab,
+            ),
             k::attention::attention_backward_scratch_len(batch, seq, c, cfg.heads),
             k::global_norm::grad_norm_scratch_len(layout.total),
         ]
@@ -134,6 +155,9 @@ impl CudaBackend {
             norm: gpu.alloc(1).map_err(err)?,
             mx_choice: MxGemmChoice::Auto,
             mx: None,
+            forward: ForwardConfig::HIGH_PRECISION,
+            fp8: None,
+            fp8_fallback: false,
             layout,
             model: *cfg,
             batch,
@@ -210,17 +234,11 @@ impl CudaBackend {
     ) -> BResult<()> {
         let g = &self.gpu;
         let d = self.bf(dout)?;
-        if let Some(p) = prec.filter(|p| p.mode.is_nvfp4()) {
-            return Err(BackendError(format!(
-                "--backward {}: the NVFP4 modes are not on the CUDA backend yet",
-                p.mode
-            )));
-        }
-        match prec.filter(|p| p.mode.is_mxfp4()) {
+        match prec.filter(|p| p.mode.is_quantized()) {
             Some(p) => {
                 let mx = mx.ok_or_else(|| {
                     BackendError(format!(
-                        "--backward {}: set_mx_config was not called with an MXFP4 mode",
+                        "--backward {}: set_mx_config was not called with a quantized mode",
                         p.mode
                     ))
                 })?;
@@ -228,10 +246,41 @@ impl CudaBackend {
                 mx.linear_backward(g, &p, dx, dwp, d, x, wp, (rows, ic, oc))?;
             }
             None => {
-                k::gemm::matmul_backward_input(g, self.bf(dinp)?, d, self.bf(w)?, rows, ic, oc)
-                    .map_err(err)?;
-                k::gemm::matmul_backward_weight(g, self.bf(dw)?, d, self.bf(inp)?, rows, ic, oc)
-                    .map_err(err)?;
+                // The work buffer allows split-K and holds the bias gradient's partial sums,
+                // which the fast wgrad computes from the dout tiles it already loads (the same
+                // bits as bias_backward; gemm.rs).
+                let (o, work) = (
+                    k::gemm::GemmOptions::from_env().map_err(err)?,
+                    Ptr::of(&self.work),
+                );
+                let db = dbias.map(|t| self.bf(t)).transpose()?;
+                k::gemm::matmul_backward_input_with(
+                    g,
+                    &o,
+                    self.bf(dinp)?,
+                    d,
+                    self.bf(w)?,
+                    None,
+                    Some(work),
+                    rows,
+                    ic,
+                    oc,
+                )
+                .map_err(err)?;
+                k::gemm::matmul_backward_weight_with(
+                    g,
+                    &o,
+                    self.bf(dw)?,
+                    db,
+                    d,
+                    self.bf(inp)?,
+                    Some(work),
+                    rows,
+                    ic,
+                    oc,
+                )
+                .map_err(err)?;
+                return Ok(());
             }
         }
         if let Some(db) = dbias {
@@ -245,6 +294,62 @@ impl CudaBackend {
     pub fn mx_gemm_path(&self) -> Option<MxGemmPath> {
         self.mx.as_ref().map(|m| m.path)
     }
+
+    /// Run the FP8 forward GEMM on its BF16 fallback (fp8_gemm_bf16) even where the E4M3 mma
+    /// exists; takes effect at the next `set_forward_config` (for tests and comparisons).
+    pub fn set_fp8_fallback(&mut self, fallback: bool) {
+        self.fp8_fallback = fallback;
+    }
+
+    /// The FP8 GEMM in use: "e4m3" (mma.sync e4m3) or "bf16" (the fallback); None unless the
+    /// forward is FP8.
+    pub fn fp8_gemm_path(&self) -> Option<&'static str> {
+        self.fp8
+            .as_ref()
+            .map(|f| if f.mma { "e4m3" } else { "bf16" })
+    }
+}
+
+/// One quantized FP8 operand's scratch: E4M3 bytes (mma path) or their bf16 values (fallback).
+enum Fp8Scratch {
+    E4m3(DeviceBuffer<u8>),
+    Bf16(DeviceBuffer<bf16>),
+}
+
+impl Fp8Scratch {
+    fn new(g: &Gpu, mma: bool, n: usize) -> runtime::cuda::Result<Fp8Scratch> {
+        Ok(if mma {
+            Fp8Scratch::E4m3(g.alloc(n)?)
+        } else {
+            Fp8Scratch::Bf16(g.alloc(n)?)
+        })
+    }
+
+    fn first(&self, n: usize) -> Fp8Buf<'_> {
+        match self {
+            Fp8Scratch::E4m3(b) => Fp8Buf::E4m3(Ptr::of(b).slice(0, n)),
+            Fp8Scratch::Bf16(b) => Fp8Buf::Bf16(Ptr::of(b).slice(0, n)),
+        }
+    }
+}
+
+/// Delayed FP8 scaling: every tensor's ring of `history` amaxes on the device (layout of
+/// `Fp8State::amax`), and the training calls recorded per tensor (here, on the host).
+struct Fp8History {
+    history: usize,
+    rings: DeviceBuffer<f32>,
+    calls: Vec<u64>,
+}
+
+/// The FP8 forward's device state.
+struct Fp8Forward {
+    mma: bool,
+    xq: Fp8Scratch,
+    wq: Fp8Scratch,
+    partials: DeviceBuffer<f32>,
+    /// (amax, scale) of the input, then of the weight, of the current call.
+    rec: DeviceBuffer<f32>,
+    delayed: Option<Fp8History>,
 }
 
 fn span<T: runtime::cuda::DeviceElem>(buf: &DeviceBuffer<T>, t: TensorRef) -> BResult<Ptr<'_, T>> {
@@ -374,30 +479,34 @@ impl Backend for CudaBackend {
 
     fn set_mx_config(&mut self, cfg: MxConfig) -> BResult<()> {
         cfg.validate().map_err(|e| BackendError(e.to_string()))?;
-        if cfg.mode.is_nvfp4() {
-            return Err(BackendError(format!(
-                "--backward {}: the NVFP4 modes are not on the CUDA backend yet (the CPU backend runs them); use an MXFP4 mode on the GPU, or --device cpu",
-                cfg.mode
-            )));
-        }
-        if !cfg.mode.is_mxfp4() {
+        if !cfg.mode.is_quantized() {
             self.mx = None;
             return Ok(());
         }
         let props = self.gpu.props().clone();
-        let path = MxGemmPath::resolve(self.mx_choice, props.compute_capability, &props.name)
-            .map_err(BackendError)?;
-        if let Some(m) = self.mx.as_mut().filter(|m| m.path == path) {
+        let nvfp4 = cfg.mode.is_nvfp4();
+        let path = if nvfp4 {
+            MxGemmPath::resolve_nvfp4(self.mx_choice)
+        } else {
+            MxGemmPath::resolve(self.mx_choice, props.compute_capability, &props.name)
+        }
+        .map_err(BackendError)?;
+        if let Some(m) = self
+            .mx
+            .as_mut()
+            .filter(|m| m.path == path && m.cfg.mode.is_nvfp4() == nvfp4)
+        {
             m.cfg = cfg;
             return Ok(());
         }
         self.mx = None;
-        let need = gmx::scratch_bytes(&self.model, self.batch, self.seq, path);
+        let need = gmx::scratch_bytes(&self.model, self.batch, self.seq, path, nvfp4);
         let (free, total) = self.gpu.memory_info().map_err(err)?;
         if need > free.saturating_sub(256 << 20) {
             return Err(BackendError(format!(
-                "out of memory on {}: the MXFP4 backward ({} path) needs {:.2} GiB of scratch for the quantized operands at batch {} x seq {}, but {:.2} GiB of {:.2} GiB are free: lower --batch or --seq",
+                "out of memory on {}: the {} backward ({} path) needs {:.2} GiB of scratch for the quantized operands at batch {} x seq {}, but {:.2} GiB of {:.2} GiB are free: lower --batch or --seq",
                 props.name,
+                if nvfp4 { "NVFP4" } else { "MXFP4" },
                 path.name(),
                 gib(need),
                 self.batch,
@@ -409,13 +518,203 @@ impl Backend for CudaBackend {
         let mx = MxBackward::new(&self.gpu, &self.model, self.batch, self.seq, path, cfg)
             .map_err(err)?;
         log::info!(
-            "MXFP4 backward on {}: {} MX GEMM path, {:.1} MiB of scratch",
+            "{} backward on {}: {} GEMM path, {:.1} MiB of scratch",
+            if nvfp4 { "NVFP4" } else { "MXFP4" },
             props.name,
             path.name(),
             need as f64 / (1 << 20) as f64
         );
         self.mx = Some(mx);
         Ok(())
+    }
+
+    fn set_forward_config(&mut self, cfg: ForwardConfig) -> BResult<()> {
+        if !cfg.is_fp8() {
+            self.fp8 = None;
+            self.forward = cfg;
+            return Ok(());
+        }
+        let c = self.model.channels;
+        if !c.is_multiple_of(16) {
+            return Err(BackendError(format!(
+                "--forward fp8 on the CUDA backend needs the channels ({c}) to be a multiple of 16 (rows of 16-byte E4M3 chunks); use --forward bf16 or --device cpu"
+            )));
+        }
+        let props = self.gpu.props().clone();
+        let mma = !self.fp8_fallback && kfp8::has_fp8_mma(props.compute_capability);
+        let rows = self.batch * self.seq;
+        let (nx, nw) = (rows * 4 * c, 4 * c * c);
+        let tensors = self.model.layers * 4 * 2;
+        let history = match cfg.scaling {
+            Fp8Scaling::Delayed { history } => history,
+            Fp8Scaling::Current => 0,
+        };
+        let elem = if mma { 1 } else { 2 };
+        let need =
+            elem * (nx + nw) + 4 * (kfp8::amax_partials_len(nx.max(nw)) + 4 + tensors * history);
+        let (free, total) = self.gpu.memory_info().map_err(err)?;
+        if need > free.saturating_sub(256 << 20) {
+            return Err(BackendError(format!(
+                "out of memory on {}: the FP8 forward needs {:.2} GiB of scratch for its quantized operands at batch {} x seq {}, but {:.2} GiB of {:.2} GiB are free: lower --batch or --seq",
+                props.name,
+                gib(need),
+                self.batch,
+                self.seq,
+                gib(free),
+                gib(total)
+            )));
+        }
+        self.fp8 = None;
+        let g = &self.gpu;
+        let delayed = if history > 0 {
+            let rings = g.alloc(tensors * history).map_err(err)?;
+            g.fill_bytes(&rings, 0).map_err(err)?;
+            Some(Fp8History {
+                history,
+                rings,
+                calls: vec![0; tensors],
+            })
+        } else {
+            None
+        };
+        self.fp8 = Some(Fp8Forward {
+            mma,
+            xq: Fp8Scratch::new(g, mma, nx).map_err(err)?,
+            wq: Fp8Scratch::new(g, mma, nw).map_err(err)?,
+            partials: g.alloc(kfp8::amax_partials_len(nx.max(nw))).map_err(err)?,
+            rec: g.alloc(4).map_err(err)?,
+            delayed,
+        });
+        self.forward = cfg;
+        log::info!(
+            "FP8 forward on {}: {} GEMM, {} scaling",
+            props.name,
+            if mma { "E4M3 mma" } else { "BF16 fallback" },
+            if history > 0 { "delayed" } else { "current" }
+        );
+        Ok(())
+    }
+
+    fn fp8_state(&self) -> BResult<Option<Fp8State>> {
+        let Some(h) = self.fp8.as_ref().and_then(|f| f.delayed.as_ref()) else {
+            return Ok(None);
+        };
+        Ok(Some(Fp8State {
+            history: h.history,
+            amax: self.gpu.download(&h.rings).map_err(err)?,
+            calls: h.calls.clone(),
+        }))
+    }
+
+    fn set_fp8_state(&mut self, state: &Fp8State) -> BResult<()> {
+        let g = &self.gpu;
+        match self.fp8.as_mut().and_then(|f| f.delayed.as_mut()) {
+            Some(h)
+                if h.history == state.history
+                    && h.calls.len() == state.calls.len()
+                    && state.amax.len() == h.rings.len() =>
+            {
+                g.copy_to_device(&state.amax, &h.rings).map_err(err)?;
+                h.calls.clone_from(&state.calls);
+                Ok(())
+            }
+            h => {
+                let have = match h {
+                    Some(h) => format!("{} tensors, history {}", h.calls.len(), h.history),
+                    None => "no delayed FP8 scaling".into(),
+                };
+                Err(BackendError(format!(
+                    "FP8 scaling state for {} tensors with history {} does not fit this run ({have})",
+                    state.calls.len(),
+                    state.history
+                )))
+            }
+        }
+    }
+
+    fn linear_forward(
+        &mut self,
+        site: LinearForward,
+        out: TensorRef,
+        inp: TensorRef,
+        w: TensorRef,
+        bias: Option<TensorRef>,
+        gelu_out: Option<TensorRef>,
+        rows: usize,
+        ic: usize,
+        oc: usize,
+    ) -> BResult<()> {
+        if !self.forward.is_fp8() {
+            return self.matmul_forward(out, inp, w, bias, gelu_out, rows, ic, oc);
+        }
+        let f = self
+            .fp8
+            .as_mut()
+            .ok_or_else(|| BackendError("linear_forward: the FP8 forward was not set up".into()))?;
+        // Delayed scaling: the ring of each operand, and the slot a training call records into
+        // (its call count modulo the history, counted here).
+        let mut slots = [None, None];
+        let mut tensors = [0, 0];
+        if let Some(h) = f.delayed.as_mut() {
+            for (i, op) in [Fp8Operand::Input, Fp8Operand::Weight]
+                .into_iter()
+                .enumerate()
+            {
+                let t = Fp8State::tensor(site.layer, site.linear, op);
+                if t >= h.calls.len() {
+                    return Err(BackendError(format!(
+                        "linear_forward: layer {} outside the FP8 state's {} tensors",
+                        site.layer,
+                        h.calls.len()
+                    )));
+                }
+                tensors[i] = t;
+                if site.training {
+                    slots[i] = Some((h.calls[t] % h.history as u64) as usize);
+                    h.calls[t] += 1;
+                }
+            }
+        }
+        let f = self.fp8.as_ref().expect("set above");
+        let g = &self.gpu;
+        let (x, wp) = (self.bf(inp)?, self.bf(w)?);
+        let rec = Ptr::of(&f.rec);
+        let (rx, rw) = (rec.slice(0, 2), rec.slice(2, 2));
+        let ring = |i: usize| {
+            f.delayed.as_ref().map(|h| kfp8::History {
+                ring: Ptr::of(&h.rings).slice(tensors[i] * h.history, h.history),
+                slot: slots[i],
+            })
+        };
+        let context = |e: CudaError| {
+            BackendError(format!(
+                "CUDA: FP8 forward of layer {} {:?}: {e}",
+                site.layer, site.linear
+            ))
+        };
+        let (nx, nw) = (rows * ic, oc * ic);
+        let partials = Ptr::of(&f.partials);
+        kfp8::tensor_scale(g, rx, partials, x, nx, ring(0)).map_err(context)?;
+        kfp8::tensor_scale(g, rw, partials, wp, nw, ring(1)).map_err(context)?;
+        let (xq, wq) = (f.xq.first(nx), f.wq.first(nw));
+        kfp8::quantize(g, xq, x, nx, rx).map_err(context)?;
+        kfp8::quantize(g, wq, wp, nw, rw).map_err(context)?;
+        let bias = bias.map(|t| self.bf(t)).transpose()?;
+        let gelu_out = gelu_out.map(|t| self.bf(t)).transpose()?;
+        kfp8::gemm(
+            g,
+            self.bf(out)?,
+            gelu_out,
+            xq,
+            wq,
+            bias,
+            rx,
+            rw,
+            rows,
+            ic,
+            oc,
+        )
+        .map_err(context)
     }
 
     fn take_mx_telemetry(&mut self) -> MxTelemetry {
@@ -760,32 +1059,40 @@ impl Backend for CudaBackend {
     }
 
     fn adamw(&mut self, hp: &AdamW) -> BResult<()> {
-        let args = |decay: bool| k::adamw::AdamwArgs {
+        let args = k::adamw::AdamwArgs {
             lr: hp.lr,
             beta1: hp.beta1,
             beta2: hp.beta2,
             beta1_correction: 1.0 - hp.beta1.powi(hp.t as i32),
             beta2_correction: 1.0 - hp.beta2.powi(hp.t as i32),
             eps: hp.eps,
-            weight_decay: if decay { hp.weight_decay } else { 0.0 },
+            // Applied to the decayed ranges only (matrices); the others get 0.
+            weight_decay: hp.weight_decay,
             grad_scale: hp.grad_scale,
             seed: adamw_seed(hp.t),
         };
-        let g = &self.gpu;
-        for t in &self.layout.tensors {
-            k::adamw::adamw_update(
-                g,
-                Ptr::of(&self.params),
-                Ptr::of(&self.master),
-                Ptr::of(&self.grads),
-                Ptr::of(&self.adam_m),
-                Ptr::of(&self.adam_v),
-                t.offset,
-                t.len(),
-                &args(t.weight_decay()),
-            )
-            .map_err(err)?;
-        }
-        Ok(())
+        // Every tensor in one multi-tensor launch (or one reference launch per range when
+        // MXGPT_MEMBOUND_KERNELS=reference); the same bits either way.
+        let ranges: Vec<k::adamw::AdamwRange> = self
+            .layout
+            .tensors
+            .iter()
+            .map(|t| k::adamw::AdamwRange {
+                offset: t.offset,
+                len: t.len(),
+                decay: t.weight_decay(),
+            })
+            .collect();
+        k::adamw::adamw_update_ranges(
+            &self.gpu,
+            Ptr::of(&self.params),
+            Ptr::of(&self.master),
+            Ptr::of(&self.grads),
+            Ptr::of(&self.adam_m),
+            Ptr::of(&self.adam_v),
+            &ranges,
+            &args,
+        )
+        .map_err(err)
     }
 }

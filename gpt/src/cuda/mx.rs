@@ -16,11 +16,24 @@
 //! tokens: dY and X are quantized colwise (along rows = B·T), so neither needs a transpose pass.
 //! Streams and signs are keyed exactly as on the CPU (GemmId::stream), so the codes agree.
 //!
+//! NVFP4 (`--backward nvfp4`, `nvfp4-rtn`; docs/numerics.md sections 10 and 11): per GEMM, each
+//! operand's tensor amax, tensor scale and quantization (three launches of
+//! nvfp4_quantize.cu, bit-identical to gpt::mx::nvfp4, the tensor scale staying on the device),
+//! then the exact s8 GEMM of nvfp4_gemm.cu (bit-identical to `nvfp4_gemm_reference` before the
+//! output's bf16 rounding). The recipe as on the CPU: dgrad quantizes dY (SR in `nvfp4`) and W
+//! to nearest without a transform; wgrad quantizes dY^T (SR in `nvfp4`) and X^T along the
+//! tokens after the 16-point RHT with the run's fixed sign vector (`nvfp4` only). `--mx-gemm`
+//! picks among the MXFP4 GEMMs; NVFP4 always runs its s8 GEMM (path `int8`): its bf16 route
+//! would need the tensor scales on the host, and its tcgen05 kernel (kind::mxf4nvf4) has
+//! never run on hardware, so `--mx-gemm tcgen05` is refused for NVFP4.
+//!
 //! Memory: one scratch per operand (A, B) sized for the largest layer, bf16 for the `bf16` path
-//! or packed codes + scales for the others, and the telemetry partials; `scratch_bytes` is what
-//! the backend's memory check counts.
+//! or packed codes + scales for the others (NVFP4: codes, E4M3 scales per 16 and the tensor
+//! record), and the telemetry (and NVFP4 amax) partials; `scratch_bytes` is what the backend's
+//! memory check counts.
 
 use super::kernels::mx::{self as kmx, Layout, MxRef, QuantizeOut, QuantizeSpec};
+use super::kernels::nvfp4::{self as knv, Nvfp4Out, Nvfp4Ref, Nvfp4Spec};
 use super::kernels::{gemm, Ptr};
 use crate::backend::{BResult, BackendError, LinearBackward};
 use crate::config::ModelConfig;
@@ -83,6 +96,20 @@ impl MxGemmPath {
             MxGemmChoice::Path(p) => Ok(p),
         }
     }
+
+    /// The path of the NVFP4 modes for `choice`: always the exact s8 GEMM (`int8`); `tcgen05`
+    /// is refused (nvfp4_gemm_tcgen05.cu is assembled but has never run on hardware).
+    pub fn resolve_nvfp4(choice: MxGemmChoice) -> Result<Self, String> {
+        match choice {
+            MxGemmChoice::Path(MxGemmPath::Tcgen05) => Err(
+                "--mx-gemm tcgen05 with an NVFP4 --backward: the kind::mxf4nvf4 GEMM \
+                 (nvfp4_gemm_tcgen05.cu) has never run on hardware and is not wired; use \
+                 --mx-gemm auto (NVFP4 runs its exact s8 GEMM)"
+                    .into(),
+            ),
+            _ => Ok(MxGemmPath::Int8),
+        }
+    }
 }
 
 /// The four (ic, oc) shapes of a block's linear layers.
@@ -106,10 +133,18 @@ fn sizes(cfg: &ModelConfig, rows: usize) -> (usize, usize, usize) {
     (a, b, partials)
 }
 
-/// Device bytes of the MX scratch for `path` at micro batch `batch` x `seq`.
-pub fn scratch_bytes(cfg: &ModelConfig, batch: usize, seq: usize, path: MxGemmPath) -> usize {
+/// Device bytes of the MX scratch for `path` at micro batch `batch` x `seq` (`nvfp4`: the
+/// NVFP4 operands, whatever the path).
+pub fn scratch_bytes(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    path: MxGemmPath,
+    nvfp4: bool,
+) -> usize {
     let (a, b, partials) = sizes(cfg, batch * seq);
     let operands = match path {
+        _ if nvfp4 => (a + b) / 2 + (a + b) / 16 + 4 * (2 * 2 + partials / 4),
         MxGemmPath::Bf16 => 2 * (a + b),
         MxGemmPath::Int8 | MxGemmPath::Tcgen05 => (a + b) / 2 + (a + b) / 32,
     };
@@ -123,11 +158,27 @@ enum Operand {
         codes: DeviceBuffer<u8>,
         scales: DeviceBuffer<u8>,
     },
+    /// NVFP4: packed codes, E4M3 scales per 16, the tensor record (amax, s_enc).
+    Nvfp4 {
+        codes: DeviceBuffer<u8>,
+        scales: DeviceBuffer<u8>,
+        enc: DeviceBuffer<f32>,
+    },
 }
 
 impl Operand {
-    fn new(g: &Gpu, path: MxGemmPath, elements: usize) -> runtime::cuda::Result<Operand> {
+    fn new(
+        g: &Gpu,
+        path: MxGemmPath,
+        elements: usize,
+        nvfp4: bool,
+    ) -> runtime::cuda::Result<Operand> {
         Ok(match path {
+            _ if nvfp4 => Operand::Nvfp4 {
+                codes: g.alloc(elements / 2)?,
+                scales: g.alloc(elements / knv::BLOCK)?,
+                enc: g.alloc(2)?,
+            },
             MxGemmPath::Bf16 => Operand::Dequantized(g.alloc(elements)?),
             _ => Operand::Packed {
                 codes: g.alloc(elements / 2)?,
@@ -147,6 +198,18 @@ impl Operand {
                 scales: Some(Ptr::of(scales)),
                 ..Default::default()
             },
+            Operand::Nvfp4 { .. } => unreachable!("NVFP4 operands go through nvfp4_out"),
+        }
+    }
+
+    fn nvfp4_ref(&self) -> Nvfp4Ref<'_> {
+        match self {
+            Operand::Nvfp4 { codes, scales, enc } => Nvfp4Ref {
+                codes: Ptr::of(codes),
+                scales: Ptr::of(scales),
+                enc: Ptr::of(enc),
+            },
+            _ => unreachable!("an MXFP4 operand where NVFP4 was expected"),
         }
     }
 }
@@ -158,6 +221,8 @@ pub struct MxBackward {
     a: Operand,
     b: Operand,
     partials: DeviceBuffer<f64>,
+    /// NVFP4's per-tile amax partials (one f32 per quantize tile; unused by MXFP4).
+    amax: DeviceBuffer<f32>,
     /// Running (squared error, squared values, clipped, non-finite blocks) on the device.
     totals: DeviceBuffer<f64>,
     elements: u64,
@@ -188,12 +253,14 @@ impl MxBackward {
         let (a, b, partials) = sizes(model, batch * seq);
         let totals = g.alloc(4)?;
         g.fill_bytes(&totals, 0)?;
+        let nvfp4 = cfg.mode.is_nvfp4();
         Ok(MxBackward {
             path,
             cfg,
-            a: Operand::new(g, path, a)?,
-            b: Operand::new(g, path, b)?,
+            a: Operand::new(g, path, a, nvfp4)?,
+            b: Operand::new(g, path, b, nvfp4)?,
             partials: g.alloc(partials.max(4))?,
+            amax: g.alloc(if nvfp4 { (partials / 4).max(1) } else { 1 })?,
             totals,
             elements: 0,
         })
@@ -214,6 +281,94 @@ impl MxBackward {
         Ok(())
     }
 
+    /// One NVFP4 operand's quantization into `which` (0: A, 1: B), its telemetry accumulated.
+    fn quantize_nvfp4(
+        &mut self,
+        g: &Gpu,
+        which: usize,
+        s: &Source,
+        spec: &Nvfp4Spec,
+    ) -> BResult<()> {
+        let target = if which == 0 { &self.a } else { &self.b };
+        let (rows, k) = s.layout.shape(s.r, s.c);
+        let Operand::Nvfp4 { codes, scales, enc } = target else {
+            unreachable!("NVFP4 scratch in an NVFP4 mode")
+        };
+        let out = Nvfp4Out {
+            codes: Ptr::of(codes),
+            scales: Ptr::of(scales),
+            enc: Ptr::of(enc),
+            amax_partials: Ptr::of(&self.amax),
+            partials: Some(Ptr::of(&self.partials)),
+        };
+        knv::quantize(g, s.src, s.r, s.c, spec, out).map_err(|e| BackendError(e.context))?;
+        let n = kmx::telemetry_partials_len(rows, k) / 4;
+        kmx::telemetry_accumulate(g, Ptr::of(&self.totals), Ptr::of(&self.partials), n)
+            .map_err(cuda)?;
+        self.elements += (rows * k) as u64;
+        Ok(())
+    }
+
+    /// One NVFP4 backward GEMM (docs/numerics.md section 10's recipe): A, the gradient, rounded
+    /// stochastically in `nvfp4`; B to nearest; the fixed-sign 16-point RHT on both wgrad
+    /// operands in `nvfp4`; then the exact s8 GEMM.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_nvfp4(
+        &mut self,
+        g: &Gpu,
+        p: &LinearBackward,
+        kind: GemmKind,
+        a: Source,
+        b: Source,
+        out: Ptr<bf16>,
+        (m, n, k): (usize, usize, usize),
+        accumulate: bool,
+    ) -> BResult<()> {
+        let id = if kind == GemmKind::Dgrad {
+            p.dgrad
+        } else {
+            p.wgrad
+        };
+        let recipe = crate::mx::nvfp4::Nvfp4Recipe::of(p.mode);
+        let rht = kind == GemmKind::Wgrad && recipe.rht_wgrad;
+        let sa = Nvfp4Spec {
+            layout: a.layout,
+            rounding: if recipe.sr_gradient {
+                Rounding::Sr
+            } else {
+                Rounding::Rtn
+            },
+            seed: self.cfg.seed,
+            sr_stream: id.stream(StreamRole::SrA),
+            rht,
+        };
+        let sb = Nvfp4Spec {
+            layout: b.layout,
+            rounding: Rounding::Rtn,
+            sr_stream: 0,
+            ..sa
+        };
+        let context = |e: BackendError| {
+            BackendError(format!(
+                "{} {kind:?} of layer {} {:?}: {}",
+                p.mode, id.layer, id.linear, e.0
+            ))
+        };
+        self.quantize_nvfp4(g, 0, &a, &sa).map_err(context)?;
+        self.quantize_nvfp4(g, 1, &b, &sb).map_err(context)?;
+        knv::gemm(
+            g,
+            out,
+            self.a.nvfp4_ref(),
+            self.b.nvfp4_ref(),
+            m,
+            n,
+            k,
+            accumulate,
+        )
+        .map_err(|e| context(cuda(e)))
+    }
+
     /// One backward GEMM `out (+)= A · B` with A = `a` [m, k] and B^T = `b` [n, k] after
     /// quantization, as linear layer `p` says.
     #[allow(clippy::too_many_arguments)]
@@ -228,6 +383,15 @@ impl MxBackward {
         (m, n, k): (usize, usize, usize),
         accumulate: bool,
     ) -> BResult<()> {
+        if p.mode.is_nvfp4() != self.cfg.mode.is_nvfp4() {
+            return Err(BackendError(format!(
+                "--backward {}: the quantized-backward scratch was set up for {}",
+                p.mode, self.cfg.mode
+            )));
+        }
+        if p.mode.is_nvfp4() {
+            return self.gemm_nvfp4(g, p, kind, a, b, out, (m, n, k), accumulate);
+        }
         let id = if kind == GemmKind::Dgrad {
             p.dgrad
         } else {

@@ -1,8 +1,51 @@
 //! Launcher for ptx/kernels/adamw.cu: AdamW on f32 master weights with stochastically rounded
 //! bf16 parameters.
+//!
+//! [`adamw_update`] runs the reference kernel on one range. [`adamw_update_ranges`] updates a
+//! list of ranges (the parameter tensors, each decayed or not) in one step: by default with
+//! ONE launch of `adamw_update_multi` (16-byte accesses; the ranges passed in a table by value)
+//! when the five buffers are 16-byte aligned, else with one reference launch per range (see
+//! [`super::membound`]); both write the same bits.
 
+use super::membound::{self, MemImpl};
 use super::{check_len, Ptr};
-use runtime::cuda::{half::bf16, CudaError, Gpu, LaunchConfig, Result};
+use runtime::cuda::{half::bf16, CudaError, Gpu, KernelArg, LaunchConfig, Result};
+use std::ffi::c_void;
+
+/// Ranges per `adamw_update_multi` launch: ADAMW_MAX_SEGMENTS in adamw.cu. More (after merging
+/// neighbours with the same decay setting) take several launches.
+pub const MAX_SEGMENTS: usize = 16;
+
+/// One range of the flat parameter buffers and whether AdamW decays it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdamwRange {
+    pub offset: usize,
+    pub len: usize,
+    /// Apply `AdamwArgs::weight_decay` (matrices); otherwise 0 (biases, layernorm gains).
+    pub decay: bool,
+}
+
+/// The kernel's `AdamwTable` (adamw.cu), passed by value: sorted, disjoint, non-empty ranges
+/// `[start[s], end[s])` and a decay bit per range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct AdamwTable {
+    start: [u64; MAX_SEGMENTS],
+    end: [u64; MAX_SEGMENTS],
+    count: u32,
+    decay_mask: u32,
+}
+
+// SAFETY: a plain repr(C) struct of u64/u32 whose layout matches `struct AdamwTable` in
+// adamw.cu (264 bytes, 8-byte aligned), passed by address as CUDA expects for by-value params.
+unsafe impl KernelArg for AdamwTable {
+    fn as_kernel_param(&self) -> *mut c_void {
+        self as *const AdamwTable as *mut c_void
+    }
+    fn param_size(&self) -> usize {
+        std::mem::size_of::<AdamwTable>()
+    }
+}
 
 /// Hyper-parameters of one `adamw_update` launch (the kernel's scalar arguments, in order).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -81,4 +124,155 @@ pub fn adamw_update(
             ],
         )
     }
+}
+
+/// One AdamW step over every range of `ranges` (e.g. all parameter tensors of a model), in
+/// place, with `hp.weight_decay` applied to the ranges with `decay` and 0 to the others: the
+/// same bits as one [`adamw_update`] per range (stochastic rounding indexed by the global
+/// element index either way). Ranges must be sorted by offset and disjoint (an error
+/// otherwise); empty ones are skipped. Buffers are the WHOLE buffers, as for [`adamw_update`].
+/// By default one `adamw_update_multi` launch (per [`MAX_SEGMENTS`] ranges after merging
+/// neighbours with the same decay) when all five buffers are 16-byte aligned, else one
+/// reference launch per range.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_ranges(
+    g: &Gpu,
+    params: Ptr<bf16>,
+    master: Ptr<f32>,
+    grads: Ptr<bf16>,
+    m: Ptr<f32>,
+    v: Ptr<f32>,
+    ranges: &[AdamwRange],
+    hp: &AdamwArgs,
+) -> Result<()> {
+    let addrs = [
+        params.addr(),
+        master.addr(),
+        grads.addr(),
+        m.addr(),
+        v.addr(),
+    ];
+    let imp = membound::pick(membound::aligned16(&addrs));
+    adamw_update_ranges_with(g, imp, params, master, grads, m, v, ranges, hp)
+}
+
+/// [`adamw_update_ranges`] on the kernels asked for: [`MemImpl::Reference`] launches
+/// `adamw_update` once per range; [`MemImpl::Vectorized`] launches `adamw_update_multi` once
+/// per [`MAX_SEGMENTS`] merged ranges and needs the five buffers 16-byte aligned (an error
+/// otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_ranges_with(
+    g: &Gpu,
+    imp: MemImpl,
+    params: Ptr<bf16>,
+    master: Ptr<f32>,
+    grads: Ptr<bf16>,
+    m: Ptr<f32>,
+    v: Ptr<f32>,
+    ranges: &[AdamwRange],
+    hp: &AdamwArgs,
+) -> Result<()> {
+    const K: &str = "adamw_update_multi";
+    // Validate, drop empty ranges, merge touching neighbours with the same decay.
+    let mut merged: Vec<AdamwRange> = Vec::with_capacity(ranges.len());
+    let mut prev_end = 0usize;
+    for r in ranges.iter().filter(|r| r.len > 0) {
+        let end = r
+            .offset
+            .checked_add(r.len)
+            .ok_or_else(|| CudaError::new(format!("{K}: offset + len overflows"), 1))?;
+        if r.offset < prev_end {
+            return Err(CudaError::new(
+                format!(
+                    "{K}: ranges must be sorted and disjoint; [{}, {end}) starts before {prev_end}",
+                    r.offset
+                ),
+                1,
+            ));
+        }
+        prev_end = end;
+        match merged.last_mut() {
+            Some(last) if last.offset + last.len == r.offset && last.decay == r.decay => {
+                last.len += r.len
+            }
+            _ => merged.push(*r),
+        }
+    }
+    let Some(last) = merged.last() else {
+        return Ok(());
+    };
+    let end = last.offset + last.len;
+    check_len(K, "params", &params, end)?;
+    check_len(K, "master", &master, end)?;
+    check_len(K, "grads", &grads, end)?;
+    check_len(K, "m", &m, end)?;
+    check_len(K, "v", &v, end)?;
+    if imp == MemImpl::Reference {
+        for r in &merged {
+            let a = AdamwArgs {
+                weight_decay: if r.decay { hp.weight_decay } else { 0.0 },
+                ..*hp
+            };
+            adamw_update(g, params, master, grads, m, v, r.offset, r.len, &a)?;
+        }
+        return Ok(());
+    }
+    membound::check_aligned16(
+        K,
+        &[
+            ("params", params.addr()),
+            ("master", master.addr()),
+            ("grads", grads.addr()),
+            ("m", m.addr()),
+            ("v", v.addr()),
+        ],
+    )?;
+    let k = g.kernel("adamw", K)?;
+    let a = *hp;
+    for chunk in merged.chunks(MAX_SEGMENTS) {
+        let mut table = AdamwTable {
+            start: [0; MAX_SEGMENTS],
+            end: [0; MAX_SEGMENTS],
+            count: chunk.len() as u32,
+            decay_mask: 0,
+        };
+        for (s, r) in chunk.iter().enumerate() {
+            table.start[s] = r.offset as u64;
+            table.end[s] = (r.offset + r.len) as u64;
+            if r.decay {
+                table.decay_mask |= 1 << s;
+            }
+        }
+        let first_vec = chunk[0].offset / 8;
+        let last = chunk[chunk.len() - 1];
+        let vecs = (last.offset + last.len).div_ceil(8) - first_vec;
+        // SAFETY: adamw_update_multi(bf16*, float*, const bf16*, float*, float*, AdamwTable,
+        // float x 8, unsigned int seed); every buffer holds the table's last end (checked), the
+        // buffers are 16-byte aligned (checked), and the grid covers the 8-vectors from
+        // floor(start[0] / 8) to ceil(end[count - 1] / 8).
+        unsafe {
+            g.launch(
+                &k,
+                LaunchConfig::linear(vecs, 256),
+                &[
+                    &params,
+                    &master,
+                    &grads,
+                    &m,
+                    &v,
+                    &table,
+                    &a.lr,
+                    &a.beta1,
+                    &a.beta2,
+                    &a.beta1_correction,
+                    &a.beta2_correction,
+                    &a.eps,
+                    &a.weight_decay,
+                    &a.grad_scale,
+                    &a.seed,
+                ],
+            )?
+        };
+    }
+    Ok(())
 }

@@ -1,6 +1,13 @@
 //! Launchers for ptx/kernels/encoder.cu: token + position embedding forward and its
 //! deterministic backward (semantics of `gpt::cpu::ops::{encoder_forward, encoder_backward}`).
+//!
+//! Two implementations ([`MemImpl`]) with the same sums in the same order (so the same bits):
+//! the reference kernels (one thread per element, 2-byte accesses) and the `*_vec` kernels (one
+//! thread per 8 channels, 16-byte accesses), which need `c % 8 == 0` and every bf16 operand
+//! 16-byte aligned. The default launchers pick the vectorized kernels when both hold (see
+//! [`super::membound`]); the `*_with` launchers run the one asked for.
 
+use super::membound::{self, MemImpl};
 use super::{check_dim, check_len, Ptr};
 use runtime::cuda::{half::bf16, CudaError, DeviceBuffer, Gpu, LaunchConfig, Result};
 
@@ -29,6 +36,24 @@ pub fn encoder_forward(
     t: usize,
     c: usize,
 ) -> Result<()> {
+    let ok = c.is_multiple_of(8) && membound::aligned16(&[out.addr(), wte.addr(), wpe.addr()]);
+    encoder_forward_with(g, membound::pick(ok), out, tokens, wte, wpe, b, t, c)
+}
+
+/// [`encoder_forward`] on the kernel asked for ([`MemImpl::Vectorized`]: `c % 8 == 0` and
+/// `out`, `wte`, `wpe` 16-byte aligned, else an error).
+#[allow(clippy::too_many_arguments)]
+pub fn encoder_forward_with(
+    g: &Gpu,
+    imp: MemImpl,
+    out: Ptr<bf16>,
+    tokens: Ptr<i32>,
+    wte: Ptr<bf16>,
+    wpe: Ptr<bf16>,
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Result<()> {
     const K: &str = "encoder_forward";
     let (bi, ti, ci) = (
         check_dim(K, "b", b)?,
@@ -40,16 +65,26 @@ pub fn encoder_forward(
     check_len(K, "tokens", &tokens, b * t)?;
     check_len(K, "wte", &wte, c)?;
     check_len(K, "wpe", &wpe, t * c)?;
-    let k = g.kernel("encoder", K)?;
-    // SAFETY: encoder_forward(bf16*, const int*, const bf16*, const bf16*, int, int, int);
-    // lengths checked above (token ids are the caller's contract).
-    unsafe {
-        g.launch(
-            &k,
-            LaunchConfig::linear(n, 256),
-            &[&out, &tokens, &wte, &wpe, &bi, &ti, &ci],
-        )
-    }
+    let (name, cfg) = match imp {
+        MemImpl::Reference => (K, LaunchConfig::linear(n, 256)),
+        MemImpl::Vectorized => {
+            membound::check_c8(K, c)?;
+            membound::check_aligned16(
+                K,
+                &[
+                    ("out", out.addr()),
+                    ("wte", wte.addr()),
+                    ("wpe", wpe.addr()),
+                ],
+            )?;
+            ("encoder_forward_vec", LaunchConfig::linear(n / 8, 256))
+        }
+    };
+    let k = g.kernel("encoder", name)?;
+    // SAFETY: encoder_forward{,_vec}(bf16*, const int*, const bf16*, const bf16*, int, int,
+    // int); lengths checked above (token ids are the caller's contract), c % 8 and alignment
+    // for the vec kernel.
+    unsafe { g.launch(&k, cfg, &[&out, &tokens, &wte, &wpe, &bi, &ti, &ci]) }
 }
 
 /// The token -> positions index `encoder_backward_wte` needs, on the device: the distinct token
@@ -144,6 +179,24 @@ pub fn encoder_backward_indexed(
     t: usize,
     c: usize,
 ) -> Result<()> {
+    let ok = c.is_multiple_of(8) && membound::aligned16(&[dwte.addr(), dwpe.addr(), dout.addr()]);
+    encoder_backward_indexed_with(g, membound::pick(ok), dwte, dwpe, dout, index, b, t, c)
+}
+
+/// [`encoder_backward_indexed`] on the kernels asked for ([`MemImpl::Vectorized`]: `c % 8 == 0`
+/// and `dwte`, `dwpe`, `dout` 16-byte aligned, else an error).
+#[allow(clippy::too_many_arguments)]
+pub fn encoder_backward_indexed_with(
+    g: &Gpu,
+    imp: MemImpl,
+    dwte: Ptr<bf16>,
+    dwpe: Ptr<bf16>,
+    dout: Ptr<bf16>,
+    index: &EncoderIndex,
+    b: usize,
+    t: usize,
+    c: usize,
+) -> Result<()> {
     const K: &str = "encoder_backward";
     let (bi, ti, ci) = (
         check_dim(K, "b", b)?,
@@ -166,17 +219,43 @@ pub fn encoder_backward_indexed(
     // Token ids were checked against the vocabulary when the index was built; dwte must hold
     // the largest one's row.
     check_len(K, "dwte", &dwte, index.rows * c)?;
+    let vec = imp == MemImpl::Vectorized;
+    if vec {
+        membound::check_c8(K, c)?;
+        membound::check_aligned16(
+            K,
+            &[
+                ("dwte", dwte.addr()),
+                ("dwpe", dwpe.addr()),
+                ("dout", dout.addr()),
+            ],
+        )?;
+    }
     let idx = Ptr::of(&index.buf);
-    let kwpe = g.kernel("encoder", "encoder_backward_wpe")?;
-    // SAFETY: encoder_backward_wpe(bf16*, const bf16*, int, int, int); lengths checked.
+    let (wpe_name, wte_name) = if vec {
+        ("encoder_backward_wpe_vec", "encoder_backward_wte_vec")
+    } else {
+        ("encoder_backward_wpe", "encoder_backward_wte")
+    };
+    let kwpe = g.kernel("encoder", wpe_name)?;
+    // The vec kernels: one thread per 8 channels; wte blocks as wide as a row's vectors
+    // (rounded up to a warp), at most 256 threads.
+    let wte_threads = if vec {
+        (32 * c.div_ceil(256)).min(256)
+    } else {
+        256
+    };
+    let wte_cols = if vec { c / 8 } else { c };
+    // SAFETY: encoder_backward_wpe{,_vec}(bf16*, const bf16*, int, int, int); lengths checked
+    // (and c % 8, alignment for the vec kernel).
     unsafe {
         g.launch(
             &kwpe,
-            LaunchConfig::linear(t * c, 256),
+            LaunchConfig::linear(if vec { t * c / 8 } else { t * c }, 256),
             &[&dwpe, &dout, &bi, &ti, &ci],
         )?
     };
-    let kwte = g.kernel("encoder", "encoder_backward_wte")?;
+    let kwte = g.kernel("encoder", wte_name)?;
     let (nu, bt) = (index.nu, index.bt);
     let positions = idx.slice(2 * nu + 1, bt);
     let mut u0 = 0;
@@ -187,11 +266,12 @@ pub fn encoder_backward_indexed(
         let starts = idx.slice(nu + u0, chunk + 1);
         let nc = chunk as i32;
         let cfg = LaunchConfig {
-            grid: (c.div_ceil(256) as u32, chunk as u32, 1),
-            block: (256, 1, 1),
+            grid: (wte_cols.div_ceil(wte_threads) as u32, chunk as u32, 1),
+            block: (wte_threads as u32, 1, 1),
             smem_bytes: 0,
         };
-        // SAFETY: encoder_backward_wte(bf16*, const bf16*, const int*, const int*, const int*,
+        // SAFETY: encoder_backward_wte{,_vec}(bf16*, const bf16*, const int*, const int*,
+        // const int*,
         // int, int); uniq/starts/positions come from a consistent index of b*t tokens whose ids
         // are < index.rows, and dwte holds index.rows rows (checked).
         unsafe {

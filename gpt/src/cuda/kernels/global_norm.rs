@@ -1,6 +1,14 @@
 //! Launchers for ptx/kernels/global_norm.cu: the deterministic global gradient L2 norm and
 //! clipping by it.
+//!
+//! The norm's first pass has two implementations ([`MemImpl`]): the reference kernel (2-byte
+//! loads) and `global_norm_squares_bf16_vec` (16-byte loads, four in flight per thread), which
+//! needs `grads` 16-byte aligned. Both use the same fixed grid, scratch and finishing kernel;
+//! each is bitwise deterministic, and they differ from each other only in the order of the
+//! f32 sum. The default picks the vectorized kernel when `grads` is aligned (see
+//! [`super::membound`]).
 
+use super::membound::{self, MemImpl};
 use super::{check_len, Ptr};
 use runtime::cuda::{half::bf16, Gpu, LaunchConfig, Result};
 
@@ -19,11 +27,31 @@ pub fn grad_norm_scratch_len(_n: usize) -> usize {
 /// on the device so clipping needs no host round trip. `scratch` (>= 1024 floats, contents on
 /// entry ignored) must not overlap the other operands. An empty `grads` gives 0.
 pub fn grad_norm(g: &Gpu, norm_out: Ptr<f32>, grads: Ptr<bf16>, scratch: Ptr<f32>) -> Result<()> {
+    let imp = membound::pick(membound::aligned16(&[grads.addr()]));
+    grad_norm_with(g, imp, norm_out, grads, scratch)
+}
+
+/// [`grad_norm`] with the first pass asked for ([`MemImpl::Vectorized`]: `grads` 16-byte
+/// aligned, else an error).
+pub fn grad_norm_with(
+    g: &Gpu,
+    imp: MemImpl,
+    norm_out: Ptr<f32>,
+    grads: Ptr<bf16>,
+    scratch: Ptr<f32>,
+) -> Result<()> {
     const K: &str = "grad_norm";
     check_len(K, "norm_out", &norm_out, 1)?;
     check_len(K, "scratch", &scratch, BLOCKS)?;
     let n = grads.len();
-    let squares = g.kernel("global_norm", "global_norm_squares_bf16")?;
+    let name = match imp {
+        MemImpl::Reference => "global_norm_squares_bf16",
+        MemImpl::Vectorized => {
+            membound::check_aligned16(K, &[("grads", grads.addr())])?;
+            "global_norm_squares_bf16_vec"
+        }
+    };
+    let squares = g.kernel("global_norm", name)?;
     let finish = g.kernel("global_norm", "global_norm_finish")?;
     let cfg = LaunchConfig {
         grid: (BLOCKS as u32, 1, 1),
@@ -36,7 +64,8 @@ pub fn grad_norm(g: &Gpu, norm_out: Ptr<f32>, grads: Ptr<bf16>, scratch: Ptr<f32
         smem_bytes: 0,
     };
     let num_partials = BLOCKS as i32;
-    // SAFETY: global_norm_squares_bf16(float* partials[gridDim.x], const bf16*, size_t n) and
+    // SAFETY: global_norm_squares_bf16{,_vec}(float* partials[gridDim.x], const bf16*, size_t n)
+    // (the vec kernel: grads aligned, checked) and
     // global_norm_finish(float* norm, const float* partials, int); scratch holds BLOCKS floats.
     unsafe {
         g.launch(&squares, cfg, &[&scratch, &grads, &n])?;

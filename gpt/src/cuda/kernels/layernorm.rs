@@ -3,7 +3,16 @@
 //! `gpt::cpu::ops::{layernorm_forward, residual_layernorm_forward, layernorm_backward}`
 //! (eps = 1e-5); bf16 tensors, f32 mean/rstd and f32 math. `n` rows of `c` channels; any
 //! `n >= 1`, `1 <= c < 2^30`.
+//!
+//! Two implementations ([`MemImpl`]): the reference kernels, and the vectorized ones (the row
+//! kept in registers in the forward, 16-byte accesses in the backward's column walk; see
+//! layernorm.cu), which need `c % 8 == 0`, every bf16 operand (and the backward's scratch)
+//! 16-byte aligned, and for the forward `c <= 2048` ([`VEC_FORWARD_MAX_C`]). The default
+//! launchers pick the vectorized kernels when all of that holds (see [`super::membound`]); the
+//! `*_with` launchers run the one asked for. The forward kernels give the same bits either way;
+//! the backward's dinp too, its dw/db are summed in a different fixed order when c <= 1024.
 
+use super::membound::{self, MemImpl};
 use super::{check_dim, check_disjoint, check_len, span, Ptr, Span};
 use runtime::cuda::{half::bf16, CudaError, Gpu, LaunchConfig, Result};
 
@@ -11,6 +20,31 @@ use runtime::cuda::{half::bf16, CudaError, Gpu, LaunchConfig, Result};
 const FWD_ROWS_PER_BLOCK: usize = 8;
 /// Rows per block of `layernorm_backward_dinp`: LN_BWD_ROWS in layernorm.cu.
 const BWD_ROWS_PER_BLOCK: usize = 32;
+/// Largest c of the vectorized forward kernels (`layernorm_forward_vec8`: 8 vectors of 8 per
+/// lane).
+pub const VEC_FORWARD_MAX_C: usize = 2048;
+
+/// The vectorized forward kernel's name suffix for `c`: vectors of 8 per lane, one of 1, 2, 4,
+/// 8 (the smallest with `256 * nv >= c`).
+fn forward_nv(c: usize) -> usize {
+    c.div_ceil(256).next_power_of_two()
+}
+
+/// Error unless the vectorized kernels can run this call.
+fn check_vec(kernel: &str, c: usize, max_c: usize, operands: &[(&str, u64)]) -> Result<()> {
+    membound::check_c8(kernel, c)?;
+    if c > max_c {
+        return Err(CudaError::new(
+            format!("{kernel}: the vectorized kernels take c <= {max_c}, got {c} (use MemImpl::Reference)"),
+            1,
+        ));
+    }
+    membound::check_aligned16(kernel, operands)
+}
+
+fn vec_possible(c: usize, max_c: usize, addrs: &[u64]) -> bool {
+    c.is_multiple_of(8) && c <= max_c && membound::aligned16(addrs)
+}
 
 fn check_c(kernel: &str, c: usize) -> Result<i32> {
     let ci = check_dim(kernel, "c", c)?;
@@ -65,6 +99,26 @@ pub fn layernorm_forward(
     n: usize,
     c: usize,
 ) -> Result<()> {
+    let addrs = [out.addr(), inp.addr(), w.addr(), b.addr()];
+    let imp = membound::pick(vec_possible(c, VEC_FORWARD_MAX_C, &addrs));
+    layernorm_forward_with(g, imp, out, mean, rstd, inp, w, b, n, c)
+}
+
+/// [`layernorm_forward`] on the kernels asked for ([`MemImpl::Vectorized`]: `c % 8 == 0`,
+/// `c <= 2048`, `out`, `inp`, `w`, `b` 16-byte aligned, else an error).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward_with(
+    g: &Gpu,
+    imp: MemImpl,
+    out: Ptr<bf16>,
+    mean: Ptr<f32>,
+    rstd: Ptr<f32>,
+    inp: Ptr<bf16>,
+    w: Ptr<bf16>,
+    b: Ptr<bf16>,
+    n: usize,
+    c: usize,
+) -> Result<()> {
     const K: &str = "layernorm_forward";
     let (ni, ci, nc) = check_rows(K, n, c)?;
     check_len(K, "out", &out, nc)?;
@@ -81,7 +135,27 @@ pub fn layernorm_forward(
     )?;
     check_disjoint(K, &[span("mean", &mean, n), span("rstd", &rstd, n)], &[si])?;
     check_same_or_disjoint(K, so, si)?;
-    let k = g.kernel("layernorm", K)?;
+    let name = match imp {
+        MemImpl::Reference => K.to_string(),
+        MemImpl::Vectorized => {
+            check_vec(
+                K,
+                c,
+                VEC_FORWARD_MAX_C,
+                &[
+                    ("out", out.addr()),
+                    ("inp", inp.addr()),
+                    ("w", w.addr()),
+                    ("b", b.addr()),
+                ],
+            )?;
+            format!("layernorm_forward_vec{}", forward_nv(c))
+        }
+    };
+    let k = g.kernel("layernorm", &name)?;
+    // SAFETY: layernorm_forward{,_vec*}(bf16* out, float* mean, float* rstd, const bf16* inp,
+    // const bf16* w, const bf16* b, int N, int C); lengths and overlaps checked (and c, alignment
+    // for the vec kernels).
     unsafe {
         g.launch(
             &k,
@@ -99,6 +173,37 @@ pub fn layernorm_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn residual_layernorm_forward(
     g: &Gpu,
+    res_out: Ptr<bf16>,
+    ln_out: Ptr<bf16>,
+    mean: Ptr<f32>,
+    rstd: Ptr<f32>,
+    res_in: Ptr<bf16>,
+    delta: Ptr<bf16>,
+    w: Ptr<bf16>,
+    b: Ptr<bf16>,
+    n: usize,
+    c: usize,
+) -> Result<()> {
+    let addrs = [
+        res_out.addr(),
+        ln_out.addr(),
+        res_in.addr(),
+        delta.addr(),
+        w.addr(),
+        b.addr(),
+    ];
+    let imp = membound::pick(vec_possible(c, VEC_FORWARD_MAX_C, &addrs));
+    residual_layernorm_forward_with(
+        g, imp, res_out, ln_out, mean, rstd, res_in, delta, w, b, n, c,
+    )
+}
+
+/// [`residual_layernorm_forward`] on the kernels asked for ([`MemImpl::Vectorized`]:
+/// `c % 8 == 0`, `c <= 2048`, every bf16 operand 16-byte aligned, else an error).
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward_with(
+    g: &Gpu,
+    imp: MemImpl,
     res_out: Ptr<bf16>,
     ln_out: Ptr<bf16>,
     mean: Ptr<f32>,
@@ -138,7 +243,29 @@ pub fn residual_layernorm_forward(
     check_disjoint(K, &others, &[sa, sd])?;
     check_same_or_disjoint(K, sr, sa)?;
     check_same_or_disjoint(K, sr, sd)?;
-    let k = g.kernel("layernorm", K)?;
+    let name = match imp {
+        MemImpl::Reference => K.to_string(),
+        MemImpl::Vectorized => {
+            check_vec(
+                K,
+                c,
+                VEC_FORWARD_MAX_C,
+                &[
+                    ("res_out", res_out.addr()),
+                    ("ln_out", ln_out.addr()),
+                    ("res_in", res_in.addr()),
+                    ("delta", delta.addr()),
+                    ("w", w.addr()),
+                    ("b", b.addr()),
+                ],
+            )?;
+            format!("residual_layernorm_forward_vec{}", forward_nv(c))
+        }
+    };
+    let k = g.kernel("layernorm", &name)?;
+    // SAFETY: residual_layernorm_forward{,_vec*}(bf16* res_out, bf16* ln_out, float* mean,
+    // float* rstd, const bf16* res_in, const bf16* delta, const bf16* w, const bf16* b, int N,
+    // int C); lengths and overlaps checked (and c, alignment for the vec kernels).
     unsafe {
         g.launch(
             &k,
@@ -167,6 +294,38 @@ pub fn layernorm_backward_scratch_len(n: usize, c: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     g: &Gpu,
+    dinp: Ptr<bf16>,
+    dw: Ptr<bf16>,
+    db: Ptr<bf16>,
+    dout: Ptr<bf16>,
+    inp: Ptr<bf16>,
+    w: Ptr<bf16>,
+    mean: Ptr<f32>,
+    rstd: Ptr<f32>,
+    scratch: Ptr<f32>,
+    n: usize,
+    c: usize,
+) -> Result<()> {
+    let addrs = [
+        dinp.addr(),
+        dout.addr(),
+        inp.addr(),
+        w.addr(),
+        scratch.addr(),
+    ];
+    let imp = membound::pick(vec_possible(c, usize::MAX, &addrs));
+    layernorm_backward_with(
+        g, imp, dinp, dw, db, dout, inp, w, mean, rstd, scratch, n, c,
+    )
+}
+
+/// [`layernorm_backward`] on the kernels asked for ([`MemImpl::Vectorized`]: `c % 8 == 0` and
+/// `dinp`, `dout`, `inp`, `w`, `scratch` 16-byte aligned, else an error). Both use the same
+/// scratch and the same second kernel (`layernorm_backward_dweight`).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward_with(
+    g: &Gpu,
+    imp: MemImpl,
     dinp: Ptr<bf16>,
     dw: Ptr<bf16>,
     db: Ptr<bf16>,
@@ -208,12 +367,33 @@ pub fn layernorm_backward(
         ],
     )?;
     let blocks = n.div_ceil(BWD_ROWS_PER_BLOCK);
-    let k1 = g.kernel("layernorm", "layernorm_backward_dinp")?;
+    let name = match imp {
+        MemImpl::Reference => "layernorm_backward_dinp",
+        MemImpl::Vectorized => {
+            check_vec(
+                K,
+                c,
+                usize::MAX,
+                &[
+                    ("dinp", dinp.addr()),
+                    ("dout", dout.addr()),
+                    ("inp", inp.addr()),
+                    ("w", w.addr()),
+                    ("scratch", scratch.addr()),
+                ],
+            )?;
+            "layernorm_backward_dinp_vec"
+        }
+    };
+    let k1 = g.kernel("layernorm", name)?;
     let cfg1 = LaunchConfig {
         grid: (blocks as u32, 1, 1),
         block: (256, 1, 1),
         smem_bytes: 0,
     };
+    // SAFETY: layernorm_backward_dinp{,_vec}(bf16* dinp, float* partials, const bf16* dout,
+    // const bf16* inp, const bf16* w, const float* mean, const float* rstd, int N, int C);
+    // lengths and overlaps checked (and c, alignment for the vec kernel).
     unsafe {
         g.launch(
             &k1,
@@ -228,5 +408,7 @@ pub fn layernorm_backward(
         smem_bytes: 0,
     };
     let num_partials = blocks as i32; // <= n, so fits
+                                      // SAFETY: layernorm_backward_dweight(bf16* dw, bf16* db, const float* partials, int, int C);
+                                      // scratch holds num_partials * 2c floats (checked).
     unsafe { g.launch(&k2, cfg2, &[&dw, &db, &scratch, &num_partials, &ci]) }
 }

@@ -14,12 +14,15 @@ pub mod attention;
 pub mod cast;
 pub mod classifier;
 pub mod encoder;
+pub mod fp8;
 pub mod gelu;
 pub mod gemm;
 pub mod global_norm;
 pub mod layernorm;
+pub mod membound;
 pub mod mx;
 pub mod mx_tcgen05;
+pub mod nvfp4;
 
 /// A span of `len` elements of type `T` in device memory, borrowed from a `DeviceBuffer` (so it
 /// cannot outlive it). Passed to kernels as a `T*`. Aliasing between spans is not tracked:
