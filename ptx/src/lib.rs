@@ -259,9 +259,19 @@ mod tests {
                 select_variant(name, 8, 0).map(|v| v.target),
                 has80.then_some("sm_80")
             );
+            let has89 = targets.contains(&"sm_89");
+            if has89 {
+                // Ada (8.9) gets its own variant (the FP8 modules: e4m3 mma from sm_89 on).
+                assert_eq!(select_variant(name, 8, 9).map(|v| v.target), Some("sm_89"));
+            }
             if has80 {
-                // B200 (10.0) cannot run sm_90a PTX but JIT-compiles the sm_80 variant.
-                assert_eq!(select_variant(name, 10, 0).map(|v| v.target), Some("sm_80"));
+                // B200 (10.0) cannot run sm_90a PTX but JIT-compiles the newest plain variant.
+                let newest_plain = if has89 { "sm_89" } else { "sm_80" };
+                assert_eq!(
+                    select_variant(name, 10, 0).map(|v| v.target),
+                    Some(newest_plain),
+                    "{name}"
+                );
             }
             assert!(select_variant(name, 7, 5).is_none());
         }
