@@ -406,7 +406,9 @@ fn table(runs: &[Run], variants: &[&Variant], a: &Args, command: &str, seconds: 
 /// Mean validation curve per mode as an SVG line chart (hand-written: no plotting dependency).
 fn svg(runs: &[Run], variants: &[&Variant]) -> String {
     let (w, h, l, r, t, b) = (720.0, 420.0, 70.0, 170.0, 30.0, 50.0);
-    let curves: Vec<(&str, Vec<(f64, f64)>)> = variants
+    // (name, colour index: the variant's place in VARIANTS, so a variant keeps its colour
+    // whatever --variants selects, mean curve)
+    let curves: Vec<(&str, usize, Vec<(f64, f64)>)> = variants
         .iter()
         .map(|&v| {
             let rs: Vec<&Run> = runs.iter().filter(|r| r.variant == v).collect();
@@ -419,10 +421,11 @@ fn svg(runs: &[Run], variants: &[&Variant]) -> String {
                     )
                 })
                 .collect();
-            (v.name, pts)
+            let colour = VARIANTS.iter().position(|x| x == v).unwrap_or(0);
+            (v.name, colour, pts)
         })
         .collect();
-    let all: Vec<(f64, f64)> = curves.iter().flat_map(|c| c.1.clone()).collect();
+    let all: Vec<(f64, f64)> = curves.iter().flat_map(|c| c.2.clone()).collect();
     let (x0, x1) = (0.0, all.iter().map(|p| p.0).fold(1.0, f64::max));
     let (y0, y1) = all
         .iter()
@@ -463,7 +466,7 @@ fn svg(runs: &[Run], variants: &[&Variant]) -> String {
         w - l - r,
         h - t - b
     );
-    for (i, (name, pts)) in curves.iter().enumerate() {
+    for (i, (name, colour, pts)) in curves.iter().enumerate() {
         let path: Vec<String> = pts
             .iter()
             .map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1)))
@@ -471,11 +474,11 @@ fn svg(runs: &[Run], variants: &[&Variant]) -> String {
         let _ = writeln!(
             s,
             "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
-            colors[i],
+            colors[*colour],
             path.join(" ")
         );
         let ly = t + 20.0 + 22.0 * i as f64;
-        let _ = writeln!(s, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>", w - r + 10.0, w - r + 34.0, colors[i], w - r + 40.0, ly + 4.0, name);
+        let _ = writeln!(s, "<line x1=\"{}\" x2=\"{}\" y1=\"{ly}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"3\"/><text x=\"{}\" y=\"{}\">{}</text>", w - r + 10.0, w - r + 34.0, colors[*colour], w - r + 40.0, ly + 4.0, name);
     }
     s.push_str("</svg>\n");
     s
@@ -685,6 +688,18 @@ mod tests {
         assert!(readme.contains("| `fp8+mxfp4` | fp8 | mxfp4 |"), "{readme}");
         assert!(readme.contains("| `nvfp4` | bf16 | nvfp4 |"), "{readme}");
         assert!(readme.contains("--variants nvfp4,fp8+mxfp4"), "{readme}");
+        // Colours follow the variant, not its place in the selection.
+        let svg = std::fs::read_to_string(root.join("target/study/loss_curves.svg")).unwrap();
+        for (name, colour) in [("fp8+mxfp4", "#9467bd"), ("nvfp4", "#8c564b")] {
+            assert!(
+                svg.contains(&format!("stroke=\"{colour}\" stroke-width=\"2\"")),
+                "{name}"
+            );
+        }
+        assert!(
+            !svg.contains("#d62728"),
+            "mxfp4-rtn's colour without mxfp4-rtn"
+        );
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(root.join("target/study/study.json")).unwrap(),
         )
