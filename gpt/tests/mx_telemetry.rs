@@ -6,14 +6,6 @@ use common::*;
 use serde_json::Value;
 use std::path::Path;
 
-fn json_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn run(dir: &Path, data: &str, mode: &str, every: &str) -> Vec<Value> {
     let log = dir.join(format!("{mode}-{every}.jsonl"));
     let log_s = log.to_string_lossy().to_string();

@@ -19,14 +19,6 @@ fn flip_byte(path: &Path, at: usize) {
     std::fs::write(path, b).unwrap();
 }
 
-fn json_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
-        .collect()
-}
-
 #[test]
 fn a_checkpoint_dir_serves_one_run_at_a_time() {
     let dir = tmpdir("lock");

@@ -100,3 +100,12 @@ pub fn tiny<'a>(data: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v.extend_from_slice(extra);
     v
 }
+
+/// The records of a `--log-json` file, one JSON value per line.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
+}
