@@ -109,9 +109,9 @@ pub trait Backend {
     }
     /// Quantization telemetry accumulated since the last call (empty in bf16 mode).
     fn take_mx_telemetry(&mut self) -> MxTelemetry;
-    /// The same sums per GEMM site since the last call of this method (the FP8 forward's too),
-    /// in (layer, linear, GEMM) order; independent of `take_mx_telemetry`. Empty where a backend keeps only
-    /// totals (the CUDA backend today).
+    /// The same sums per GEMM site since the last call of this method (the FP8 forward's too,
+    /// on the CPU), in (layer, linear, GEMM) order; independent of `take_mx_telemetry`. Empty
+    /// where a backend keeps only totals.
     fn take_mx_site_telemetry(&mut self) -> Vec<SiteTelemetry> {
         Vec::new()
     }

@@ -38,7 +38,8 @@ use super::kernels::{gemm, Ptr};
 use crate::backend::{BResult, BackendError, LinearBackward};
 use crate::config::ModelConfig;
 use crate::mx::gemm::SR_FACTOR;
-use crate::mx::{GemmKind, MxConfig, MxTelemetry, Rounding, StreamRole};
+use crate::mx::StreamRole;
+use crate::mx::{GemmId, GemmKind, LinearKind, MxConfig, MxTelemetry, Rounding, SiteTelemetry};
 use runtime::cuda::half::bf16;
 use runtime::cuda::{CudaError, DeviceBuffer, Gpu};
 
@@ -223,9 +224,42 @@ pub struct MxBackward {
     partials: DeviceBuffer<f64>,
     /// NVFP4's per-tile amax partials (one f32 per quantize tile; unused by MXFP4).
     amax: DeviceBuffer<f32>,
-    /// Running (squared error, squared values, clipped, non-finite blocks) on the device.
+    /// Running sums on the device (`kmx::TELEMETRY_FIELDS` each: squared error, squared
+    /// values, clipped, non-finite blocks, underflows): the step's total first, then one per
+    /// backward-GEMM site (`site_index`), read at the per-layer logging interval.
     totals: DeviceBuffer<f64>,
     elements: u64,
+    /// Elements quantized per site since the sites were last taken (known on the host).
+    site_elements: Vec<u64>,
+}
+
+const FIELDS: usize = kmx::TELEMETRY_FIELDS;
+const LINEARS: [LinearKind; 4] = [
+    LinearKind::Qkv,
+    LinearKind::AttnProj,
+    LinearKind::MlpUp,
+    LinearKind::MlpDown,
+];
+
+/// The site of a backward GEMM in `totals` (after the step total): (layer, linear, GEMM) order.
+fn site_index(id: &GemmId) -> usize {
+    (id.layer as usize * 4 + id.linear as usize) * 2 + id.gemm as usize
+}
+
+/// One accumulator's fields as telemetry; underflows are counted over the finite blocks of
+/// `block` elements (32 for MXFP4, 16 for NVFP4), as on the CPU.
+fn telemetry_of(t: &[f64], elements: u64, block: u64) -> MxTelemetry {
+    let nonfinite_blocks = t[3] as u64;
+    MxTelemetry {
+        elements,
+        sq_err: t[0],
+        sq_sum: t[1],
+        clipped: t[2] as u64,
+        nonfinite_blocks,
+        underflow: t[4] as u64,
+        underflow_counted: elements - nonfinite_blocks * block,
+        ..MxTelemetry::default()
+    }
 }
 
 fn cuda(e: CudaError) -> BackendError {
@@ -251,7 +285,8 @@ impl MxBackward {
         cfg: MxConfig,
     ) -> runtime::cuda::Result<MxBackward> {
         let (a, b, partials) = sizes(model, batch * seq);
-        let totals = g.alloc(4)?;
+        let sites = model.layers * LINEARS.len() * 2;
+        let totals = g.alloc(FIELDS * (1 + sites))?;
         g.fill_bytes(&totals, 0)?;
         let nvfp4 = cfg.mode.is_nvfp4();
         Ok(MxBackward {
@@ -259,14 +294,43 @@ impl MxBackward {
             cfg,
             a: Operand::new(g, path, a, nvfp4)?,
             b: Operand::new(g, path, b, nvfp4)?,
-            partials: g.alloc(partials.max(4))?,
+            partials: g.alloc(partials.max(FIELDS))?,
             amax: g.alloc(if nvfp4 { (partials / 4).max(1) } else { 1 })?,
             totals,
             elements: 0,
+            site_elements: vec![0; sites],
         })
     }
 
-    fn quantize(&mut self, g: &Gpu, which: usize, s: &Source, spec: &QuantizeSpec) -> BResult<()> {
+    /// Adds a quantize launch's partials (`rows` x `k` elements) to the step total and to the
+    /// site of GEMM `id`.
+    fn accumulate_telemetry(&mut self, g: &Gpu, id: &GemmId, rows: usize, k: usize) -> BResult<()> {
+        let site = site_index(id);
+        if site >= self.site_elements.len() {
+            return Err(BackendError(format!(
+                "telemetry site of layer {} outside the model's {} layers",
+                id.layer,
+                self.site_elements.len() / 8
+            )));
+        }
+        let n = kmx::telemetry_partials_len(rows, k) / FIELDS;
+        let site_sums = Ptr::of(&self.totals).slice(FIELDS * (1 + site), FIELDS);
+        let total = Ptr::of(&self.totals).slice(0, FIELDS);
+        kmx::telemetry_accumulate(g, total, Some(site_sums), Ptr::of(&self.partials), n)
+            .map_err(cuda)?;
+        self.elements += (rows * k) as u64;
+        self.site_elements[site] += (rows * k) as u64;
+        Ok(())
+    }
+
+    fn quantize(
+        &mut self,
+        g: &Gpu,
+        which: usize,
+        s: &Source,
+        spec: &QuantizeSpec,
+        id: &GemmId,
+    ) -> BResult<()> {
         let target = if which == 0 { &self.a } else { &self.b };
         let (rows, k) = s.layout.shape(s.r, s.c);
         let out = QuantizeOut {
@@ -274,11 +338,7 @@ impl MxBackward {
             ..target.out()
         };
         kmx::quantize(g, s.src, s.r, s.c, spec, out).map_err(|e| BackendError(e.context))?;
-        let n = kmx::telemetry_partials_len(rows, k) / 4;
-        kmx::telemetry_accumulate(g, Ptr::of(&self.totals), Ptr::of(&self.partials), n)
-            .map_err(cuda)?;
-        self.elements += (rows * k) as u64;
-        Ok(())
+        self.accumulate_telemetry(g, id, rows, k)
     }
 
     /// One NVFP4 operand's quantization into `which` (0: A, 1: B), its telemetry accumulated.
@@ -288,6 +348,7 @@ impl MxBackward {
         which: usize,
         s: &Source,
         spec: &Nvfp4Spec,
+        id: &GemmId,
     ) -> BResult<()> {
         let target = if which == 0 { &self.a } else { &self.b };
         let (rows, k) = s.layout.shape(s.r, s.c);
@@ -302,11 +363,7 @@ impl MxBackward {
             partials: Some(Ptr::of(&self.partials)),
         };
         knv::quantize(g, s.src, s.r, s.c, spec, out).map_err(|e| BackendError(e.context))?;
-        let n = kmx::telemetry_partials_len(rows, k) / 4;
-        kmx::telemetry_accumulate(g, Ptr::of(&self.totals), Ptr::of(&self.partials), n)
-            .map_err(cuda)?;
-        self.elements += (rows * k) as u64;
-        Ok(())
+        self.accumulate_telemetry(g, id, rows, k)
     }
 
     /// One NVFP4 backward GEMM (docs/numerics.md section 10's recipe): A, the gradient, rounded
@@ -354,8 +411,8 @@ impl MxBackward {
                 p.mode, id.layer, id.linear, e.0
             ))
         };
-        self.quantize_nvfp4(g, 0, &a, &sa).map_err(context)?;
-        self.quantize_nvfp4(g, 1, &b, &sb).map_err(context)?;
+        self.quantize_nvfp4(g, 0, &a, &sa, &id).map_err(context)?;
+        self.quantize_nvfp4(g, 1, &b, &sb, &id).map_err(context)?;
         knv::gemm(
             g,
             out,
@@ -420,8 +477,8 @@ impl MxBackward {
                 id.layer, id.linear, e.0
             ))
         };
-        self.quantize(g, 0, &a, &sa).map_err(context)?;
-        self.quantize(g, 1, &b, &sb).map_err(context)?;
+        self.quantize(g, 0, &a, &sa, &id).map_err(context)?;
+        self.quantize(g, 1, &b, &sb, &id).map_err(context)?;
         let alpha = if rounding == Rounding::Sr {
             SR_FACTOR
         } else {
@@ -521,19 +578,51 @@ impl MxBackward {
         )
     }
 
-    /// The telemetry since the last call (one device read), and a reset.
+    /// Elements per quantization block (scale).
+    fn block(&self) -> u64 {
+        if self.cfg.mode.is_nvfp4() {
+            crate::mx::nvfp4::BLOCK as u64
+        } else {
+            crate::mx::format::BLOCK as u64
+        }
+    }
+
+    /// The step's telemetry since the last call (one device read of the total), and a reset.
     pub fn take_telemetry(&mut self, g: &Gpu) -> BResult<MxTelemetry> {
-        let t = g.download(&self.totals).map_err(cuda)?;
-        g.fill_bytes(&self.totals, 0).map_err(cuda)?;
-        let tel = MxTelemetry {
-            elements: self.elements,
-            sq_err: t[0],
-            sq_sum: t[1],
-            clipped: t[2] as u64,
-            nonfinite_blocks: t[3] as u64,
-            ..MxTelemetry::default()
-        };
+        let mut t = [0.0f64; FIELDS];
+        g.copy_to_host_at(&self.totals, 0, &mut t).map_err(cuda)?;
+        g.fill_bytes_range(&self.totals, 0, FIELDS, 0)
+            .map_err(cuda)?;
+        let tel = telemetry_of(&t, self.elements, self.block());
         self.elements = 0;
         Ok(tel)
+    }
+
+    /// Every backward-GEMM site's telemetry since the last call, in (layer, linear, GEMM)
+    /// order, leaving out the sites that quantized nothing; and a reset of the sites.
+    pub fn take_site_telemetry(&mut self, g: &Gpu) -> BResult<Vec<SiteTelemetry>> {
+        let all = g.download(&self.totals).map_err(cuda)?;
+        let (sites, block) = (self.site_elements.len(), self.block());
+        g.fill_bytes_range(&self.totals, FIELDS, FIELDS * sites, 0)
+            .map_err(cuda)?;
+        let mut out = Vec::new();
+        for (i, elements) in std::mem::replace(&mut self.site_elements, vec![0; sites])
+            .into_iter()
+            .enumerate()
+            .filter(|(_, e)| *e > 0)
+        {
+            let gemm = if i % 2 == 0 {
+                GemmKind::Dgrad
+            } else {
+                GemmKind::Wgrad
+            };
+            out.push(SiteTelemetry {
+                layer: (i / 8) as u32,
+                linear: LINEARS[(i / 2) % 4],
+                gemm: gemm.into(),
+                telemetry: telemetry_of(&all[FIELDS * (1 + i)..FIELDS * (2 + i)], elements, block),
+            });
+        }
+        Ok(out)
     }
 }

@@ -19,8 +19,8 @@ pub struct MxTelemetry {
     pub elements: u64,
     pub clipped: u64,
     pub nonfinite_blocks: u64,
-    /// Non-zero inputs quantized to a zero magnitude, out of `underflow_counted` elements (0 where
-    /// a backend does not count them: the CUDA quantizer today).
+    /// Non-zero inputs quantized to a zero magnitude, out of `underflow_counted` elements (those
+    /// of the finite blocks; 0 where a backend does not count them).
     pub underflow: u64,
     pub underflow_counted: u64,
     pub sq_err: f64,

@@ -63,10 +63,14 @@ fn grid(rows_out: usize, k: usize) -> (u32, u32) {
     )
 }
 
-/// f64 elements of the telemetry partials of one quantize launch (4 per block).
+/// The f64 telemetry fields per quantize block (ptx/kernels/mx.cuh, MX_TELEMETRY_FIELDS):
+/// squared error, squared values, clipped elements, non-finite blocks, underflows.
+pub const TELEMETRY_FIELDS: usize = 5;
+
+/// f64 elements of the telemetry partials of one quantize launch (`TELEMETRY_FIELDS` per block).
 pub fn telemetry_partials_len(rows_out: usize, k: usize) -> usize {
     let (x, y) = grid(rows_out, k);
-    4 * x as usize * y as usize
+    TELEMETRY_FIELDS * x as usize * y as usize
 }
 
 fn err(msg: String) -> CudaError {
@@ -194,18 +198,31 @@ pub fn quantize(
     }
 }
 
-/// `acc[i] += sum over j of partials[4 j + i]` (i < 4) for the first `n` blocks' partials: a
-/// device-side running total of (squared error, squared values, clipped elements, non-finite
-/// blocks) that the host reads once per step.
-pub fn telemetry_accumulate(g: &Gpu, acc: Ptr<f64>, partials: Ptr<f64>, n: usize) -> Result<()> {
+/// `acc[i] += sum over j of partials[F j + i]` (i < F = `TELEMETRY_FIELDS`) for the first `n`
+/// blocks' partials, and the same sum into `site` when given: device-side running totals of
+/// (squared error, squared values, clipped elements, non-finite blocks, underflows) that the
+/// host reads once per step (`acc`) or per logging interval (`site`, one per backward GEMM).
+pub fn telemetry_accumulate(
+    g: &Gpu,
+    acc: Ptr<f64>,
+    site: Option<Ptr<f64>>,
+    partials: Ptr<f64>,
+    n: usize,
+) -> Result<()> {
     const K: &str = "mx_telemetry_accumulate";
-    check_len(K, "acc", &acc, 4)?;
-    check_len(K, "partials", &partials, 4 * n)?;
-    check_disjoint(
-        K,
-        &[span("acc", &acc, 4)],
-        &[span("partials", &partials, 4 * n)],
-    )?;
+    const F: usize = TELEMETRY_FIELDS;
+    check_len(K, "acc", &acc, F)?;
+    check_len(K, "partials", &partials, F * n)?;
+    let mut outputs = vec![span("acc", &acc, F)];
+    let site_addr = match &site {
+        Some(p) => {
+            check_len(K, "site", p, F)?;
+            outputs.push(span("site", p, F));
+            p.addr()
+        }
+        None => 0u64,
+    };
+    check_disjoint(K, &outputs, &[span("partials", &partials, F * n)])?;
     let kernel = g.kernel("mx_quantize", K)?;
     let ni = i32::try_from(n).map_err(|_| err(format!("{K}: {n} partials")))?;
     let cfg = LaunchConfig {
@@ -213,8 +230,9 @@ pub fn telemetry_accumulate(g: &Gpu, acc: Ptr<f64>, partials: Ptr<f64>, n: usize
         block: (32, 1, 1),
         smem_bytes: 0,
     };
-    // SAFETY: mx_telemetry_accumulate(double* acc, const double* partials, int n); checked.
-    unsafe { g.launch(&kernel, cfg, &[&acc, &partials, &ni]) }
+    // SAFETY: mx_telemetry_accumulate(double* acc, double* site, const double* partials, int n);
+    // lengths and disjointness checked (acc and site disjoint too); a NULL site is skipped.
+    unsafe { g.launch(&kernel, cfg, &[&acc, &site_addr, &partials, &ni]) }
 }
 
 /// A quantized K-major operand in device memory: `rows` rows of K packed codes (K/2 bytes) and
