@@ -389,6 +389,21 @@ fn same_telemetry(
     tol: f64,
 ) {
     let same = |at: &str, g: &MxTelemetry, c: &MxTelemetry| {
+        // The measured noise: the GPU's products are rounded to bf16, the CPU's are f32.
+        assert!(
+            c.exact_sq > 0.0 && c.noise_sq > 0.0,
+            "{what} {at}: noise not measured"
+        );
+        let noise = [
+            (g.noise_sq, c.noise_sq, 2e-2),
+            (g.exact_sq, c.exact_sq, 1e-2),
+        ];
+        for (a, b, rel) in noise {
+            assert!(
+                (a - b).abs() <= rel * b,
+                "{what} {at}: noise sums {a} vs {b}"
+            );
+        }
         let counts = |t: &MxTelemetry| {
             (
                 t.elements,
@@ -479,6 +494,7 @@ fn mxfp4_linear_backward_matches_the_cpu_op() {
                 })
                 .unwrap();
                 be.zero_grads().unwrap();
+                be.set_mx_noise_measurement(true);
                 be.write(dout, &dy).unwrap();
                 be.write(inp, &x).unwrap();
                 be.write(w, &wv).unwrap();
@@ -594,6 +610,7 @@ fn nvfp4_linear_backward_matches_the_cpu_op() {
             })
             .unwrap();
             be.zero_grads().unwrap();
+            be.set_mx_noise_measurement(true);
             be.write(dout, &dy).unwrap();
             be.write(inp, &x).unwrap();
             be.write(w, &wv).unwrap();

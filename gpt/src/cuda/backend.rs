@@ -727,6 +727,12 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn set_mx_noise_measurement(&mut self, on: bool) {
+        if let Some(m) = self.mx.as_mut() {
+            m.measure_noise = on;
+        }
+    }
+
     fn take_mx_site_telemetry(&mut self) -> Vec<SiteTelemetry> {
         let Some(m) = self.mx.as_mut() else {
             return Vec::new();

@@ -149,7 +149,20 @@ pub fn scratch_bytes(
         MxGemmPath::Bf16 => 2 * (a + b),
         MxGemmPath::Int8 | MxGemmPath::Tcgen05 => (a + b) / 2 + (a + b) / 32,
     };
-    operands + 8 * (partials + 4)
+    let sites = cfg.layers * LINEARS.len() * 2;
+    // The noise measurement's two bf16 products (allocated at the first measured step).
+    let noise = 2 * 2 * largest_product(cfg, batch * seq) + 8 * 2 * kmx::NOISE_BLOCKS;
+    operands + 8 * (partials + ACC * (1 + sites)) + noise
+}
+
+/// Elements of the largest [m, n] product of the model's backward GEMMs at `rows` = B·T tokens
+/// (dX [rows, ic] or dW [oc, ic]).
+fn largest_product(cfg: &ModelConfig, rows: usize) -> usize {
+    linear_shapes(cfg.channels)
+        .iter()
+        .map(|&(ic, oc)| (rows * ic).max(oc * ic))
+        .max()
+        .unwrap_or(0)
 }
 
 /// One operand's quantized form, as the path consumes it.
@@ -226,14 +239,32 @@ pub struct MxBackward {
     amax: DeviceBuffer<f32>,
     /// Running sums on the device (`kmx::TELEMETRY_FIELDS` each: squared error, squared
     /// values, clipped, non-finite blocks, underflows): the step's total first, then one per
-    /// backward-GEMM site (`site_index`), read at the per-layer logging interval.
+    /// backward-GEMM site (`site_index`), read at the per-layer logging interval; `ACC` f64
+    /// each.
     totals: DeviceBuffer<f64>,
     elements: u64,
     /// Elements quantized per site since the sites were last taken (known on the host).
     site_elements: Vec<u64>,
+    /// While on, every GEMM's 4-bit product is measured against the exact one.
+    pub measure_noise: bool,
+    /// The measurement's scratch, allocated on the first measured GEMM.
+    noise: Option<NoiseScratch>,
+    /// The largest product [m, n] of the model's backward GEMMs, for the scratch's size.
+    largest_product: usize,
 }
 
+/// Scratch of the noise measurement: the 4-bit product when it cannot be read from the GEMM's
+/// output (wgrad accumulates into dW), the exact product, the kernel's partial sums.
+struct NoiseScratch {
+    q: DeviceBuffer<bf16>,
+    e: DeviceBuffer<bf16>,
+    partials: DeviceBuffer<f64>,
+}
+
+/// The quantizer's fields (`kmx::TELEMETRY_FIELDS`) of every accumulator.
 const FIELDS: usize = kmx::TELEMETRY_FIELDS;
+/// An accumulator: the quantizer's fields, then the measured noise (sum (Q - E)^2, sum E^2).
+const ACC: usize = FIELDS + 2;
 const LINEARS: [LinearKind; 4] = [
     LinearKind::Qkv,
     LinearKind::AttnProj,
@@ -246,7 +277,7 @@ fn site_index(id: &GemmId) -> usize {
     (id.layer as usize * 4 + id.linear as usize) * 2 + id.gemm as usize
 }
 
-/// One accumulator's fields as telemetry; underflows are counted over the finite blocks of
+/// One accumulator as telemetry; underflows are counted over the finite blocks of
 /// `block` elements (32 for MXFP4, 16 for NVFP4), as on the CPU.
 fn telemetry_of(t: &[f64], elements: u64, block: u64) -> MxTelemetry {
     let nonfinite_blocks = t[3] as u64;
@@ -258,6 +289,8 @@ fn telemetry_of(t: &[f64], elements: u64, block: u64) -> MxTelemetry {
         nonfinite_blocks,
         underflow: t[4] as u64,
         underflow_counted: elements - nonfinite_blocks * block,
+        noise_sq: t[FIELDS],
+        exact_sq: t[FIELDS + 1],
         ..MxTelemetry::default()
     }
 }
@@ -286,7 +319,7 @@ impl MxBackward {
     ) -> runtime::cuda::Result<MxBackward> {
         let (a, b, partials) = sizes(model, batch * seq);
         let sites = model.layers * LINEARS.len() * 2;
-        let totals = g.alloc(FIELDS * (1 + sites))?;
+        let totals = g.alloc(ACC * (1 + sites))?;
         g.fill_bytes(&totals, 0)?;
         let nvfp4 = cfg.mode.is_nvfp4();
         Ok(MxBackward {
@@ -299,6 +332,9 @@ impl MxBackward {
             totals,
             elements: 0,
             site_elements: vec![0; sites],
+            measure_noise: false,
+            noise: None,
+            largest_product: largest_product(model, batch * seq),
         })
     }
 
@@ -314,7 +350,7 @@ impl MxBackward {
             )));
         }
         let n = kmx::telemetry_partials_len(rows, k) / FIELDS;
-        let site_sums = Ptr::of(&self.totals).slice(FIELDS * (1 + site), FIELDS);
+        let site_sums = Ptr::of(&self.totals).slice(ACC * (1 + site), FIELDS);
         let total = Ptr::of(&self.totals).slice(0, FIELDS);
         kmx::telemetry_accumulate(g, total, Some(site_sums), Ptr::of(&self.partials), n)
             .map_err(cuda)?;
@@ -413,17 +449,11 @@ impl MxBackward {
         };
         self.quantize_nvfp4(g, 0, &a, &sa, &id).map_err(context)?;
         self.quantize_nvfp4(g, 1, &b, &sb, &id).map_err(context)?;
-        knv::gemm(
-            g,
-            out,
-            self.a.nvfp4_ref(),
-            self.b.nvfp4_ref(),
-            m,
-            n,
-            k,
-            accumulate,
-        )
-        .map_err(|e| context(cuda(e)))
+        let shape = (m, n, k);
+        self.product(g, out, shape, 1.0, accumulate)
+            .map_err(context)?;
+        self.measure(g, &id, &a, &b, out, shape, 1.0, accumulate)
+            .map_err(context)
     }
 
     /// One backward GEMM `out (+)= A · B` with A = `a` [m, k] and B^T = `b` [n, k] after
@@ -484,6 +514,23 @@ impl MxBackward {
         } else {
             1.0
         };
+        let shape = (m, n, k);
+        self.product(g, out, shape, alpha, accumulate)
+            .map_err(context)?;
+        self.measure(g, &id, &a, &b, out, shape, alpha, accumulate)
+            .map_err(context)
+    }
+
+    /// `out (+)= alpha · Q(A) · Q(B)^T`, [m, n] over K = k, from the operands last quantized into
+    /// the scratch, on this backward's GEMM path (NVFP4: its s8 GEMM, the scales inside).
+    fn product(
+        &self,
+        g: &Gpu,
+        out: Ptr<bf16>,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        accumulate: bool,
+    ) -> BResult<()> {
         let r = match (&self.a, &self.b) {
             (Operand::Dequantized(da), Operand::Dequantized(db)) => {
                 gemm::matmul_kmajor(g, out, Ptr::of(da), Ptr::of(db), m, n, k, alpha, accumulate)
@@ -515,9 +562,71 @@ impl MxBackward {
                     _ => kmx::gemm_int8(g, out, qa, qb, m, n, k, alpha, accumulate),
                 }
             }
+            (Operand::Nvfp4 { .. }, Operand::Nvfp4 { .. }) => knv::gemm(
+                g,
+                out,
+                self.a.nvfp4_ref(),
+                self.b.nvfp4_ref(),
+                m,
+                n,
+                k,
+                accumulate,
+            ),
             _ => unreachable!("both operands follow the path"),
         };
-        r.map_err(|e| context(cuda(e)))
+        r.map_err(cuda)
+    }
+
+    /// With `measure_noise` on: the GEMM's 4-bit product against the exact product of its bf16
+    /// operands A = `a` [m, k] and B^T = `b` [n, k], added to GEMM `id`'s site (the noise sums
+    /// of docs/numerics.md section 7). `out` holds the 4-bit product unless the GEMM
+    /// accumulated into it (wgrad), in which case the product is formed again in the scratch.
+    /// The exact product is the BF16 GEMM's (bf16 output), the same call the BF16 backward makes.
+    #[allow(clippy::too_many_arguments)]
+    fn measure(
+        &mut self,
+        g: &Gpu,
+        id: &GemmId,
+        a: &Source,
+        b: &Source,
+        out: Ptr<bf16>,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        accumulate: bool,
+    ) -> BResult<()> {
+        if !self.measure_noise {
+            return Ok(());
+        }
+        if self.noise.is_none() {
+            let len = self.largest_product;
+            let scratch = NoiseScratch {
+                q: g.alloc(len).map_err(cuda)?,
+                e: g.alloc(len).map_err(cuda)?,
+                partials: g.alloc(2 * kmx::NOISE_BLOCKS).map_err(cuda)?,
+            };
+            self.noise = Some(scratch);
+        }
+        let ns = self.noise.as_ref().expect("allocated above");
+        let q = if accumulate {
+            let q = Ptr::of(&ns.q).slice(0, m * n);
+            self.product(g, q, (m, n, k), alpha, false)?;
+            q
+        } else {
+            out
+        };
+        let e = Ptr::of(&ns.e).slice(0, m * n);
+        match id.gemm {
+            // dX [rows = m, ic = n] = dY [rows, oc = k] · W [oc, ic].
+            GemmKind::Dgrad => gemm::matmul_backward_input(g, e, a.src, b.src, m, n, k),
+            // dW [oc = m, ic = n] = dY^T · X over rows = k, into zeros.
+            GemmKind::Wgrad => g
+                .fill_bytes_range(&ns.e, 0, m * n, 0)
+                .and_then(|_| gemm::matmul_backward_weight(g, e, a.src, b.src, k, n, m)),
+        }
+        .map_err(cuda)?;
+        let total = Ptr::of(&self.totals).slice(FIELDS, 2);
+        let site = Ptr::of(&self.totals).slice(ACC * (1 + site_index(id)) + FIELDS, 2);
+        kmx::noise_accumulate(g, total, site, Ptr::of(&ns.partials), q, e, m * n).map_err(cuda)
     }
 
     /// dgrad and wgrad of one linear layer (dX overwritten, dW accumulated), as the CPU's
@@ -589,10 +698,9 @@ impl MxBackward {
 
     /// The step's telemetry since the last call (one device read of the total), and a reset.
     pub fn take_telemetry(&mut self, g: &Gpu) -> BResult<MxTelemetry> {
-        let mut t = [0.0f64; FIELDS];
+        let mut t = [0.0f64; ACC];
         g.copy_to_host_at(&self.totals, 0, &mut t).map_err(cuda)?;
-        g.fill_bytes_range(&self.totals, 0, FIELDS, 0)
-            .map_err(cuda)?;
+        g.fill_bytes_range(&self.totals, 0, ACC, 0).map_err(cuda)?;
         let tel = telemetry_of(&t, self.elements, self.block());
         self.elements = 0;
         Ok(tel)
@@ -603,7 +711,7 @@ impl MxBackward {
     pub fn take_site_telemetry(&mut self, g: &Gpu) -> BResult<Vec<SiteTelemetry>> {
         let all = g.download(&self.totals).map_err(cuda)?;
         let (sites, block) = (self.site_elements.len(), self.block());
-        g.fill_bytes_range(&self.totals, FIELDS, FIELDS * sites, 0)
+        g.fill_bytes_range(&self.totals, ACC, ACC * sites, 0)
             .map_err(cuda)?;
         let mut out = Vec::new();
         for (i, elements) in std::mem::replace(&mut self.site_elements, vec![0; sites])
@@ -620,7 +728,7 @@ impl MxBackward {
                 layer: (i / 8) as u32,
                 linear: LINEARS[(i / 2) % 4],
                 gemm: gemm.into(),
-                telemetry: telemetry_of(&all[FIELDS * (1 + i)..FIELDS * (2 + i)], elements, block),
+                telemetry: telemetry_of(&all[ACC * (1 + i)..ACC * (2 + i)], elements, block),
             });
         }
         Ok(out)

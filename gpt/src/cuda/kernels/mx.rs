@@ -326,3 +326,55 @@ pub fn gemm_int8(
         )
     }
 }
+
+/// Blocks of `mx_noise_partials` (MX_NOISE_BLOCKS in ptx/kernels/mx_noise.cu's header): fixed,
+/// since the sums depend on it.
+pub const NOISE_BLOCKS: usize = 256;
+
+/// `[Σ (q - e)^2, Σ e^2]` over the `n` elements of a 4-bit GEMM product `q` and the exact
+/// product `e`, added to `total` and to `site` (2 f64 each; ptx/kernels/mx_noise.cu:
+/// deterministic, two launches); `partials` (2 x `NOISE_BLOCKS` f64) is overwritten.
+pub fn noise_accumulate(
+    g: &Gpu,
+    total: Ptr<f64>,
+    site: Ptr<f64>,
+    partials: Ptr<f64>,
+    q: Ptr<bf16>,
+    e: Ptr<bf16>,
+    n: usize,
+) -> Result<()> {
+    const K: &str = "mx_noise_partials";
+    check_len(K, "q", &q, n)?;
+    check_len(K, "e", &e, n)?;
+    check_len(K, "partials", &partials, 2 * NOISE_BLOCKS)?;
+    check_len(K, "site", &site, 2)?;
+    check_len(K, "total", &total, 2)?;
+    check_disjoint(
+        K,
+        &[
+            span("partials", &partials, 2 * NOISE_BLOCKS),
+            span("site", &site, 2),
+            span("total", &total, 2),
+        ],
+        &[span("q", &q, n), span("e", &e, n)],
+    )?;
+    let partials_kernel = g.kernel("mx_noise", K)?;
+    let cfg = LaunchConfig {
+        grid: (NOISE_BLOCKS as u32, 1, 1),
+        block: (256, 1, 1),
+        smem_bytes: 0,
+    };
+    // SAFETY: mx_noise_partials(double* partials, const bf16* q, const bf16* e, size_t n);
+    // lengths and disjointness checked.
+    unsafe { g.launch(&partials_kernel, cfg, &[&partials, &q, &e, &n])? };
+    let finish = g.kernel("mx_noise", "mx_noise_accumulate")?;
+    let blocks = NOISE_BLOCKS as i32;
+    let cfg = LaunchConfig {
+        grid: (1, 1, 1),
+        block: (32, 1, 1),
+        smem_bytes: 0,
+    };
+    // SAFETY: mx_noise_accumulate(double* total, double* site, const double* partials,
+    // int blocks); checked.
+    unsafe { g.launch(&finish, cfg, &[&total, &site, &partials, &blocks]) }
+}
