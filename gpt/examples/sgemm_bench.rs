@@ -1,5 +1,5 @@
 //! GFLOP/s of the CPU sgemm at the shapes of GPT-2 124M training:
-//! `cargo run --release -p gpt --example sgemm_bench [ROWS] [--json]` (ROWS = B*T, default
+//! `cargo run --release -p gpt --example sgemm_bench [ROWS] [--json] [--only NAME_PART]` (ROWS = B*T, default
 //! 256 = 4 x 64). Per shape, the best of several runs (at least 3, and ~SGEMM_BENCH_SECONDS =
 //! 0.3 s): wall-clock ms, GFLOP/s wall and GFLOP per CPU-second (process CPU time, which on a
 //! shared machine tracks the kernel better: it does not count time spent waiting for a core).
@@ -44,9 +44,16 @@ pub fn shapes(r: usize) -> Vec<(&'static str, usize, usize, usize, usize, bool, 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
+    // `--only TEXT`: just the shapes whose name contains TEXT (for profiling one).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .map(|i| args.get(i + 1).expect("--only needs a name part").clone());
     let r: usize = args
         .iter()
-        .find(|a| !a.starts_with("--"))
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || args[i - 1] != "--only"))
+        .map(|(_, a)| a)
         .map(|s| s.parse().expect("ROWS: a number of rows (B*T)"))
         .unwrap_or(256);
     let min_time: f64 = std::env::var("SGEMM_BENCH_SECONDS")
@@ -55,6 +62,9 @@ fn main() {
         .unwrap_or(0.3);
     let (mut tot_flop, mut tot_wall, mut tot_cpu) = (0.0, 0.0, 0.0);
     for (name, calls, m, n, k, ta, tb) in shapes(r) {
+        if only.as_ref().is_some_and(|o| !name.contains(o.as_str())) {
+            continue;
+        }
         let a: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
             .collect();
