@@ -155,23 +155,33 @@ impl Kernel {
 
 /// Operand panels: `vals[p][k][r]` = 2q of row p*R + r at k (0 past the edge), and
 /// `scales[p][j][r]` = the row's block-j scale as f32 (times 2^shift).
+#[derive(Default)]
 struct Panels {
     r: usize,
     vals: Vec<f32>,
     scales: Vec<f32>,
 }
 
-fn pack(op: &MxOperand, r: usize, shift: i32) -> Panels {
+/// Packs `op` into `into`, reusing its buffers (a 124M step runs 96 of these GEMMs on
+/// multi-MB operands; fresh buffers cost page faults every call). Every element is rewritten,
+/// the padding rows of an edge panel with zeros.
+fn pack(op: &MxOperand, r: usize, shift: i32, into: &mut Panels) {
     let (rows, k) = (op.rows, op.k);
     let nblk = k / BLOCK;
     let np = rows.div_ceil(r);
-    let mut vals = vec![0.0f32; np * k * r];
-    let mut scales = vec![0.0f32; np * nblk * r];
+    into.r = r;
+    let (vals, scales) = (&mut into.vals, &mut into.scales);
+    super::resize_for_overwrite(vals, np * k * r);
+    super::resize_for_overwrite(scales, np * nblk * r);
     let lut: [f32; 16] = std::array::from_fn(|c| e2m1_times_two(c as u8) as f32);
-    runtime::cpu::parallel_rows_mut(&mut vals, k * r, 1, |ps, chunk| {
+    runtime::cpu::parallel_rows_mut(vals, k * r, 1, |ps, chunk| {
         for (pi, p) in ps.enumerate() {
             let panel = &mut chunk[pi * k * r..(pi + 1) * k * r];
-            for i in 0..r.min(rows - p * r) {
+            let live = r.min(rows - p * r);
+            if live < r {
+                panel.fill(0.0);
+            }
+            for i in 0..live {
                 let row = &op.codes[(p * r + i) * k..(p * r + i + 1) * k];
                 for (kk, &code) in row.iter().enumerate() {
                     panel[kk * r + i] = lut[(code & 0xF) as usize];
@@ -180,14 +190,27 @@ fn pack(op: &MxOperand, r: usize, shift: i32) -> Panels {
         }
     });
     for p in 0..np {
-        for i in 0..r.min(rows - p * r) {
+        let live = r.min(rows - p * r);
+        if live < r {
+            scales[p * nblk * r..(p + 1) * nblk * r].fill(0.0);
+        }
+        for i in 0..live {
             for j in 0..nblk {
                 scales[(p * nblk + j) * r + i] =
                     scale_f32(op.scales[(p * r + i) * nblk + j], shift);
             }
         }
     }
-    Panels { r, vals, scales }
+}
+
+thread_local! {
+    /// The calling thread's A and B panels, kept between GEMMs (see `pack`).
+    static PANELS: std::cell::RefCell<(Panels, Panels)> = const {
+        std::cell::RefCell::new((
+            Panels { r: 0, vals: Vec::new(), scales: Vec::new() },
+            Panels { r: 0, vals: Vec::new(), scales: Vec::new() },
+        ))
+    };
 }
 
 #[derive(Clone, Copy)]
@@ -241,8 +264,10 @@ fn mx_gemm_impl(
         return;
     }
     let (mr, nr) = kern.tile();
-    let pa = pack(a, mr, 0);
-    let pb = pack(b, nr, -2);
+    // Taken out of the thread's cache (a nested call finds it empty) and put back after.
+    let (mut pa, mut pb) = PANELS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    pack(a, mr, 0, &mut pa);
+    pack(b, nr, -2, &mut pb);
     let nblk = k / BLOCK;
     let (m_panels, n_panels) = (m.div_ceil(mr), n.div_ceil(nr));
     // Tasks: 8 A panels x 8 B panels, so each task reuses its panels from cache.
@@ -277,6 +302,7 @@ fn mx_gemm_impl(
     });
     debug_assert_eq!(pa.r, mr);
     debug_assert_eq!(pb.r, nr);
+    PANELS.with(|p| *p.borrow_mut() = (pa, pb));
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -555,3 +555,41 @@ fn telemetry_counts_underflow_and_measures_gemm_noise() {
         }
     }
 }
+
+#[test]
+fn reused_buffers_give_the_results_of_fresh_ones() {
+    // backward_gemm and mx_gemm keep their operand buffers per thread between calls. A large
+    // GEMM leaves them full of its data; a smaller one with edge panels (rows not a multiple
+    // of any tile) must give the bits a fresh thread (empty buffers) gives.
+    let run = |m: usize, n: usize, k: usize, mode: BackwardMode| {
+        let (a, b) = (gradient_like(m, k, 21), gradient_like(k, n, 22));
+        let cfg = MxConfig {
+            mode,
+            hadamard_block: 32,
+            signs: HadamardSigns::Fresh,
+            seed: 6,
+        };
+        let (av, bv) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+        let mut c = vec![f32::NAN; m * n];
+        let mut t = MxTelemetry::default();
+        backward_gemm(&cfg, &id(4), av, bv, &mut c, n, false, Some(&mut t)).unwrap();
+        t.quantize_seconds = 0.0; // wall time, the one field that may differ
+        (c, t)
+    };
+    for mode in [BackwardMode::Mxfp4Rtn, BackwardMode::Mxfp4] {
+        let fresh = std::thread::spawn(move || run(7, 13, 64, mode))
+            .join()
+            .unwrap();
+        run(97, 131, 256, mode);
+        let reused = run(7, 13, 64, mode);
+        assert_eq!(fresh.1, reused.1, "{mode}: telemetry");
+        assert!(
+            fresh
+                .0
+                .iter()
+                .zip(&reused.0)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{mode}: a GEMM after a larger one differs from the same GEMM on fresh buffers"
+        );
+    }
+}
