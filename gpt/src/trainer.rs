@@ -6,6 +6,7 @@ use crate::checkpoint::{self, Header};
 use crate::config::ModelConfig;
 use crate::cpu::backend::CpuBackend;
 use crate::cpu::ops::AdamW;
+use crate::dist::watchdog::Watched;
 use crate::dist::{Local, Shards, Transport};
 use crate::layout::{Arena, TensorRef};
 use crate::memory::{self, Device, MemoryEstimate, RunPlan};
@@ -23,7 +24,7 @@ use serde_json::{json, Value};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Train a GPT-2 style model with MXFP4 (or BF16) backward passes.
 #[derive(FromArgs, Clone, Debug)]
@@ -182,6 +183,11 @@ pub struct TrainArgs {
     /// CPU worker threads (default: all cores; also MXGPT_THREADS)
     #[argh(option)]
     pub threads: Option<usize>,
+    /// with several ranks: end the job when a collective has waited this many seconds for the
+    /// other ranks (one is stuck); must exceed rank 0's evaluation, sampling and model-file
+    /// writes, which the others wait for; 0 = wait forever (default 1800)
+    #[argh(option, default = "1800.0")]
+    pub collective_timeout: f64,
 }
 
 /// What a run did, for callers (tests, benchmarks) and the end-of-run summary.
@@ -1100,6 +1106,16 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::env::set_var("MXGPT_THREADS", (cores / local).max(1).to_string());
     }
+    let timeout = args.collective_timeout;
+    if !(timeout >= 0.0 && timeout.is_finite()) {
+        return Err(format!(
+            "--collective-timeout {timeout}: expected a number of seconds >= 0 (0: wait forever)"
+        ));
+    }
+    // A stuck rank would leave the others waiting in a collective forever: time them.
+    let watched = (dist.size() > 1 && args.collective_timeout > 0.0)
+        .then(|| Watched::exiting(dist, Duration::from_secs_f64(args.collective_timeout)));
+    let dist: &dyn Transport = watched.as_ref().map_or(dist, |w| w as &dyn Transport);
     let s = setup(args, dist.size())?;
     let shards = Shards::even(s.gpt.params.total, s.ranks);
     let lead = dist.rank() == 0;
@@ -1258,6 +1274,9 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
     let per_rank = s.accum / s.ranks;
 
     for step in start_step..args.steps {
+        if let Some(w) = &watched {
+            w.set_step(step);
+        }
         let t0 = Instant::now();
         let per_layer_mx = s.plan.mode.is_quantized()
             && args.mx_telemetry_every > 0

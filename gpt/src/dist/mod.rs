@@ -10,6 +10,7 @@
 pub mod mpi;
 
 pub mod nccl;
+pub mod watchdog;
 
 use std::ops::Range;
 
