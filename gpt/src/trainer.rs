@@ -7,6 +7,7 @@ use crate::config::ModelConfig;
 use crate::cpu::backend::CpuBackend;
 use crate::cpu::ops::AdamW;
 use crate::dist::watchdog::Watched;
+use crate::dist::zero1::{gather_params, reduce_gradients};
 use crate::dist::{Local, Shards, Transport};
 use crate::layout::{Arena, TensorRef};
 use crate::memory::{self, Device, MemoryEstimate, RunPlan};
@@ -1027,34 +1028,6 @@ fn save_state(
         Ok(dir.join(checkpoint::file_name(h.step)))
     }
 }
-
-/// ZeRO-1: sums every rank's gradients (in rank order) into this rank's shard of the gradient
-/// buffer (the rest of it is stale from here on) and returns the global gradient norm.
-fn reduce_gradients(
-    be: &mut dyn Backend,
-    dist: &dyn Transport,
-    shards: &Shards,
-) -> Result<f32, String> {
-    let st = be.host_state().ok_or(NEEDS_HOST_STATE)?;
-    let mine = shards.range(dist.rank());
-    let mut sum = vec![0.0f32; mine.len()];
-    dist.reduce_scatter_sum(st.grads, shards, &mut sum)?;
-    st.grads[mine].copy_from_slice(&sum);
-    let squares = dist.sum_f64(crate::cpu::ops::sum_of_squares(&sum))?;
-    Ok(squares.sqrt() as f32)
-}
-
-/// ZeRO-1: every rank updated its shard of the parameters; gathers them all on every rank.
-fn gather_params(
-    be: &mut dyn Backend,
-    dist: &dyn Transport,
-    shards: &Shards,
-) -> Result<(), String> {
-    let st = be.host_state().ok_or(NEEDS_HOST_STATE)?;
-    dist.all_gather(st.params, shards)
-}
-
-const NEEDS_HOST_STATE: &str = "data-parallel training needs a backend that keeps its state in host memory (the CPU backend); the GPU needs the NCCL transport, not implemented yet";
 
 /// Continues the data order where the checkpoint left it. When the position cannot carry over
 /// (another batch, sequence length, seed or dataset: it would name other windows), continues

@@ -11,6 +11,7 @@ pub mod mpi;
 
 pub mod nccl;
 pub mod watchdog;
+pub mod zero1;
 
 use std::ops::Range;
 
