@@ -319,6 +319,19 @@ fn check_transport(dist: &dyn gpt::dist::Transport) {
                 "all-gather element {i} of {total}"
             );
         }
+        // The exchange only moves data: slot r holds rank r's part of this rank's shard.
+        let m = mine.len();
+        let mut parts = vec![f32::NAN; m * n];
+        dist.exchange(&send, &shards, &mut parts).unwrap();
+        for r in 0..n {
+            for (k, i) in mine.clone().enumerate() {
+                assert_eq!(
+                    parts[r * m + k].to_bits(),
+                    contribution(r, i).to_bits(),
+                    "exchange: rank {r}'s element {i} of {total}"
+                );
+            }
+        }
         let mut all = send.clone();
         dist.all_reduce_sum(&mut all).unwrap();
         assert_eq!(bits(&all), bits(&buf), "all-reduce of {total}");

@@ -121,6 +121,11 @@ impl Transport for Watched<'_> {
             self.inner.reduce_scatter_sum(send, shards, out)
         })
     }
+    fn exchange(&self, send: &[f32], shards: &Shards, recv: &mut [f32]) -> Result<(), String> {
+        self.timed("the gradient exchange", || {
+            self.inner.exchange(send, shards, recv)
+        })
+    }
     fn all_gather(&self, buf: &mut [f32], shards: &Shards) -> Result<(), String> {
         self.timed("the parameter all-gather", || {
             self.inner.all_gather(buf, shards)
@@ -159,6 +164,9 @@ mod tests {
         }
         fn reduce_scatter_sum(&self, s: &[f32], sh: &Shards, o: &mut [f32]) -> Result<(), String> {
             Local.reduce_scatter_sum(s, sh, o)
+        }
+        fn exchange(&self, s: &[f32], sh: &Shards, r: &mut [f32]) -> Result<(), String> {
+            Local.exchange(s, sh, r)
         }
         fn all_gather(&self, b: &mut [f32], s: &Shards) -> Result<(), String> {
             Local.all_gather(b, s)
