@@ -238,3 +238,123 @@ impl DeviceCollective for NcclCollective {
             .map_err(|e| e.to_string())
     }
 }
+
+/// A CUDA backend's ZeRO-1 state: its shard of the parameter space, the staging buffer of the
+/// exchanged gradient parts, and NCCL when the run uses it (else the host-staged path).
+pub struct Zero1State {
+    pub shards: Shards,
+    pub rank: usize,
+    parts: DeviceBuffer<bf16>,
+    nccl: Option<NcclCollective>,
+}
+
+/// Which data movement a data-parallel CUDA run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CollectiveKind {
+    Nccl,
+    HostStaged,
+}
+
+impl CollectiveKind {
+    /// `MXGPT_DEVICE_COLLECTIVE`: `nccl` (the default) or `host` (host-staged over the process
+    /// transport: no NCCL needed, slow).
+    pub fn from_env() -> Result<CollectiveKind, String> {
+        match std::env::var("MXGPT_DEVICE_COLLECTIVE").as_deref() {
+            Err(_) | Ok("nccl") => Ok(CollectiveKind::Nccl),
+            Ok("host") => Ok(CollectiveKind::HostStaged),
+            Ok(o) => Err(format!(
+                "MXGPT_DEVICE_COLLECTIVE={o}: expected nccl or host"
+            )),
+        }
+    }
+}
+
+impl Zero1State {
+    /// This rank's shard of `total` parameters over `dist`'s ranks, on `g`.
+    pub fn new(
+        g: &Gpu,
+        dist: &dyn Transport,
+        total: usize,
+        kind: CollectiveKind,
+    ) -> Result<Zero1State, String> {
+        let shards = Shards::even(total, dist.size());
+        let m = shards.range(dist.rank()).len();
+        let parts = g
+            .alloc::<bf16>((m * dist.size()).max(1))
+            .map_err(|e| e.to_string())?;
+        let nccl = match kind {
+            CollectiveKind::Nccl => Some(NcclCollective::init(dist)?),
+            CollectiveKind::HostStaged => None,
+        };
+        Ok(Zero1State {
+            shards,
+            rank: dist.rank(),
+            parts,
+            nccl,
+        })
+    }
+
+    /// The parameter range this rank updates.
+    pub fn mine(&self) -> std::ops::Range<usize> {
+        self.shards.range(self.rank)
+    }
+
+    fn check(&self, dist: &dyn Transport, shards: &Shards) -> Result<(), String> {
+        if *shards != self.shards || dist.rank() != self.rank {
+            return Err(format!(
+                "ZeRO-1 on the CUDA backend was set up for rank {} of {:?}, called for rank {} of {shards:?}",
+                self.rank,
+                self.shards,
+                dist.rank()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The gradients summed over the ranks into this rank's shard of `grads`; returns the global
+    /// norm (this shard's on the device, the squares summed over ranks in rank order).
+    pub fn reduce_gradients(
+        &self,
+        g: &Gpu,
+        dist: &dyn Transport,
+        shards: &Shards,
+        grads: &DeviceBuffer<bf16>,
+        norm: &DeviceBuffer<f32>,
+        work: &DeviceBuffer<f32>,
+    ) -> Result<f32, String> {
+        self.check(dist, shards)?;
+        let staged = HostStaged { dist };
+        let dc: &dyn DeviceCollective = match &self.nccl {
+            Some(n) => n,
+            None => &staged,
+        };
+        reduce_scatter_sum(dc, g, grads, shards, &self.parts)?;
+        let mine = self.mine();
+        super::kernels::global_norm::grad_norm(
+            g,
+            Ptr::of(norm),
+            Ptr::of(grads).slice(mine.start, mine.len()),
+            Ptr::of(work),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut n = [0.0f32];
+        g.copy_to_host(norm, &mut n).map_err(|e| e.to_string())?;
+        let squares = dist.sum_f64(n[0] as f64 * n[0] as f64)?;
+        Ok(squares.sqrt() as f32)
+    }
+
+    /// Every rank's updated shard of `params` onto every rank.
+    pub fn gather_params(
+        &self,
+        g: &Gpu,
+        dist: &dyn Transport,
+        shards: &Shards,
+        params: &DeviceBuffer<bf16>,
+    ) -> Result<(), String> {
+        self.check(dist, shards)?;
+        match &self.nccl {
+            Some(n) => n.all_gather(g, params, shards),
+            None => HostStaged { dist }.all_gather(g, params, shards),
+        }
+    }
+}

@@ -12,7 +12,11 @@ pub fn reduce_gradients(
     dist: &dyn Transport,
     shards: &Shards,
 ) -> Result<f32, String> {
-    let st = be.host_state().ok_or(NEEDS_HOST_STATE)?;
+    if be.host_state().is_none() {
+        let dev = be.device_zero1().ok_or(UNSUPPORTED)?;
+        return dev.reduce_gradients(dist, shards);
+    }
+    let st = be.host_state().ok_or(UNSUPPORTED)?;
     let mine = shards.range(dist.rank());
     let mut sum = vec![0.0f32; mine.len()];
     dist.reduce_scatter_sum(st.grads, shards, &mut sum)?;
@@ -27,8 +31,21 @@ pub fn gather_params(
     dist: &dyn Transport,
     shards: &Shards,
 ) -> Result<(), String> {
-    let st = be.host_state().ok_or(NEEDS_HOST_STATE)?;
+    if be.host_state().is_none() {
+        let dev = be.device_zero1().ok_or(UNSUPPORTED)?;
+        return dev.gather_params(dist, shards);
+    }
+    let st = be.host_state().ok_or(UNSUPPORTED)?;
     dist.all_gather(st.params, shards)
 }
 
-const NEEDS_HOST_STATE: &str = "data-parallel training needs a backend that keeps its state in host memory (the CPU backend); the GPU needs the NCCL transport, not implemented yet";
+/// ZeRO-1 on a backend whose state lives on a device (the CUDA backend: gpt::cuda::dist).
+pub trait DeviceZero1 {
+    /// As [`reduce_gradients`]: every rank's gradients summed in rank order into this rank's
+    /// shard; returns the global gradient norm.
+    fn reduce_gradients(&mut self, dist: &dyn Transport, shards: &Shards) -> Result<f32, String>;
+    /// As [`gather_params`].
+    fn gather_params(&mut self, dist: &dyn Transport, shards: &Shards) -> Result<(), String>;
+}
+
+const UNSUPPORTED: &str = "data-parallel training needs a backend with ZeRO-1 support: the CPU backend, or the CUDA backend set up for it (CudaBackend::set_data_parallel)";
