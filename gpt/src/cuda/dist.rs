@@ -323,12 +323,13 @@ impl Zero1State {
         work: &DeviceBuffer<f32>,
     ) -> Result<f32, String> {
         self.check(dist, shards)?;
-        let staged = HostStaged { dist };
-        let dc: &dyn DeviceCollective = match &self.nccl {
-            Some(n) => n,
-            None => &staged,
-        };
-        reduce_scatter_sum(dc, g, grads, shards, &self.parts)?;
+        match &self.nccl {
+            // NCCL goes around the transport: the watchdog times it through `watched`.
+            Some(n) => dist.watched("the NCCL gradient exchange", &mut || {
+                reduce_scatter_sum(n, g, grads, shards, &self.parts)
+            })?,
+            None => reduce_scatter_sum(&HostStaged { dist }, g, grads, shards, &self.parts)?,
+        }
         let mine = self.mine();
         super::kernels::global_norm::grad_norm(
             g,
@@ -353,7 +354,9 @@ impl Zero1State {
     ) -> Result<(), String> {
         self.check(dist, shards)?;
         match &self.nccl {
-            Some(n) => n.all_gather(g, params, shards),
+            Some(n) => dist.watched("the NCCL parameter all-gather", &mut || {
+                n.all_gather(g, params, shards)
+            }),
             None => HostStaged { dist }.all_gather(g, params, shards),
         }
     }

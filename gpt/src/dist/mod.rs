@@ -41,6 +41,16 @@ pub trait Transport {
     /// Ends every rank of the job at once (after this rank printed why).
     fn abort(&self, code: i32) -> !;
 
+    /// Runs `f`, a collective that goes around this transport (NCCL between GPUs), under the
+    /// same watch as this transport's own collectives (`watchdog::Watched` times it).
+    fn watched(
+        &self,
+        _what: &'static str,
+        f: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<(), String> {
+        f()
+    }
+
     /// The sum in rank order of every rank's `x`.
     fn sum_f64(&self, x: f64) -> Result<f64, String> {
         let all = self.all_gather_f64(x)?;

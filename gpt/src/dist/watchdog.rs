@@ -140,6 +140,13 @@ impl Transport for Watched<'_> {
     fn barrier(&self) -> Result<(), String> {
         self.timed("a barrier", || self.inner.barrier())
     }
+    fn watched(
+        &self,
+        what: &'static str,
+        f: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.timed(what, f)
+    }
     fn abort(&self, code: i32) -> ! {
         self.inner.abort(code)
     }
@@ -219,6 +226,18 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(300));
         assert!(rx.try_recv().is_err(), "fired twice");
+    }
+
+    #[test]
+    fn a_device_collective_run_through_watched_is_timed_too() {
+        let (w, rx) = watch(&Local, 100);
+        w.watched("the NCCL gradient exchange", &mut || {
+            std::thread::sleep(Duration::from_millis(400));
+            Ok(())
+        })
+        .unwrap();
+        let msg = rx.try_recv().expect("the watchdog fired");
+        assert!(msg.contains("the NCCL gradient exchange"), "{msg}");
     }
 
     #[test]
