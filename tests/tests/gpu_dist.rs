@@ -78,3 +78,28 @@ fn rank_order_sum_checks_its_operands() {
         "{e}"
     );
 }
+
+/// No shared memory and no barriers, so no schedule can change it; checked as for every kernel
+/// (gpu_schedules.rs). Harness only.
+#[test]
+fn rank_order_sum_is_the_same_under_every_schedule() {
+    use runtime::cuda::{Gpu, Schedule};
+    if on_gpu(&gpu()) {
+        return;
+    }
+    let (n, ranks) = (700, 3);
+    let p = parts(&mut Rng(77), n, ranks);
+    let want = expected(&p, n, ranks);
+    for s in [
+        Schedule::InOrder,
+        Schedule::Reverse,
+        Schedule::Random(1),
+        Schedule::Random(2),
+    ] {
+        let g = Gpu::harness(s);
+        let dp = g.upload(&p).unwrap();
+        let out = poisoned::<bf16>(&g, n);
+        rank_order_sum(&g, Ptr::of(&out), Ptr::of(&dp), n, ranks).unwrap();
+        assert_eq!(bits(&g.download(&out).unwrap()), want, "{s:?}");
+    }
+}
