@@ -1266,7 +1266,7 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
             w.set_step(step);
         }
         let t0 = Instant::now();
-        let per_layer_mx = s.plan.mode.is_quantized()
+        let per_layer_mx = (s.plan.mode.is_quantized() || s.forward.is_fp8())
             && args.mx_telemetry_every > 0
             && (step + 1) % args.mx_telemetry_every == 0;
         be.set_mx_noise_measurement(per_layer_mx);
