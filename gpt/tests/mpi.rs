@@ -581,8 +581,9 @@ fn a_stopped_rank_ends_the_job_within_the_collective_timeout() {
             && text.contains("another rank is stuck"),
         "no clear message:\n{text}"
     );
-    // Not before the limit: the collective in progress began at most a step before the signal.
-    assert!(ended > Duration::from_secs(3), "ended after {ended:?}");
+    // Not long before the limit: the collective in progress began at most about a step (well
+    // under 2 s, even on a loaded machine) before the signal.
+    assert!(ended > Duration::from_secs(2), "ended after {ended:?}");
 }
 
 #[test]
