@@ -161,16 +161,29 @@ pub struct NcclCollective {
     nccl: Nccl,
     rank: usize,
     size: usize,
+    /// One byte that a memset on the backend's stream writes after each NCCL call: that
+    /// stream is a blocking one, so the memset waits for NCCL's work on the legacy default
+    /// stream, and synchronizing the backend's stream then waits for NCCL too (an error or a
+    /// hang surfaces inside the call, where the watchdog times it).
+    fence: DeviceBuffer<u8>,
 }
 
 impl NcclCollective {
-    /// Loads NCCL and joins every rank of `dist` (one GPU per rank, the current device).
-    pub fn init(dist: &dyn Transport) -> Result<NcclCollective, String> {
+    /// Loads NCCL and joins every rank of `dist` (one GPU per rank: `g`, the current device).
+    pub fn init(g: &Gpu, dist: &dyn Transport) -> Result<NcclCollective, String> {
         Ok(NcclCollective {
             nccl: Nccl::init(dist)?,
             rank: dist.rank(),
             size: dist.size(),
+            fence: g.alloc::<u8>(1).map_err(|e| e.to_string())?,
         })
+    }
+
+    /// Waits until the NCCL work enqueued on the legacy default stream is done.
+    fn wait(&self, g: &Gpu, what: &str) -> Result<(), String> {
+        g.fill_bytes(&self.fence, 0)
+            .and_then(|()| g.synchronize(what))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -205,14 +218,14 @@ impl DeviceCollective for NcclCollective {
         let recvs: Vec<_> = (0..self.size)
             .map(|r| (r, addr(parts, r * m), m * BF16_BYTES))
             .collect();
-        // The null stream: the backend's stream is a blocking one, ordered with it both ways.
+        // The legacy default stream: the backend's stream is a blocking one, ordered with it
+        // both ways (see `fence`).
         // SAFETY: every range lies inside its buffer (asserted above; shards partition total).
         unsafe {
             self.nccl
                 .exchange_bytes(&sends, &recvs, std::ptr::null_mut())?
         };
-        g.synchronize("the NCCL gradient exchange")
-            .map_err(|e| e.to_string())
+        self.wait(g, "the NCCL gradient exchange")
     }
     fn all_gather(&self, g: &Gpu, buf: &DeviceBuffer<bf16>, shards: &Shards) -> Result<(), String> {
         assert!(buf.len() >= shards.total);
@@ -234,8 +247,7 @@ impl DeviceCollective for NcclCollective {
             self.nccl
                 .exchange_bytes(&sends, &recvs, std::ptr::null_mut())?
         };
-        g.synchronize("the NCCL parameter all-gather")
-            .map_err(|e| e.to_string())
+        self.wait(g, "the NCCL parameter all-gather")
     }
 }
 
@@ -283,7 +295,7 @@ impl Zero1State {
             .alloc::<bf16>((m * dist.size()).max(1))
             .map_err(|e| e.to_string())?;
         let nccl = match kind {
-            CollectiveKind::Nccl => Some(NcclCollective::init(dist)?),
+            CollectiveKind::Nccl => Some(NcclCollective::init(g, dist)?),
             CollectiveKind::HostStaged => None,
         };
         Ok(Zero1State {
