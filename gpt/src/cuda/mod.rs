@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod dist;
+mod fp8_telemetry;
 pub mod kernels;
 pub mod mx;
 
