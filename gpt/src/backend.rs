@@ -79,8 +79,13 @@ pub trait Backend {
     fn write_optimizer(&mut self, master: &[f32], m: &[f32], v: &[f32]) -> BResult<()>;
     /// The state in place where it lives in host memory; None (the default) where it lives on a
     /// device: checkpoints then go through `read_optimizer`/`write_optimizer`, and data-parallel
-    /// training needs a device transport (NCCL, not implemented yet).
+    /// training goes through `device_zero1`.
     fn host_state(&mut self) -> Option<HostState<'_>> {
+        None
+    }
+    /// ZeRO-1's collectives on state that lives on a device (None: not supported, or the state
+    /// is in host memory).
+    fn device_zero1(&mut self) -> Option<&mut dyn crate::dist::zero1::DeviceZero1> {
         None
     }
 

@@ -6,6 +6,8 @@ use crate::checkpoint::{self, Header};
 use crate::config::ModelConfig;
 use crate::cpu::backend::CpuBackend;
 use crate::cpu::ops::AdamW;
+use crate::dist::watchdog::Watched;
+use crate::dist::zero1::{gather_params, reduce_gradients};
 use crate::dist::{Local, Shards, Transport};
 use crate::layout::{Arena, TensorRef};
 use crate::memory::{self, Device, MemoryEstimate, RunPlan};
@@ -23,7 +25,7 @@ use serde_json::{json, Value};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Train a GPT-2 style model with MXFP4 (or BF16) backward passes.
 #[derive(FromArgs, Clone, Debug)]
@@ -182,6 +184,11 @@ pub struct TrainArgs {
     /// CPU worker threads (default: all cores; also MXGPT_THREADS)
     #[argh(option)]
     pub threads: Option<usize>,
+    /// with several ranks: end the job when a collective has waited this many seconds for the
+    /// other ranks (one is stuck); must exceed rank 0's evaluation, sampling and model-file
+    /// writes, which the others wait for; 0 = wait forever (default 1800)
+    #[argh(option, default = "1800.0")]
+    pub collective_timeout: f64,
 }
 
 /// What a run did, for callers (tests, benchmarks) and the end-of-run summary.
@@ -436,10 +443,25 @@ fn make_backend(
             CpuBackend::with_moments(&gpt.cfg, gpt.batch, gpt.seq, shard)
                 .map_err(|e| e.to_string())?,
         )),
-        Device::Cuda if shard.is_some() => Err(format!(
-            "{} ranks on --device cuda: data-parallel training on the GPU needs the NCCL transport, which is not implemented yet; use --device cpu (MPI) or one rank",
+        Device::Cuda if shard.is_some() && args.checkpoint_dir.is_some() => Err(format!(
+            "{} ranks on --device cuda with --checkpoint-dir: checkpoints of a data-parallel GPU run are not implemented yet (each rank's optimizer shard lives on its GPU); drop --checkpoint-dir, or use --device cpu or one rank",
             dist.size()
         )),
+        Device::Cuda if shard.is_some() => {
+            // One GPU per rank: this machine's rank r drives GPU r.
+            let gpu = ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok()?.parse().ok())
+                .unwrap_or(0);
+            let mut be = crate::cuda::CudaBackend::new(gpu, &gpt.cfg, gpt.batch, gpt.seq)
+                .map_err(|e| format!("--device cuda (rank {}: GPU {gpu}): {e}", dist.rank()))?;
+            be.set_mx_gemm(args.mx_gemm.parse()?)
+                .map_err(|e| e.to_string())?;
+            let kind = crate::cuda::dist::CollectiveKind::from_env()?;
+            be.set_data_parallel(dist, kind)
+                .map_err(|e| format!("--device cuda, {} ranks: {e}", dist.size()))?;
+            Ok(Box::new(be))
+        }
         Device::Cuda => cuda_backend(args, gpt),
     }
 }
@@ -1022,34 +1044,6 @@ fn save_state(
     }
 }
 
-/// ZeRO-1: sums every rank's gradients (in rank order) into this rank's shard of the gradient
-/// buffer (the rest of it is stale from here on) and returns the global gradient norm.
-fn reduce_gradients(
-    be: &mut dyn Backend,
-    dist: &dyn Transport,
-    shards: &Shards,
-) -> Result<f32, String> {
-    let st = be.host_state().ok_or(NEEDS_HOST_STATE)?;
-    let mine = shards.range(dist.rank());
-    let mut sum = vec![0.0f32; mine.len()];
-    dist.reduce_scatter_sum(st.grads, shards, &mut sum)?;
-    st.grads[mine].copy_from_slice(&sum);
-    let squares = dist.sum_f64(crate::cpu::ops::sum_of_squares(&sum))?;
-    Ok(squares.sqrt() as f32)
-}
-
-/// ZeRO-1: every rank updated its shard of the parameters; gathers them all on every rank.
-fn gather_params(
-    be: &mut dyn Backend,
-    dist: &dyn Transport,
-    shards: &Shards,
-) -> Result<(), String> {
-    let st = be.host_state().ok_or(NEEDS_HOST_STATE)?;
-    dist.all_gather(st.params, shards)
-}
-
-const NEEDS_HOST_STATE: &str = "data-parallel training needs a backend that keeps its state in host memory (the CPU backend); the GPU needs the NCCL transport, not implemented yet";
-
 /// Continues the data order where the checkpoint left it. When the position cannot carry over
 /// (another batch, sequence length, seed or dataset: it would name other windows), continues
 /// at the same point of the same epoch in this run's order instead, and says so.
@@ -1100,6 +1094,16 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::env::set_var("MXGPT_THREADS", (cores / local).max(1).to_string());
     }
+    let timeout = args.collective_timeout;
+    if !(timeout >= 0.0 && timeout.is_finite()) {
+        return Err(format!(
+            "--collective-timeout {timeout}: expected a number of seconds >= 0 (0: wait forever)"
+        ));
+    }
+    // A stuck rank would leave the others waiting in a collective forever: time them.
+    let watched = (dist.size() > 1 && args.collective_timeout > 0.0)
+        .then(|| Watched::exiting(dist, Duration::from_secs_f64(args.collective_timeout)));
+    let dist: &dyn Transport = watched.as_ref().map_or(dist, |w| w as &dyn Transport);
     let s = setup(args, dist.size())?;
     let shards = Shards::even(s.gpt.params.total, s.ranks);
     let lead = dist.rank() == 0;
@@ -1258,6 +1262,9 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
     let per_rank = s.accum / s.ranks;
 
     for step in start_step..args.steps {
+        if let Some(w) = &watched {
+            w.set_step(step);
+        }
         let t0 = Instant::now();
         let per_layer_mx = (s.plan.mode.is_quantized() || s.forward.is_fp8())
             && args.mx_telemetry_every > 0

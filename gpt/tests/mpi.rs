@@ -319,6 +319,19 @@ fn check_transport(dist: &dyn gpt::dist::Transport) {
                 "all-gather element {i} of {total}"
             );
         }
+        // The exchange only moves data: slot r holds rank r's part of this rank's shard.
+        let m = mine.len();
+        let mut parts = vec![f32::NAN; m * n];
+        dist.exchange(&send, &shards, &mut parts).unwrap();
+        for r in 0..n {
+            for (k, i) in mine.clone().enumerate() {
+                assert_eq!(
+                    parts[r * m + k].to_bits(),
+                    contribution(r, i).to_bits(),
+                    "exchange: rank {r}'s element {i} of {total}"
+                );
+            }
+        }
         let mut all = send.clone();
         dist.all_reduce_sum(&mut all).unwrap();
         assert_eq!(bits(&all), bits(&buf), "all-reduce of {total}");
@@ -456,9 +469,12 @@ fn rank_pid(tag: &str, rank: usize) -> Option<i32> {
     })
 }
 
-#[test]
-fn a_killed_rank_ends_the_job_and_the_last_checkpoint_stays_valid() {
-    let dir = tmpdir("mpi-kill");
+/// A 2-rank job (bf16, checkpoints every 2 steps, `extra` arguments) that runs until its
+/// step-4 checkpoint exists, then has `signal` sent to rank 1; waits until the job ends (at most
+/// `within`) and checks that the newest complete checkpoint resumes on 2 ranks. Returns the
+/// job's output and how long after the signal it ended.
+fn signal_rank_1(name: &str, signal: i32, extra: &[&str], within: Duration) -> (String, Duration) {
+    let dir = tmpdir(name);
     let data = synthetic_dataset(&dir, 60);
     let ck = dir.join("ck");
     let ck_s = ck.to_string_lossy().to_string();
@@ -469,6 +485,7 @@ fn a_killed_rank_ends_the_job_and_the_last_checkpoint_stays_valid() {
         &["--steps", "1000", "--checkpoint-every", "2"],
     );
     args.extend(["--checkpoint-dir", &ck_s]);
+    args.extend_from_slice(extra);
     let tag = dir.to_string_lossy().to_string();
     let mut child = mpirun(2)
         .env("MXGPT_TEST_TAG", &tag)
@@ -491,28 +508,35 @@ fn a_killed_rank_ends_the_job_and_the_last_checkpoint_stays_valid() {
     }
     let pid = rank_pid(&tag, 1).expect("rank 1's process");
     // SAFETY: kill(2) on a process we started.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let killed = Instant::now();
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    let signalled = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            killed.elapsed() < Duration::from_secs(60),
-            "the job still runs 60 s after rank 1 died"
-        );
+        if signalled.elapsed() > within {
+            // Leave nothing behind: a stopped rank would never end by itself.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = child.kill();
+            panic!("the job still runs {within:?} after signal {signal} to rank 1");
+        }
         std::thread::sleep(Duration::from_millis(50));
     };
+    let ended = signalled.elapsed();
     let text = std::fs::read_to_string(&log).unwrap()
         + &std::fs::read_to_string(dir.join("err.txt")).unwrap();
     eprintln!(
-        "the job ended {:.1} s after rank 1 was killed",
-        killed.elapsed().as_secs_f64()
+        "the job ended {:.1} s after signal {signal} to rank 1, saying:\n{}",
+        ended.as_secs_f64(),
+        text.lines()
+            .filter(|l| l.contains("error") || l.contains("rank 1"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(!status.success(), "{text}");
     assert!(
-        text.contains("rank 1") && text.contains("signal 9"),
-        "no clear message:\n{text}"
+        rank_pid(&tag, 1).is_none(),
+        "rank 1 outlived the job:\n{text}"
     );
     // The newest complete checkpoint resumes (on the same 2 ranks).
     let (newest, _) = checkpoint::list(&ck).unwrap()[0].clone();
@@ -529,6 +553,51 @@ fn a_killed_rank_ends_the_job_and_the_last_checkpoint_stays_valid() {
         "{out}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+    (text, ended)
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_and_the_last_checkpoint_stays_valid() {
+    let (text, _) = signal_rank_1("mpi-kill", libc::SIGKILL, &[], Duration::from_secs(60));
+    assert!(
+        text.contains("rank 1") && text.contains("signal 9"),
+        "no clear message:\n{text}"
+    );
+}
+
+/// A rank that is alive but stuck (SIGSTOP): the other's watchdog ends the job once a collective
+/// has waited --collective-timeout, naming the limit; the stopped rank does not outlive the job.
+#[test]
+fn a_stopped_rank_ends_the_job_within_the_collective_timeout() {
+    let (text, ended) = signal_rank_1(
+        "mpi-stop",
+        libc::SIGSTOP,
+        &["--collective-timeout", "4"],
+        Duration::from_secs(60),
+    );
+    assert!(
+        text.contains("rank 0 of 2")
+            && text.contains("--collective-timeout 4)")
+            && text.contains("another rank is stuck"),
+        "no clear message:\n{text}"
+    );
+    // Not long before the limit: the collective in progress began at most about a step (well
+    // under 2 s, even on a loaded machine) before the signal.
+    assert!(ended > Duration::from_secs(2), "ended after {ended:?}");
+}
+
+#[test]
+fn a_bad_collective_timeout_is_refused_naming_it() {
+    for bad in ["-1", "nan", "inf"] {
+        let (code, text) = train(1, &["--collective-timeout", bad, "--steps", "1"]);
+        assert_ne!(code, 0);
+        assert!(
+            text.to_lowercase()
+                .contains(&format!("--collective-timeout {bad}"))
+                && text.contains("expected a number of seconds >= 0"),
+            "{bad}: {text}"
+        );
+    }
 }
 
 #[test]

@@ -70,6 +70,8 @@ pub struct CudaBackend {
     /// Run the FP8 GEMM on its BF16 fallback even where E4M3 mma exists (tests; takes effect at
     /// the next `set_forward_config`).
     fp8_fallback: bool,
+    /// Data parallel: this rank's ZeRO-1 shard and collective (`set_data_parallel`).
+    dp: Option<super::dist::Zero1State>,
     /// Last: fields drop in declaration order, and every buffer above must be freed while the
     /// context is still alive.
     gpu: Gpu,
@@ -162,6 +164,7 @@ impl CudaBackend {
             fp8: None,
             fp8_telemetry: None,
             fp8_fallback: false,
+            dp: None,
             layout,
             model: *cfg,
             batch,
@@ -178,6 +181,19 @@ impl CudaBackend {
         backend.gpu.fill_bytes(&backend.grads, 0).map_err(err)?;
         backend.gpu.fill_bytes(&backend.params, 0).map_err(err)?;
         Ok(backend)
+    }
+
+    /// Data parallel over `dist` (ZeRO-1, gpt::cuda::dist): `adamw` updates this rank's shard
+    /// of the parameters only; the trainer sums the gradients and gathers the parameters
+    /// through `Backend::device_zero1`.
+    pub fn set_data_parallel(
+        &mut self,
+        dist: &dyn crate::dist::Transport,
+        kind: super::dist::CollectiveKind,
+    ) -> BResult<()> {
+        let st = super::dist::Zero1State::new(&self.gpu, dist, self.layout.total, kind);
+        self.dp = Some(st.map_err(BackendError)?);
+        Ok(())
     }
 
     pub fn gpu(&self) -> &Gpu {
@@ -1122,6 +1138,10 @@ impl Backend for CudaBackend {
         .map_err(err)
     }
 
+    fn device_zero1(&mut self) -> Option<&mut dyn crate::dist::zero1::DeviceZero1> {
+        Some(self)
+    }
+
     fn grad_norm(&mut self) -> BResult<f32> {
         let g = &self.gpu;
         k::global_norm::grad_norm(
@@ -1151,13 +1171,22 @@ impl Backend for CudaBackend {
         };
         // Every tensor in one multi-tensor launch (or one reference launch per range when
         // MXGPT_MEMBOUND_KERNELS=reference); the same bits either way.
+        // Data parallel: this rank's shard of every tensor only (ZeRO-1).
+        let shard = self.dp.as_ref().map_or(0..self.layout.total, |d| d.mine());
         let ranges: Vec<k::adamw::AdamwRange> = self
             .layout
             .tensors
             .iter()
-            .map(|t| k::adamw::AdamwRange {
-                offset: t.offset,
-                len: t.len(),
+            .map(|t| {
+                (
+                    t,
+                    t.offset.max(shard.start)..(t.offset + t.len()).min(shard.end),
+                )
+            })
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(t, r)| k::adamw::AdamwRange {
+                offset: r.start,
+                len: r.len(),
                 decay: t.weight_decay(),
             })
             .collect();
@@ -1174,3 +1203,25 @@ impl Backend for CudaBackend {
         .map_err(err)
     }
 }
+
+impl crate::dist::zero1::DeviceZero1 for CudaBackend {
+    fn reduce_gradients(
+        &mut self,
+        dist: &dyn crate::dist::Transport,
+        shards: &crate::dist::Shards,
+    ) -> Result<f32, String> {
+        let dp = self.dp.as_ref().ok_or(NOT_DATA_PARALLEL)?;
+        dp.reduce_gradients(&self.gpu, dist, shards, &self.grads, &self.norm, &self.work)
+    }
+    fn gather_params(
+        &mut self,
+        dist: &dyn crate::dist::Transport,
+        shards: &crate::dist::Shards,
+    ) -> Result<(), String> {
+        let dp = self.dp.as_ref().ok_or(NOT_DATA_PARALLEL)?;
+        dp.gather_params(&self.gpu, dist, shards, &self.params)
+    }
+}
+
+const NOT_DATA_PARALLEL: &str =
+    "the CUDA backend was not set up for data parallel (CudaBackend::set_data_parallel)";

@@ -10,6 +10,8 @@
 pub mod mpi;
 
 pub mod nccl;
+pub mod watchdog;
+pub mod zero1;
 
 use std::ops::Range;
 
@@ -25,6 +27,10 @@ pub trait Transport {
         shards: &Shards,
         out: &mut [f32],
     ) -> Result<(), String>;
+    /// The data movement of a reduce-scatter whose sum is the caller's (a device kernel): on
+    /// every rank, `recv[r * m .. (r + 1) * m]` = rank r's `send[shards.range(rank)]`, this rank's
+    /// own included, where m = that shard's length.
+    fn exchange(&self, send: &[f32], shards: &Shards, recv: &mut [f32]) -> Result<(), String>;
     /// On every rank, `buf[shards.range(r)]` = rank r's `buf[shards.range(r)]` for every r.
     fn all_gather(&self, buf: &mut [f32], shards: &Shards) -> Result<(), String>;
     /// Every rank's `x`, indexed by rank (small values: losses, norms, flags).
@@ -34,6 +40,16 @@ pub trait Transport {
     fn barrier(&self) -> Result<(), String>;
     /// Ends every rank of the job at once (after this rank printed why).
     fn abort(&self, code: i32) -> !;
+
+    /// Runs `f`, a collective that goes around this transport (NCCL between GPUs), under the
+    /// same watch as this transport's own collectives (`watchdog::Watched` times it).
+    fn watched(
+        &self,
+        _what: &'static str,
+        f: &mut dyn FnMut() -> Result<(), String>,
+    ) -> Result<(), String> {
+        f()
+    }
 
     /// The sum in rank order of every rank's `x`.
     fn sum_f64(&self, x: f64) -> Result<f64, String> {
@@ -67,6 +83,10 @@ impl Transport for Local {
         out: &mut [f32],
     ) -> Result<(), String> {
         out.copy_from_slice(&send[shards.range(0)]);
+        Ok(())
+    }
+    fn exchange(&self, send: &[f32], shards: &Shards, recv: &mut [f32]) -> Result<(), String> {
+        recv.copy_from_slice(&send[shards.range(0)]);
         Ok(())
     }
     fn all_gather(&self, _buf: &mut [f32], _shards: &Shards) -> Result<(), String> {

@@ -103,6 +103,45 @@ impl Transport for Mpi {
         Ok(())
     }
 
+    fn exchange(&self, send: &[f32], shards: &Shards, recv: &mut [f32]) -> Result<(), String> {
+        let me = self.rank;
+        let mine = shards.range(me);
+        let m = mine.len();
+        assert_eq!(
+            send.len(),
+            shards.total,
+            "exchange of a buffer its shards do not describe"
+        );
+        assert_eq!(
+            recv.len(),
+            m * self.size,
+            "exchange output is not ranks x this rank's shard"
+        );
+        count(shards.range(0).len(), "a gradient shard")?;
+        mpi::request::scope(|scope| {
+            let sends: Vec<_> = (0..self.size)
+                .filter(|&r| r != me)
+                .map(|r| {
+                    self.world
+                        .process_at_rank(r as i32)
+                        .immediate_send(scope, &send[shards.range(r)])
+                })
+                .collect();
+            for r in 0..self.size {
+                let slot = &mut recv[r * m..(r + 1) * m];
+                if r == me {
+                    slot.copy_from_slice(&send[mine.clone()]);
+                } else {
+                    self.world.process_at_rank(r as i32).receive_into(slot);
+                }
+            }
+            for s in sends {
+                s.wait();
+            }
+        });
+        Ok(())
+    }
+
     fn all_gather(&self, buf: &mut [f32], shards: &Shards) -> Result<(), String> {
         count(shards.total, "an all-gather")?;
         let ranges: Vec<_> = (0..self.size).map(|r| shards.range(r)).collect();

@@ -4,7 +4,7 @@
 //! loader's path. The unique id that joins the ranks travels over the process transport (MPI).
 //!
 //! Status: compiled everywhere and its loading tested on CPU machines; it has never run on a
-//! GPU, and the trainer does not use it yet (the CUDA backend refuses more than one rank). The
+//! GPU. `gpt::cuda::dist::NcclCollective` moves ZeRO-1's shards with it. The
 //! data-parallel sums are meant to keep the CPU's rank order: NCCL's own reductions sum in an
 //! order that depends on its algorithm and topology, so gradients would move with grouped
 //! `send`/`recv` (`exchange`) and be added on the device by our own kernel, rank 0 first.
@@ -21,6 +21,7 @@ type Comm = *mut c_void;
 /// A cudaStream_t (null: the legacy default stream).
 pub type Stream = *mut c_void;
 const NCCL_FLOAT32: c_int = 7; // ncclFloat32 in nccl.h's ncclDataType_t
+const NCCL_UINT8: c_int = 1; // ncclUint8: raw bytes (bf16 moves as 2 bytes per element)
 
 /// The NCCL entry points this module calls (nccl.h, NCCL 2.x).
 struct Api {
@@ -157,6 +158,49 @@ impl Nccl {
             ),
             "ncclAllGather",
         )
+    }
+
+    /// [`Nccl::exchange`] of raw bytes at device addresses: (peer, address, bytes). A peer may
+    /// be this rank (NCCL >= 2.7 pairs a send and a receive to self within the group).
+    ///
+    /// # Safety
+    /// Every address is device memory of the current context, valid for its byte count.
+    pub unsafe fn exchange_bytes(
+        &self,
+        sends: &[(usize, u64, usize)],
+        recvs: &[(usize, u64, usize)],
+        stream: Stream,
+    ) -> Result<(), String> {
+        check(&self.api, (self.api.group_start)(), "ncclGroupStart")?;
+        for &(peer, p, n) in sends {
+            let r = (self.api.send)(
+                p as *const c_void,
+                n,
+                NCCL_UINT8,
+                peer as c_int,
+                self.comm,
+                stream,
+            );
+            if let Err(e) = check(&self.api, r, "ncclSend") {
+                (self.api.group_end)();
+                return Err(e);
+            }
+        }
+        for &(peer, p, n) in recvs {
+            let r = (self.api.recv)(
+                p as *mut c_void,
+                n,
+                NCCL_UINT8,
+                peer as c_int,
+                self.comm,
+                stream,
+            );
+            if let Err(e) = check(&self.api, r, "ncclRecv") {
+                (self.api.group_end)();
+                return Err(e);
+            }
+        }
+        check(&self.api, (self.api.group_end)(), "ncclGroupEnd")
     }
 
     /// Enqueues on `stream`, as one NCCL group: each (peer, pointer, count) of `sends` to that

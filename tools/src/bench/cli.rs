@@ -10,6 +10,7 @@ use super::{kernels, plot};
 use argh::FromArgs;
 use gpt::config::ModelConfig;
 use gpt::cpu::backend::cpu_model_name;
+use gpt::dist::Transport;
 use gpt::model::Gpt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -89,21 +90,66 @@ pub struct Args {
 }
 
 /// The `bench` program: exit 0 ok, 1 regression, 2 usage or I/O error (one line on stderr).
+/// Under `mpirun` (feature `mpi`) every rank runs the step suite data-parallel; only rank 0
+/// prints and writes the result.
 pub fn main() {
     let args: Args = argh::from_env();
-    match run(args) {
-        Ok(code) => std::process::exit(code),
+    let dist = match gpt::dist::from_env() {
+        Ok(d) => d,
         Err(e) => {
             eprintln!("bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let (rank, ranks) = (dist.rank(), dist.size());
+    // The other ranks stay silent; their errors still reach the terminal.
+    let stderr = (rank > 0).then(silence_stdout_and_stderr);
+    match run(args, dist.as_ref()) {
+        Ok(code) => {
+            drop(dist); // finalizes MPI
+            std::process::exit(code)
+        }
+        Err(e) => {
+            let line = format!("bench: rank {rank} of {ranks}: {e}\n");
+            match stderr {
+                Some(mut f) => {
+                    use std::io::Write;
+                    let _ = f.write_all(line.as_bytes());
+                }
+                None if ranks > 1 => eprint!("{line}"),
+                None => eprintln!("bench: {e}"),
+            }
+            if ranks > 1 {
+                dist.abort(2); // the others may wait in a collective
+            }
             std::process::exit(2);
         }
     }
 }
 
-fn run(args: Args) -> Result<i32, String> {
+/// Points stdout and stderr at /dev/null; returns the original stderr.
+fn silence_stdout_and_stderr() -> std::fs::File {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("/dev/null");
+    // SAFETY: dup/dup2 on the process's own descriptors; the duplicate is owned by the File.
+    unsafe {
+        let saved = libc::dup(2);
+        libc::dup2(null.as_raw_fd(), 1);
+        libc::dup2(null.as_raw_fd(), 2);
+        std::fs::File::from_raw_fd(saved)
+    }
+}
+
+fn run(args: Args, dist: &dyn Transport) -> Result<i32, String> {
     let tolerance = parse_tolerance(&args.tolerance)?;
+    if dist.size() > 1 && !matches!(args.command.first().map(String::as_str), None | Some("run")) {
+        return Err("compare and plot run in one process, not under mpirun".into());
+    }
     match args.command.first().map(String::as_str) {
-        None | Some("run") => run_suites(&args, tolerance),
+        None | Some("run") => run_suites(&args, tolerance, dist),
         Some("compare") => {
             let [new] = &args.command[1..] else {
                 return Err(
@@ -130,7 +176,11 @@ fn run(args: Args) -> Result<i32, String> {
     }
 }
 
-fn run_suites(args: &Args, tolerance: f64) -> Result<i32, String> {
+fn run_suites(args: &Args, tolerance: f64, dist: &dyn Transport) -> Result<i32, String> {
+    let ranks = dist.size();
+    if ranks > 1 {
+        data_parallel_setup(args)?;
+    }
     let out_dir = result::out_dir(args.out.as_deref(), args.save)?;
     let on_gpu = match args.device.as_str() {
         "cpu" => false,
@@ -143,7 +193,12 @@ fn run_suites(args: &Args, tolerance: f64) -> Result<i32, String> {
     let m = Method {
         warmup: args.warmup.unwrap_or(if q { 1 } else { 2 }),
         reps: args.reps.unwrap_or(if q { 3 } else { 10 }).max(1),
-        min_time: Duration::from_secs_f64(args.min_time.unwrap_or(if q { 0.0 } else { 1.0 })),
+        // Ranks must agree on the number of steps (each has collectives): no time target.
+        min_time: Duration::from_secs_f64(if ranks > 1 {
+            0.0
+        } else {
+            args.min_time.unwrap_or(if q { 0.0 } else { 1.0 })
+        }),
     };
     let ceiling_tolerance = match &args.ceiling_tolerance {
         Some(t) => {
@@ -200,6 +255,7 @@ fn run_suites(args: &Args, tolerance: f64) -> Result<i32, String> {
         mx_gemm: args.mx_gemm.clone(),
         method: m,
         counters: String::new(),
+        ranks,
     };
     // A baseline from another machine is refused before anything runs.
     let baseline = match &args.baseline {
@@ -228,6 +284,7 @@ fn run_suites(args: &Args, tolerance: f64) -> Result<i32, String> {
         gpu: on_gpu,
         mx_gemm,
         counters: if on_gpu { counters.ok() } else { None },
+        dist,
     };
 
     let mut entries = Vec::new();
@@ -250,6 +307,9 @@ fn run_suites(args: &Args, tolerance: f64) -> Result<i32, String> {
         }
     }
 
+    if dist.rank() > 0 {
+        return Ok(0); // rank 0 reports
+    }
     let (date, stamp) = result::utc_now();
     meta.date = date;
     let doc = result::document(&meta, &ceil, entries);
@@ -275,4 +335,32 @@ fn run_suites(args: &Args, tolerance: f64) -> Result<i32, String> {
         Some((base, warning)) => Ok(compare_docs(&doc, &base, tolerance, warning.as_deref())),
         None => Ok(0),
     }
+}
+
+/// What a data-parallel bench (`mpirun -np N bench`) accepts, checked before any work; ranks on
+/// one machine split its cores, as the trainer's do.
+fn data_parallel_setup(args: &Args) -> Result<(), String> {
+    if args.suite != "step" {
+        return Err(format!(
+            "under mpirun the bench runs the step suite only (the collectives are part of a step): pass --suite step, not --suite {}",
+            args.suite
+        ));
+    }
+    if args.device != "cpu" {
+        return Err("under mpirun the bench runs on the CPU backend only (data parallel on --device cuda: not in the bench yet)".into());
+    }
+    if args.min_time.is_some() {
+        return Err("--min-time: under mpirun every rank runs exactly --warmup + --reps steps (the ranks must agree); use --reps".into());
+    }
+    if args.save_baseline || args.baseline.is_some() {
+        return Err("--baseline / --save-baseline compare one-process runs; under mpirun, compare result files by hand".into());
+    }
+    let local = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse::<usize>().ok());
+    if let (Some(n), None) = (local, std::env::var_os("MXGPT_THREADS")) {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        std::env::set_var("MXGPT_THREADS", (cores / n).max(1).to_string());
+    }
+    Ok(())
 }

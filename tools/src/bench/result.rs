@@ -44,6 +44,8 @@ pub struct RunMeta {
     pub mx_gemm: String,
     pub method: Method,
     pub counters: String,
+    /// Data-parallel ranks (mpirun); 1 in one process.
+    pub ranks: usize,
 }
 
 impl RunMeta {
@@ -77,6 +79,7 @@ pub fn document(meta: &RunMeta, ceilings: &Ceilings, entries: Vec<Value>) -> Val
         "mx_gemm": meta.mx_gemm,
         "method": {"warmup": m.warmup, "min_reps": m.reps, "min_time_s": m.min_time.as_secs_f64(), "rotate": ROTATE},
         "counters": meta.counters,
+        "ranks": meta.ranks,
         "ceilings": ceilings.json(),
         "entries": entries,
     })

@@ -2,13 +2,19 @@
 //! grad_norm + adamw) per `--backward` mode, through a `TimedBackend` that delegates to the real
 //! backend (CPU or CUDA) and adds up wall time per phase; tokens/s, MFU and, on a GPU with NVML,
 //! joules per token.
+//!
+//! Under `mpirun -np N` (CPU) the step is the trainer's data-parallel one: each rank its own
+//! micro batch, then ZeRO-1's collectives (the gradient reduce-scatter with the norm, the
+//! parameter all-gather after this rank's shard of AdamW), timed as the `collective` phase. The
+//! time a rank waits there for a slower one counts as collective time, as in the trainer.
 
 use super::ceilings::Ceilings;
 use super::method::{measure, random_tokens, Method, Stats, ROTATE};
-use gpt::backend::{BResult, Backend, BackendInfo, LinearBackward, LinearForward};
+use gpt::backend::{BResult, Backend, BackendInfo, HostState, LinearBackward, LinearForward};
 use gpt::config::ModelConfig;
 use gpt::cpu::backend::CpuBackend;
 use gpt::cpu::ops::AdamW;
+use gpt::dist::{zero1, Shards, Transport};
 use gpt::layout::{Arena, TensorRef};
 use gpt::model::{Gpt, PrecisionPlan};
 use gpt::mx::fp8::{ForwardConfig, Fp8State};
@@ -19,14 +25,15 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-/// The phases a step's wall time is split into.
-pub const PHASES: [&str; 7] = [
+/// The phases a step's wall time is split into (`collective`: data parallel only).
+pub const PHASES: [&str; 8] = [
     "forward",
     "attention",
     "backward_gemm",
     "quantization",
     "backward_other",
     "optimizer",
+    "collective",
     "other",
 ];
 
@@ -63,7 +70,8 @@ const BWG: usize = 2;
 const QNT: usize = 3;
 const BWO: usize = 4;
 const OPT: usize = 5;
-const OTH: usize = 6;
+const COL: usize = 6;
+const OTH: usize = 7;
 
 #[rustfmt::skip]
 impl Backend for TimedBackend {
@@ -72,6 +80,7 @@ impl Backend for TimedBackend {
     fn read(&self, src: TensorRef) -> BResult<Vec<f32>> { self.timed(OTH, || self.inner.read(src)) }
     fn read_optimizer(&self) -> BResult<(Vec<f32>, Vec<f32>, Vec<f32>)> { self.inner.read_optimizer() }
     fn write_optimizer(&mut self, master: &[f32], m: &[f32], v: &[f32]) -> BResult<()> { self.inner.write_optimizer(master, m, v) }
+    fn host_state(&mut self) -> Option<HostState<'_>> { self.inner.host_state() }
     fn set_mx_config(&mut self, cfg: MxConfig) -> BResult<()> { self.inner.set_mx_config(cfg) }
     fn take_mx_telemetry(&mut self) -> MxTelemetry {
         let t = self.inner.take_mx_telemetry();
@@ -140,21 +149,25 @@ impl TimedBackend {
     }
 }
 
-/// Where the step suite runs, and the GPU's energy counter when there is one.
-pub struct BenchDevice {
+/// Where the step suite runs, the GPU's energy counter when there is one, and the ranks.
+pub struct BenchDevice<'a> {
     pub gpu: bool,
     /// `--mx-gemm` for the MXFP4 modes on the GPU.
     pub mx_gemm: gpt::cuda::MxGemmChoice,
     pub counters: Option<runtime::counters::Counters>,
+    /// The data-parallel transport (`Local` in one process).
+    pub dist: &'a dyn Transport,
 }
 
-impl BenchDevice {
+impl BenchDevice<'_> {
     fn backend(&self, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
+        let shard = (self.dist.size() > 1)
+            .then(|| Shards::even(gpt.params.total, self.dist.size()).range(self.dist.rank()));
         if self.gpu {
             gpu_backend(gpt, self.mx_gemm)
         } else {
             Ok(Box::new(
-                CpuBackend::new(&gpt.cfg, gpt.batch, gpt.seq).map_err(|e| e.0)?,
+                CpuBackend::with_moments(&gpt.cfg, gpt.batch, gpt.seq, shard).map_err(|e| e.0)?,
             ))
         }
     }
@@ -195,10 +208,20 @@ pub fn step_entry(
         gpt.batch,
         gpt.seq
     );
+    let ranks = dev.dist.size();
+    let (name, shape) = if ranks > 1 {
+        (
+            format!("{name}/{ranks}ranks"),
+            format!("{shape} ranks={ranks}"),
+        )
+    } else {
+        (name, shape)
+    };
     eprintln!("  {name}: {shape}");
     match run_steps(gpt, mode, m, dev) {
-        Ok((st, phases, joules_per_step)) => {
-            let tokens = gpt.tokens_per_batch() as f64;
+        Ok((st, phases, joules_per_step, per_rank)) => {
+            // A step is every rank's micro batch; MFU is per rank, against one rank's peak.
+            let tokens = (gpt.tokens_per_batch() * ranks) as f64;
             let tokens_per_s = tokens / (st.median * 1e-3);
             let fpt = gpt.cfg.flops_per_token(gpt.seq);
             // A GPU's peak comes from the device table; the CPU's is the bench's own sgemm
@@ -217,7 +240,7 @@ pub fn step_entry(
                 _ => (ceil.sgemm_gflops / 1e3, "sgemm ceiling"),
             };
             let joules_per_token = joules_per_step.map(|j| j / tokens);
-            let mfu = runtime::counters::mfu(fpt, tokens_per_s, peak);
+            let mfu = runtime::counters::mfu(fpt, tokens_per_s / ranks as f64, peak);
             eprintln!(
                 "  {name:<36} {:>10.3} ms/step, {tokens_per_s:.2} tok/s, MFU {:.1}%",
                 st.median,
@@ -231,6 +254,15 @@ pub fn step_entry(
                    "peak_source": peak_source,
                    "mfu": if mfu.is_finite() { json!(mfu) } else { Value::Null },
                    "joules_per_token": joules_per_token, "phase_ms": phase_json});
+            if ranks > 1 {
+                let col = phases[COL];
+                eprintln!(
+                    "  {:<36} {col:.3} ms/step in collectives; tok/s per rank {per_rank:.2?}",
+                    ""
+                );
+                e["ranks"] = json!(ranks);
+                e["tokens_per_s_per_rank"] = json!(per_rank);
+            }
             if peak_source == "sgemm ceiling" {
                 // MFU is then a percentage of a measured ceiling: flag it when that did not settle
                 e["ceiling_stable"] = json!(ceil.sgemm.stable());
@@ -254,14 +286,20 @@ pub fn model_label(cfg: &ModelConfig) -> String {
         .unwrap_or_else(|| format!("L{}C{}", cfg.layers, cfg.channels))
 }
 
-/// Median step stats, the median per-phase milliseconds and, on a GPU with NVML, the joules
-/// per step over the measured steps.
+/// What `run_steps` measures.
+type StepRun = (Stats, [f64; PHASES.len()], Option<f64>, Vec<f64>);
+
+/// Median step stats (this rank's), the median per-phase milliseconds, on a GPU with NVML the
+/// joules per step over the measured steps, and every rank's tokens/s (its own micro batch over
+/// its median step time).
 fn run_steps(
     gpt: &Gpt,
     mode: BackwardMode,
     m: &Method,
     dev: &BenchDevice,
-) -> Result<(Stats, [f64; PHASES.len()], Option<f64>), String> {
+) -> Result<StepRun, String> {
+    let dist = dev.dist;
+    let shards = Shards::even(gpt.params.total, dist.size());
     let mut be = TimedBackend {
         inner: dev.backend(gpt)?,
         sync_each_op: false,
@@ -288,8 +326,17 @@ fn run_steps(
     let toks: Vec<(Vec<u32>, Vec<u32>)> = (0..ROTATE)
         .map(|i| {
             (
-                random_tokens(bt, gpt.cfg.vocab, 100 + i as u64),
-                random_tokens(bt, gpt.cfg.vocab, 200 + i as u64),
+                // Each rank its own micro batch.
+                random_tokens(
+                    bt,
+                    gpt.cfg.vocab,
+                    100 + i as u64 + 1000 * dist.rank() as u64,
+                ),
+                random_tokens(
+                    bt,
+                    gpt.cfg.vocab,
+                    200 + i as u64 + 1000 * dist.rank() as u64,
+                ),
             )
         })
         .collect();
@@ -305,7 +352,14 @@ fn run_steps(
             .map_err(|e| e.0)?;
         // Moves the MXFP4 operand preparation out of backward_gemm into quantization.
         be.take_mx_telemetry();
-        let norm = be.grad_norm().map_err(|e| e.0)?;
+        let norm = if dist.size() > 1 {
+            let t = Instant::now();
+            let norm = zero1::reduce_gradients(be.inner.as_mut(), dist, &shards)?;
+            be.phase_s.get_mut()[COL] += t.elapsed().as_secs_f64();
+            norm
+        } else {
+            be.grad_norm().map_err(|e| e.0)?
+        };
         let clip = if norm > 1.0 { 1.0 / norm } else { 1.0 };
         be.adamw(&AdamW {
             lr: 1e-4,
@@ -317,6 +371,11 @@ fn run_steps(
             grad_scale: clip,
         })
         .map_err(|e| e.0)?;
+        if dist.size() > 1 {
+            let t = Instant::now();
+            zero1::gather_params(be.inner.as_mut(), dist, &shards)?;
+            be.phase_s.get_mut()[COL] += t.elapsed().as_secs_f64();
+        }
         // A step is done when its work is: the GPU runs asynchronously.
         be.synchronize().map_err(|e| e.0)
     };
@@ -367,7 +426,8 @@ fn run_steps(
     for (p, slot) in phases.iter_mut().enumerate() {
         *slot = Stats::from_samples(kept.iter().map(|s| s[p]).collect()).median;
     }
-    Ok((st, phases, joules_per_step))
+    let per_rank = dist.all_gather_f64(bt as f64 / (st.median * 1e-3))?;
+    Ok((st, phases, joules_per_step, per_rank))
 }
 
 pub fn parse_modes(s: &str) -> Result<Vec<BackwardMode>, String> {
