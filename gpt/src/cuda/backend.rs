@@ -48,10 +48,10 @@ pub struct CudaBackend {
     stats: DeviceBuffer<f32>,
     inputs: DeviceBuffer<i32>,
     targets: DeviceBuffer<i32>,
-    /// The batch's positions grouped by token, for the encoder backward: built when the tokens
-    /// arrive (the stream waits for that upload anyway), so the backward never stalls the host.
-    /// Replacing it frees the old one only after the new upload has synchronized the stream.
-    encoder_index: Option<k::encoder::EncoderIndex>,
+    /// The batch's positions grouped by token, for the encoder backward: built on the device
+    /// from `inputs` when the tokens arrive, into buffers allocated once.
+    encoder_index: k::encoder::EncoderIndex,
+    has_tokens: bool,
     has_targets: bool,
     /// FP32 temporaries of the two-pass reductions (layernorm and bias gradients, attention
     /// backward, gradient norm).
@@ -87,7 +87,10 @@ pub fn memory_estimate(cfg: &ModelConfig, batch: usize, seq: usize) -> (usize, u
     let a = ActLayout::new(cfg, batch, seq);
     // bf16 params + bf16 grads + f32 master, m, v
     let state = n * (2 + 2 + 4 * 3);
-    let acts = 2 * (a.acts_total + a.scratch_total) + 4 * a.stats_total + 4 * 2 * batch * seq;
+    let bt = batch * seq;
+    // tokens and targets; the encoder index (<= 3 bt + 3 ints) and its build scratch.
+    let index = 4 * (3 * bt + 3 + 2 * cfg.vocab + bt);
+    let acts = 2 * (a.acts_total + a.scratch_total) + 4 * a.stats_total + 4 * 2 * bt + index;
     (state, acts)
 }
 
@@ -149,7 +152,8 @@ impl CudaBackend {
             stats: gpu.alloc(a.stats_total).map_err(err)?,
             inputs: gpu.alloc(bt).map_err(err)?,
             targets: gpu.alloc(bt).map_err(err)?,
-            encoder_index: None,
+            encoder_index: k::encoder::EncoderIndex::new(&gpu, bt, cfg.vocab).map_err(err)?,
+            has_tokens: false,
             has_targets: false,
             work: gpu.alloc(work_len).map_err(err)?,
             norm: gpu.alloc(1).map_err(err)?,
@@ -750,8 +754,10 @@ impl Backend for CudaBackend {
         self.gpu
             .copy_to_device(&as_i32(inputs), &self.inputs)
             .map_err(err)?;
-        self.encoder_index =
-            Some(k::encoder::EncoderIndex::build(&self.gpu, inputs, self.vocab).map_err(err)?);
+        self.encoder_index
+            .build_on_device(&self.gpu, Ptr::of(&self.inputs))
+            .map_err(err)?;
+        self.has_tokens = true;
         self.has_targets = targets.is_some();
         if let Some(t) = targets {
             self.gpu
@@ -929,9 +935,12 @@ impl Backend for CudaBackend {
         c: usize,
     ) -> BResult<()> {
         let b = self.rows_of(t);
-        let index = self.encoder_index.as_ref().ok_or_else(|| {
-            BackendError("encoder_backward: no tokens were set for this batch".into())
-        })?;
+        if !self.has_tokens {
+            return Err(BackendError(
+                "encoder_backward: no tokens were set for this batch".into(),
+            ));
+        }
+        let index = &self.encoder_index;
         k::encoder::encoder_backward_indexed(
             &self.gpu,
             self.bf(dwte)?,
