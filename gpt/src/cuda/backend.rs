@@ -22,7 +22,11 @@
 use super::kernels::fp8::{self as kfp8, Fp8Operand as Fp8Buf};
 use super::kernels::{self as k, Ptr};
 use super::mx::{self as gmx, MxBackward, MxGemmChoice, MxGemmPath};
-use crate::backend::{BResult, Backend, BackendError, BackendInfo, LinearBackward, LinearForward};
+use super::step::DeviceStep;
+use crate::backend::{
+    BResult, Backend, BackendError, BackendInfo, LinearBackward, LinearForward, StepStats,
+    StepUpdate,
+};
 use crate::config::ModelConfig;
 use crate::cpu::ops::AdamW;
 use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
@@ -67,6 +71,9 @@ pub struct CudaBackend {
     /// Run the FP8 GEMM on its BF16 fallback even where E4M3 mma exists (tests; takes effect at
     /// the next `set_forward_config`).
     fp8_fallback: bool,
+    /// The step kept on the device (step.rs): parameter block, stats ring, CUDA graphs. Moved
+    /// out while a call uses it alongside the other buffers (always Some between calls).
+    step: Option<DeviceStep>,
     /// Last: fields drop in declaration order, and every buffer above must be freed while the
     /// context is still alive.
     gpu: Gpu,
@@ -162,6 +169,7 @@ impl CudaBackend {
             forward: ForwardConfig::HIGH_PRECISION,
             fp8: None,
             fp8_fallback: false,
+            step: Some(DeviceStep::new(&gpu).map_err(err)?),
             layout,
             model: *cfg,
             batch,
@@ -182,6 +190,42 @@ impl CudaBackend {
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// CUDA graphs for the micro batches and the step's finish (default: MXGPT_CUDA_GRAPH=1;
+    /// see step.rs). Turning them off or on drops what was recorded.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        let st = self.step.as_mut().expect("device step");
+        st.graphs = on;
+        st.forget_graphs();
+    }
+
+    /// CUDA graphs recorded and launched so far (see `set_cuda_graphs`).
+    pub fn graph_counts(&self) -> (usize, usize) {
+        let st = self.step.as_ref().expect("device step");
+        (st.recorded, st.launched)
+    }
+
+    /// Why the current modes cannot be replayed from a graph (their launches take per-call
+    /// values by value), or None.
+    fn graph_obstacle(&self) -> Option<String> {
+        if self.mx.is_some() {
+            return Some(
+                "the quantized backward passes its per-GEMM seeds by value; use --backward bf16"
+                    .into(),
+            );
+        }
+        if self.forward.is_fp8() {
+            return Some(
+                "the FP8 forward passes its scaling slots by value; use --forward bf16".into(),
+            );
+        }
+        None
+    }
+
+    /// The encoder index of the current batch (tests compare it with the host's).
+    pub fn encoder_index(&self) -> &k::encoder::EncoderIndex {
+        &self.encoder_index
     }
 
     /// The BF16 span a tensor names; an error for the FP32 statistics arena.
@@ -750,9 +794,10 @@ impl Backend for CudaBackend {
                 "token id {bad} is outside the vocabulary (< {vocab})"
             )));
         }
+        // Asynchronous copies (the stream is not drained), then the index built on the device.
         let as_i32 = |v: &[u32]| v.iter().map(|&t| t as i32).collect::<Vec<i32>>();
         self.gpu
-            .copy_to_device(&as_i32(inputs), &self.inputs)
+            .copy_to_device_async(&as_i32(inputs), &self.inputs)
             .map_err(err)?;
         self.encoder_index
             .build_on_device(&self.gpu, Ptr::of(&self.inputs))
@@ -761,7 +806,7 @@ impl Backend for CudaBackend {
         self.has_targets = targets.is_some();
         if let Some(t) = targets {
             self.gpu
-                .copy_to_device(&as_i32(t), &self.targets)
+                .copy_to_device_async(&as_i32(t), &self.targets)
                 .map_err(err)?;
         }
         Ok(())
@@ -1103,5 +1148,71 @@ impl Backend for CudaBackend {
             &args,
         )
         .map_err(err)
+    }
+
+    fn has_device_step(&self) -> bool {
+        true
+    }
+
+    fn record_loss(&mut self, losses: TensorRef) -> BResult<()> {
+        let st = self.step.as_ref().expect("device step");
+        k::step::loss_accumulate(&self.gpu, st.state(), self.f32s(losses)?).map_err(err)
+    }
+
+    fn device_step(&mut self, up: &StepUpdate) -> BResult<()> {
+        let mut st = self.step.take().expect("device step");
+        let ranges: Vec<k::adamw::AdamwRange> = self
+            .layout
+            .tensors
+            .iter()
+            .map(|t| k::adamw::AdamwRange {
+                offset: t.offset,
+                len: t.len(),
+                decay: t.weight_decay(),
+            })
+            .collect();
+        let finish = |st: &DeviceStep| -> BResult<()> {
+            let g = &self.gpu;
+            k::global_norm::grad_norm(
+                g,
+                Ptr::of(&self.norm),
+                Ptr::of(&self.grads),
+                Ptr::of(&self.work),
+            )
+            .map_err(err)?;
+            k::step::finish(g, st.state(), st.ring(), Ptr::of(&self.norm), st.params())
+                .map_err(err)?;
+            k::adamw::adamw_update_ranges_dev(
+                g,
+                Ptr::of(&self.params),
+                Ptr::of(&self.master),
+                Ptr::of(&self.grads),
+                Ptr::of(&self.adam_m),
+                Ptr::of(&self.adam_v),
+                &ranges,
+                st.params(),
+                st.state(),
+            )
+            .map_err(err)
+        };
+        let r = st.step(&self.gpu, up, adamw_seed(up.adamw.t), &finish);
+        self.step = Some(st);
+        r
+    }
+
+    fn take_step_stats(&mut self) -> BResult<Vec<StepStats>> {
+        let st = self.step.as_mut().expect("device step");
+        st.take(&self.gpu)
+    }
+
+    fn graph_begin(&mut self, key: u64) -> BResult<bool> {
+        let why_not = self.graph_obstacle();
+        let st = self.step.as_mut().expect("device step");
+        st.graph_begin(&self.gpu, key, why_not)
+    }
+
+    fn graph_end(&mut self, ok: bool) -> BResult<()> {
+        let st = self.step.as_mut().expect("device step");
+        st.graph_end(&self.gpu, ok)
     }
 }

@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod kernels;
 pub mod mx;
+pub mod step;
 
 pub use backend::CudaBackend;
 pub use mx::{MxGemmChoice, MxGemmPath};
