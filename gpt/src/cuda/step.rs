@@ -15,9 +15,10 @@
 //! same f32 clip division, the same AdamW kernel body (tests/tests/gpu_step.rs).
 //!
 //! CUDA graphs (`MXGPT_CUDA_GRAPH=1` or `set_cuda_graphs`, off by default until a GPU run has
-//! checked them): the micro batch's forward and backward is captured once and replayed for
-//! every micro batch after (keyed by the loss scale, the one value it bakes in), and the finish
-//! likewise; what changes between replays is in device memory: tokens, the index, the
+//! checked them): the micro batch's forward and backward runs once directly (a warm-up: kernel
+//! modules load and kernel attributes are set outside any capture), is captured the second
+//! time and replayed for every micro batch after (keyed by the loss scale, the one value it
+//! bakes in), and the finish likewise; what changes between replays is in device memory: tokens, the index, the
 //! parameter block. Modes whose launchers pass per-call values by value (MXFP4/NVFP4 seeds,
 //! FP8 delayed scaling's ring slots) are refused with graphs on.
 //!
@@ -48,7 +49,11 @@ pub(crate) struct DeviceStep {
     micro: Option<(u64, Graph)>,
     /// The key being recorded (between `graph_begin` and `graph_end`).
     recording: Option<u64>,
+    /// The key whose micro batch ran once without capture (the warm-up that loads the kernel
+    /// modules and sets their attributes: driver calls better kept out of a capture).
+    warmed: Option<u64>,
     finish: Option<Graph>,
+    finish_warmed: bool,
     /// Graphs recorded and graph launches so far (tests check that replays happen).
     pub(crate) recorded: usize,
     pub(crate) launched: usize,
@@ -65,7 +70,9 @@ impl DeviceStep {
             graphs: std::env::var("MXGPT_CUDA_GRAPH").is_ok_and(|v| v == "1"),
             micro: None,
             recording: None,
+            warmed: None,
             finish: None,
+            finish_warmed: false,
             recorded: 0,
             launched: 0,
         };
@@ -90,6 +97,8 @@ impl DeviceStep {
     pub(crate) fn forget_graphs(&mut self) {
         self.micro = None;
         self.finish = None;
+        self.warmed = None;
+        self.finish_warmed = false;
     }
 
     /// Before a micro batch: whether the caller must run (and maybe record) its ops.
@@ -111,6 +120,10 @@ impl DeviceStep {
             return Ok(false);
         }
         self.micro = None;
+        if self.warmed != Some(key) {
+            self.warmed = Some(key);
+            return Ok(true); // the warm-up: run directly
+        }
         g.begin_capture().map_err(err)?;
         self.recording = Some(key);
         Ok(true)
@@ -176,8 +189,9 @@ impl DeviceStep {
             pad: 0,
         };
         g.copy_to_device_async(&[p], &self.params).map_err(err)?;
-        if !self.graphs {
-            enqueue_finish(self)?;
+        if !self.graphs || (self.finish.is_none() && !self.finish_warmed) {
+            enqueue_finish(self)?; // without graphs, or the warm-up before the recording
+            self.finish_warmed = self.graphs;
         } else {
             if self.finish.is_none() {
                 g.begin_capture().map_err(err)?;
