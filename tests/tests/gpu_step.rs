@@ -358,3 +358,58 @@ fn graphs_refuse_modes_that_pass_per_call_values() {
     let e = be.graph_begin(1).unwrap_err().to_string();
     assert!(e.contains("seeds") && e.contains("--backward bf16"), "{e}");
 }
+
+#[test]
+fn a_non_finite_loss_stops_the_updates_on_the_device() {
+    // The trainer stops "before updating the weights" at a non-finite loss or norm; on the
+    // device step it reads them after the update was queued, so the device must skip it (and
+    // every later one).
+    let mut cfg = ModelConfig::named("tiny").unwrap();
+    cfg.vocab = 101;
+    cfg.padded_vocab = 128;
+    let (batch, seq) = (1, 16);
+    let gpt = Gpt::new(cfg, batch, seq).unwrap();
+    let mut be = CudaBackend::on(gpu(), &gpt.cfg, batch, seq).unwrap();
+    let all = TensorRef {
+        arena: Arena::Params,
+        offset: 0,
+        len: gpt.params.total,
+    };
+    let mut init = gpt.init_params(5);
+    init[3] = f32::NAN; // a token embedding: its row's logits, hence the loss, become NaN
+    be.write(all, &init).unwrap();
+    let plan = PrecisionPlan::uniform(BackwardMode::Bf16, gpt.cfg.layers);
+    let before = be.read_optimizer().unwrap();
+    for step in 0..2u64 {
+        be.zero_grads().unwrap();
+        let toks: Vec<u32> = (0..batch * seq).map(|i| (i % cfg.vocab) as u32).collect();
+        be.set_tokens(&toks, Some(&toks)).unwrap();
+        gpt.forward_backward_on_device(&mut be, &plan, step as u32, 0, 1.0 / 16.0)
+            .unwrap();
+        be.device_step(&StepUpdate {
+            adamw: AdamW {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                t: step + 1,
+                grad_scale: 1.0,
+            },
+            grad_clip: 1.0,
+            micro_batches: 1,
+        })
+        .unwrap();
+    }
+    let stats = be.take_step_stats().unwrap();
+    assert_eq!(stats.len(), 2);
+    assert!(stats.iter().all(|s| !s.loss.is_finite()), "{stats:?}");
+    let after = be.read_optimizer().unwrap();
+    for (name, a, b) in [
+        ("master weights", &after.0, &before.0),
+        ("first moments", &after.1, &before.1),
+        ("second moments", &after.2, &before.2),
+    ] {
+        assert_eq!(f32_bits(a), f32_bits(b), "{name} changed after a NaN loss");
+    }
+}

@@ -17,6 +17,11 @@
 //! ring's slot are kept here, on the host), E4M3 quantization, then the FP8 GEMM (E4M3
 //! mma.sync on compute capability 8.9+, the BF16 fallback elsewhere or when asked).
 //!
+//! The training step can stay on the device (`device_step`, step.rs): the encoder index is built
+//! there, the step's scalars come from a device parameter block, the loss and norm go to a
+//! device ring read once; with `MXGPT_CUDA_GRAPH=1` micro batches and the finish replay as CUDA
+//! graphs.
+//!
 //! NOT VERIFIED ON A GPU unless perf/ holds a GPU run of this commit (see the module doc).
 
 use super::kernels::fp8::{self as kfp8, Fp8Operand as Fp8Buf};
