@@ -138,14 +138,14 @@ pub trait Backend {
     }
     /// Quantization telemetry accumulated since the last call (empty in bf16 mode).
     fn take_mx_telemetry(&mut self) -> MxTelemetry;
-    /// The same sums per backward-GEMM site since the last call of this method, in (layer,
-    /// linear, GEMM) order; independent of `take_mx_telemetry`. Empty where a backend keeps only
-    /// totals (the CUDA backend today).
+    /// The same sums per GEMM site since the last call of this method (the FP8 forward's too,
+    /// on the CPU), in (layer, linear, GEMM) order; independent of `take_mx_telemetry`. Empty
+    /// where a backend keeps only totals.
     fn take_mx_site_telemetry(&mut self) -> Vec<SiteTelemetry> {
         Vec::new()
     }
-    /// While on, measure every quantized backward GEMM's output against the exact product
-    /// (`MxTelemetry::noise_sq`); a backend that cannot ignores it.
+    /// While on, measure every quantized GEMM's output (4-bit backward, FP8 forward) against the
+    /// exact product (`MxTelemetry::noise_sq`); a backend that cannot ignores it.
     fn set_mx_noise_measurement(&mut self, _on: bool) {}
 
     /// Token ids of the current micro batch ([B*T] each); targets may be absent (inference).

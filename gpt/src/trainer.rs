@@ -1263,7 +1263,7 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
 
     for step in start_step..args.steps {
         let t0 = Instant::now();
-        let per_layer_mx = s.plan.mode.is_quantized()
+        let per_layer_mx = (s.plan.mode.is_quantized() || s.forward.is_fp8())
             && args.mx_telemetry_every > 0
             && (step + 1) % args.mx_telemetry_every == 0;
         be.set_mx_noise_measurement(per_layer_mx);

@@ -94,3 +94,30 @@ __device__ __forceinline__ int e2m1_times_two(uint32_t code) {
     const int v = mag < 5 ? mag : mag == 5 ? 6 : mag == 6 ? 8 : 12;
     return (code & 8) ? -v : v;
 }
+
+// ---- Quantizer telemetry (mx_quantize.cu, nvfp4_quantize.cu) ----
+// Per quantize block (CUDA block) of the grid, MX_TELEMETRY_FIELDS doubles: sum (Q(x) - x)^2 and
+// sum x^2 over finite blocks, clipped elements, non-finite blocks, and underflows (non-zero x of
+// a finite block whose code has a zero magnitude), as the CPU's MxTelemetry.
+#define MX_TELEMETRY_FIELDS 5
+
+// This CUDA block's telemetry t (one set per thread) into partials: warp sums by a fixed
+// butterfly, then threads 0..4 add the WARPS warp sums in order. Every thread of the block calls
+// it (it holds a barrier); `part` is the block's shared scratch.
+template <int WARPS>
+__device__ __forceinline__ void telemetry_block_store(double (&t)[MX_TELEMETRY_FIELDS],
+                                                      double (*part)[MX_TELEMETRY_FIELDS],
+                                                      double* partials) {
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+#pragma unroll
+    for (int i = 0; i < MX_TELEMETRY_FIELDS; i++)
+        for (int m = 16; m > 0; m /= 2) t[i] += __shfl_xor_sync(0xFFFFFFFFu, t[i], m);
+    if (lane == 0)
+        for (int i = 0; i < MX_TELEMETRY_FIELDS; i++) part[warp][i] = t[i];
+    __syncthreads();
+    if (tid < MX_TELEMETRY_FIELDS) {
+        double sum = 0.0;
+        for (int w = 0; w < WARPS; w++) sum += part[w][tid];
+        partials[MX_TELEMETRY_FIELDS * ((size_t)blockIdx.y * gridDim.x + blockIdx.x) + tid] = sum;
+    }
+}

@@ -30,9 +30,10 @@
 //   scales  [rows_out, K/32] E8M0 bytes
 //   deq     [rows_out, K] bf16: code value x 2^e (without SR's 4/3: the GEMM applies 16/9 once);
 //           exact in bf16 for every e a finite f32 block produces; NaN for a non-finite block
-//   telemetry: double partials[4 * gridDim.x * gridDim.y], this block's
-//           (sum (Q(x) - x)^2, sum x^2 over finite blocks, clipped elements, non-finite blocks),
-//           Q(x) including SR's 4/3, as the CPU's MxTelemetry; mx_telemetry_accumulate sums them.
+//   telemetry: double partials[5 * gridDim.x * gridDim.y], this block's
+//           (sum (Q(x) - x)^2, sum x^2 over finite blocks, clipped elements, non-finite blocks,
+//           underflows), Q(x) including SR's 4/3, as the CPU's MxTelemetry (mx.cuh,
+//           MX_TELEMETRY_FIELDS); mx_telemetry_accumulate sums them.
 //
 // Work split: a block of 256 threads (8 warps) owns a tile of 32 output rows x 256 k. It loads
 // the tile into shared memory with 16-byte loads (rowwise: along k; colwise: along r, i.e. along
@@ -62,7 +63,7 @@ __device__ __forceinline__ void mx_quantize_impl(const bf16* __restrict__ src, i
                                                  uint64_t sr_stream, uint64_t sign_stream, int g) {
     __shared__ __align__(16) bf16 tile[MXQ_ROWS][MXQ_K + MXQ_PAD];
     __shared__ float signs[MXQ_K];
-    __shared__ double part[MXQ_THREADS / 32][4];
+    __shared__ double part[MXQ_THREADS / 32][MX_TELEMETRY_FIELDS];
 
     const int rows_out = COLWISE ? C : R, K = COLWISE ? R : C;
     const int k0 = blockIdx.x * MXQ_K, r0 = blockIdx.y * MXQ_ROWS;
@@ -93,7 +94,10 @@ __device__ __forceinline__ void mx_quantize_impl(const bf16* __restrict__ src, i
     __syncthreads();
 
     const float rht_scale = g > 0 ? (float)(1.0 / sqrt((double)g)) : 1.0f;
-    double sq_err_sum = 0.0, sq_x_sum = 0.0, clipped_sum = 0.0, nonfinite_sum = 0.0;
+    double sq_err_sum = 0.0, sq_x_sum = 0.0, nonfinite_sum = 0.0;
+    // Clipped elements (bits 0-15) and underflows (bits 16-31) of this thread: at most 8 per row
+    // and 4 rows, so neither field overflows; one register instead of two doubles.
+    uint32_t counts = 0;
     for (int rr = warp; rr < MXQ_ROWS; rr += MXQ_THREADS / 32) {
         const int row = r0 + rr;
         if (row >= rows_out) break;  // warp-uniform
@@ -168,7 +172,8 @@ __device__ __forceinline__ void mx_quantize_impl(const bf16* __restrict__ src, i
         uint32_t packed = 0, scale_byte;
         bool zero_block = false;
         float deq_v[8];
-        float block_err = 0.0f, block_sq = 0.0f, clipped = 0.0f;
+        float block_err = 0.0f, block_sq = 0.0f;
+        uint32_t row_counts = 0;
         if (!finite) {
             scale_byte = MX_SCALE_NAN;
 #pragma unroll
@@ -192,11 +197,12 @@ __device__ __forceinline__ void mx_quantize_impl(const bf16* __restrict__ src, i
                 if (SR) {
                     mag = sr_code(a, uniform24(words[v]));
                 } else {
-                    clipped += a > 6.0f ? 1.0f : 0.0f;
+                    row_counts += (uint32_t)(a > 6.0f);
                     mag = rtn_code(a);
                 }
                 const uint32_t sign = __float_as_uint(x[v]) >> 31;
                 packed |= ((sign << 3) | mag) << (4 * v);
+                row_counts += (uint32_t)(mag == 0 && x[v] != 0.0f) << 16;
                 const float q = e2m1_magnitude(mag);
                 deq_v[v] = __fmul_rn(sign ? -q : q, scale);
                 // Telemetry in units of 2^e, as the CPU (|x| 2^-e < 8: no overflow).
@@ -222,24 +228,14 @@ __device__ __forceinline__ void mx_quantize_impl(const bf16* __restrict__ src, i
                 sq_err_sum += (double)block_err * four_e;
                 sq_x_sum += (double)block_sq * four_e;
             }
-            clipped_sum += clipped;
+            counts += row_counts;
             if (lane % 4 == 0 && scale_byte == MX_SCALE_NAN) nonfinite_sum += 1.0;
         }
     }
     if (!partials) return;  // kernel-uniform
-    // This block's telemetry: warp sums (fixed butterfly), then warp 0 adds the 8 in order.
-    double t[4] = {sq_err_sum, sq_x_sum, clipped_sum, nonfinite_sum};
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-        for (int m = 16; m > 0; m /= 2) t[i] += __shfl_xor_sync(0xFFFFFFFFu, t[i], m);
-    if (lane == 0)
-        for (int i = 0; i < 4; i++) part[warp][i] = t[i];
-    __syncthreads();
-    if (tid < 4) {
-        double s = 0.0;
-        for (int w = 0; w < MXQ_THREADS / 32; w++) s += part[w][tid];
-        partials[4 * ((size_t)blockIdx.y * gridDim.x + blockIdx.x) + tid] = s;
-    }
+    double t[MX_TELEMETRY_FIELDS] = {sq_err_sum, sq_x_sum, (double)(counts & 0xFFFFu),
+                                     nonfinite_sum, (double)(counts >> 16)};
+    telemetry_block_store<MXQ_THREADS / 32>(t, part, partials);
 }
 
 #define MX_QUANTIZE_KERNEL(NAME, COLWISE, SR)                                                      \
@@ -255,11 +251,16 @@ MX_QUANTIZE_KERNEL(mx_quantize_rowwise_sr, false, true)
 MX_QUANTIZE_KERNEL(mx_quantize_colwise_rtn, true, false)
 MX_QUANTIZE_KERNEL(mx_quantize_colwise_sr, true, true)
 
-// acc[i] += sum of partials[4 j + i] over j in order (i < 4): one block of 4 threads. The
-// persistent accumulator collects a whole step's telemetry on the device; the host reads it once.
-extern "C" __global__ void mx_telemetry_accumulate(double* acc, const double* partials, int n) {
-    if (threadIdx.x >= 4) return;
+// acc[i] += sum of partials[5 j + i] over j in order (i < 5), and the same sum into site[i]
+// when site is not NULL: one block of 5 threads. The persistent accumulators collect the
+// telemetry on the device (the step's total, and per backward-GEMM site); the host reads them
+// once per step or per logging interval.
+extern "C" __global__ void mx_telemetry_accumulate(double* acc, double* site,
+                                                   const double* partials, int n) {
+    const int i = threadIdx.x;
+    if (i >= MX_TELEMETRY_FIELDS) return;
     double s = 0.0;
-    for (int j = 0; j < n; j++) s += partials[4 * (size_t)j + threadIdx.x];
-    acc[threadIdx.x] += s;
+    for (int j = 0; j < n; j++) s += partials[MX_TELEMETRY_FIELDS * (size_t)j + i];
+    acc[i] += s;
+    if (site) site[i] += s;
 }

@@ -33,8 +33,9 @@
 //   The code's bit 3 is x's sign bit.
 //
 // Outputs (quantize kernels): codes [rows, K/2] (element 2i in the low nibble of byte i),
-// scales [rows, K/16] E4M3 bytes, and optional telemetry partials double[4 * tiles]: this
-// tile's (sum (Q(x) - x)^2, sum x^2 over finite blocks, clipped, non-finite blocks), Q(x) =
+// scales [rows, K/16] E4M3 bytes, and optional telemetry partials double[5 * tiles]: this
+// tile's (sum (Q(x) - x)^2, sum x^2 over finite blocks, clipped, non-finite blocks, underflows;
+// mx.cuh's MX_TELEMETRY_FIELDS), Q(x) =
 // code * s_b / s_enc, in the layout of mx_quantize.cu, so mx_telemetry_accumulate sums both.
 // The squares are computed in double per element as the CPU does, and summed in a different
 // order: equal to rounding.
@@ -71,7 +72,7 @@ __device__ __forceinline__ void nvfp4_impl(const bf16* __restrict__ src, int R, 
                                            uint64_t sign_stream, int g) {
     __shared__ __align__(16) bf16 tile[NVQ_ROWS][NVQ_K + NVQ_PAD];
     __shared__ float signs[NVQ_BLOCK];
-    __shared__ double part[NVQ_THREADS / 32][4];
+    __shared__ double part[NVQ_THREADS / 32][MX_TELEMETRY_FIELDS];
     __shared__ float warp_amax[NVQ_THREADS / 32];
 
     const int rows_out = COLWISE ? C : R, K = COLWISE ? R : C;
@@ -102,7 +103,10 @@ __device__ __forceinline__ void nvfp4_impl(const bf16* __restrict__ src, int R, 
 
     const float s_enc = MODE == NVQ_AMAX ? 1.0f : enc[1];
     float tile_amax = 0.0f;
-    double sq_err_sum = 0.0, sq_x_sum = 0.0, clipped_sum = 0.0, nonfinite_sum = 0.0;
+    double sq_err_sum = 0.0, sq_x_sum = 0.0, nonfinite_sum = 0.0;
+    // Clipped elements (bits 0-15) and underflows (bits 16-31) of this thread: at most 8 per row
+    // and 4 rows, so neither field overflows; one register instead of two doubles.
+    uint32_t counts = 0;
     for (int rr = warp; rr < NVQ_ROWS; rr += NVQ_THREADS / 32) {
         const int row = r0 + rr;
         if (row >= rows_out) break;  // warp-uniform
@@ -177,7 +181,7 @@ __device__ __forceinline__ void nvfp4_impl(const bf16* __restrict__ src, int R, 
 
         uint32_t packed = 0, scale_byte;
         double block_err = 0.0, block_sq = 0.0;
-        float clipped = 0.0f;
+        uint32_t row_counts = 0;
         if (!finite) {
             scale_byte = E4M3_NAN;
         } else {
@@ -186,7 +190,10 @@ __device__ __forceinline__ void nvfp4_impl(const bf16* __restrict__ src, int R, 
             const float s_b = e4m3_to_f32(scale_byte);
             if (s_b == 0.0f) {
 #pragma unroll
-                for (int v = 0; v < 8; v++) block_sq += (double)x[v] * (double)x[v];
+                for (int v = 0; v < 8; v++) {
+                    block_sq += (double)x[v] * (double)x[v];
+                    row_counts += (uint32_t)(x[v] != 0.0f) << 16;  // every code is zero
+                }
                 block_err = block_sq;
             } else {
                 const float r = __fdiv_rn(s_enc, s_b);
@@ -194,12 +201,13 @@ __device__ __forceinline__ void nvfp4_impl(const bf16* __restrict__ src, int R, 
 #pragma unroll
                 for (int v = 0; v < 8; v++) {
                     const float a = fabsf(__fmul_rn(x[v], r));
-                    clipped += a > 6.0f ? 1.0f : 0.0f;
+                    row_counts += (uint32_t)(a > 6.0f);
                     uint32_t mag;
                     if (MODE == NVQ_SR) mag = a >= 6.0f ? 7u : sr_code(a, uniform24(words[v]));
                     else mag = rtn_code(a);
                     const uint32_t sign = __float_as_uint(x[v]) >> 31;
                     packed |= ((sign << 3) | mag) << (4 * v);
+                    row_counts += (uint32_t)(mag == 0 && x[v] != 0.0f) << 16;
                     const double d = (double)e2m1_magnitude(mag) * deq - fabs((double)x[v]);
                     block_err += d * d;
                     block_sq += (double)x[v] * (double)x[v];
@@ -214,7 +222,7 @@ __device__ __forceinline__ void nvfp4_impl(const bf16* __restrict__ src, int R, 
                 sq_err_sum += block_err;
                 sq_x_sum += block_sq;
             }
-            clipped_sum += clipped;
+            counts += row_counts;
             if (lane % 2 == 0 && scale_byte == E4M3_NAN) nonfinite_sum += 1.0;
         }
     }
@@ -233,18 +241,9 @@ __device__ __forceinline__ void nvfp4_impl(const bf16* __restrict__ src, int R, 
         return;
     }
     if (!partials) return;  // kernel-uniform
-    double t[4] = {sq_err_sum, sq_x_sum, clipped_sum, nonfinite_sum};
-#pragma unroll
-    for (int i = 0; i < 4; i++)
-        for (int m = 16; m > 0; m /= 2) t[i] += __shfl_xor_sync(0xFFFFFFFFu, t[i], m);
-    if (lane == 0)
-        for (int i = 0; i < 4; i++) part[warp][i] = t[i];
-    __syncthreads();
-    if (tid < 4) {
-        double s = 0.0;
-        for (int w = 0; w < NVQ_THREADS / 32; w++) s += part[w][tid];
-        partials[4 * ((size_t)blockIdx.y * gridDim.x + blockIdx.x) + tid] = s;
-    }
+    double t[MX_TELEMETRY_FIELDS] = {sq_err_sum, sq_x_sum, (double)(counts & 0xFFFFu),
+                                     nonfinite_sum, (double)(counts >> 16)};
+    telemetry_block_store<NVQ_THREADS / 32>(t, part, partials);
 }
 
 #define NVFP4_AMAX_KERNEL(NAME, COLWISE)                                                         \

@@ -7,7 +7,7 @@
 //! Telemetry (squared error, clipped elements, non-finite blocks) must match the CPU's sums to
 //! rounding (it is accumulated in a different order). Outputs are poisoned before every launch.
 
-use gpt::cuda::kernels::mx::{self, Layout, QuantizeOut, QuantizeSpec};
+use gpt::cuda::kernels::mx::{self, Layout, QuantizeOut, QuantizeSpec, TELEMETRY_FIELDS};
 use gpt::cuda::kernels::Ptr;
 use gpt::mx::format::{e2m1_decode, e8m0_decode, pack_codes};
 use gpt::mx::{hadamard, quantize_rows, MxOperand, MxTelemetry, Rounding};
@@ -41,7 +41,7 @@ struct GpuResult {
     packed: Vec<u8>,
     scales: Vec<u8>,
     deq: Vec<bf16>,
-    telemetry: [f64; 4],
+    telemetry: [f64; 5],
 }
 
 fn gpu_quantize(g: &Gpu, src: &[bf16], r: usize, c: usize, spec: &QuantizeSpec) -> GpuResult {
@@ -52,7 +52,7 @@ fn gpu_quantize(g: &Gpu, src: &[bf16], r: usize, c: usize, spec: &QuantizeSpec) 
     let deq = poisoned::<bf16>(g, rows * k);
     let np = mx::telemetry_partials_len(rows, k);
     let partials = poisoned::<f64>(g, np);
-    let acc = g.upload(&[0.0f64; 4]).unwrap();
+    let acc = g.upload(&[0.0f64; TELEMETRY_FIELDS]).unwrap();
     mx::quantize(
         g,
         Ptr::of(&s),
@@ -67,13 +67,20 @@ fn gpu_quantize(g: &Gpu, src: &[bf16], r: usize, c: usize, spec: &QuantizeSpec) 
         },
     )
     .unwrap();
-    mx::telemetry_accumulate(g, Ptr::of(&acc), Ptr::of(&partials), np / 4).unwrap();
+    mx::telemetry_accumulate(
+        g,
+        Ptr::of(&acc),
+        None,
+        Ptr::of(&partials),
+        np / TELEMETRY_FIELDS,
+    )
+    .unwrap();
     let t = g.download(&acc).unwrap();
     GpuResult {
         packed: g.download(&codes).unwrap(),
         scales: g.download(&scales).unwrap(),
         deq: g.download(&deq).unwrap(),
-        telemetry: [t[0], t[1], t[2], t[3]],
+        telemetry: [t[0], t[1], t[2], t[3], t[4]],
     }
 }
 
@@ -139,6 +146,7 @@ fn check(what: &str, src: &[bf16], r: usize, c: usize, spec: &QuantizeSpec, g: &
     );
     assert_eq!(got.telemetry[2], tel.clipped as f64, "{what}: clipped");
     assert_eq!(got.telemetry[3], nonfinite, "{what}: non-finite blocks");
+    assert_eq!(got.telemetry[4], tel.underflow as f64, "{what}: underflows");
 }
 
 fn spec(layout: Layout, rounding: Rounding, hadamard_block: Option<usize>) -> QuantizeSpec {
@@ -315,6 +323,8 @@ fn nonfinite_input_under_rht_poisons_its_segment() {
             .collect();
         assert_eq!(nan_blocks, vec![8 + 2, 8 + 3, 24 + 6, 24 + 7], "{layout:?}");
         assert_eq!(got.telemetry[3], 4.0);
+        // Normal inputs: many elements far below their block's amax round to zero.
+        assert!(got.telemetry[4] > 0.0, "{layout:?}: no underflow counted");
     }
 }
 

@@ -63,7 +63,7 @@ struct GpuQuant {
     packed: Vec<u8>,
     scales: Vec<u8>,
     enc: Vec<f32>,
-    telemetry: [f64; 4],
+    telemetry: [f64; 5],
 }
 
 fn gpu_quantize(g: &Gpu, src: &[bf16], r: usize, c: usize, sp: &Nvfp4Spec) -> GpuQuant {
@@ -75,7 +75,7 @@ fn gpu_quantize(g: &Gpu, src: &[bf16], r: usize, c: usize, sp: &Nvfp4Spec) -> Gp
     let amax = poisoned::<f32>(g, nvfp4::amax_partials_len(rows, k));
     let np = kmx::telemetry_partials_len(rows, k);
     let partials = poisoned::<f64>(g, np);
-    let acc = g.upload(&[0.0f64; 4]).unwrap();
+    let acc = g.upload(&[0.0f64; kmx::TELEMETRY_FIELDS]).unwrap();
     nvfp4::quantize(
         g,
         Ptr::of(&s),
@@ -91,13 +91,20 @@ fn gpu_quantize(g: &Gpu, src: &[bf16], r: usize, c: usize, sp: &Nvfp4Spec) -> Gp
         },
     )
     .unwrap();
-    kmx::telemetry_accumulate(g, Ptr::of(&acc), Ptr::of(&partials), np / 4).unwrap();
+    kmx::telemetry_accumulate(
+        g,
+        Ptr::of(&acc),
+        None,
+        Ptr::of(&partials),
+        np / kmx::TELEMETRY_FIELDS,
+    )
+    .unwrap();
     let t = g.download(&acc).unwrap();
     GpuQuant {
         packed: g.download(&codes).unwrap(),
         scales: g.download(&scales).unwrap(),
         enc: g.download(&enc).unwrap(),
-        telemetry: [t[0], t[1], t[2], t[3]],
+        telemetry: [t[0], t[1], t[2], t[3], t[4]],
     }
 }
 
@@ -165,6 +172,7 @@ fn check(what: &str, g: &Gpu, src: &[bf16], r: usize, c: usize, sp: &Nvfp4Spec) 
         got.telemetry[3], tel.nonfinite_blocks as f64,
         "{what}: non-finite blocks"
     );
+    assert_eq!(got.telemetry[4], tel.underflow as f64, "{what}: underflows");
     want
 }
 
@@ -379,6 +387,7 @@ fn rht_mixes_a_nonfinite_value_into_its_segment_only() {
             .collect();
         assert_eq!(nan_blocks, vec![4 + 1, 20 + 3], "{layout:?}");
         assert_eq!(got.telemetry[3], 2.0);
+        assert!(got.telemetry[4] > 0.0, "{layout:?}: no underflow counted");
     }
 }
 

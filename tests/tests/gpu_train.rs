@@ -41,7 +41,7 @@ use gpt::cuda::{MxGemmChoice, MxGemmPath};
 use gpt::layout::{Arena, TensorRef};
 use gpt::model::{Gpt, PrecisionPlan};
 use gpt::mx::fp8::{ForwardConfig, Fp8Scaling};
-use gpt::mx::MxConfig;
+use gpt::mx::{MxConfig, MxTelemetry, SiteTelemetry};
 use gpt::precision::{BackwardMode, ForwardMode};
 use gpt::rng::SplitMix64;
 
@@ -378,6 +378,65 @@ fn mxfp4_with_bf16_blocks_matches_cpu() {
 /// integer path the GPU's dX and dW must equal the bf16 rounding of the CPU's FP32 results bit
 /// for bit (the quantized operands are then identical too), on the bf16 path agree to the
 /// FP32-summation bound of gpu_mx_gemm.rs (checked here as 1% of the output's RMS).
+/// The GPU's quantizer telemetry of the same quantizations as the CPU's, in total and per
+/// backward-GEMM site: the same sites and counts (clipped, non-finite, underflows), the sums to
+/// a relative `tol` (summation order). The inputs must underflow somewhere, so that the count
+/// is checked on something.
+fn same_telemetry(
+    what: &str,
+    (gpu_total, gpu_sites): (&MxTelemetry, &[SiteTelemetry]),
+    (cpu_total, cpu_sites): (&MxTelemetry, &[SiteTelemetry]),
+    tol: f64,
+) {
+    let same = |at: &str, g: &MxTelemetry, c: &MxTelemetry| {
+        // The measured noise: the GPU's products are rounded to bf16, the CPU's are f32.
+        assert!(
+            c.exact_sq > 0.0 && c.noise_sq > 0.0,
+            "{what} {at}: noise not measured"
+        );
+        let noise = [
+            (g.noise_sq, c.noise_sq, 2e-2),
+            (g.exact_sq, c.exact_sq, 1e-2),
+        ];
+        for (a, b, rel) in noise {
+            assert!(
+                (a - b).abs() <= rel * b,
+                "{what} {at}: noise sums {a} vs {b}"
+            );
+        }
+        let counts = |t: &MxTelemetry| {
+            (
+                t.elements,
+                t.clipped,
+                t.nonfinite_blocks,
+                t.underflow,
+                t.underflow_counted,
+            )
+        };
+        assert_eq!(
+            counts(g),
+            counts(c),
+            "{what} {at}: (elements, clipped, non-finite, underflow, counted)"
+        );
+        for (a, b) in [(g.sq_err, c.sq_err), (g.sq_sum, c.sq_sum)] {
+            assert!(
+                (a - b).abs() <= tol * b.abs(),
+                "{what} {at}: sums {a} vs {b}"
+            );
+        }
+    };
+    same("total", gpu_total, cpu_total);
+    assert!(
+        cpu_total.underflow > 0,
+        "{what}: the inputs underflow nowhere"
+    );
+    let labels = |s: &[SiteTelemetry]| s.iter().map(|x| x.label()).collect::<Vec<_>>();
+    assert_eq!(labels(gpu_sites), labels(cpu_sites), "{what}: sites");
+    for (g, c) in gpu_sites.iter().zip(cpu_sites) {
+        same(&g.label(), &g.telemetry, &c.telemetry);
+    }
+}
+
 #[test]
 fn mxfp4_linear_backward_matches_the_cpu_op() {
     use gpt::backend::LinearBackward;
@@ -435,13 +494,20 @@ fn mxfp4_linear_backward_matches_the_cpu_op() {
                 })
                 .unwrap();
                 be.zero_grads().unwrap();
+                be.set_mx_noise_measurement(true);
                 be.write(dout, &dy).unwrap();
                 be.write(inp, &x).unwrap();
                 be.write(w, &wv).unwrap();
                 be.linear_backward(dinp, dw, Some(db), dout, inp, w, rows, c, 4 * c, Some(p))
                     .unwrap();
                 let t = be.take_mx_telemetry();
-                out.push((be.read(dinp).unwrap(), be.read(dw).unwrap(), t.clone()));
+                let sites = be.take_mx_site_telemetry();
+                out.push((
+                    be.read(dinp).unwrap(),
+                    be.read(dw).unwrap(),
+                    t.clone(),
+                    sites,
+                ));
                 // dgrad quantizes dY [rows, 4C] and W [4C, C]; wgrad dY and X along the rows.
                 assert_eq!(
                     t.elements,
@@ -449,18 +515,16 @@ fn mxfp4_linear_backward_matches_the_cpu_op() {
                 );
             }
             let (want, got) = (&out[0], &out[1]);
-            // Telemetry of the same quantizations: the same counts, sums to rounding.
-            let (tc, tg) = (&want.2, &got.2);
-            assert_eq!(
-                (tg.clipped, tg.nonfinite_blocks),
-                (tc.clipped, tc.nonfinite_blocks)
+            // Telemetry of the same quantizations: the same counts, sums to rounding; in total
+            // and per site (this layer's dgrad and wgrad, nothing else).
+            same_telemetry(
+                &mode.to_string(),
+                (&got.2, &got.3),
+                (&want.2, &want.3),
+                1e-5,
             );
-            for (a, b) in [(tg.sq_err, tc.sq_err), (tg.sq_sum, tc.sq_sum)] {
-                assert!(
-                    (a - b).abs() <= 1e-5 * b.abs(),
-                    "{mode} telemetry {a} vs {b}"
-                );
-            }
+            let labels: Vec<String> = got.3.iter().map(|x| x.label()).collect();
+            assert_eq!(labels, ["layer 1 mlp_up dgrad", "layer 1 mlp_up wgrad"]);
             for (what, g, w) in [("dX", &got.0, &want.0), ("dW", &got.1, &want.1)] {
                 let rms =
                     (w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
@@ -546,13 +610,20 @@ fn nvfp4_linear_backward_matches_the_cpu_op() {
             })
             .unwrap();
             be.zero_grads().unwrap();
+            be.set_mx_noise_measurement(true);
             be.write(dout, &dy).unwrap();
             be.write(inp, &x).unwrap();
             be.write(w, &wv).unwrap();
             be.linear_backward(dinp, dw, Some(db), dout, inp, w, rows, 4 * c, c, Some(p))
                 .unwrap();
             let t = be.take_mx_telemetry();
-            out.push((be.read(dinp).unwrap(), be.read(dw).unwrap(), t.clone()));
+            let sites = be.take_mx_site_telemetry();
+            out.push((
+                be.read(dinp).unwrap(),
+                be.read(dw).unwrap(),
+                t.clone(),
+                sites,
+            ));
             // dgrad quantizes dY [rows, C] and W [C, 4C] along C; wgrad dY and X along the rows.
             assert_eq!(
                 t.elements,
@@ -561,18 +632,13 @@ fn nvfp4_linear_backward_matches_the_cpu_op() {
         }
         assert_eq!(gpu.mx_gemm_path(), Some(MxGemmPath::Int8));
         let (want, got) = (&out[0], &out[1]);
-        let (tc, tg) = (&want.2, &got.2);
-        assert_eq!(
-            (tg.clipped, tg.nonfinite_blocks),
-            (tc.clipped, tc.nonfinite_blocks),
-            "{mode} telemetry counts"
+        same_telemetry(
+            &mode.to_string(),
+            (&got.2, &got.3),
+            (&want.2, &want.3),
+            1e-9,
         );
-        for (a, b) in [(tg.sq_err, tc.sq_err), (tg.sq_sum, tc.sq_sum)] {
-            assert!(
-                (a - b).abs() <= 1e-9 * b.abs(),
-                "{mode} telemetry {a} vs {b}"
-            );
-        }
+        assert_eq!(got.3.len(), 2, "{mode}: this layer's dgrad and wgrad sites");
         for (what, g, w) in [("dX", &got.0, &want.0), ("dW", &got.1, &want.1)] {
             let rms = (w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
             assert!(rms > 0.0, "{mode} {what} is all zeros");

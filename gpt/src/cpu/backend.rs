@@ -12,7 +12,7 @@ use crate::backend::{
 use crate::config::ModelConfig;
 use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
 use crate::mx::fp8::{self, ForwardConfig, Fp8Operand, Fp8Scaling, Fp8State};
-use crate::mx::{self, MxConfig, MxRecorder, MxTelemetry, SiteTelemetry};
+use crate::mx::{self, MxConfig, MxRecorder, MxTelemetry, SiteGemm, SiteTelemetry};
 use crate::precision::BackwardMode;
 
 pub struct CpuBackend {
@@ -444,8 +444,13 @@ impl Backend for CpuBackend {
         };
         let scales = (scale(Fp8Operand::Input, x), scale(Fp8Operand::Weight, wv));
         let b = bias.map(|b| self.read(b)).transpose()?;
+        let mut tel = MxTelemetry::default();
+        let record = site.training.then_some(fp8::Fp8Record {
+            telemetry: &mut tel,
+            measure_noise: self.telemetry.measure_noise,
+        });
         let ([o], [x, wv]) = self.views([out], [inp, w]);
-        fp8::linear_forward_f32(o, x, wv, b.as_deref(), scales, oc, |xq, wq, o| {
+        fp8::linear_forward_f32(o, x, wv, b.as_deref(), scales, oc, record, |xq, wq, o| {
             super::gemm::sgemm(
                 MatRef::row_major(xq, rows, ic),
                 MatRef::transposed(wq, ic, oc),
@@ -455,6 +460,10 @@ impl Backend for CpuBackend {
             )
         });
         self.fp8 = state;
+        if site.training {
+            let layer = site.layer as u32;
+            (self.telemetry).record_site(layer, site.linear, SiteGemm::Forward, &tel);
+        }
         if let Some(g) = gelu_out {
             let ([go], [pre]) = self.views([g], [out]);
             ops::gelu_forward(go, pre);

@@ -36,7 +36,7 @@ use crate::config::ModelConfig;
 use crate::cpu::ops::AdamW;
 use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
 use crate::mx::fp8::{ForwardConfig, Fp8Operand, Fp8Scaling, Fp8State};
-use crate::mx::{MxConfig, MxTelemetry};
+use crate::mx::{MxConfig, MxTelemetry, SiteTelemetry};
 use runtime::cuda::half::bf16;
 use runtime::cuda::{CudaError, DeviceBuffer, Gpu};
 
@@ -777,6 +777,22 @@ impl Backend for CudaBackend {
         m.take_telemetry(&self.gpu).unwrap_or_else(|e| {
             log::warn!("MXFP4 telemetry unavailable: {e}");
             MxTelemetry::default()
+        })
+    }
+
+    fn set_mx_noise_measurement(&mut self, on: bool) {
+        if let Some(m) = self.mx.as_mut() {
+            m.measure_noise = on;
+        }
+    }
+
+    fn take_mx_site_telemetry(&mut self) -> Vec<SiteTelemetry> {
+        let Some(m) = self.mx.as_mut() else {
+            return Vec::new();
+        };
+        m.take_site_telemetry(&self.gpu).unwrap_or_else(|e| {
+            log::warn!("per-layer MXFP4 telemetry unavailable: {e}");
+            Vec::new()
         })
     }
 

@@ -38,7 +38,8 @@ use super::kernels::{gemm, Ptr};
 use crate::backend::{BResult, BackendError, LinearBackward};
 use crate::config::ModelConfig;
 use crate::mx::gemm::SR_FACTOR;
-use crate::mx::{GemmKind, MxConfig, MxTelemetry, Rounding, StreamRole};
+use crate::mx::StreamRole;
+use crate::mx::{GemmId, GemmKind, LinearKind, MxConfig, MxTelemetry, Rounding, SiteTelemetry};
 use runtime::cuda::half::bf16;
 use runtime::cuda::{CudaError, DeviceBuffer, Gpu};
 
@@ -148,7 +149,20 @@ pub fn scratch_bytes(
         MxGemmPath::Bf16 => 2 * (a + b),
         MxGemmPath::Int8 | MxGemmPath::Tcgen05 => (a + b) / 2 + (a + b) / 32,
     };
-    operands + 8 * (partials + 4)
+    let sites = cfg.layers * LINEARS.len() * 2;
+    // The noise measurement's two bf16 products (allocated at the first measured step).
+    let noise = 2 * 2 * largest_product(cfg, batch * seq) + 8 * 2 * kmx::NOISE_BLOCKS;
+    operands + 8 * (partials + ACC * (1 + sites)) + noise
+}
+
+/// Elements of the largest [m, n] product of the model's backward GEMMs at `rows` = B·T tokens
+/// (dX [rows, ic] or dW [oc, ic]).
+fn largest_product(cfg: &ModelConfig, rows: usize) -> usize {
+    linear_shapes(cfg.channels)
+        .iter()
+        .map(|&(ic, oc)| (rows * ic).max(oc * ic))
+        .max()
+        .unwrap_or(0)
 }
 
 /// One operand's quantized form, as the path consumes it.
@@ -223,9 +237,62 @@ pub struct MxBackward {
     partials: DeviceBuffer<f64>,
     /// NVFP4's per-tile amax partials (one f32 per quantize tile; unused by MXFP4).
     amax: DeviceBuffer<f32>,
-    /// Running (squared error, squared values, clipped, non-finite blocks) on the device.
+    /// Running sums on the device (`kmx::TELEMETRY_FIELDS` each: squared error, squared
+    /// values, clipped, non-finite blocks, underflows): the step's total first, then one per
+    /// backward-GEMM site (`site_index`), read at the per-layer logging interval; `ACC` f64
+    /// each.
     totals: DeviceBuffer<f64>,
     elements: u64,
+    /// Elements quantized per site since the sites were last taken (known on the host).
+    site_elements: Vec<u64>,
+    /// While on, every GEMM's 4-bit product is measured against the exact one.
+    pub measure_noise: bool,
+    /// The measurement's scratch, allocated on the first measured GEMM.
+    noise: Option<NoiseScratch>,
+    /// The largest product [m, n] of the model's backward GEMMs, for the scratch's size.
+    largest_product: usize,
+}
+
+/// Scratch of the noise measurement: the 4-bit product when it cannot be read from the GEMM's
+/// output (wgrad accumulates into dW), the exact product, the kernel's partial sums.
+struct NoiseScratch {
+    q: DeviceBuffer<bf16>,
+    e: DeviceBuffer<bf16>,
+    partials: DeviceBuffer<f64>,
+}
+
+/// The quantizer's fields (`kmx::TELEMETRY_FIELDS`) of every accumulator.
+const FIELDS: usize = kmx::TELEMETRY_FIELDS;
+/// An accumulator: the quantizer's fields, then the measured noise (sum (Q - E)^2, sum E^2).
+const ACC: usize = FIELDS + 2;
+const LINEARS: [LinearKind; 4] = [
+    LinearKind::Qkv,
+    LinearKind::AttnProj,
+    LinearKind::MlpUp,
+    LinearKind::MlpDown,
+];
+
+/// The site of a backward GEMM in `totals` (after the step total): (layer, linear, GEMM) order.
+fn site_index(id: &GemmId) -> usize {
+    (id.layer as usize * 4 + id.linear as usize) * 2 + id.gemm as usize
+}
+
+/// One accumulator as telemetry; underflows are counted over the finite blocks of
+/// `block` elements (32 for MXFP4, 16 for NVFP4), as on the CPU.
+fn telemetry_of(t: &[f64], elements: u64, block: u64) -> MxTelemetry {
+    let nonfinite_blocks = t[3] as u64;
+    MxTelemetry {
+        elements,
+        sq_err: t[0],
+        sq_sum: t[1],
+        clipped: t[2] as u64,
+        nonfinite_blocks,
+        underflow: t[4] as u64,
+        underflow_counted: elements - nonfinite_blocks * block,
+        noise_sq: t[FIELDS],
+        exact_sq: t[FIELDS + 1],
+        ..MxTelemetry::default()
+    }
 }
 
 fn cuda(e: CudaError) -> BackendError {
@@ -251,7 +318,8 @@ impl MxBackward {
         cfg: MxConfig,
     ) -> runtime::cuda::Result<MxBackward> {
         let (a, b, partials) = sizes(model, batch * seq);
-        let totals = g.alloc(4)?;
+        let sites = model.layers * LINEARS.len() * 2;
+        let totals = g.alloc(ACC * (1 + sites))?;
         g.fill_bytes(&totals, 0)?;
         let nvfp4 = cfg.mode.is_nvfp4();
         Ok(MxBackward {
@@ -259,14 +327,46 @@ impl MxBackward {
             cfg,
             a: Operand::new(g, path, a, nvfp4)?,
             b: Operand::new(g, path, b, nvfp4)?,
-            partials: g.alloc(partials.max(4))?,
+            partials: g.alloc(partials.max(FIELDS))?,
             amax: g.alloc(if nvfp4 { (partials / 4).max(1) } else { 1 })?,
             totals,
             elements: 0,
+            site_elements: vec![0; sites],
+            measure_noise: false,
+            noise: None,
+            largest_product: largest_product(model, batch * seq),
         })
     }
 
-    fn quantize(&mut self, g: &Gpu, which: usize, s: &Source, spec: &QuantizeSpec) -> BResult<()> {
+    /// Adds a quantize launch's partials (`rows` x `k` elements) to the step total and to the
+    /// site of GEMM `id`.
+    fn accumulate_telemetry(&mut self, g: &Gpu, id: &GemmId, rows: usize, k: usize) -> BResult<()> {
+        let site = site_index(id);
+        if site >= self.site_elements.len() {
+            return Err(BackendError(format!(
+                "telemetry site of layer {} outside the model's {} layers",
+                id.layer,
+                self.site_elements.len() / 8
+            )));
+        }
+        let n = kmx::telemetry_partials_len(rows, k) / FIELDS;
+        let site_sums = Ptr::of(&self.totals).slice(ACC * (1 + site), FIELDS);
+        let total = Ptr::of(&self.totals).slice(0, FIELDS);
+        kmx::telemetry_accumulate(g, total, Some(site_sums), Ptr::of(&self.partials), n)
+            .map_err(cuda)?;
+        self.elements += (rows * k) as u64;
+        self.site_elements[site] += (rows * k) as u64;
+        Ok(())
+    }
+
+    fn quantize(
+        &mut self,
+        g: &Gpu,
+        which: usize,
+        s: &Source,
+        spec: &QuantizeSpec,
+        id: &GemmId,
+    ) -> BResult<()> {
         let target = if which == 0 { &self.a } else { &self.b };
         let (rows, k) = s.layout.shape(s.r, s.c);
         let out = QuantizeOut {
@@ -274,11 +374,7 @@ impl MxBackward {
             ..target.out()
         };
         kmx::quantize(g, s.src, s.r, s.c, spec, out).map_err(|e| BackendError(e.context))?;
-        let n = kmx::telemetry_partials_len(rows, k) / 4;
-        kmx::telemetry_accumulate(g, Ptr::of(&self.totals), Ptr::of(&self.partials), n)
-            .map_err(cuda)?;
-        self.elements += (rows * k) as u64;
-        Ok(())
+        self.accumulate_telemetry(g, id, rows, k)
     }
 
     /// One NVFP4 operand's quantization into `which` (0: A, 1: B), its telemetry accumulated.
@@ -288,6 +384,7 @@ impl MxBackward {
         which: usize,
         s: &Source,
         spec: &Nvfp4Spec,
+        id: &GemmId,
     ) -> BResult<()> {
         let target = if which == 0 { &self.a } else { &self.b };
         let (rows, k) = s.layout.shape(s.r, s.c);
@@ -302,11 +399,7 @@ impl MxBackward {
             partials: Some(Ptr::of(&self.partials)),
         };
         knv::quantize(g, s.src, s.r, s.c, spec, out).map_err(|e| BackendError(e.context))?;
-        let n = kmx::telemetry_partials_len(rows, k) / 4;
-        kmx::telemetry_accumulate(g, Ptr::of(&self.totals), Ptr::of(&self.partials), n)
-            .map_err(cuda)?;
-        self.elements += (rows * k) as u64;
-        Ok(())
+        self.accumulate_telemetry(g, id, rows, k)
     }
 
     /// One NVFP4 backward GEMM (docs/numerics.md section 10's recipe): A, the gradient, rounded
@@ -354,19 +447,13 @@ impl MxBackward {
                 p.mode, id.layer, id.linear, e.0
             ))
         };
-        self.quantize_nvfp4(g, 0, &a, &sa).map_err(context)?;
-        self.quantize_nvfp4(g, 1, &b, &sb).map_err(context)?;
-        knv::gemm(
-            g,
-            out,
-            self.a.nvfp4_ref(),
-            self.b.nvfp4_ref(),
-            m,
-            n,
-            k,
-            accumulate,
-        )
-        .map_err(|e| context(cuda(e)))
+        self.quantize_nvfp4(g, 0, &a, &sa, &id).map_err(context)?;
+        self.quantize_nvfp4(g, 1, &b, &sb, &id).map_err(context)?;
+        let shape = (m, n, k);
+        self.product(g, out, shape, 1.0, accumulate)
+            .map_err(context)?;
+        self.measure(g, &id, &a, &b, out, shape, 1.0, accumulate)
+            .map_err(context)
     }
 
     /// One backward GEMM `out (+)= A · B` with A = `a` [m, k] and B^T = `b` [n, k] after
@@ -420,13 +507,30 @@ impl MxBackward {
                 id.layer, id.linear, e.0
             ))
         };
-        self.quantize(g, 0, &a, &sa).map_err(context)?;
-        self.quantize(g, 1, &b, &sb).map_err(context)?;
+        self.quantize(g, 0, &a, &sa, &id).map_err(context)?;
+        self.quantize(g, 1, &b, &sb, &id).map_err(context)?;
         let alpha = if rounding == Rounding::Sr {
             SR_FACTOR
         } else {
             1.0
         };
+        let shape = (m, n, k);
+        self.product(g, out, shape, alpha, accumulate)
+            .map_err(context)?;
+        self.measure(g, &id, &a, &b, out, shape, alpha, accumulate)
+            .map_err(context)
+    }
+
+    /// `out (+)= alpha · Q(A) · Q(B)^T`, [m, n] over K = k, from the operands last quantized into
+    /// the scratch, on this backward's GEMM path (NVFP4: its s8 GEMM, the scales inside).
+    fn product(
+        &self,
+        g: &Gpu,
+        out: Ptr<bf16>,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        accumulate: bool,
+    ) -> BResult<()> {
         let r = match (&self.a, &self.b) {
             (Operand::Dequantized(da), Operand::Dequantized(db)) => {
                 gemm::matmul_kmajor(g, out, Ptr::of(da), Ptr::of(db), m, n, k, alpha, accumulate)
@@ -458,9 +562,71 @@ impl MxBackward {
                     _ => kmx::gemm_int8(g, out, qa, qb, m, n, k, alpha, accumulate),
                 }
             }
+            (Operand::Nvfp4 { .. }, Operand::Nvfp4 { .. }) => knv::gemm(
+                g,
+                out,
+                self.a.nvfp4_ref(),
+                self.b.nvfp4_ref(),
+                m,
+                n,
+                k,
+                accumulate,
+            ),
             _ => unreachable!("both operands follow the path"),
         };
-        r.map_err(|e| context(cuda(e)))
+        r.map_err(cuda)
+    }
+
+    /// With `measure_noise` on: the GEMM's 4-bit product against the exact product of its bf16
+    /// operands A = `a` [m, k] and B^T = `b` [n, k], added to GEMM `id`'s site (the noise sums
+    /// of docs/numerics.md section 7). `out` holds the 4-bit product unless the GEMM
+    /// accumulated into it (wgrad), in which case the product is formed again in the scratch.
+    /// The exact product is the BF16 GEMM's (bf16 output), the same call the BF16 backward makes.
+    #[allow(clippy::too_many_arguments)]
+    fn measure(
+        &mut self,
+        g: &Gpu,
+        id: &GemmId,
+        a: &Source,
+        b: &Source,
+        out: Ptr<bf16>,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        accumulate: bool,
+    ) -> BResult<()> {
+        if !self.measure_noise {
+            return Ok(());
+        }
+        if self.noise.is_none() {
+            let len = self.largest_product;
+            let scratch = NoiseScratch {
+                q: g.alloc(len).map_err(cuda)?,
+                e: g.alloc(len).map_err(cuda)?,
+                partials: g.alloc(2 * kmx::NOISE_BLOCKS).map_err(cuda)?,
+            };
+            self.noise = Some(scratch);
+        }
+        let ns = self.noise.as_ref().expect("allocated above");
+        let q = if accumulate {
+            let q = Ptr::of(&ns.q).slice(0, m * n);
+            self.product(g, q, (m, n, k), alpha, false)?;
+            q
+        } else {
+            out
+        };
+        let e = Ptr::of(&ns.e).slice(0, m * n);
+        match id.gemm {
+            // dX [rows = m, ic = n] = dY [rows, oc = k] · W [oc, ic].
+            GemmKind::Dgrad => gemm::matmul_backward_input(g, e, a.src, b.src, m, n, k),
+            // dW [oc = m, ic = n] = dY^T · X over rows = k, into zeros.
+            GemmKind::Wgrad => g
+                .fill_bytes_range(&ns.e, 0, m * n, 0)
+                .and_then(|_| gemm::matmul_backward_weight(g, e, a.src, b.src, k, n, m)),
+        }
+        .map_err(cuda)?;
+        let total = Ptr::of(&self.totals).slice(FIELDS, 2);
+        let site = Ptr::of(&self.totals).slice(ACC * (1 + site_index(id)) + FIELDS, 2);
+        kmx::noise_accumulate(g, total, site, Ptr::of(&ns.partials), q, e, m * n).map_err(cuda)
     }
 
     /// dgrad and wgrad of one linear layer (dX overwritten, dW accumulated), as the CPU's
@@ -521,19 +687,50 @@ impl MxBackward {
         )
     }
 
-    /// The telemetry since the last call (one device read), and a reset.
+    /// Elements per quantization block (scale).
+    fn block(&self) -> u64 {
+        if self.cfg.mode.is_nvfp4() {
+            crate::mx::nvfp4::BLOCK as u64
+        } else {
+            crate::mx::format::BLOCK as u64
+        }
+    }
+
+    /// The step's telemetry since the last call (one device read of the total), and a reset.
     pub fn take_telemetry(&mut self, g: &Gpu) -> BResult<MxTelemetry> {
-        let t = g.download(&self.totals).map_err(cuda)?;
-        g.fill_bytes(&self.totals, 0).map_err(cuda)?;
-        let tel = MxTelemetry {
-            elements: self.elements,
-            sq_err: t[0],
-            sq_sum: t[1],
-            clipped: t[2] as u64,
-            nonfinite_blocks: t[3] as u64,
-            ..MxTelemetry::default()
-        };
+        let mut t = [0.0f64; ACC];
+        g.copy_to_host_at(&self.totals, 0, &mut t).map_err(cuda)?;
+        g.fill_bytes_range(&self.totals, 0, ACC, 0).map_err(cuda)?;
+        let tel = telemetry_of(&t, self.elements, self.block());
         self.elements = 0;
         Ok(tel)
+    }
+
+    /// Every backward-GEMM site's telemetry since the last call, in (layer, linear, GEMM)
+    /// order, leaving out the sites that quantized nothing; and a reset of the sites.
+    pub fn take_site_telemetry(&mut self, g: &Gpu) -> BResult<Vec<SiteTelemetry>> {
+        let all = g.download(&self.totals).map_err(cuda)?;
+        let (sites, block) = (self.site_elements.len(), self.block());
+        g.fill_bytes_range(&self.totals, ACC, ACC * sites, 0)
+            .map_err(cuda)?;
+        let mut out = Vec::new();
+        for (i, elements) in std::mem::replace(&mut self.site_elements, vec![0; sites])
+            .into_iter()
+            .enumerate()
+            .filter(|(_, e)| *e > 0)
+        {
+            let gemm = if i % 2 == 0 {
+                GemmKind::Dgrad
+            } else {
+                GemmKind::Wgrad
+            };
+            out.push(SiteTelemetry {
+                layer: (i / 8) as u32,
+                linear: LINEARS[(i / 2) % 4],
+                gemm: gemm.into(),
+                telemetry: telemetry_of(&all[ACC * (1 + i)..ACC * (2 + i)], elements, block),
+            });
+        }
+        Ok(out)
     }
 }

@@ -5,6 +5,8 @@
 //! value is 448; 0x7F / 0xFF are NaN; no infinity. `e4m3_from_f32` rounds to nearest, ties to
 //! even, saturating at ±448 (`cvt.rn.satfinite.e4m3x2.f32` on the GPU).
 
+use super::MxTelemetry;
+
 /// The largest finite E4M3 value.
 pub const E4M3_MAX: f32 = 448.0;
 /// The canonical E4M3 NaN byte.
@@ -112,6 +114,38 @@ pub fn quantize_to_f32(x: &[f32], scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// Scaled values above this are saturated: an E4M3 with a larger exponent range would round
+/// them past 448 (to 480 or beyond); those in (448, 464] round to 448 either way.
+const SATURATES_ABOVE: f32 = 464.0;
+
+/// `quantize_to_f32`, adding the operand's statistics to `tel`: its elements, those saturated
+/// (|x s| > 464: clamped to 448), the non-zero ones flushed to zero, and the squared error of
+/// the dequantized q / s against x (non-finite inputs are left out of the sums).
+pub fn quantize_to_f32_recorded(x: &[f32], scale: f32, tel: &mut MxTelemetry) -> Vec<f32> {
+    let q = quantize_to_f32(x, scale);
+    let inv = 1.0 / scale as f64;
+    for (&v, &qv) in x.iter().zip(&q) {
+        if !v.is_finite() {
+            continue;
+        }
+        tel.clipped += ((v * scale).abs() > SATURATES_ABOVE) as u64;
+        tel.underflow += (v != 0.0 && qv == 0.0) as u64;
+        let err = qv as f64 * inv - v as f64;
+        tel.sq_err += err * err;
+        tel.sq_sum += (v as f64) * (v as f64);
+    }
+    tel.elements += x.len() as u64;
+    tel.underflow_counted += x.len() as u64;
+    q
+}
+
+/// What one FP8 forward GEMM adds to the telemetry: its operands' statistics always, and the
+/// output's error against the exact product when `measure_noise` (one more FP32 GEMM).
+pub struct Fp8Record<'a> {
+    pub telemetry: &'a mut MxTelemetry,
+    pub measure_noise: bool,
+}
+
 /// The forward precision of the blocks' linear layers (`--forward`, `--fp8-scaling`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ForwardConfig {
@@ -202,7 +236,8 @@ impl Fp8State {
 
 /// The FP8 forward GEMM on f32 operands, as section 9 defines it: out (rows x oc) =
 /// (Σ e4m3(x s_x) e4m3(W s_W)) / (s_x s_W) + bias; `gemm(xq, wq, out)` is the FP32 GEMM
-/// out = xq · wq^T that the caller's backend provides.
+/// out = xq · wq^T that the caller's backend provides. With `record`, the operands' statistics
+/// (and, when asked, the output's error before the bias) go to its telemetry; `out` is the same.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_forward_f32(
     out: &mut [f32],
@@ -211,17 +246,36 @@ pub fn linear_forward_f32(
     bias: Option<&[f32]>,
     (s_x, s_w): (f32, f32),
     oc: usize,
-    gemm: impl FnOnce(&[f32], &[f32], &mut [f32]),
+    mut record: Option<Fp8Record>,
+    gemm: impl Fn(&[f32], &[f32], &mut [f32]),
 ) {
-    let xq = quantize_to_f32(x, s_x);
-    let wq = quantize_to_f32(w, s_w);
+    let (xq, wq) = match &mut record {
+        Some(r) => {
+            let tel = &mut *r.telemetry;
+            (
+                quantize_to_f32_recorded(x, s_x, tel),
+                quantize_to_f32_recorded(w, s_w, tel),
+            )
+        }
+        None => (quantize_to_f32(x, s_x), quantize_to_f32(w, s_w)),
+    };
     gemm(&xq, &wq, out);
     let s = s_x * s_w;
-    for row in out.chunks_exact_mut(oc) {
-        for (j, o) in row.iter_mut().enumerate() {
-            *o /= s;
-            if let Some(b) = bias {
-                *o += b[j];
+    for o in out.iter_mut() {
+        *o /= s;
+    }
+    if let Some(r) = record.filter(|r| r.measure_noise) {
+        let mut exact = vec![0.0f32; out.len()];
+        gemm(x, w, &mut exact);
+        for (&q, &e) in out.iter().zip(&exact) {
+            r.telemetry.noise_sq += (q as f64 - e as f64).powi(2);
+            r.telemetry.exact_sq += (e as f64).powi(2);
+        }
+    }
+    if let Some(b) = bias {
+        for row in out.chunks_exact_mut(oc) {
+            for (o, bj) in row.iter_mut().zip(b) {
+                *o += bj;
             }
         }
     }
@@ -314,6 +368,100 @@ mod tests {
     }
 
     #[test]
+    fn recorded_quantization_counts_saturation_underflow_and_error() {
+        // scale 2: 300 -> 600 saturates to 448 (dequantized 224); 1e-4 -> 2e-4 is below half
+        // the smallest subnormal (2^-10) and flushes to 0; 0.3 -> 0.6 rounds to 0.625 (0.3125);
+        // 1 -> 2 is exact; NaN is left out of the sums.
+        // 230 -> 460 rounds to 448 as it would in a wider format: not counted as saturated.
+        let x = [300.0f32, 1e-4, 0.3, 1.0, 0.0, f32::NAN, 230.0];
+        let mut t = MxTelemetry::default();
+        let q = quantize_to_f32_recorded(&x, 2.0, &mut t);
+        let plain = quantize_to_f32(&x, 2.0);
+        assert!(q
+            .iter()
+            .zip(&plain)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(&q[..5], &[448.0, 0.0, 0.625, 2.0, 0.0]);
+        assert_eq!(q[6], 448.0);
+        assert_eq!((t.elements, t.clipped, t.underflow), (7, 1, 1));
+        let x64 = |i: usize| x[i] as f64;
+        let want_err = (224.0 - 300.0f64).powi(2)
+            + x64(1).powi(2)
+            + (0.3125 - x64(2)).powi(2)
+            + (224.0 - 230.0f64).powi(2);
+        let want_sum = 300.0f64.powi(2) + x64(1).powi(2) + x64(2).powi(2) + 1.0 + 230.0f64.powi(2);
+        assert!(
+            (t.sq_err - want_err).abs() < 1e-9 * want_err,
+            "{}",
+            t.sq_err
+        );
+        assert!(
+            (t.sq_sum - want_sum).abs() < 1e-9 * want_sum,
+            "{}",
+            t.sq_sum
+        );
+    }
+
+    #[test]
+    fn recorded_forward_measures_the_output_error_against_an_f64_product() {
+        let (rows, ic, oc) = (5, 7, 3);
+        let mut r = crate::rng::SplitMix64::new(11);
+        let mut draw =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| (r.next_f64() * 2.0 - 1.0) as f32).collect() };
+        let (x, w, bias) = (draw(rows * ic), draw(oc * ic), draw(oc));
+        // out = x · w^T, naive f32.
+        let gemm = |a: &[f32], b: &[f32], out: &mut [f32]| {
+            for i in 0..rows {
+                for j in 0..oc {
+                    out[i * oc + j] = (0..ic).map(|k| a[i * ic + k] * b[j * ic + k]).sum();
+                }
+            }
+        };
+        let scales = (tensor_scale(amax(&x)), tensor_scale(amax(&w)));
+        let mut plain = vec![f32::NAN; rows * oc];
+        linear_forward_f32(&mut plain, &x, &w, Some(&bias), scales, oc, None, gemm);
+        let mut t = MxTelemetry::default();
+        let rec = Fp8Record {
+            telemetry: &mut t,
+            measure_noise: true,
+        };
+        let mut out = vec![f32::NAN; rows * oc];
+        linear_forward_f32(&mut out, &x, &w, Some(&bias), scales, oc, Some(rec), gemm);
+        assert!(out
+            .iter()
+            .zip(&plain)
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(t.elements, (rows * ic + oc * ic) as u64);
+        // The noise, from the definition in f64: (Σ q_x q_w) / (s_x s_w) against Σ x w.
+        let (xq, wq) = (quantize_to_f32(&x, scales.0), quantize_to_f32(&w, scales.1));
+        let (mut noise, mut exact) = (0.0f64, 0.0f64);
+        for i in 0..rows {
+            for j in 0..oc {
+                let dot = |a: &[f32], b: &[f32]| -> f64 {
+                    (0..ic)
+                        .map(|k| a[i * ic + k] as f64 * b[j * ic + k] as f64)
+                        .sum()
+                };
+                let q = dot(&xq, &wq) / (scales.0 as f64 * scales.1 as f64);
+                let e = dot(&x, &w);
+                noise += (q - e).powi(2);
+                exact += e * e;
+            }
+        }
+        assert!(
+            (t.noise_sq - noise).abs() < 1e-4 * noise,
+            "{} vs {noise}",
+            t.noise_sq
+        );
+        assert!(
+            (t.exact_sq - exact).abs() < 1e-5 * exact,
+            "{} vs {exact}",
+            t.exact_sq
+        );
+        assert!(noise > 0.0);
+    }
+
+    #[test]
     fn scales_and_delayed_history() {
         assert_eq!(tensor_scale(0.0), 1.0);
         assert_eq!(tensor_scale(2.0), 224.0);
@@ -379,13 +527,23 @@ mod tests {
         assert_eq!(sx, 448.0 / 40.0);
         assert_eq!(quantize(&x, sx)[17], 0xFE);
         let mut out = vec![f32::NAN; rows * oc];
-        linear_forward_f32(&mut out, &x, &w, Some(&bias), (sx, sw), oc, |xq, wq, o| {
-            for i in 0..rows {
-                for j in 0..oc {
-                    o[i * oc + j] = (0..ic).map(|k| xq[i * ic + k] * wq[j * ic + k]).sum();
+        let no_record = None;
+        linear_forward_f32(
+            &mut out,
+            &x,
+            &w,
+            Some(&bias),
+            (sx, sw),
+            oc,
+            no_record,
+            |xq, wq, o| {
+                for i in 0..rows {
+                    for j in 0..oc {
+                        o[i * oc + j] = (0..ic).map(|k| xq[i * ic + k] * wq[j * ic + k]).sum();
+                    }
                 }
-            }
-        });
+            },
+        );
         for i in 0..rows {
             for j in 0..oc {
                 let (mut acc, mut mag) = (0.0f64, 0.0f64);

@@ -25,7 +25,7 @@ use crate::precision::BackwardMode;
 use format::BLOCK;
 pub use quantize::Rounding;
 use runtime::cpu::parallel_rows_mut;
-pub use telemetry::{MxRecorder, MxSummary, MxTelemetry, SiteTelemetry};
+pub use telemetry::{MxRecorder, MxSummary, MxTelemetry, SiteGemm, SiteTelemetry};
 
 /// The MXFP4 settings of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! Quantization telemetry: what the 4-bit backward did to the numbers, cheap enough to leave on.
+//! Quantization telemetry: what the 4-bit backward (and the FP8 forward) did to the numbers,
+//! cheap enough to leave on.
 //!
 //! Every quantized operand adds its sums while it is quantized (clipped and underflowed
 //! elements, squared error and squared magnitude). A backend keeps them twice: as totals for
@@ -18,8 +19,8 @@ pub struct MxTelemetry {
     pub elements: u64,
     pub clipped: u64,
     pub nonfinite_blocks: u64,
-    /// Non-zero inputs quantized to a zero magnitude, out of `underflow_counted` elements (0 where
-    /// a backend does not count them: the CUDA quantizer today).
+    /// Non-zero inputs quantized to a zero magnitude, out of `underflow_counted` elements (those
+    /// of the finite blocks; 0 where a backend does not count them).
     pub underflow: u64,
     pub underflow_counted: u64,
     pub sq_err: f64,
@@ -118,12 +119,44 @@ impl MxTelemetry {
     }
 }
 
-/// The telemetry of one backward-GEMM site since the last take.
+/// Which GEMM of a linear layer a telemetry site is: the FP8 forward GEMM or one of the two
+/// 4-bit backward GEMMs. (Not a `GemmKind`: that one keys random streams, and the forward has
+/// none.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SiteGemm {
+    Forward,
+    Dgrad,
+    Wgrad,
+}
+
+impl SiteGemm {
+    pub fn name(self) -> &'static str {
+        match self {
+            SiteGemm::Forward => "fwd",
+            SiteGemm::Dgrad => "dgrad",
+            SiteGemm::Wgrad => "wgrad",
+        }
+    }
+}
+
+impl From<GemmKind> for SiteGemm {
+    fn from(g: GemmKind) -> SiteGemm {
+        match g {
+            GemmKind::Dgrad => SiteGemm::Dgrad,
+            GemmKind::Wgrad => SiteGemm::Wgrad,
+        }
+    }
+}
+
+/// The telemetry of one GEMM site since the last take. For a backward site the statistics are
+/// MXFP4's or NVFP4's (clipped = above the block's largest code under RTN); for the FP8 forward
+/// site they are E4M3's over both operands (clipped = saturated at 448), and the measured noise
+/// is ||Q(X)Q(W)^T - XW^T|| / ||XW^T||, the forward output's relative error.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SiteTelemetry {
     pub layer: u32,
     pub linear: LinearKind,
-    pub gemm: GemmKind,
+    pub gemm: SiteGemm,
     pub telemetry: MxTelemetry,
 }
 
@@ -148,26 +181,35 @@ impl SiteTelemetry {
     }
 }
 
-/// Telemetry as a backend records it: totals (taken every step) and per-site sums (taken at
-/// the per-layer logging interval), independent of each other.
+/// Telemetry as a backend records it: totals of the 4-bit backward (taken every step) and
+/// per-site sums, backward and FP8 forward (taken at the per-layer logging interval),
+/// independent of each other.
 #[derive(Clone, Debug, Default)]
 pub struct MxRecorder {
     pub total: MxTelemetry,
     sites: BTreeMap<(u32, u8, u8), SiteTelemetry>,
     /// Measure every quantized GEMM's output against the exact product (costs one more
-    /// quantized GEMM and one f32 GEMM per call: switch it on for single steps).
+    /// quantized GEMM and one f32 GEMM per backward call, one f32 GEMM per FP8 forward call:
+    /// switch it on for single steps).
     pub measure_noise: bool,
 }
 
 impl MxRecorder {
     pub fn record(&mut self, id: &GemmId, t: &MxTelemetry) {
-        self.total.merge(t);
+        self.record_site(id.layer, id.linear, id.gemm.into(), t);
+    }
+
+    /// Adds `t` to its site; a backward site's also to the total (the step log's 4-bit line).
+    pub fn record_site(&mut self, layer: u32, linear: LinearKind, gemm: SiteGemm, t: &MxTelemetry) {
+        if gemm != SiteGemm::Forward {
+            self.total.merge(t);
+        }
         self.sites
-            .entry((id.layer, id.linear as u8, id.gemm as u8))
+            .entry((layer, linear as u8, gemm as u8))
             .or_insert_with(|| SiteTelemetry {
-                layer: id.layer,
-                linear: id.linear,
-                gemm: id.gemm,
+                layer,
+                linear,
+                gemm,
                 telemetry: MxTelemetry::default(),
             })
             .telemetry
@@ -184,9 +226,47 @@ impl MxRecorder {
     }
 }
 
-/// One line for the step log: the worst noise-to-gradient site (when measured), and how many
-/// sites are past 1/sqrt(3).
+/// One line for the step log: the worst noise-to-gradient backward site (when measured), how
+/// many are past 1/sqrt(3), the worst clipping; for an FP8 forward the worst output error and
+/// saturation.
 pub fn sites_note(sites: &[SiteTelemetry]) -> String {
+    let (forward, backward): (Vec<SiteTelemetry>, Vec<SiteTelemetry>) = sites
+        .iter()
+        .cloned()
+        .partition(|s| s.gemm == SiteGemm::Forward);
+    let mut out = backward_note(&backward);
+    let fwd = forward_note(&forward);
+    if !out.is_empty() && !fwd.is_empty() {
+        out += "; ";
+    }
+    out + &fwd
+}
+
+fn forward_note(sites: &[SiteTelemetry]) -> String {
+    let worst = |f: &dyn Fn(&MxSummary) -> Option<f64>| {
+        sites
+            .iter()
+            .filter_map(|s| Some((f(&s.telemetry.summary()?)?, s)))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    };
+    let mut parts = Vec::new();
+    if let Some((r, s)) = worst(&|m| m.noise_to_grad) {
+        parts.push(format!(
+            "fp8 forward output error max {r:.3} ({})",
+            s.label()
+        ));
+    }
+    if let Some((c, s)) = worst(&|m| Some(m.clipped_fraction)).filter(|(c, _)| *c > 0.0) {
+        parts.push(format!(
+            "fp8 saturated max {:.3}% ({})",
+            c * 100.0,
+            s.label()
+        ));
+    }
+    parts.join("; ")
+}
+
+fn backward_note(sites: &[SiteTelemetry]) -> String {
     let measured: Vec<(f64, &SiteTelemetry)> = sites
         .iter()
         .filter_map(|s| Some((s.telemetry.summary()?.noise_to_grad?, s)))

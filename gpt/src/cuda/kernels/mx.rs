@@ -63,10 +63,14 @@ fn grid(rows_out: usize, k: usize) -> (u32, u32) {
     )
 }
 
-/// f64 elements of the telemetry partials of one quantize launch (4 per block).
+/// The f64 telemetry fields per quantize block (ptx/kernels/mx.cuh, MX_TELEMETRY_FIELDS):
+/// squared error, squared values, clipped elements, non-finite blocks, underflows.
+pub const TELEMETRY_FIELDS: usize = 5;
+
+/// f64 elements of the telemetry partials of one quantize launch (`TELEMETRY_FIELDS` per block).
 pub fn telemetry_partials_len(rows_out: usize, k: usize) -> usize {
     let (x, y) = grid(rows_out, k);
-    4 * x as usize * y as usize
+    TELEMETRY_FIELDS * x as usize * y as usize
 }
 
 fn err(msg: String) -> CudaError {
@@ -194,18 +198,31 @@ pub fn quantize(
     }
 }
 
-/// `acc[i] += sum over j of partials[4 j + i]` (i < 4) for the first `n` blocks' partials: a
-/// device-side running total of (squared error, squared values, clipped elements, non-finite
-/// blocks) that the host reads once per step.
-pub fn telemetry_accumulate(g: &Gpu, acc: Ptr<f64>, partials: Ptr<f64>, n: usize) -> Result<()> {
+/// `acc[i] += sum over j of partials[F j + i]` (i < F = `TELEMETRY_FIELDS`) for the first `n`
+/// blocks' partials, and the same sum into `site` when given: device-side running totals of
+/// (squared error, squared values, clipped elements, non-finite blocks, underflows) that the
+/// host reads once per step (`acc`) or per logging interval (`site`, one per backward GEMM).
+pub fn telemetry_accumulate(
+    g: &Gpu,
+    acc: Ptr<f64>,
+    site: Option<Ptr<f64>>,
+    partials: Ptr<f64>,
+    n: usize,
+) -> Result<()> {
     const K: &str = "mx_telemetry_accumulate";
-    check_len(K, "acc", &acc, 4)?;
-    check_len(K, "partials", &partials, 4 * n)?;
-    check_disjoint(
-        K,
-        &[span("acc", &acc, 4)],
-        &[span("partials", &partials, 4 * n)],
-    )?;
+    const F: usize = TELEMETRY_FIELDS;
+    check_len(K, "acc", &acc, F)?;
+    check_len(K, "partials", &partials, F * n)?;
+    let mut outputs = vec![span("acc", &acc, F)];
+    let site_addr = match &site {
+        Some(p) => {
+            check_len(K, "site", p, F)?;
+            outputs.push(span("site", p, F));
+            p.addr()
+        }
+        None => 0u64,
+    };
+    check_disjoint(K, &outputs, &[span("partials", &partials, F * n)])?;
     let kernel = g.kernel("mx_quantize", K)?;
     let ni = i32::try_from(n).map_err(|_| err(format!("{K}: {n} partials")))?;
     let cfg = LaunchConfig {
@@ -213,8 +230,9 @@ pub fn telemetry_accumulate(g: &Gpu, acc: Ptr<f64>, partials: Ptr<f64>, n: usize
         block: (32, 1, 1),
         smem_bytes: 0,
     };
-    // SAFETY: mx_telemetry_accumulate(double* acc, const double* partials, int n); checked.
-    unsafe { g.launch(&kernel, cfg, &[&acc, &partials, &ni]) }
+    // SAFETY: mx_telemetry_accumulate(double* acc, double* site, const double* partials, int n);
+    // lengths and disjointness checked (acc and site disjoint too); a NULL site is skipped.
+    unsafe { g.launch(&kernel, cfg, &[&acc, &site_addr, &partials, &ni]) }
 }
 
 /// A quantized K-major operand in device memory: `rows` rows of K packed codes (K/2 bytes) and
@@ -307,4 +325,56 @@ pub fn gemm_int8(
             ],
         )
     }
+}
+
+/// Blocks of `mx_noise_partials` (MX_NOISE_BLOCKS in ptx/kernels/mx_noise.cu's header): fixed,
+/// since the sums depend on it.
+pub const NOISE_BLOCKS: usize = 256;
+
+/// `[Σ (q - e)^2, Σ e^2]` over the `n` elements of a 4-bit GEMM product `q` and the exact
+/// product `e`, added to `total` and to `site` (2 f64 each; ptx/kernels/mx_noise.cu:
+/// deterministic, two launches); `partials` (2 x `NOISE_BLOCKS` f64) is overwritten.
+pub fn noise_accumulate(
+    g: &Gpu,
+    total: Ptr<f64>,
+    site: Ptr<f64>,
+    partials: Ptr<f64>,
+    q: Ptr<bf16>,
+    e: Ptr<bf16>,
+    n: usize,
+) -> Result<()> {
+    const K: &str = "mx_noise_partials";
+    check_len(K, "q", &q, n)?;
+    check_len(K, "e", &e, n)?;
+    check_len(K, "partials", &partials, 2 * NOISE_BLOCKS)?;
+    check_len(K, "site", &site, 2)?;
+    check_len(K, "total", &total, 2)?;
+    check_disjoint(
+        K,
+        &[
+            span("partials", &partials, 2 * NOISE_BLOCKS),
+            span("site", &site, 2),
+            span("total", &total, 2),
+        ],
+        &[span("q", &q, n), span("e", &e, n)],
+    )?;
+    let partials_kernel = g.kernel("mx_noise", K)?;
+    let cfg = LaunchConfig {
+        grid: (NOISE_BLOCKS as u32, 1, 1),
+        block: (256, 1, 1),
+        smem_bytes: 0,
+    };
+    // SAFETY: mx_noise_partials(double* partials, const bf16* q, const bf16* e, size_t n);
+    // lengths and disjointness checked.
+    unsafe { g.launch(&partials_kernel, cfg, &[&partials, &q, &e, &n])? };
+    let finish = g.kernel("mx_noise", "mx_noise_accumulate")?;
+    let blocks = NOISE_BLOCKS as i32;
+    let cfg = LaunchConfig {
+        grid: (1, 1, 1),
+        block: (32, 1, 1),
+        smem_bytes: 0,
+    };
+    // SAFETY: mx_noise_accumulate(double* total, double* site, const double* partials,
+    // int blocks); checked.
+    unsafe { g.launch(&finish, cfg, &[&total, &site, &partials, &blocks]) }
 }
