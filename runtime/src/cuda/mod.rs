@@ -18,6 +18,9 @@
 //! copies to the host wait for queued work. `MXGPT_CUDA_SYNC=1` synchronizes after every launch
 //! so that an asynchronous fault is reported against the kernel that caused it.
 //!
+//! Stream capture (`begin_capture` / `end_capture` / `launch_graph`, graph.rs): CUDA graphs on a
+//! GPU, a recorded list of launches with their arguments copied by value on the harness.
+//!
 //! The real-driver path has not run on a GPU unless perf/ holds a GPU run of this commit.
 
 mod error;
