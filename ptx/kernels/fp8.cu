@@ -23,6 +23,15 @@
 //   fp8_quantize_bf16(bf16* out, const bf16* x, long long n, const float* rec)
 //       out[i] = the value of that E4M3 byte as bf16 (exact: 4 significant bits, exponents
 //       2^-9 .. 2^8): the operand of fp8_gemm.cu's fallback GEMM on GPUs without FP8 mma.
+//   fp8_stats_partials(double* partials, const bf16* x, long long n, const float* rec)
+//       the telemetry of quantizing x with scale rec[1] (docs/numerics.md section 7), in
+//       mx_quantize.cu's layout (mx.cuh, MX_TELEMETRY_FIELDS per block), over the finite x:
+//       sum (q / s - x)^2 and sum x^2 in f64, saturated elements (|x s| > 464), 0 (no blocks
+//       here), non-zero x flushed to zero; q = E4M3(x s) exactly as fp8_quantize_e4m3 forms it.
+//       Block 256, grid FP8_STATS_BLOCKS (256, fixed: the sums depend on it); thread k of block
+//       b visits i = b*256 + k stepping by 256 * 256; fixed butterfly, warps in order.
+//       mx_telemetry_accumulate (mx_quantize.cu) sums the blocks. Training calls only; reads
+//       2 B per element once more (plain, 2-byte loads).
 //   fp8_convert_check(uint8_t* hw, uint8_t* sw, const float* x, int n)
 //       a test kernel: hw[i] through cvt_e4m3x2_f32, sw[i] through e4m3_from_f32_sw, so both
 //       conversions are compared with the CPU on arbitrary f32 (tests/tests/gpu_fp8.rs).
@@ -33,6 +42,7 @@
 // linear, 10-42 us on an H100 at ~3 TB/s, against 10-39 us for the GEMM itself at its ideal:
 // current scaling doubles the cost of a small linear's forward unless fused (a later issue).
 #include "fp8.cuh"
+#include "mx.cuh"
 #include "ptx_ops.cuh"
 
 #define FP8_THREADS 256
@@ -114,6 +124,28 @@ fp8_quantize_bf16(bf16* out, const bf16* x, long long n, const float* rec) {
         out[2 * p] = to_bf16(e4m3_to_f32(pair & 0xFF));
         if (2 * p + 1 < n) out[2 * p + 1] = to_bf16(e4m3_to_f32(pair >> 8));
     }
+}
+
+extern "C" __global__ void __launch_bounds__(FP8_THREADS)
+fp8_stats_partials(double* partials, const bf16* x, long long n, const float* rec) {
+    __shared__ double part[FP8_THREADS / 32][MX_TELEMETRY_FIELDS];
+    const float s = rec[1];
+    const double inv = 1.0 / (double)s;
+    double sq_err = 0.0, sq_x = 0.0, saturated = 0.0, flushed = 0.0;
+    const long long stride = (long long)gridDim.x * FP8_THREADS;
+    for (long long i = (long long)blockIdx.x * FP8_THREADS + threadIdx.x; i < n; i += stride) {
+        const float v = to_f32(x[i]);
+        if (!isfinite(v)) continue;
+        const float scaled = __fmul_rn(v, s);
+        const float q = e4m3_to_f32(cvt_e4m3x2_f32(0.0f, scaled) & 0xFF);
+        saturated += fabsf(scaled) > 464.0f ? 1.0 : 0.0;
+        flushed += (v != 0.0f && q == 0.0f) ? 1.0 : 0.0;
+        const double err = (double)q * inv - (double)v;
+        sq_err += err * err;
+        sq_x += (double)v * (double)v;
+    }
+    double t[MX_TELEMETRY_FIELDS] = {sq_err, sq_x, saturated, 0.0, flushed};
+    telemetry_block_store<FP8_THREADS / 32>(t, part, partials);
 }
 
 extern "C" __global__ void __launch_bounds__(FP8_THREADS)

@@ -842,14 +842,19 @@ fn fp8_linear_forward_matches_the_cpu_op() {
         ];
         for call in 0..5 {
             let training = call != 2;
+            for be in [&mut cpu as &mut dyn Backend, &mut gpu] {
+                be.set_mx_noise_measurement(call == 3);
+            }
             for &(linear, out, inp, wk, bk, gelu_out, ic, oc) in &sites {
                 let (w, b) = (gpt.params.param(wk, 1), gpt.params.param(bk, 1));
                 let amp = [1.0, 3.0, 0.5, 0.25, 2.0][call];
-                let (x, wv, bv) = (
+                let (mut x, wv, bv) = (
                     bf(rng.vec_f32(inp.len, amp)),
                     bf(rng.vec_f32(w.len, 0.1 * amp)),
                     bf(rng.vec_f32(b.len, 0.2)),
                 );
+                // Far below the smallest subnormal after scaling: flushed to zero.
+                x[7] = bf(vec![1e-6 * amp])[0];
                 let site = LinearForward {
                     layer: 1,
                     linear,
@@ -889,6 +894,41 @@ fn fp8_linear_forward_matches_the_cpu_op() {
                     }
                 }
             }
+        }
+        // The per-layer telemetry of the four training calls: the same sites and E4M3 counts
+        // (saturated, flushed), the sums to f64 summation order, the output error measured on
+        // call 3 to the bf16 rounding of the GPU's products.
+        let (sg, sc) = (gpu.take_mx_site_telemetry(), cpu.take_mx_site_telemetry());
+        let labels = |s: &[SiteTelemetry]| s.iter().map(|x| x.label()).collect::<Vec<_>>();
+        assert_eq!(labels(&sg), ["layer 1 mlp_up fwd", "layer 1 mlp_down fwd"]);
+        assert_eq!(labels(&sg), labels(&sc));
+        let (mut saturated, mut flushed) = (0, 0);
+        for (g, c) in sg.iter().zip(&sc) {
+            let (tg, tc) = (&g.telemetry, &c.telemetry);
+            let what = format!("{scaling:?} fallback={fallback} {}", g.label());
+            let counts =
+                |t: &MxTelemetry| (t.elements, t.clipped, t.underflow, t.underflow_counted);
+            assert_eq!(
+                counts(tg),
+                counts(tc),
+                "{what}: (elements, saturated, flushed, counted)"
+            );
+            let sums = [
+                (tg.sq_err, tc.sq_err, 1e-9),
+                (tg.sq_sum, tc.sq_sum, 1e-9),
+                (tg.noise_sq, tc.noise_sq, 2e-2),
+                (tg.exact_sq, tc.exact_sq, 1e-2),
+            ];
+            for (a, b, rel) in sums {
+                assert!(b > 0.0 && (a - b).abs() <= rel * b, "{what}: {a} vs {b}");
+            }
+            saturated += tc.clipped;
+            flushed += tc.underflow;
+        }
+        assert!(flushed > 0, "{scaling:?}: nothing was flushed to zero");
+        if scaling != Fp8Scaling::Current {
+            // The amplitude triples at call 1: the window's older amax saturates the new values.
+            assert!(saturated > 0, "{scaling:?}: nothing saturated");
         }
         assert_eq!(
             gpu.fp8_state().unwrap(),

@@ -24,6 +24,7 @@
 //!
 //! NOT VERIFIED ON A GPU unless perf/ holds a GPU run of this commit (see the module doc).
 
+use super::fp8_telemetry::Fp8Telemetry;
 use super::kernels::fp8::{self as kfp8, Fp8Operand as Fp8Buf};
 use super::kernels::{self as k, Ptr};
 use super::mx::{self as gmx, MxBackward, MxGemmChoice, MxGemmPath};
@@ -73,6 +74,8 @@ pub struct CudaBackend {
     /// `--forward` / `--fp8-scaling` as set; the FP8 state once an FP8 forward is set.
     forward: ForwardConfig,
     fp8: Option<Fp8Forward>,
+    /// The FP8 forward's per-layer telemetry (with `fp8`).
+    fp8_telemetry: Option<Fp8Telemetry>,
     /// Run the FP8 GEMM on its BF16 fallback even where E4M3 mma exists (tests; takes effect at
     /// the next `set_forward_config`).
     fp8_fallback: bool,
@@ -173,6 +176,7 @@ impl CudaBackend {
             mx: None,
             forward: ForwardConfig::HIGH_PRECISION,
             fp8: None,
+            fp8_telemetry: None,
             fp8_fallback: false,
             step: Some(DeviceStep::new(&gpu).map_err(err)?),
             layout,
@@ -405,6 +409,78 @@ struct Fp8Forward {
     delayed: Option<Fp8History>,
 }
 
+impl CudaBackend {
+    /// The FP8 forward of a linear layer after the delayed-scaling bookkeeping (`slots`: the ring
+    /// slot each operand's training call records into, `tensors`: their rings), with the
+    /// telemetry of a training call.
+    #[allow(clippy::type_complexity)]
+    fn fp8_linear_forward(
+        &self,
+        site: LinearForward,
+        (out, inp, w, bias, gelu_out): (
+            TensorRef,
+            TensorRef,
+            TensorRef,
+            Option<TensorRef>,
+            Option<TensorRef>,
+        ),
+        (rows, ic, oc): (usize, usize, usize),
+        (slots, tensors): ([Option<usize>; 2], [usize; 2]),
+        telemetry: Option<&mut Fp8Telemetry>,
+    ) -> BResult<()> {
+        let f = self
+            .fp8
+            .as_ref()
+            .expect("linear_forward checked that it is set up");
+        let g = &self.gpu;
+        let (x, wp) = (self.bf(inp)?, self.bf(w)?);
+        let rec = Ptr::of(&f.rec);
+        let (rx, rw) = (rec.slice(0, 2), rec.slice(2, 2));
+        let ring = |i: usize| {
+            f.delayed.as_ref().map(|h| kfp8::History {
+                ring: Ptr::of(&h.rings).slice(tensors[i] * h.history, h.history),
+                slot: slots[i],
+            })
+        };
+        let context = |e: CudaError| {
+            BackendError(format!(
+                "CUDA: FP8 forward of layer {} {:?}: {e}",
+                site.layer, site.linear
+            ))
+        };
+        let (nx, nw) = (rows * ic, oc * ic);
+        let partials = Ptr::of(&f.partials);
+        kfp8::tensor_scale(g, rx, partials, x, nx, ring(0)).map_err(context)?;
+        kfp8::tensor_scale(g, rw, partials, wp, nw, ring(1)).map_err(context)?;
+        let (xq, wq) = (f.xq.first(nx), f.wq.first(nw));
+        kfp8::quantize(g, xq, x, nx, rx).map_err(context)?;
+        kfp8::quantize(g, wq, wp, nw, rw).map_err(context)?;
+        let bias = bias.map(|t| self.bf(t)).transpose()?;
+        let gelu_out = gelu_out.map(|t| self.bf(t)).transpose()?;
+        kfp8::gemm(
+            g,
+            self.bf(out)?,
+            gelu_out,
+            xq,
+            wq,
+            bias,
+            rx,
+            rw,
+            rows,
+            ic,
+            oc,
+        )
+        .map_err(context)?;
+        if let Some(t) = telemetry {
+            t.record(g, &site, (x, nx, rx), (wp, nw, rw))
+                .map_err(context)?;
+            t.measure(g, &site, (xq, wq), (rx, rw), (x, wp), (rows, ic, oc))
+                .map_err(context)?;
+        }
+        Ok(())
+    }
+}
+
 fn span<T: runtime::cuda::DeviceElem>(buf: &DeviceBuffer<T>, t: TensorRef) -> BResult<Ptr<'_, T>> {
     if t.offset
         .checked_add(t.len)
@@ -584,6 +660,7 @@ impl Backend for CudaBackend {
     fn set_forward_config(&mut self, cfg: ForwardConfig) -> BResult<()> {
         if !cfg.is_fp8() {
             self.fp8 = None;
+            self.fp8_telemetry = None;
             self.forward = cfg;
             return Ok(());
         }
@@ -603,8 +680,9 @@ impl Backend for CudaBackend {
             Fp8Scaling::Current => 0,
         };
         let elem = if mma { 1 } else { 2 };
-        let need =
-            elem * (nx + nw) + 4 * (kfp8::amax_partials_len(nx.max(nw)) + 4 + tensors * history);
+        let need = elem * (nx + nw)
+            + 4 * (kfp8::amax_partials_len(nx.max(nw)) + 4 + tensors * history)
+            + super::fp8_telemetry::scratch_bytes(self.model.layers, rows, c);
         let (free, total) = self.gpu.memory_info().map_err(err)?;
         if need > free.saturating_sub(256 << 20) {
             return Err(BackendError(format!(
@@ -618,7 +696,9 @@ impl Backend for CudaBackend {
             )));
         }
         self.fp8 = None;
+        self.fp8_telemetry = None;
         let g = &self.gpu;
+        self.fp8_telemetry = Some(Fp8Telemetry::new(g, self.model.layers, rows, c).map_err(err)?);
         let delayed = if history > 0 {
             let rings = g.alloc(tensors * history).map_err(err)?;
             g.fill_bytes(&rings, 0).map_err(err)?;
@@ -728,46 +808,16 @@ impl Backend for CudaBackend {
                 }
             }
         }
-        let f = self.fp8.as_ref().expect("set above");
-        let g = &self.gpu;
-        let (x, wp) = (self.bf(inp)?, self.bf(w)?);
-        let rec = Ptr::of(&f.rec);
-        let (rx, rw) = (rec.slice(0, 2), rec.slice(2, 2));
-        let ring = |i: usize| {
-            f.delayed.as_ref().map(|h| kfp8::History {
-                ring: Ptr::of(&h.rings).slice(tensors[i] * h.history, h.history),
-                slot: slots[i],
-            })
-        };
-        let context = |e: CudaError| {
-            BackendError(format!(
-                "CUDA: FP8 forward of layer {} {:?}: {e}",
-                site.layer, site.linear
-            ))
-        };
-        let (nx, nw) = (rows * ic, oc * ic);
-        let partials = Ptr::of(&f.partials);
-        kfp8::tensor_scale(g, rx, partials, x, nx, ring(0)).map_err(context)?;
-        kfp8::tensor_scale(g, rw, partials, wp, nw, ring(1)).map_err(context)?;
-        let (xq, wq) = (f.xq.first(nx), f.wq.first(nw));
-        kfp8::quantize(g, xq, x, nx, rx).map_err(context)?;
-        kfp8::quantize(g, wq, wp, nw, rw).map_err(context)?;
-        let bias = bias.map(|t| self.bf(t)).transpose()?;
-        let gelu_out = gelu_out.map(|t| self.bf(t)).transpose()?;
-        kfp8::gemm(
-            g,
-            self.bf(out)?,
-            gelu_out,
-            xq,
-            wq,
-            bias,
-            rx,
-            rw,
-            rows,
-            ic,
-            oc,
-        )
-        .map_err(context)
+        let mut telemetry = self.fp8_telemetry.take();
+        let r = self.fp8_linear_forward(
+            site,
+            (out, inp, w, bias, gelu_out),
+            (rows, ic, oc),
+            (slots, tensors),
+            telemetry.as_mut().filter(|_| site.training),
+        );
+        self.fp8_telemetry = telemetry;
+        r
     }
 
     fn take_mx_telemetry(&mut self) -> MxTelemetry {
@@ -784,16 +834,28 @@ impl Backend for CudaBackend {
         if let Some(m) = self.mx.as_mut() {
             m.measure_noise = on;
         }
+        if let Some(t) = self.fp8_telemetry.as_mut() {
+            t.measure_noise = on;
+        }
     }
 
     fn take_mx_site_telemetry(&mut self) -> Vec<SiteTelemetry> {
-        let Some(m) = self.mx.as_mut() else {
-            return Vec::new();
+        let g = &self.gpu;
+        let mut sites = match self.mx.as_mut().map(|m| m.take_site_telemetry(g)) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                log::warn!("per-layer MXFP4 telemetry unavailable: {e}");
+                Vec::new()
+            }
+            None => Vec::new(),
         };
-        m.take_site_telemetry(&self.gpu).unwrap_or_else(|e| {
-            log::warn!("per-layer MXFP4 telemetry unavailable: {e}");
-            Vec::new()
-        })
+        match self.fp8_telemetry.as_mut().map(|t| t.take_sites(g)) {
+            Some(Ok(s)) => sites.extend(s),
+            Some(Err(e)) => log::warn!("per-layer FP8 telemetry unavailable: {e}"),
+            None => {}
+        }
+        sites.sort_by_key(|s| (s.layer, s.linear as u8, s.gemm));
+        sites
     }
 
     fn set_tokens(&mut self, inputs: &[u32], targets: Option<&[u32]>) -> BResult<()> {

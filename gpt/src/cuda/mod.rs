@@ -5,6 +5,7 @@
 //! compiled (against the stub driver) in sessions without one.
 
 pub mod backend;
+mod fp8_telemetry;
 pub mod kernels;
 pub mod mx;
 pub mod step;

@@ -262,10 +262,10 @@ struct NoiseScratch {
 }
 
 /// The quantizer's fields (`kmx::TELEMETRY_FIELDS`) of every accumulator.
-const FIELDS: usize = kmx::TELEMETRY_FIELDS;
+pub(super) const FIELDS: usize = kmx::TELEMETRY_FIELDS;
 /// An accumulator: the quantizer's fields, then the measured noise (sum (Q - E)^2, sum E^2).
-const ACC: usize = FIELDS + 2;
-const LINEARS: [LinearKind; 4] = [
+pub(super) const ACC: usize = FIELDS + 2;
+pub(super) const LINEARS: [LinearKind; 4] = [
     LinearKind::Qkv,
     LinearKind::AttnProj,
     LinearKind::MlpUp,
@@ -279,7 +279,7 @@ fn site_index(id: &GemmId) -> usize {
 
 /// One accumulator as telemetry; underflows are counted over the finite blocks of
 /// `block` elements (32 for MXFP4, 16 for NVFP4), as on the CPU.
-fn telemetry_of(t: &[f64], elements: u64, block: u64) -> MxTelemetry {
+pub(super) fn telemetry_of(t: &[f64], elements: u64, block: u64) -> MxTelemetry {
     let nonfinite_blocks = t[3] as u64;
     MxTelemetry {
         elements,

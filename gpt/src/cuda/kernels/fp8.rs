@@ -164,6 +164,37 @@ pub fn quantize(g: &Gpu, out: Fp8Operand, x: Ptr<bf16>, n: usize, rec: Ptr<f32>)
     unsafe { g.launch(&kernel, linear_cfg(n.div_ceil(2)), &[&o, &x, &nl, &rec]) }
 }
 
+/// Blocks of `fp8_stats_partials` (FP8_STATS_BLOCKS in fp8.cu's header): fixed, since the sums
+/// depend on it.
+pub const STATS_BLOCKS: usize = 256;
+
+/// The telemetry partials of quantizing `x` [n] with scale `rec[1]`: `STATS_BLOCKS` x
+/// `mx::TELEMETRY_FIELDS` f64 in the quantizers' layout (squared error, squared values,
+/// saturated, 0, flushed to zero), summed by `mx::telemetry_accumulate`.
+pub fn stats(g: &Gpu, partials: Ptr<f64>, x: Ptr<bf16>, n: usize, rec: Ptr<f32>) -> Result<()> {
+    const K: &str = "fp8_stats_partials";
+    let len = STATS_BLOCKS * super::mx::TELEMETRY_FIELDS;
+    check_dim(K, "n", n)?;
+    check_len(K, "x", &x, n)?;
+    check_len(K, "rec", &rec, 2)?;
+    check_len(K, "partials", &partials, len)?;
+    check_disjoint(
+        K,
+        &[span("partials", &partials, len)],
+        &[span("x", &x, n), span("rec", &rec, 2)],
+    )?;
+    let kernel = g.kernel("fp8", K)?;
+    let cfg = LaunchConfig {
+        grid: (STATS_BLOCKS as u32, 1, 1),
+        block: (256, 1, 1),
+        smem_bytes: 0,
+    };
+    let nl = n as i64;
+    // SAFETY: fp8_stats_partials(double* partials, const bf16* x, long long n, const float*
+    // rec); lengths and disjointness checked above.
+    unsafe { g.launch(&kernel, cfg, &[&partials, &x, &nl, &rec]) }
+}
+
 /// The test kernel of fp8.cu: every f32 of `x` through the conversion instruction (`hw`, its
 /// host twin on the harness) and through the software conversion the sm_80 build uses (`sw`).
 pub fn convert_check(g: &Gpu, hw: Ptr<u8>, sw: Ptr<u8>, x: Ptr<f32>, n: usize) -> Result<()> {
