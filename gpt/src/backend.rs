@@ -63,6 +63,35 @@ pub struct HostState<'a> {
     pub moments_at: usize,
 }
 
+/// One optimizer step for a backend that finishes it on the device (`Backend::device_step`).
+#[derive(Clone, Copy, Debug)]
+pub struct StepUpdate {
+    /// The AdamW settings of the step; `grad_scale` is ignored: the backend computes it from the
+    /// norm where the norm is, as the trainer does (`grad_clip / norm` when `grad_clip > 0` and
+    /// `norm > grad_clip`, else 1).
+    pub adamw: crate::cpu::ops::AdamW,
+    /// 0 = no clipping.
+    pub grad_clip: f32,
+    /// The micro batches whose `record_loss` calls the step's loss averages.
+    pub micro_batches: usize,
+}
+
+/// A finished step's loss (mean over its micro batches) and gradient norm, as the trainer logs
+/// them; `t` is the step's AdamW `t` (1-based).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    pub t: u64,
+    pub loss: f32,
+    pub norm: f32,
+}
+
+fn no_device_step<T>(be: &(impl Backend + ?Sized), what: &str) -> BResult<T> {
+    Err(BackendError(format!(
+        "{what}: the {} backend has no device-side step (use grad_norm and adamw)",
+        be.info().name
+    )))
+}
+
 #[allow(clippy::too_many_arguments)]
 pub trait Backend {
     fn info(&self) -> BackendInfo;
@@ -270,4 +299,36 @@ pub trait Backend {
     fn grad_norm(&mut self) -> BResult<f32>;
     /// One AdamW step over every parameter tensor (weight decay where the layout says so).
     fn adamw(&mut self, hp: &crate::cpu::ops::AdamW) -> BResult<()>;
+
+    // --- the step kept on the device (a GPU backend): no host round trip inside a step
+    /// Whether `record_loss`, `device_step` and `take_step_stats` work here (default: no; the
+    /// caller then reads the loss and the norm itself, and calls `adamw`).
+    fn has_device_step(&self) -> bool {
+        false
+    }
+    /// Adds the mean of `losses` (as `Gpt::mean_loss` computes it) to the step's loss, where
+    /// the losses are, without reading them back.
+    fn record_loss(&mut self, _losses: TensorRef) -> BResult<()> {
+        no_device_step(self, "record_loss")
+    }
+    /// Ends the step where the gradients are: global norm, clip factor, and the AdamW update
+    /// (skipped, as the trainer skips it, when the loss or norm is not finite; and every later
+    /// one too); the step's (loss, norm) kept for `take_step_stats`.
+    fn device_step(&mut self, _up: &StepUpdate) -> BResult<()> {
+        no_device_step(self, "device_step")
+    }
+    /// The (loss, norm) of the steps finished since the last call, in order: one read-back.
+    fn take_step_stats(&mut self) -> BResult<Vec<StepStats>> {
+        no_device_step(self, "take_step_stats")
+    }
+    /// CUDA graphs: before a micro batch's forward and backward (`Gpt::forward_backward_on_device`).
+    /// True: run the ops (a backend with graphs on records them, when it has no graph for `key`
+    /// yet); false: skip them, `graph_end` replays the recording. The default runs them.
+    fn graph_begin(&mut self, _key: u64) -> BResult<bool> {
+        Ok(true)
+    }
+    /// After the micro batch: ends a recording (kept when `ok`) and launches the graph.
+    fn graph_end(&mut self, _ok: bool) -> BResult<()> {
+        Ok(())
+    }
 }

@@ -306,6 +306,43 @@ impl Gpt {
         micro: u32,
         loss_scale: f32,
     ) -> BResult<f32> {
+        self.forward_backward_with(be, plan, step, micro, loss_scale, false)
+            .map(|l| l.expect("the loss is read back"))
+    }
+
+    /// `forward_backward` for a backend that keeps the step on the device
+    /// (`Backend::has_device_step`): the micro batch's loss is added to the step's on the device
+    /// (`record_loss`) instead of being read back, so nothing here waits for the device; the
+    /// backend may record the micro batch as a CUDA graph once and replay it after
+    /// (`graph_begin`; the graph is keyed by `loss_scale`, the one value it bakes in: the
+    /// backend refuses graphs with the modes whose launches take per-call values).
+    pub fn forward_backward_on_device<B: Backend + ?Sized>(
+        &self,
+        be: &mut B,
+        plan: &PrecisionPlan,
+        step: u32,
+        micro: u32,
+        loss_scale: f32,
+    ) -> BResult<()> {
+        let r = if be.graph_begin(loss_scale.to_bits() as u64)? {
+            self.forward_backward_with(be, plan, step, micro, loss_scale, true)
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
+        be.graph_end(r.is_ok())?;
+        r
+    }
+
+    fn forward_backward_with<B: Backend + ?Sized>(
+        &self,
+        be: &mut B,
+        plan: &PrecisionPlan,
+        step: u32,
+        micro: u32,
+        loss_scale: f32,
+        on_device: bool,
+    ) -> BResult<Option<f32>> {
         self.forward_pass(be, true)?;
         let (c, t, b, nh) = (self.cfg.channels, self.seq, self.batch, self.cfg.heads);
         let bt = b * t;
@@ -318,7 +355,12 @@ impl Gpt {
             self.cfg.vocab,
             Some(loss_scale),
         )?;
-        let loss = self.mean_loss(be)?;
+        let loss = if on_device {
+            be.record_loss(a.losses)?;
+            None
+        } else {
+            Some(self.mean_loss(be)?)
+        };
         // LM head (tied to wte), kept in high precision.
         be.linear_backward(
             a.d_ln,

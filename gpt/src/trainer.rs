@@ -1,7 +1,7 @@
 //! The single training loop: data, model, backend, optimizer, schedule, evaluation, sampling,
 //! logging and checkpoints. Every backend runs this same code.
 
-use crate::backend::{Backend, BackendInfo, HostState};
+use crate::backend::{Backend, BackendInfo, HostState, StepUpdate};
 use crate::checkpoint::{self, Header};
 use crate::config::ModelConfig;
 use crate::cpu::backend::CpuBackend;
@@ -1260,6 +1260,10 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
     let diverged_loss = DIVERGED_LOSS_FACTOR * (s.cfg.vocab as f32).ln();
     let normal_z = args.skip_outliers.map_or(NORMAL_Z, |z| z as f64);
     let per_rank = s.accum / s.ranks;
+    // A GPU backend keeps the step on the device (one rank, no outlier skipping, which needs
+    // the norm before the update): the loss and the norm come back in one read after the step
+    // is queued, and the update is skipped on the device when either is not finite.
+    let on_device = be.has_device_step() && s.ranks == 1 && args.skip_outliers.is_none();
 
     for step in start_step..args.steps {
         if let Some(w) = &watched {
@@ -1286,14 +1290,46 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
                 .map_err(|e| e.to_string())?;
             be.set_tokens(&inputs, Some(&targets))
                 .map_err(|e| e.to_string())?;
+            if on_device {
+                s.gpt
+                    .forward_backward_on_device(
+                        be.as_mut(),
+                        &s.plan,
+                        step as u32,
+                        micro as u32,
+                        loss_scale,
+                    )
+                    .map_err(|e| e.to_string())?;
+                continue;
+            }
             let l = s
                 .gpt
                 .forward_backward(be.as_mut(), &s.plan, step as u32, micro as u32, loss_scale)
                 .map_err(|e| e.to_string())?;
             loss_sum += l as f64;
         }
+        let lr = s.schedule.lr(step);
+        let adamw = AdamW {
+            lr,
+            beta1: args.beta1,
+            beta2: args.beta2,
+            eps: args.eps,
+            weight_decay: args.weight_decay,
+            t: step + 1,
+            grad_scale: 1.0,
+        };
         let t_comm = Instant::now();
-        let (loss, norm) = if s.ranks == 1 {
+        let (loss, norm) = if on_device {
+            be.device_step(&StepUpdate {
+                adamw,
+                grad_clip: args.grad_clip,
+                micro_batches: s.accum,
+            })
+            .map_err(|e| e.to_string())?;
+            let stats = be.take_step_stats().map_err(|e| e.to_string())?;
+            let st = stats.last().ok_or("the device step recorded no loss")?;
+            (st.loss, st.norm)
+        } else if s.ranks == 1 {
             let norm = be.grad_norm().map_err(|e| e.to_string())?;
             ((loss_sum / s.accum as f64) as f32, norm)
         } else {
@@ -1326,21 +1362,15 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
                 _ => None,
             }
         });
-        let lr = s.schedule.lr(step);
-        if skip.is_none() {
+        if skip.is_none() && !on_device {
             let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
                 args.grad_clip / norm
             } else {
                 1.0
             };
             let hp = AdamW {
-                lr,
-                beta1: args.beta1,
-                beta2: args.beta2,
-                eps: args.eps,
-                weight_decay: args.weight_decay,
-                t: step + 1,
                 grad_scale,
+                ..adamw
             };
             be.adamw(&hp).map_err(|e| e.to_string())?;
             if s.ranks > 1 {

@@ -126,6 +126,21 @@ inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
     return r;
 }
 
+// ---- integer atomics: the harness runs a grid's blocks one after another on the launching
+// thread and a block's threads as fibers that switch only at barriers and warp collectives, so a
+// plain read-modify-write is atomic. (Which thread's update lands first follows the schedule, as
+// on a GPU it follows the hardware: kernels must not depend on it.)
+inline int atomicAdd(int* p, int v) {
+    int old = *p;
+    *p = old + v;
+    return old;
+}
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    unsigned old = *p;
+    *p = old + v;
+    return old;
+}
+
 // ---- min / max as CUDA overloads them (integers of mixed types promote; floats: fminf) ----
 template <typename A, typename B>
 inline typename std::common_type<A, B>::type min(A a, B b) {

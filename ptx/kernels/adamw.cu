@@ -46,6 +46,15 @@
 //                        float weight_decay, float grad_scale, unsigned int seed)
 //     block 256, grid ceil((ceil(end / 8) - floor(start / 8)) / 256) over the table's span.
 //
+// adamw_update_multi_dev: adamw_update_multi with the step's scalars read from device memory
+//   (StepParams, step.cuh, written by the host before the step; the clip factor from
+//   StepState, written by step_finish from the norm on the device), so that the optimizer step
+//   needs no host round trip and a captured CUDA graph stays valid as lr, t and the seed change.
+//   Skips the update when StepState::halted is set (a non-finite loss or norm).
+//     adamw_update_multi_dev(bf16* params, float* master, const bf16* grads, float* m, float* v,
+//                            const AdamwTable table, const StepParams* p, const StepState* st)
+//     geometry as adamw_update_multi.
+//
 // Cost per parameter: read grad (2 B), master/m/v (12 B), write master/m/v (12 B) and param
 // (2 B): 28 B, ~20 FLOP plus the hash (~10 integer ops): memory-bound. GPT-2 124M (124.4M
 // parameters): 3.48 GB, 1.04 ms at the H100 SXM's 3.35 TB/s, 0.73 ms at the H200's 4.8 TB/s.
@@ -54,6 +63,7 @@
 // kernel is one grid with 7 16-byte loads (112 B) in flight per thread. Target: >= 80% of the
 // measured copy bandwidth. Harness-tested, ptxas-assembled, not timed.
 #include "common.cuh"
+#include "step.cuh"
 #include "vec.cuh"
 
 #define ADAMW_MAX_SEGMENTS 16
@@ -98,11 +108,14 @@ extern "C" __global__ void adamw_update(bf16* params, float* master, const bf16*
     params[i] = to_bf16_stochastic(w, sr_hash(seed, (uint64_t)i));
 }
 
-extern "C" __global__ void __launch_bounds__(256)
-adamw_update_multi(bf16* params, float* master, const bf16* grads, float* m, float* v,
-                   const __grid_constant__ AdamwTable table, float lr, float beta1, float beta2,
-                   float beta1_correction, float beta2_correction, float eps,
-                   float weight_decay, float grad_scale, unsigned int seed) {
+// The multi-tensor update of the 8-vector this thread owns (adamw_update_multi's body, shared
+// with adamw_update_multi_dev so that both write the same bits).
+__device__ __forceinline__ void adamw_multi_vector(bf16* params, float* master, const bf16* grads,
+                                                   float* m, float* v, const AdamwTable& table,
+                                                   float lr, float beta1, float beta2,
+                                                   float beta1_correction, float beta2_correction,
+                                                   float eps, float weight_decay, float grad_scale,
+                                                   unsigned int seed) {
     const int count = (int)table.count;
     size_t q = table.start[0] / 8 + (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     size_t i0 = q * 8;
@@ -152,4 +165,23 @@ adamw_update_multi(bf16* params, float* master, const bf16* grads, float* m, flo
             params[i] = to_bf16_stochastic(w, sr_hash(seed, (uint64_t)i));
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+adamw_update_multi(bf16* params, float* master, const bf16* grads, float* m, float* v,
+                   const __grid_constant__ AdamwTable table, float lr, float beta1, float beta2,
+                   float beta1_correction, float beta2_correction, float eps,
+                   float weight_decay, float grad_scale, unsigned int seed) {
+    adamw_multi_vector(params, master, grads, m, v, table, lr, beta1, beta2, beta1_correction,
+                       beta2_correction, eps, weight_decay, grad_scale, seed);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+adamw_update_multi_dev(bf16* params, float* master, const bf16* grads, float* m, float* v,
+                       const __grid_constant__ AdamwTable table, const StepParams* p,
+                       const StepState* st) {
+    if (st->halted) return;  // a non-finite loss or norm: no update (step.cu)
+    adamw_multi_vector(params, master, grads, m, v, table, p->lr, p->beta1, p->beta2,
+                       p->beta1_correction, p->beta2_correction, p->eps, p->weight_decay,
+                       st->grad_scale, p->seed);
 }

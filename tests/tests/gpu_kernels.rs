@@ -208,12 +208,18 @@ fn encoder_forward_and_deterministic_backward() {
     let run = || {
         let (gwte, gwpe) = (g.upload(&grad0_wte).unwrap(), g.upload(&grad0_wpe).unwrap());
         let ddout = g.upload(&dout).unwrap();
-        let (du, ds, dp) = (
-            g.upload(&uniq).unwrap(),
-            g.upload(&starts).unwrap(),
-            g.upload(&positions).unwrap(),
-        );
+        // The index layout of encoder.cu: [nu, rows | uniq (cap) | starts (cap + 1) |
+        // positions], here with two spare slots of capacity (poisoned) past nu.
         let nu = uniq.len() as i32;
+        let cap = uniq.len() + 2;
+        let mut layout = vec![nu, 0];
+        layout.extend(&uniq);
+        layout.extend([-7, -7]);
+        layout.extend(&starts);
+        layout.extend([-7, -7]);
+        layout.extend(&positions);
+        let didx = g.upload(&layout).unwrap();
+        let capi = cap as i32;
         unsafe {
             g.launch(
                 &bwd_wpe,
@@ -221,12 +227,13 @@ fn encoder_forward_and_deterministic_backward() {
                 &[&gwpe, &ddout, &bi, &ti, &ci],
             )
             .unwrap();
+            // Fewer block rows than tokens: rows stride over them.
             let cfg = LaunchConfig {
-                grid: (c.div_ceil(256) as u32, nu as u32, 1),
+                grid: (c.div_ceil(256) as u32, 3, 1),
                 block: (256, 1, 1),
                 smem_bytes: 0,
             };
-            g.launch(&bwd_wte, cfg, &[&gwte, &ddout, &du, &ds, &dp, &nu, &ci])
+            g.launch(&bwd_wte, cfg, &[&gwte, &ddout, &didx, &capi, &ci])
                 .unwrap();
         }
         (

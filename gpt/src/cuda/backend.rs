@@ -17,13 +17,22 @@
 //! ring's slot are kept here, on the host), E4M3 quantization, then the FP8 GEMM (E4M3
 //! mma.sync on compute capability 8.9+, the BF16 fallback elsewhere or when asked).
 //!
+//! The training step can stay on the device (`device_step`, step.rs): the encoder index is built
+//! there, the step's scalars come from a device parameter block, the loss and norm go to a
+//! device ring read once; with `MXGPT_CUDA_GRAPH=1` micro batches and the finish replay as CUDA
+//! graphs.
+//!
 //! NOT VERIFIED ON A GPU unless perf/ holds a GPU run of this commit (see the module doc).
 
 use super::fp8_telemetry::Fp8Telemetry;
 use super::kernels::fp8::{self as kfp8, Fp8Operand as Fp8Buf};
 use super::kernels::{self as k, Ptr};
 use super::mx::{self as gmx, MxBackward, MxGemmChoice, MxGemmPath};
-use crate::backend::{BResult, Backend, BackendError, BackendInfo, LinearBackward, LinearForward};
+use super::step::DeviceStep;
+use crate::backend::{
+    BResult, Backend, BackendError, BackendInfo, LinearBackward, LinearForward, StepStats,
+    StepUpdate,
+};
 use crate::config::ModelConfig;
 use crate::cpu::ops::AdamW;
 use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
@@ -49,10 +58,10 @@ pub struct CudaBackend {
     stats: DeviceBuffer<f32>,
     inputs: DeviceBuffer<i32>,
     targets: DeviceBuffer<i32>,
-    /// The batch's positions grouped by token, for the encoder backward: built when the tokens
-    /// arrive (the stream waits for that upload anyway), so the backward never stalls the host.
-    /// Replacing it frees the old one only after the new upload has synchronized the stream.
-    encoder_index: Option<k::encoder::EncoderIndex>,
+    /// The batch's positions grouped by token, for the encoder backward: built on the device
+    /// from `inputs` when the tokens arrive, into buffers allocated once.
+    encoder_index: k::encoder::EncoderIndex,
+    has_tokens: bool,
     has_targets: bool,
     /// FP32 temporaries of the two-pass reductions (layernorm and bias gradients, attention
     /// backward, gradient norm).
@@ -72,6 +81,9 @@ pub struct CudaBackend {
     fp8_fallback: bool,
     /// Data parallel: this rank's ZeRO-1 shard and collective (`set_data_parallel`).
     dp: Option<super::dist::Zero1State>,
+    /// The step kept on the device (step.rs): parameter block, stats ring, CUDA graphs. Moved
+    /// out while a call uses it alongside the other buffers (always Some between calls).
+    step: Option<DeviceStep>,
     /// Last: fields drop in declaration order, and every buffer above must be freed while the
     /// context is still alive.
     gpu: Gpu,
@@ -92,7 +104,10 @@ pub fn memory_estimate(cfg: &ModelConfig, batch: usize, seq: usize) -> (usize, u
     let a = ActLayout::new(cfg, batch, seq);
     // bf16 params + bf16 grads + f32 master, m, v
     let state = n * (2 + 2 + 4 * 3);
-    let acts = 2 * (a.acts_total + a.scratch_total) + 4 * a.stats_total + 4 * 2 * batch * seq;
+    let bt = batch * seq;
+    // tokens and targets; the encoder index (<= 3 bt + 3 ints) and its build scratch.
+    let index = 4 * (3 * bt + 3 + 2 * cfg.vocab + bt);
+    let acts = 2 * (a.acts_total + a.scratch_total) + 4 * a.stats_total + 4 * 2 * bt + index;
     (state, acts)
 }
 
@@ -154,7 +169,8 @@ impl CudaBackend {
             stats: gpu.alloc(a.stats_total).map_err(err)?,
             inputs: gpu.alloc(bt).map_err(err)?,
             targets: gpu.alloc(bt).map_err(err)?,
-            encoder_index: None,
+            encoder_index: k::encoder::EncoderIndex::new(&gpu, bt, cfg.vocab).map_err(err)?,
+            has_tokens: false,
             has_targets: false,
             work: gpu.alloc(work_len).map_err(err)?,
             norm: gpu.alloc(1).map_err(err)?,
@@ -165,6 +181,7 @@ impl CudaBackend {
             fp8_telemetry: None,
             fp8_fallback: false,
             dp: None,
+            step: Some(DeviceStep::new(&gpu).map_err(err)?),
             layout,
             model: *cfg,
             batch,
@@ -198,6 +215,42 @@ impl CudaBackend {
 
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
+    }
+
+    /// CUDA graphs for the micro batches and the step's finish (default: MXGPT_CUDA_GRAPH=1;
+    /// see step.rs). Turning them off or on drops what was recorded.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        let st = self.step.as_mut().expect("device step");
+        st.graphs = on;
+        st.forget_graphs();
+    }
+
+    /// CUDA graphs recorded and launched so far (see `set_cuda_graphs`).
+    pub fn graph_counts(&self) -> (usize, usize) {
+        let st = self.step.as_ref().expect("device step");
+        (st.recorded, st.launched)
+    }
+
+    /// Why the current modes cannot be replayed from a graph (their launches take per-call
+    /// values by value), or None.
+    fn graph_obstacle(&self) -> Option<String> {
+        if self.mx.is_some() {
+            return Some(
+                "the quantized backward passes its per-GEMM seeds by value; use --backward bf16"
+                    .into(),
+            );
+        }
+        if self.forward.is_fp8() {
+            return Some(
+                "the FP8 forward passes its scaling slots by value; use --forward bf16".into(),
+            );
+        }
+        None
+    }
+
+    /// The encoder index of the current batch (tests compare it with the host's).
+    pub fn encoder_index(&self) -> &k::encoder::EncoderIndex {
+        &self.encoder_index
     }
 
     /// The BF16 span a tensor names; an error for the FP32 statistics arena.
@@ -840,16 +893,19 @@ impl Backend for CudaBackend {
                 "token id {bad} is outside the vocabulary (< {vocab})"
             )));
         }
+        // Asynchronous copies (the stream is not drained), then the index built on the device.
         let as_i32 = |v: &[u32]| v.iter().map(|&t| t as i32).collect::<Vec<i32>>();
         self.gpu
-            .copy_to_device(&as_i32(inputs), &self.inputs)
+            .copy_to_device_async(&as_i32(inputs), &self.inputs)
             .map_err(err)?;
-        self.encoder_index =
-            Some(k::encoder::EncoderIndex::build(&self.gpu, inputs, self.vocab).map_err(err)?);
+        self.encoder_index
+            .build_on_device(&self.gpu, Ptr::of(&self.inputs))
+            .map_err(err)?;
+        self.has_tokens = true;
         self.has_targets = targets.is_some();
         if let Some(t) = targets {
             self.gpu
-                .copy_to_device(&as_i32(t), &self.targets)
+                .copy_to_device_async(&as_i32(t), &self.targets)
                 .map_err(err)?;
         }
         Ok(())
@@ -1023,9 +1079,12 @@ impl Backend for CudaBackend {
         c: usize,
     ) -> BResult<()> {
         let b = self.rows_of(t);
-        let index = self.encoder_index.as_ref().ok_or_else(|| {
-            BackendError("encoder_backward: no tokens were set for this batch".into())
-        })?;
+        if !self.has_tokens {
+            return Err(BackendError(
+                "encoder_backward: no tokens were set for this batch".into(),
+            ));
+        }
+        let index = &self.encoder_index;
         k::encoder::encoder_backward_indexed(
             &self.gpu,
             self.bf(dwte)?,
@@ -1201,6 +1260,73 @@ impl Backend for CudaBackend {
             &args,
         )
         .map_err(err)
+    }
+
+    fn has_device_step(&self) -> bool {
+        // The device step updates every parameter: not with a ZeRO-1 shard (data parallel).
+        self.dp.is_none()
+    }
+
+    fn record_loss(&mut self, losses: TensorRef) -> BResult<()> {
+        let st = self.step.as_ref().expect("device step");
+        k::step::loss_accumulate(&self.gpu, st.state(), self.f32s(losses)?).map_err(err)
+    }
+
+    fn device_step(&mut self, up: &StepUpdate) -> BResult<()> {
+        let mut st = self.step.take().expect("device step");
+        let ranges: Vec<k::adamw::AdamwRange> = self
+            .layout
+            .tensors
+            .iter()
+            .map(|t| k::adamw::AdamwRange {
+                offset: t.offset,
+                len: t.len(),
+                decay: t.weight_decay(),
+            })
+            .collect();
+        let finish = |st: &DeviceStep| -> BResult<()> {
+            let g = &self.gpu;
+            k::global_norm::grad_norm(
+                g,
+                Ptr::of(&self.norm),
+                Ptr::of(&self.grads),
+                Ptr::of(&self.work),
+            )
+            .map_err(err)?;
+            k::step::finish(g, st.state(), st.ring(), Ptr::of(&self.norm), st.params())
+                .map_err(err)?;
+            k::adamw::adamw_update_ranges_dev(
+                g,
+                Ptr::of(&self.params),
+                Ptr::of(&self.master),
+                Ptr::of(&self.grads),
+                Ptr::of(&self.adam_m),
+                Ptr::of(&self.adam_v),
+                &ranges,
+                st.params(),
+                st.state(),
+            )
+            .map_err(err)
+        };
+        let r = st.step(&self.gpu, up, adamw_seed(up.adamw.t), &finish);
+        self.step = Some(st);
+        r
+    }
+
+    fn take_step_stats(&mut self) -> BResult<Vec<StepStats>> {
+        let st = self.step.as_mut().expect("device step");
+        st.take(&self.gpu)
+    }
+
+    fn graph_begin(&mut self, key: u64) -> BResult<bool> {
+        let why_not = self.graph_obstacle();
+        let st = self.step.as_mut().expect("device step");
+        st.graph_begin(&self.gpu, key, why_not)
+    }
+
+    fn graph_end(&mut self, ok: bool) -> BResult<()> {
+        let st = self.step.as_mut().expect("device step");
+        st.graph_end(&self.gpu, ok)
     }
 }
 

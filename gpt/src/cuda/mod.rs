@@ -9,6 +9,7 @@ pub mod dist;
 mod fp8_telemetry;
 pub mod kernels;
 pub mod mx;
+pub mod step;
 
 pub use backend::CudaBackend;
 pub use mx::{MxGemmChoice, MxGemmPath};

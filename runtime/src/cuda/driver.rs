@@ -7,8 +7,11 @@
 
 use super::error::{check, CudaError, Result};
 use super::event::{Event, EventInner};
+use super::graph::{Graph, GraphInner};
 use super::{sys, Device, DeviceKind, DeviceProps, Kernel, LaunchConfig};
-use cust_raw::{CUcontext, CUdevice, CUevent, CUfunction, CUmodule, CUstream};
+use cust_raw::{
+    CUcontext, CUdevice, CUevent, CUfunction, CUgraph, CUgraphExec, CUmodule, CUstream,
+};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -199,6 +202,16 @@ impl Device for CudaDevice {
         self.synchronize("copy host -> device")
     }
 
+    unsafe fn copy_to_device_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<()> {
+        // From pageable memory the driver stages the bytes (or waits) before returning, so the
+        // caller may reuse `src` at once; the stream is not synchronized. (Pinned staging would
+        // make the copy itself asynchronous: not done.)
+        check(
+            sys::cuMemcpyHtoDAsync_v2(dst, src.cast(), bytes, self.stream),
+            || format!("asynchronous copy of {bytes} B host -> device"),
+        )
+    }
+
     unsafe fn copy_to_host(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()> {
         check(
             sys::cuMemcpyDtoHAsync_v2(dst.cast(), src, bytes, self.stream),
@@ -295,6 +308,62 @@ impl Device for CudaDevice {
                 "cuEventRecord".into()
             }),
             EventInner::Host(_) => Err(CudaError::new("record of a harness event on a GPU", 1)),
+        }
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        // SAFETY: our stream; global mode makes unsafe calls during the capture errors.
+        check(
+            unsafe { sys::cuStreamBeginCapture_v2(self.stream, sys::STREAM_CAPTURE_MODE_GLOBAL) },
+            || "cuStreamBeginCapture".into(),
+        )
+    }
+
+    fn end_capture(&self) -> Result<GraphInner> {
+        let mut graph: CUgraph = std::ptr::null_mut();
+        // SAFETY: our stream, valid out-pointers; the graph is destroyed if instantiation fails.
+        unsafe {
+            check(sys::cuStreamEndCapture(self.stream, &mut graph), || {
+                "cuStreamEndCapture (an operation during the capture failed or was not capturable)"
+                    .into()
+            })?;
+            let mut exec: CUgraphExec = std::ptr::null_mut();
+            if let Err(e) = check(
+                sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0),
+                || "cuGraphInstantiateWithFlags".into(),
+            ) {
+                sys::cuGraphDestroy(graph);
+                return Err(e);
+            }
+            Ok(GraphInner::Cuda(RawGraph { graph, exec }))
+        }
+    }
+
+    fn launch_graph(&self, graph: &Graph) -> Result<()> {
+        match &graph.inner {
+            // SAFETY: an instantiated graph of this context, launched on our stream.
+            GraphInner::Cuda(g) => {
+                check(unsafe { sys::cuGraphLaunch(g.exec, self.stream) }, || {
+                    format!("cuGraphLaunch ({} kernels)", graph.launches())
+                })
+            }
+            GraphInner::Host(_) => Err(CudaError::new("launch of a harness graph on a GPU", 1)),
+        }
+    }
+}
+
+/// An instantiated CUDA graph and the graph it came from, destroyed on drop.
+pub(crate) struct RawGraph {
+    graph: CUgraph,
+    exec: CUgraphExec,
+}
+
+impl Drop for RawGraph {
+    fn drop(&mut self) {
+        // SAFETY: created by end_capture; errors at teardown are ignored.
+        unsafe {
+            sys::cuGraphExecDestroy(self.exec);
+            sys::cuGraphDestroy(self.graph);
         }
     }
 }

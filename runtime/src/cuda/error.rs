@@ -61,6 +61,8 @@ pub fn error_name(code: u32) -> &'static str {
         715 => "CUDA_ERROR_ILLEGAL_INSTRUCTION",
         716 => "CUDA_ERROR_MISALIGNED_ADDRESS",
         719 => "CUDA_ERROR_LAUNCH_FAILED",
+        900 => "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+        901 => "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
         999 => "CUDA_ERROR_UNKNOWN",
         _ => "CUDA_ERROR_(unlisted)",
     }

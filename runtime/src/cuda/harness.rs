@@ -3,13 +3,17 @@
 
 use super::error::{CudaError, Result};
 use super::event::{Event, EventInner};
+use super::graph::{Graph, GraphInner, HostNode};
 use super::{Device, DeviceKind, DeviceProps, Kernel, LaunchConfig, Schedule};
 use ptx::harness;
+use std::cell::RefCell;
 use std::ffi::c_void;
 
 pub(crate) struct HostDevice {
     props: DeviceProps,
     schedule: Schedule,
+    /// While capturing (graph.rs): the operations recorded so far.
+    capture: RefCell<Option<Vec<HostNode>>>,
 }
 
 /// Error code for a kernel the harness stopped (CUDA_ERROR_LAUNCH_FAILED).
@@ -20,6 +24,7 @@ impl HostDevice {
         let (_, total) = meminfo();
         HostDevice {
             schedule,
+            capture: RefCell::new(None),
             props: DeviceProps {
                 ordinal: 0,
                 name: format!("host harness ({schedule:?} schedule; H100 model)"),
@@ -86,17 +91,29 @@ impl Device for HostDevice {
         Ok(())
     }
 
+    unsafe fn copy_to_device_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<()> {
+        self.copy_to_device(dst, src, bytes) // the harness's stream is always idle
+    }
+
     unsafe fn copy_to_host(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()> {
         std::ptr::copy_nonoverlapping(src as *const u8, dst, bytes);
         Ok(())
     }
 
     unsafe fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if let Some(nodes) = self.capture.borrow_mut().as_mut() {
+            nodes.push(HostNode::Copy { dst, src, bytes });
+            return Ok(());
+        }
         std::ptr::copy(src as *const u8, dst as *mut u8, bytes);
         Ok(())
     }
 
     unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
+        if let Some(nodes) = self.capture.borrow_mut().as_mut() {
+            nodes.push(HostNode::Memset { dst, byte, bytes });
+            return Ok(());
+        }
         std::ptr::write_bytes(dst as *mut u8, byte, bytes);
         Ok(())
     }
@@ -126,21 +143,31 @@ impl Device for HostDevice {
         params: &mut [*mut c_void],
         sizes: &[u32],
     ) -> Result<()> {
-        harness::launch(
-            kernel.raw() as usize,
-            cfg.grid,
-            cfg.block,
-            cfg.smem_bytes,
-            params,
-            sizes,
-            self.schedule,
-        )
-        .map_err(|e| {
-            CudaError::new(
-                format!("launch of {} with {cfg}: {e}", kernel.name()),
-                LAUNCH_FAILED,
-            )
-        })
+        if let Some(nodes) = self.capture.borrow_mut().as_mut() {
+            // By value, as cuStreamBeginCapture records kernel nodes: the bytes each argument
+            // pointer points at now.
+            let args = params
+                .iter()
+                .zip(sizes)
+                .map(|(&p, &n)| {
+                    let mut words = vec![0u64; (n as usize).div_ceil(8)];
+                    std::ptr::copy_nonoverlapping(
+                        p as *const u8,
+                        words.as_mut_ptr().cast::<u8>(),
+                        n as usize,
+                    );
+                    words
+                })
+                .collect();
+            nodes.push(HostNode::Launch {
+                kernel: kernel.clone(),
+                cfg,
+                args,
+                sizes: sizes.to_vec(),
+            });
+            return Ok(());
+        }
+        self.run(kernel, cfg, params, sizes)
     }
 
     fn new_event(&self) -> Result<Event> {
@@ -158,5 +185,80 @@ impl Device for HostDevice {
             #[allow(unreachable_patterns)]
             _ => Err(CudaError::new("record of a GPU event on the harness", 1)),
         }
+    }
+
+    fn begin_capture(&self) -> Result<()> {
+        *self.capture.borrow_mut() = Some(Vec::new());
+        Ok(())
+    }
+
+    fn end_capture(&self) -> Result<GraphInner> {
+        let nodes = self.capture.borrow_mut().take().ok_or_else(|| {
+            CudaError::new(
+                "end_capture without begin_capture",
+                super::graph::CAPTURE_UNSUPPORTED,
+            )
+        })?;
+        Ok(GraphInner::Host(nodes))
+    }
+
+    fn launch_graph(&self, graph: &Graph) -> Result<()> {
+        #[allow(irrefutable_let_patterns)] // without the `cuda` feature there is one kind
+        let GraphInner::Host(nodes) = &graph.inner
+        else {
+            return Err(CudaError::new("launch of a GPU graph on the harness", 1));
+        };
+        for node in nodes {
+            // SAFETY: the recorded operations were valid when captured, and the graph's
+            // contract (graph.rs) is that its buffers are still alive at the same addresses.
+            unsafe {
+                match node {
+                    HostNode::Launch {
+                        kernel,
+                        cfg,
+                        args,
+                        sizes,
+                    } => {
+                        let mut params: Vec<*mut c_void> =
+                            args.iter().map(|a| a.as_ptr() as *mut c_void).collect();
+                        self.run(kernel, *cfg, &mut params, sizes)?;
+                    }
+                    HostNode::Memset { dst, byte, bytes } => {
+                        std::ptr::write_bytes(*dst as *mut u8, *byte, *bytes)
+                    }
+                    HostNode::Copy { dst, src, bytes } => {
+                        std::ptr::copy(*src as *const u8, *dst as *mut u8, *bytes)
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HostDevice {
+    /// Runs one launch now.
+    unsafe fn run(
+        &self,
+        kernel: &Kernel,
+        cfg: LaunchConfig,
+        params: &mut [*mut c_void],
+        sizes: &[u32],
+    ) -> Result<()> {
+        harness::launch(
+            kernel.raw() as usize,
+            cfg.grid,
+            cfg.block,
+            cfg.smem_bytes,
+            params,
+            sizes,
+            self.schedule,
+        )
+        .map_err(|e| {
+            CudaError::new(
+                format!("launch of {} with {cfg}: {e}", kernel.name()),
+                LAUNCH_FAILED,
+            )
+        })
     }
 }

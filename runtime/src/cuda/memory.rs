@@ -85,6 +85,7 @@ impl Gpu {
                 2,
             )
         })?;
+        self.refuse_in_capture(&format!("allocation of {len} x {}", T::NAME))?;
         let ptr = if bytes > 0 {
             let what = || {
                 let free = self
@@ -131,6 +132,7 @@ impl Gpu {
         offset: usize,
     ) -> Result<()> {
         range_check::<T>(dst.len, offset, host.len(), "copy_to_device_at")?;
+        self.refuse_in_capture("a copy host -> device")?;
         if host.is_empty() {
             return Ok(());
         }
@@ -139,6 +141,29 @@ impl Gpu {
         unsafe {
             self.dev
                 .copy_to_device(at, host.as_ptr().cast(), std::mem::size_of_val(host))
+        }
+    }
+
+    /// Enqueues a copy of `host` into `dst` (same length) without waiting for the stream: the
+    /// copy lands in stream order, after the work queued before it. `host` may be changed as
+    /// soon as this returns (the driver stages pageable memory). Not capturable.
+    pub fn copy_to_device_async<T: DeviceElem>(
+        &self,
+        host: &[T],
+        dst: &DeviceBuffer<T>,
+    ) -> Result<()> {
+        size_check(dst.len, host.len(), "copy_to_device_async", T::NAME)?;
+        self.refuse_in_capture("a copy host -> device")?;
+        if host.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: equal lengths checked; the driver reads `host` before returning.
+        unsafe {
+            self.dev.copy_to_device_async(
+                dst.ptr,
+                host.as_ptr().cast(),
+                std::mem::size_of_val(host),
+            )
         }
     }
 
@@ -157,6 +182,7 @@ impl Gpu {
         host: &mut [T],
     ) -> Result<()> {
         range_check::<T>(src.len, offset, host.len(), "copy_to_host_at")?;
+        self.refuse_in_capture("a copy device -> host")?;
         if host.is_empty() {
             return Ok(());
         }

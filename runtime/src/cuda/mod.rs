@@ -18,10 +18,14 @@
 //! copies to the host wait for queued work. `MXGPT_CUDA_SYNC=1` synchronizes after every launch
 //! so that an asynchronous fault is reported against the kernel that caused it.
 //!
+//! Stream capture (`begin_capture` / `end_capture` / `launch_graph`, graph.rs): CUDA graphs on a
+//! GPU, a recorded list of launches with their arguments copied by value on the harness.
+//!
 //! The real-driver path has not run on a GPU unless perf/ holds a GPU run of this commit.
 
 mod error;
 mod event;
+mod graph;
 mod launch;
 mod memory;
 
@@ -42,6 +46,7 @@ mod tests;
 
 pub use error::{error_name, CudaError, Result};
 pub use event::Event;
+pub use graph::{Graph, CAPTURE_UNSUPPORTED};
 /// The `half` crate this layer uses for `bf16` / `f16` buffers.
 pub use half;
 pub use launch::{KernelArg, LaunchConfig};
@@ -49,7 +54,7 @@ pub use memory::{DeviceBuffer, DeviceElem};
 /// The embedded kernels (and `ptx::host`, CPU mirrors of their bit-level helpers).
 pub use ptx;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::c_void;
 
@@ -109,6 +114,9 @@ pub(crate) trait Device {
     fn free_fn(&self) -> unsafe fn(u64);
     /// # Safety: `src` valid for `bytes`; `dst` a live device range of `bytes`.
     unsafe fn copy_to_device(&self, dst: u64, src: *const u8, bytes: usize) -> Result<()>;
+    /// Enqueues the copy without waiting for it; `src` may be reused when this returns.
+    /// # Safety: as `copy_to_device`.
+    unsafe fn copy_to_device_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<()>;
     /// # Safety: `dst` valid for `bytes`; `src` a live device range.
     unsafe fn copy_to_host(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()>;
     /// # Safety: both live device ranges of `bytes`.
@@ -127,6 +135,11 @@ pub(crate) trait Device {
     ) -> Result<()>;
     fn new_event(&self) -> Result<Event>;
     fn record(&self, event: &Event) -> Result<()>;
+    /// Stream capture (graph.rs): while capturing, `launch`, `memset` and `copy_device`
+    /// record instead of running; `Gpu` refuses the rest before they get here.
+    fn begin_capture(&self) -> Result<()>;
+    fn end_capture(&self) -> Result<graph::GraphInner>;
+    fn launch_graph(&self, graph: &Graph) -> Result<()>;
 }
 
 /// One device: a GPU's primary context and stream, or the host harness; the kernel cache.
@@ -134,6 +147,9 @@ pub struct Gpu {
     dev: Box<dyn Device>,
     kernels: RefCell<HashMap<(String, String), Kernel>>,
     sync_each_launch: bool,
+    /// Stream capture in progress (graph.rs), and the launches it recorded.
+    capturing: Cell<bool>,
+    captured_launches: Cell<usize>,
 }
 
 impl Gpu {
@@ -143,6 +159,8 @@ impl Gpu {
             dev,
             kernels: RefCell::new(HashMap::new()),
             sync_each_launch: std::env::var("MXGPT_CUDA_SYNC").is_ok_and(|v| v == "1"),
+            capturing: Cell::new(false),
+            captured_launches: Cell::new(0),
         }
     }
 
@@ -185,6 +203,7 @@ impl Gpu {
 
     /// Waits for all work queued on the stream; `what` names the work in the error.
     pub fn synchronize(&self, what: &str) -> Result<()> {
+        self.refuse_in_capture(&format!("synchronize ({what})"))?;
         self.dev.synchronize(what)
     }
 
@@ -236,7 +255,9 @@ impl Gpu {
         let mut params: Vec<*mut c_void> = args.iter().map(|a| a.as_kernel_param()).collect();
         let sizes: Vec<u32> = args.iter().map(|a| a.param_size() as u32).collect();
         self.dev.launch(kernel, cfg, &mut params, &sizes)?;
-        if self.sync_each_launch {
+        if self.capturing.get() {
+            self.captured_launches.set(self.captured_launches.get() + 1);
+        } else if self.sync_each_launch {
             self.dev
                 .synchronize(&format!("{} with {cfg} (MXGPT_CUDA_SYNC)", kernel.name))?;
         }
@@ -250,6 +271,7 @@ impl Gpu {
 
     /// Enqueues `event` on the Gpu's stream.
     pub fn record(&self, event: &Event) -> Result<()> {
+        self.refuse_in_capture("an event record")?;
         self.dev.record(event)
     }
 }

@@ -8,7 +8,9 @@
 
 #![allow(non_snake_case)]
 
-use cust_raw::{CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUmodule, CUstream};
+use cust_raw::{
+    CUcontext, CUdevice, CUdeviceptr, CUevent, CUfunction, CUgraph, CUgraphExec, CUmodule, CUstream,
+};
 use std::os::raw::{c_char, c_int, c_uint, c_void};
 
 pub type Status = u32;
@@ -84,6 +86,17 @@ extern "C" {
     pub fn cuEventSynchronize(event: CUevent) -> Status;
     pub fn cuEventElapsedTime(ms: *mut f32, start: CUevent, end: CUevent) -> Status;
     pub fn cuEventDestroy_v2(event: CUevent) -> Status;
+    // Stream capture and graphs (CUDA 11.4+; mode: CU_STREAM_CAPTURE_MODE_*).
+    pub fn cuStreamBeginCapture_v2(stream: CUstream, mode: c_int) -> Status;
+    pub fn cuStreamEndCapture(stream: CUstream, graph: *mut CUgraph) -> Status;
+    pub fn cuGraphInstantiateWithFlags(
+        exec: *mut CUgraphExec,
+        graph: CUgraph,
+        flags: u64,
+    ) -> Status;
+    pub fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> Status;
+    pub fn cuGraphExecDestroy(exec: CUgraphExec) -> Status;
+    pub fn cuGraphDestroy(graph: CUgraph) -> Status;
     /// CUDA 12.0+ (driver >= 525): the versioned lookup of driver entry points.
     pub fn cuGetProcAddress_v2(
         symbol: *const c_char,
@@ -108,4 +121,7 @@ pub const ATTR_COMPUTE_CAPABILITY_MINOR: c_int = 76;
 pub const ATTR_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: c_int = 97;
 pub const FUNC_ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES: c_int = 8;
 pub const JIT_ERROR_LOG_BUFFER: c_int = 5;
+/// CU_STREAM_CAPTURE_MODE_GLOBAL: calls that are unsafe during a capture (cuMemAlloc, a
+/// synchronous copy, ...) fail while any stream captures.
+pub const STREAM_CAPTURE_MODE_GLOBAL: c_int = 0;
 pub const JIT_ERROR_LOG_BUFFER_SIZE_BYTES: c_int = 6;

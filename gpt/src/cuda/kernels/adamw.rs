@@ -173,31 +173,7 @@ pub fn adamw_update_ranges_with(
     hp: &AdamwArgs,
 ) -> Result<()> {
     const K: &str = "adamw_update_multi";
-    // Validate, drop empty ranges, merge touching neighbours with the same decay.
-    let mut merged: Vec<AdamwRange> = Vec::with_capacity(ranges.len());
-    let mut prev_end = 0usize;
-    for r in ranges.iter().filter(|r| r.len > 0) {
-        let end = r
-            .offset
-            .checked_add(r.len)
-            .ok_or_else(|| CudaError::new(format!("{K}: offset + len overflows"), 1))?;
-        if r.offset < prev_end {
-            return Err(CudaError::new(
-                format!(
-                    "{K}: ranges must be sorted and disjoint; [{}, {end}) starts before {prev_end}",
-                    r.offset
-                ),
-                1,
-            ));
-        }
-        prev_end = end;
-        match merged.last_mut() {
-            Some(last) if last.offset + last.len == r.offset && last.decay == r.decay => {
-                last.len += r.len
-            }
-            _ => merged.push(*r),
-        }
-    }
+    let merged = merge_ranges(ranges)?;
     let Some(last) = merged.last() else {
         return Ok(());
     };
@@ -230,22 +206,7 @@ pub fn adamw_update_ranges_with(
     let k = g.kernel("adamw", K)?;
     let a = *hp;
     for chunk in merged.chunks(MAX_SEGMENTS) {
-        let mut table = AdamwTable {
-            start: [0; MAX_SEGMENTS],
-            end: [0; MAX_SEGMENTS],
-            count: chunk.len() as u32,
-            decay_mask: 0,
-        };
-        for (s, r) in chunk.iter().enumerate() {
-            table.start[s] = r.offset as u64;
-            table.end[s] = (r.offset + r.len) as u64;
-            if r.decay {
-                table.decay_mask |= 1 << s;
-            }
-        }
-        let first_vec = chunk[0].offset / 8;
-        let last = chunk[chunk.len() - 1];
-        let vecs = (last.offset + last.len).div_ceil(8) - first_vec;
+        let (table, vecs) = table_of(chunk);
         // SAFETY: adamw_update_multi(bf16*, float*, const bf16*, float*, float*, AdamwTable,
         // float x 8, unsigned int seed); every buffer holds the table's last end (checked), the
         // buffers are 16-byte aligned (checked), and the grid covers the 8-vectors from
@@ -271,6 +232,116 @@ pub fn adamw_update_ranges_with(
                     &a.grad_scale,
                     &a.seed,
                 ],
+            )?
+        };
+    }
+    Ok(())
+}
+
+/// `ranges` validated (sorted, disjoint: an error otherwise), empty ones dropped, touching
+/// neighbours with the same decay merged.
+fn merge_ranges(ranges: &[AdamwRange]) -> Result<Vec<AdamwRange>> {
+    const K: &str = "adamw_update_multi";
+    // Validate, drop empty ranges, merge touching neighbours with the same decay.
+    let mut merged: Vec<AdamwRange> = Vec::with_capacity(ranges.len());
+    let mut prev_end = 0usize;
+    for r in ranges.iter().filter(|r| r.len > 0) {
+        let end = r
+            .offset
+            .checked_add(r.len)
+            .ok_or_else(|| CudaError::new(format!("{K}: offset + len overflows"), 1))?;
+        if r.offset < prev_end {
+            return Err(CudaError::new(
+                format!(
+                    "{K}: ranges must be sorted and disjoint; [{}, {end}) starts before {prev_end}",
+                    r.offset
+                ),
+                1,
+            ));
+        }
+        prev_end = end;
+        match merged.last_mut() {
+            Some(last) if last.offset + last.len == r.offset && last.decay == r.decay => {
+                last.len += r.len
+            }
+            _ => merged.push(*r),
+        }
+    }
+    Ok(merged)
+}
+
+/// The kernel table of up to MAX_SEGMENTS merged ranges, and how many 8-vectors its grid covers.
+fn table_of(chunk: &[AdamwRange]) -> (AdamwTable, usize) {
+    let mut table = AdamwTable {
+        start: [0; MAX_SEGMENTS],
+        end: [0; MAX_SEGMENTS],
+        count: chunk.len() as u32,
+        decay_mask: 0,
+    };
+    for (s, r) in chunk.iter().enumerate() {
+        table.start[s] = r.offset as u64;
+        table.end[s] = (r.offset + r.len) as u64;
+        if r.decay {
+            table.decay_mask |= 1 << s;
+        }
+    }
+    let first_vec = chunk[0].offset / 8;
+    let last = chunk[chunk.len() - 1];
+    (table, (last.offset + last.len).div_ceil(8) - first_vec)
+}
+
+/// [`adamw_update_ranges`] on `adamw_update_multi_dev`: the step's scalars (lr, betas, bias
+/// corrections, eps, weight decay, seed) read from `p` and the clip factor from `state`
+/// (written by `step::finish`) on the device, so nothing is passed by value that changes from
+/// step to step; skipped on the device when `state` says a loss or norm was not finite. The
+/// same bits as [`adamw_update_ranges`] with those values. The five buffers must be 16-byte
+/// aligned (an error otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_ranges_dev(
+    g: &Gpu,
+    params: Ptr<bf16>,
+    master: Ptr<f32>,
+    grads: Ptr<bf16>,
+    m: Ptr<f32>,
+    v: Ptr<f32>,
+    ranges: &[AdamwRange],
+    p: Ptr<super::step::StepParams>,
+    state: Ptr<u64>,
+) -> Result<()> {
+    const K: &str = "adamw_update_multi_dev";
+    let merged = merge_ranges(ranges)?;
+    let Some(last) = merged.last() else {
+        return Ok(());
+    };
+    let end = last.offset + last.len;
+    check_len(K, "params", &params, end)?;
+    check_len(K, "master", &master, end)?;
+    check_len(K, "grads", &grads, end)?;
+    check_len(K, "m", &m, end)?;
+    check_len(K, "v", &v, end)?;
+    check_len(K, "step params", &p, 1)?;
+    check_len(K, "step state", &state, super::step::STATE_WORDS)?;
+    membound::check_aligned16(
+        K,
+        &[
+            ("params", params.addr()),
+            ("master", master.addr()),
+            ("grads", grads.addr()),
+            ("m", m.addr()),
+            ("v", v.addr()),
+        ],
+    )?;
+    let k = g.kernel("adamw", K)?;
+    for chunk in merged.chunks(MAX_SEGMENTS) {
+        let (table, vecs) = table_of(chunk);
+        // SAFETY: adamw_update_multi_dev(bf16*, float*, const bf16*, float*, float*,
+        // AdamwTable, const StepParams*, const StepState*); buffers hold the table's last end
+        // and are aligned (checked); the grid covers the table's 8-vectors.
+        unsafe {
+            g.launch(
+                &k,
+                LaunchConfig::linear(vecs, 256),
+                &[&params, &master, &grads, &m, &v, &table, &p, &state],
             )?
         };
     }

@@ -11,8 +11,8 @@ use super::membound::{self, MemImpl};
 use super::{check_dim, check_len, Ptr};
 use runtime::cuda::{half::bf16, CudaError, DeviceBuffer, Gpu, LaunchConfig, Result};
 
-/// Largest grid.y of a launch: encoder_backward_wte puts one unique token per grid row, so more
-/// unique tokens than this are launched in chunks.
+/// Largest grid.y of a launch: encoder_backward_wte puts one distinct token per grid row, and
+/// strides past this many.
 const MAX_GRID_Y: usize = 65535;
 
 fn product(kernel: &str, dims: &[usize]) -> Result<usize> {
@@ -87,78 +87,206 @@ pub fn encoder_forward_with(
     unsafe { g.launch(&k, cfg, &[&out, &tokens, &wte, &wpe, &bi, &ti, &ci]) }
 }
 
-/// The token -> positions index `encoder_backward_wte` needs, on the device: the distinct token
-/// ids in increasing order (`uniq`, nu of them), CSR offsets `starts` [nu + 1] and the
-/// positions `b * T + t` of each token, ascending (a stable counting sort of the tokens).
-/// Building it costs O(B*T + vocab) host work and one upload of 4 * (2 nu + 1 + B*T) bytes
-/// (~100 KB at B*T = 8192), which waits for the stream (`Gpu::copy_to_device` synchronizes).
-/// Build it once per batch where the stream is idle anyway (e.g. when the tokens are uploaded)
-/// and pass it to [`encoder_backward_indexed`] to keep the backward free of host stalls.
+/// The token -> positions index `encoder_backward_wte` needs, in one preallocated device
+/// buffer (layout in encoder.cu): the distinct token ids in increasing order (`uniq`, nu of
+/// them), CSR offsets `starts` [nu + 1] and the positions `b * T + t` of each token, ascending
+/// (a stable counting sort of the tokens). Capacity for `cap = min(bt, vocab)` distinct tokens,
+/// so one buffer serves every batch.
+///
+/// Two builders with the same contents: [`EncoderIndex::build_on_device`] (five launches from
+/// the device token buffer, no host work, no sync, no allocation: what the backend runs every
+/// micro batch, and what a captured CUDA graph replays) and [`EncoderIndex::fill_from_host`], the
+/// reference: the counting sort on the host, uploaded (a synchronizing copy).
 pub struct EncoderIndex {
-    /// [uniq (nu) | starts (nu + 1) | positions (bt)]
+    /// [nu, rows | uniq (cap) | starts (cap + 1) | positions (bt)]
     buf: DeviceBuffer<i32>,
-    nu: usize,
+    /// The device build's scratch: [counts (vocab) | tokstart (vocab) | tmp (bt)].
+    scratch: DeviceBuffer<i32>,
+    cap: usize,
     bt: usize,
-    /// Rows of dwte the kernels touch: largest token id + 1.
-    rows: usize,
+    vocab: usize,
+}
+
+/// An index read back to the host (tests): the used parts of the device buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostIndex {
+    pub rows: usize,
+    pub uniq: Vec<i32>,
+    pub starts: Vec<i32>,
+    pub positions: Vec<i32>,
+}
+
+/// The host reference: the index of `tokens` in the device layout for capacity `cap`.
+fn host_layout(tokens: &[u32], vocab: usize, cap: usize) -> Result<Vec<i32>> {
+    let bt = tokens.len();
+    let mut count = vec![0u32; vocab];
+    for (p, &tok) in tokens.iter().enumerate() {
+        let slot = count.get_mut(tok as usize).ok_or_else(|| {
+            CudaError::new(
+                format!("encoder index: token {tok} at position {p} >= vocabulary {vocab}"),
+                1,
+            )
+        })?;
+        *slot += 1;
+    }
+    let nu = count.iter().filter(|&&n| n > 0).count();
+    let rows = count.iter().rposition(|&n| n > 0).map_or(0, |v| v + 1);
+    let mut host = vec![0i32; 2 + 2 * cap + 1 + bt];
+    host[0] = nu as i32;
+    host[1] = rows as i32;
+    let (uniq, rest) = host[2..].split_at_mut(cap);
+    let (starts, positions) = rest.split_at_mut(cap + 1);
+    // count[token] becomes the cursor: where the token's next position goes in `positions`.
+    let (mut u, mut next) = (0, 0u32);
+    for (tok, n) in count.iter_mut().enumerate() {
+        if *n > 0 {
+            uniq[u] = tok as i32;
+            starts[u] = next as i32;
+            u += 1;
+            let cnt = *n;
+            *n = next;
+            next += cnt;
+        }
+    }
+    starts[nu] = next as i32;
+    for (p, &tok) in tokens.iter().enumerate() {
+        let cur = &mut count[tok as usize];
+        positions[*cur as usize] = p as i32;
+        *cur += 1;
+    }
+    Ok(host)
 }
 
 impl EncoderIndex {
-    /// Index of `tokens` (all B*T ids of the batch, row-major); every id must be `< vocab`.
-    pub fn build(g: &Gpu, tokens: &[u32], vocab: usize) -> Result<EncoderIndex> {
-        let bt = tokens.len();
-        if bt == 0 || bt > i32::MAX as usize {
+    /// Device buffers for the index of `bt` tokens of a `vocab`-token vocabulary.
+    pub fn new(g: &Gpu, bt: usize, vocab: usize) -> Result<EncoderIndex> {
+        if bt == 0 || bt > (i32::MAX as usize) / 4 || vocab == 0 || vocab > i32::MAX as usize / 2 {
             return Err(CudaError::new(
-                format!("encoder index: {bt} tokens, need 1..=2^31-1"),
+                format!("encoder index: {bt} tokens of a {vocab}-token vocabulary, need 1..=2^29 tokens and 1..=2^30 ids"),
                 1,
             ));
         }
-        let mut count = vec![0u32; vocab];
-        for (p, &tok) in tokens.iter().enumerate() {
-            let slot = count.get_mut(tok as usize).ok_or_else(|| {
-                CudaError::new(
-                    format!("encoder index: token {tok} at position {p} >= vocabulary {vocab}"),
-                    1,
-                )
-            })?;
-            *slot += 1;
-        }
-        let nu = count.iter().filter(|&&n| n > 0).count();
-        let rows = count.iter().rposition(|&n| n > 0).map_or(0, |v| v + 1);
-        let mut host = Vec::with_capacity(2 * nu + 1 + bt);
-        // Then count[token] becomes the cursor: where the token's next position goes in
-        // `positions`.
-        let mut starts = Vec::with_capacity(nu + 1);
-        let mut next = 0u32;
-        for (tok, n) in count.iter_mut().enumerate() {
-            if *n > 0 {
-                host.push(tok as i32);
-                starts.push(next as i32);
-                let cnt = *n;
-                *n = next;
-                next += cnt;
-            }
-        }
-        starts.push(next as i32);
-        host.extend_from_slice(&starts);
-        let pos_base = host.len();
-        host.resize(pos_base + bt, 0);
-        for (p, &tok) in tokens.iter().enumerate() {
-            let cur = &mut count[tok as usize];
-            host[pos_base + *cur as usize] = p as i32;
-            *cur += 1;
-        }
+        let cap = bt.min(vocab);
         Ok(EncoderIndex {
-            buf: g.upload(&host)?,
-            nu,
+            buf: g.alloc(2 + 2 * cap + 1 + bt)?,
+            scratch: g.alloc(2 * vocab + bt)?,
+            cap,
             bt,
-            rows,
+            vocab,
         })
     }
 
-    /// Number of distinct tokens.
-    pub fn unique(&self) -> usize {
-        self.nu
+    /// The index of `tokens` (all B*T ids of the batch, row-major; every id `< vocab`) built on
+    /// the host and uploaded into new buffers.
+    pub fn build(g: &Gpu, tokens: &[u32], vocab: usize) -> Result<EncoderIndex> {
+        let index = EncoderIndex::new(g, tokens.len(), vocab)?;
+        index.fill_from_host(g, tokens)?;
+        Ok(index)
+    }
+
+    /// The reference builder: the counting sort of `tokens` (`bt` ids, each `< vocab`, else an
+    /// error naming it) on the host, uploaded (waits for the stream).
+    pub fn fill_from_host(&self, g: &Gpu, tokens: &[u32]) -> Result<()> {
+        if tokens.len() != self.bt {
+            return Err(CudaError::new(
+                format!(
+                    "encoder index: {} tokens for an index of {}",
+                    tokens.len(),
+                    self.bt
+                ),
+                1,
+            ));
+        }
+        g.copy_to_device(&host_layout(tokens, self.vocab, self.cap)?, &self.buf)
+    }
+
+    /// Builds the index of the device tokens `tokens` [bt] on the device: five launches, no
+    /// host work, no sync, no allocation. Ids must be `< vocab` (the caller checks them; an id
+    /// outside is left out of the index).
+    pub fn build_on_device(&self, g: &Gpu, tokens: Ptr<i32>) -> Result<()> {
+        const K: &str = "encoder_index";
+        check_len(K, "tokens", &tokens, self.bt)?;
+        let (v, bt) = (self.vocab, self.bt);
+        let (vi, bti, capi) = (v as i32, bt as i32, self.cap as i32);
+        let scratch = Ptr::of(&self.scratch);
+        let (counts, tokstart, tmp) = (
+            scratch.slice(0, v),
+            scratch.slice(v, v),
+            scratch.slice(2 * v, bt),
+        );
+        let index = Ptr::of(&self.buf);
+        let kernel = |name: &str| g.kernel("encoder", name);
+        // SAFETY: signatures as in encoder.cu's header; counts/tokstart hold vocab ints, tmp and
+        // tokens bt, the index 2 + 2 cap + 1 + bt (allocated in `new`); grids cover vocab or bt.
+        unsafe {
+            g.launch(
+                &kernel("encoder_index_clear")?,
+                LaunchConfig::linear(v, 256),
+                &[&counts, &vi],
+            )?;
+            g.launch(
+                &kernel("encoder_index_count")?,
+                LaunchConfig::linear(bt, 256),
+                &[&counts, &tokens, &bti, &vi],
+            )?;
+            g.launch(
+                &kernel("encoder_index_scan")?,
+                LaunchConfig {
+                    grid: (1, 1, 1),
+                    block: (1024, 1, 1),
+                    smem_bytes: 0,
+                },
+                &[&counts, &tokstart, &index, &vi, &capi],
+            )?;
+            g.launch(
+                &kernel("encoder_index_scatter")?,
+                LaunchConfig::linear(bt, 256),
+                &[&counts, &tokstart, &tokens, &tmp, &bti, &vi],
+            )?;
+            g.launch(
+                &kernel("encoder_index_order")?,
+                LaunchConfig::linear(bt, 256),
+                &[&counts, &tokstart, &tokens, &tmp, &index, &bti, &vi, &capi],
+            )
+        }
+    }
+
+    /// Fills the index buffer with `byte` (tests poison it before a build).
+    pub fn fill_bytes(&self, g: &Gpu, byte: u8) -> Result<()> {
+        g.fill_bytes(&self.buf, byte)
+    }
+
+    /// The index as the device holds it (waits for the stream): for tests.
+    pub fn download(&self, g: &Gpu) -> Result<HostIndex> {
+        let all = g.download(&self.buf)?;
+        let (nu, rows) = (all[0].max(0) as usize, all[1].max(0) as usize);
+        let nu = nu.min(self.cap);
+        let uniq = &all[2..2 + self.cap];
+        let starts = &all[2 + self.cap..3 + 2 * self.cap];
+        Ok(HostIndex {
+            rows,
+            uniq: uniq[..nu].to_vec(),
+            starts: starts[..nu + 1].to_vec(),
+            positions: all[3 + 2 * self.cap..].to_vec(),
+        })
+    }
+
+    /// The reference index of `tokens` in the form [`EncoderIndex::download`] returns.
+    pub fn host_reference(tokens: &[u32], vocab: usize) -> Result<HostIndex> {
+        let cap = tokens.len().min(vocab);
+        let all = host_layout(tokens, vocab, cap)?;
+        let nu = all[0] as usize;
+        Ok(HostIndex {
+            rows: all[1] as usize,
+            uniq: all[2..2 + nu].to_vec(),
+            starts: all[2 + cap..3 + cap + nu].to_vec(),
+            positions: all[3 + 2 * cap..].to_vec(),
+        })
+    }
+
+    /// Number of tokens the index holds (B*T).
+    pub fn tokens(&self) -> usize {
+        self.bt
     }
 }
 
@@ -216,9 +344,9 @@ pub fn encoder_backward_indexed_with(
     }
     check_len(K, "dout", &dout, n)?;
     check_len(K, "dwpe", &dwpe, t * c)?;
-    // Token ids were checked against the vocabulary when the index was built; dwte must hold
-    // the largest one's row.
-    check_len(K, "dwte", &dwte, index.rows * c)?;
+    // Token ids are < the index's vocabulary (checked by its builders): dwte must hold that many
+    // rows (which ones the batch uses is known only on the device).
+    check_len(K, "dwte", &dwte, index.vocab * c)?;
     let vec = imp == MemImpl::Vectorized;
     if vec {
         membound::check_c8(K, c)?;
@@ -256,34 +384,22 @@ pub fn encoder_backward_indexed_with(
         )?
     };
     let kwte = g.kernel("encoder", wte_name)?;
-    let (nu, bt) = (index.nu, index.bt);
-    let positions = idx.slice(2 * nu + 1, bt);
-    let mut u0 = 0;
-    while u0 < nu {
-        let chunk = (nu - u0).min(MAX_GRID_Y);
-        // starts holds absolute offsets into positions, so a chunk is just shifted pointers.
-        let uniq = idx.slice(u0, chunk);
-        let starts = idx.slice(nu + u0, chunk + 1);
-        let nc = chunk as i32;
-        let cfg = LaunchConfig {
-            grid: (wte_cols.div_ceil(wte_threads) as u32, chunk as u32, 1),
-            block: (wte_threads as u32, 1, 1),
-            smem_bytes: 0,
-        };
-        // SAFETY: encoder_backward_wte{,_vec}(bf16*, const bf16*, const int*, const int*,
-        // const int*,
-        // int, int); uniq/starts/positions come from a consistent index of b*t tokens whose ids
-        // are < index.rows, and dwte holds index.rows rows (checked).
-        unsafe {
-            g.launch(
-                &kwte,
-                cfg,
-                &[&dwte, &dout, &uniq, &starts, &positions, &nc, &ci],
-            )?
-        };
-        u0 += chunk;
-    }
-    Ok(())
+    // One block row per possible distinct token (the count is on the device); rows past nu
+    // exit at once, and above the grid.y limit each row strides over several tokens.
+    let cfg = LaunchConfig {
+        grid: (
+            wte_cols.div_ceil(wte_threads) as u32,
+            index.cap.min(MAX_GRID_Y) as u32,
+            1,
+        ),
+        block: (wte_threads as u32, 1, 1),
+        smem_bytes: 0,
+    };
+    let capi = index.cap as i32;
+    // SAFETY: encoder_backward_wte{,_vec}(bf16*, const bf16*, const int* index, int cap, int C);
+    // the index buffer holds 2 + 2 cap + 1 + b*t ints built for this b*t with ids < vocab, and
+    // dwte holds vocab rows (checked).
+    unsafe { g.launch(&kwte, cfg, &[&dwte, &dout, &idx, &capi, &ci]) }
 }
 
 /// Encoder backward from the host copy of the batch's tokens, ACCUMULATING into `dwte`

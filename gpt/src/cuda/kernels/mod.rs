@@ -23,6 +23,7 @@ pub mod membound;
 pub mod mx;
 pub mod mx_tcgen05;
 pub mod nvfp4;
+pub mod step;
 
 /// A span of `len` elements of type `T` in device memory, borrowed from a `DeviceBuffer` (so it
 /// cannot outlive it). Passed to kernels as a `T*`. Aliasing between spans is not tracked:

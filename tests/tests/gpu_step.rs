@@ -1,0 +1,415 @@
+//! The GPU training step without host work: the encoder's token index built on the device, and
+//! (below) the step's scalars read from device memory so that a captured CUDA graph replays it.
+//!
+//! Index: the device build (encoder_index_* in encoder.cu) must produce exactly the host's
+//! stable counting sort (the reference, `EncoderIndex::host_reference`), on random tokens with
+//! many repeats, a single repeated token, ids at both ends of the vocabulary, more tokens than
+//! ids and more ids than the scan block has threads; into a poisoned buffer that held another
+//! batch's index before (stale counts would show). On the harness it also runs under random
+//! thread schedules, where the scatter's atomics land out of order and the order kernel has to
+//! restore the positions' ascending order. The encoder backward from both indexes must be bit
+//! identical.
+
+use gpt::cuda::kernels::{encoder, Ptr};
+use runtime::cuda::half::bf16;
+use runtime::cuda::{Gpu, Schedule};
+use tests::gpu::*;
+
+fn random_tokens(rng: &mut Rng, n: usize, vocab: usize, distinct: usize) -> Vec<u32> {
+    // `distinct` ids spread over the whole vocabulary (0 and vocab - 1 among them), drawn with
+    // repeats.
+    let ids: Vec<u32> = (0..distinct)
+        .map(|i| {
+            if distinct == 1 {
+                (vocab / 2) as u32
+            } else {
+                ((i * (vocab - 1)) / (distinct - 1)) as u32
+            }
+        })
+        .collect();
+    (0..n).map(|_| ids[rng.below(distinct)]).collect()
+}
+
+/// (bt, vocab, distinct ids): edge sizes and shapes.
+const CASES: [(usize, usize, usize); 10] = [
+    (1, 1, 1),
+    (1, 50, 1),
+    (7, 3, 3),
+    (300, 50, 1),        // one token repeated
+    (517, 50, 13),       // many repeats
+    (257, 1025, 200),    // per-thread chunks of 2 in the scan, the last threads empty
+    (3000, 7, 7),        // more tokens than ids: cap = vocab
+    (2000, 50257, 1800), // GPT-2's vocabulary
+    (1024, 5000, 1024),
+    (600, 2048, 300), // the scan's last thread owns the largest id (vocab - 1)
+];
+
+fn check_index_builds(g: &Gpu, seed: u64) {
+    let mut rng = Rng(seed);
+    for (bt, vocab, distinct) in CASES {
+        let index = encoder::EncoderIndex::new(g, bt, vocab).unwrap();
+        // Another batch first, so the second build starts from a used index and scratch.
+        let before = random_tokens(&mut rng, bt, vocab, distinct.max(2).min(vocab));
+        let tokens = random_tokens(&mut rng, bt, vocab, distinct);
+        for (what, toks) in [("first batch", &before), ("second batch", &tokens)] {
+            index.fill_bytes(g, 0xFF).unwrap();
+            let dtok = g
+                .upload(&toks.iter().map(|&t| t as i32).collect::<Vec<_>>())
+                .unwrap();
+            index.build_on_device(g, Ptr::of(&dtok)).unwrap();
+            let got = index.download(g).unwrap();
+            let want = encoder::EncoderIndex::host_reference(toks, vocab).unwrap();
+            assert_eq!(
+                got,
+                want,
+                "device index != host index ({what}, bt {bt}, vocab {vocab}, {distinct} ids, {:?})",
+                g.props().name
+            );
+        }
+    }
+}
+
+#[test]
+fn device_index_is_the_host_counting_sort() {
+    check_index_builds(&gpu(), 1);
+}
+
+#[test]
+fn device_index_does_not_depend_on_the_order_of_the_atomics() {
+    let g = gpu();
+    if on_gpu(&g) {
+        return; // the schedules are the harness's; on a GPU the first test covers it
+    }
+    for seed in [3, 4] {
+        check_index_builds(&Gpu::harness(Schedule::Random(seed)), 10 + seed);
+    }
+    check_index_builds(&Gpu::harness(Schedule::Reverse), 20);
+}
+
+#[test]
+fn encoder_backward_is_bit_identical_from_either_index() {
+    let g = gpu();
+    let mut rng = Rng(9);
+    let (b, t, c, vocab) = (3usize, 41usize, 24usize, 97usize);
+    let bt = b * t;
+    let tokens = random_tokens(&mut rng, bt, vocab, 30);
+    let dout = g.upload(&rng.vec_bf16(bt * c, 1.0)).unwrap();
+    let (gwte0, gwpe0) = (rng.vec_bf16(vocab * c, 0.1), rng.vec_bf16(t * c, 0.1));
+    let dtok = g
+        .upload(&tokens.iter().map(|&t| t as i32).collect::<Vec<_>>())
+        .unwrap();
+    let host = encoder::EncoderIndex::build(&g, &tokens, vocab).unwrap();
+    let dev = encoder::EncoderIndex::new(&g, bt, vocab).unwrap();
+    dev.build_on_device(&g, Ptr::of(&dtok)).unwrap();
+    let run = |index: &encoder::EncoderIndex| {
+        let (gwte, gwpe) = (g.upload(&gwte0).unwrap(), g.upload(&gwpe0).unwrap());
+        encoder::encoder_backward_indexed(
+            &g,
+            Ptr::of(&gwte),
+            Ptr::of(&gwpe),
+            Ptr::of(&dout),
+            index,
+            b,
+            t,
+            c,
+        )
+        .unwrap();
+        (g.download(&gwte).unwrap(), g.download(&gwpe).unwrap())
+    };
+    let (from_host, from_dev) = (run(&host), run(&dev));
+    assert_eq!(bits(&from_host.0), bits(&from_dev.0), "dwte");
+    assert_eq!(bits(&from_host.1), bits(&from_dev.1), "dwpe");
+    // ...and the gradient did move (the index was not empty).
+    assert_ne!(bits(&from_dev.0), bits(&gwte0));
+    let _: &[bf16] = &gwpe0;
+}
+
+// ---- stream capture (runtime::cuda::graph) ----
+
+#[test]
+fn capture_records_arguments_by_value_and_runs_nothing_until_launched() {
+    use gpt::cuda::kernels::global_norm;
+    let g = gpu();
+    let x0: Vec<bf16> = (0..300).map(|i| bf16::from_f32(1.0 + i as f32)).collect();
+    let x = g.upload(&x0).unwrap();
+    let norm = g.upload(&[4.0f32]).unwrap();
+    g.begin_capture().unwrap();
+    {
+        // The scalar lives only in this scope: the graph must hold its value, not its address.
+        let max_norm = 2.0f32;
+        global_norm::clip_by_norm_bf16(&g, Ptr::of(&x), Ptr::of(&norm), max_norm).unwrap();
+    }
+    // What a capture cannot record is refused, naming the operation; the capture goes on.
+    let refused = [
+        g.alloc::<f32>(4).map(|_| ()).unwrap_err(),
+        g.copy_to_device(&[1.0f32], &norm).unwrap_err(),
+        g.download(&norm).map(|_| ()).unwrap_err(),
+        g.synchronize("a test").unwrap_err(),
+    ];
+    for e in &refused {
+        assert_eq!(e.code, runtime::cuda::CAPTURE_UNSUPPORTED, "{e}");
+        assert!(e.to_string().contains("capturing"), "{e}");
+    }
+    let graph = g.end_capture().unwrap();
+    assert_eq!(graph.launches(), 1);
+    assert_eq!(
+        bits(&g.download(&x).unwrap()),
+        bits(&x0),
+        "capture ran the kernel"
+    );
+    // Two replays: scaled twice by 2 / (4 + 1e-6), each rounded to bf16.
+    let scale = 2.0f32 / (4.0f32 + 1e-6f32);
+    let mut want = x0.clone();
+    for _ in 0..2 {
+        g.launch_graph(&graph).unwrap();
+        want = want
+            .iter()
+            .map(|v| bf16::from_f32(v.to_f32() * scale))
+            .collect();
+    }
+    assert_eq!(bits(&g.download(&x).unwrap()), bits(&want));
+    // The device buffer the kernel reads is read at replay time: a new norm below max_norm
+    // means no clipping.
+    g.copy_to_device(&[1.0f32], &norm).unwrap();
+    g.launch_graph(&graph).unwrap();
+    assert_eq!(bits(&g.download(&x).unwrap()), bits(&want));
+    assert!(g.end_capture().is_err(), "end_capture without a capture");
+}
+
+// ---- the training step on the device, with and without graphs ----
+
+use gpt::backend::{Backend, StepUpdate};
+use gpt::config::ModelConfig;
+use gpt::cpu::ops::AdamW;
+use gpt::cuda::CudaBackend;
+use gpt::layout::{Arena, TensorRef};
+use gpt::model::{Gpt, PrecisionPlan};
+use gpt::precision::BackwardMode;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum StepPath {
+    /// grad_norm read back, clip factor on the host, adamw: the reference.
+    Host,
+    Device,
+    DeviceGraphs,
+}
+
+struct Trained {
+    losses: Vec<u32>,
+    norms: Vec<u32>,
+    params: Vec<u32>,
+    master: Vec<u32>,
+    m: Vec<u32>,
+    v: Vec<u32>,
+}
+
+fn f32_bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// `steps` steps of the tiny model (2 micro batches each, fresh tokens every micro batch, a
+/// learning rate that changes every step, clipping that engages on some steps).
+fn train_tiny(path: StepPath, steps: usize) -> Trained {
+    let mut cfg = ModelConfig::named("tiny").unwrap();
+    cfg.vocab = 1001;
+    cfg.padded_vocab = 1024;
+    let (batch, seq, accum) = (2, 32, 2);
+    let gpt = Gpt::new(cfg, batch, seq).unwrap();
+    let mut be = CudaBackend::on(gpu(), &gpt.cfg, batch, seq).unwrap();
+    be.set_cuda_graphs(path == StepPath::DeviceGraphs);
+    let all = TensorRef {
+        arena: Arena::Params,
+        offset: 0,
+        len: gpt.params.total,
+    };
+    be.write(all, &gpt.init_params(3)).unwrap();
+    let plan = PrecisionPlan::uniform(BackwardMode::Bf16, gpt.cfg.layers);
+    let bt = batch * seq;
+    let mut rng = Rng(77);
+    let (mut losses, mut norms) = (vec![], vec![]);
+    let loss_scale = 1.0 / (bt * accum) as f32;
+    // Clipping at 0.5 engages on the first steps of this run (norms ~1-2), not on all.
+    let grad_clip = 0.5f32;
+    for step in 0..steps {
+        be.zero_grads().unwrap();
+        let mut loss_sum = 0f64;
+        for micro in 0..accum {
+            let inp: Vec<u32> = (0..bt).map(|_| rng.below(cfg.vocab) as u32).collect();
+            let tgt: Vec<u32> = (0..bt).map(|_| rng.below(cfg.vocab) as u32).collect();
+            be.set_tokens(&inp, Some(&tgt)).unwrap();
+            if path == StepPath::Host {
+                let l = gpt
+                    .forward_backward(&mut be, &plan, step as u32, micro as u32, loss_scale)
+                    .unwrap();
+                loss_sum += l as f64;
+            } else {
+                gpt.forward_backward_on_device(
+                    &mut be,
+                    &plan,
+                    step as u32,
+                    micro as u32,
+                    loss_scale,
+                )
+                .unwrap();
+            }
+        }
+        let adamw = AdamW {
+            lr: 1e-3 * (1.0 + step as f32) / steps as f32,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            t: step as u64 + 1,
+            grad_scale: 1.0,
+        };
+        if path == StepPath::Host {
+            let norm = be.grad_norm().unwrap();
+            let grad_scale = if norm > grad_clip {
+                grad_clip / norm
+            } else {
+                1.0
+            };
+            be.adamw(&AdamW {
+                grad_scale,
+                ..adamw
+            })
+            .unwrap();
+            losses.push(((loss_sum / accum as f64) as f32).to_bits());
+            norms.push(norm.to_bits());
+        } else {
+            be.device_step(&StepUpdate {
+                adamw,
+                grad_clip,
+                micro_batches: accum,
+            })
+            .unwrap();
+        }
+    }
+    if path != StepPath::Host {
+        // One read-back for the whole run.
+        let stats = be.take_step_stats().unwrap();
+        assert_eq!(
+            stats.iter().map(|s| s.t).collect::<Vec<_>>(),
+            (1..=steps as u64).collect::<Vec<_>>()
+        );
+        losses = stats.iter().map(|s| s.loss.to_bits()).collect();
+        norms = stats.iter().map(|s| s.norm.to_bits()).collect();
+        assert!(be.take_step_stats().unwrap().is_empty());
+    }
+    // With graphs: the first micro batch and the first finish run directly (warm-up), the
+    // second of each is recorded, then replays only.
+    let want = match path {
+        StepPath::DeviceGraphs => (2, steps * (accum + 1) - 2),
+        _ => (0, 0),
+    };
+    assert_eq!(be.graph_counts(), want, "(graphs recorded, graph launches)");
+    let (master, m, v) = be.read_optimizer().unwrap();
+    Trained {
+        losses,
+        norms,
+        params: f32_bits(&be.read(all).unwrap()),
+        master: f32_bits(&master),
+        m: f32_bits(&m),
+        v: f32_bits(&v),
+    }
+}
+
+fn assert_same(what: &str, got: &Trained, want: &Trained) {
+    let f = |b: &[u32]| b.iter().map(|&x| f32::from_bits(x)).collect::<Vec<_>>();
+    assert_eq!(f(&got.losses), f(&want.losses), "{what}: losses");
+    assert_eq!(f(&got.norms), f(&want.norms), "{what}: gradient norms");
+    for (name, a, b) in [
+        ("bf16 parameters", &got.params, &want.params),
+        ("master weights", &got.master, &want.master),
+        ("first moments", &got.m, &want.m),
+        ("second moments", &got.v, &want.v),
+    ] {
+        let diff = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
+        assert_eq!(diff, 0, "{what}: {diff} of {} {name} differ", a.len());
+    }
+}
+
+#[test]
+fn device_step_and_graph_replay_are_bit_identical_to_the_host_step() {
+    let steps = 3;
+    let host = train_tiny(StepPath::Host, steps);
+    // Clipping engaged on some steps and not on others, and the loss fell: a real run.
+    let norms: Vec<f32> = host.norms.iter().map(|&b| f32::from_bits(b)).collect();
+    assert!(norms.iter().any(|&n| n > 0.5), "{norms:?}");
+    let device = train_tiny(StepPath::Device, steps);
+    assert_same("device step", &device, &host);
+    let graphs = train_tiny(StepPath::DeviceGraphs, steps);
+    assert_same("graph replay", &graphs, &host);
+}
+
+#[test]
+fn graphs_refuse_modes_that_pass_per_call_values() {
+    let cfg = ModelConfig::named("tiny").unwrap();
+    let gpt = Gpt::new(cfg, 1, 16).unwrap();
+    let mut be = CudaBackend::on(gpu(), &gpt.cfg, 1, 16).unwrap();
+    be.set_cuda_graphs(true);
+    be.set_mx_config(gpt::mx::MxConfig {
+        mode: BackwardMode::Mxfp4Rtn,
+        hadamard_block: 32,
+        signs: gpt::mx::HadamardSigns::Fresh,
+        seed: 1,
+    })
+    .unwrap();
+    let e = be.graph_begin(1).unwrap_err().to_string();
+    assert!(e.contains("seeds") && e.contains("--backward bf16"), "{e}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_updates_on_the_device() {
+    // The trainer stops "before updating the weights" at a non-finite loss or norm; on the
+    // device step it reads them after the update was queued, so the device must skip it (and
+    // every later one).
+    let mut cfg = ModelConfig::named("tiny").unwrap();
+    cfg.vocab = 101;
+    cfg.padded_vocab = 128;
+    let (batch, seq) = (1, 16);
+    let gpt = Gpt::new(cfg, batch, seq).unwrap();
+    let mut be = CudaBackend::on(gpu(), &gpt.cfg, batch, seq).unwrap();
+    let all = TensorRef {
+        arena: Arena::Params,
+        offset: 0,
+        len: gpt.params.total,
+    };
+    let mut init = gpt.init_params(5);
+    init[3] = f32::NAN; // a token embedding: its row's logits, hence the loss, become NaN
+    be.write(all, &init).unwrap();
+    let plan = PrecisionPlan::uniform(BackwardMode::Bf16, gpt.cfg.layers);
+    let before = be.read_optimizer().unwrap();
+    for step in 0..2u64 {
+        be.zero_grads().unwrap();
+        let toks: Vec<u32> = (0..batch * seq).map(|i| (i % cfg.vocab) as u32).collect();
+        be.set_tokens(&toks, Some(&toks)).unwrap();
+        gpt.forward_backward_on_device(&mut be, &plan, step as u32, 0, 1.0 / 16.0)
+            .unwrap();
+        be.device_step(&StepUpdate {
+            adamw: AdamW {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                t: step + 1,
+                grad_scale: 1.0,
+            },
+            grad_clip: 1.0,
+            micro_batches: 1,
+        })
+        .unwrap();
+    }
+    let stats = be.take_step_stats().unwrap();
+    assert_eq!(stats.len(), 2);
+    assert!(stats.iter().all(|s| !s.loss.is_finite()), "{stats:?}");
+    let after = be.read_optimizer().unwrap();
+    for (name, a, b) in [
+        ("master weights", &after.0, &before.0),
+        ("first moments", &after.1, &before.1),
+        ("second moments", &after.2, &before.2),
+    ] {
+        assert_eq!(f32_bits(a), f32_bits(b), "{name} changed after a NaN loss");
+    }
+}
