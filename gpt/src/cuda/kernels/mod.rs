@@ -13,6 +13,7 @@ pub mod adamw;
 pub mod attention;
 pub mod cast;
 pub mod classifier;
+pub mod dp_sum;
 pub mod encoder;
 pub mod fp8;
 pub mod gelu;
