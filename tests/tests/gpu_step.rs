@@ -413,3 +413,224 @@ fn a_non_finite_loss_stops_the_updates_on_the_device() {
         assert_eq!(f32_bits(a), f32_bits(b), "{name} changed after a NaN loss");
     }
 }
+
+// ---- the trainer's loop on the CUDA backend: the deferred read of the device step ----
+//
+// `train_gpt --device cuda` runs here on the harness (MXGPT_CUDA_HARNESS=1, unless the tests
+// run on a GPU). The reference is the same run with `--skip-outliers` at a z-score no step
+// reaches: that takes the host path (the norm read back before the update, every step
+// synchronous), which gpu_step's tests above show is bit-identical to the device step.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn trainer_on_this_device() {
+    if !on_gpu(&gpu()) {
+        std::env::set_var("MXGPT_CUDA_HARNESS", "1");
+    }
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mxgpt-gpu-step-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// PREFIX_train / PREFIX_val of short repeated random phrases (ids 100..600).
+fn dataset(dir: &Path) -> String {
+    let prefix = dir.join("synth").to_string_lossy().to_string();
+    let mut rng = Rng(12345);
+    for (part, docs) in [("train", 40), ("val", 11)] {
+        let mut w = dataio::MegatronWriter::create(&format!("{prefix}_{part}"), dataio::Dtype::U16)
+            .unwrap();
+        for _ in 0..docs {
+            let phrase: Vec<u32> = (0..5).map(|_| 100 + rng.below(500) as u32).collect();
+            let doc: Vec<u32> = phrase.iter().cycle().take(60).copied().collect();
+            w.add_document(&doc).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    prefix
+}
+
+/// A small model at B = 1, T = 16, one micro batch per step: the harness runs the LM head over
+/// GPT-2's whole vocabulary (the trainer has no smaller one), so everything else is small.
+fn run(
+    dir: &Path,
+    name: &str,
+    host_path: bool,
+    extra: &[&str],
+) -> (Result<gpt::trainer::TrainSummary, String>, Vec<Value>) {
+    let data = dataset(dir);
+    let log = dir.join(format!("{name}.jsonl"));
+    let ckpt = dir.join(format!("{name}-ckpt"));
+    let (log_s, ckpt_s) = (
+        log.to_string_lossy().to_string(),
+        ckpt.to_string_lossy().to_string(),
+    );
+    let mut words = vec![
+        "--device",
+        "cuda",
+        "--model",
+        "tiny",
+        "--layers",
+        "1",
+        "--dim",
+        "32",
+        "--heads",
+        "2",
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--data",
+        &data,
+        "--eval-batches",
+        "1",
+        "--counters-every",
+        "0",
+        "--mx-telemetry-every",
+        "3",
+        "--log-json",
+        &log_s,
+        "--checkpoint-dir",
+        &ckpt_s,
+    ];
+    if host_path {
+        words.extend(["--skip-outliers", "1e30"]);
+    }
+    words.extend(extra);
+    trainer_on_this_device();
+    let args = gpt::trainer::parse_args(&words).unwrap();
+    let r = gpt::trainer::train(&args);
+    let records = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (r, records)
+}
+
+/// The records without what depends on the clock (or on the path, by construction).
+fn logged_numbers(records: &[Value]) -> Vec<Value> {
+    records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if let Some(o) = r.as_object_mut() {
+                for k in ["ms", "tokens_per_s", "mfu", "comm_ms"] {
+                    o.remove(k);
+                }
+                if let Some(mx) = o.get_mut("mx").and_then(|m| m.as_object_mut()) {
+                    mx.remove("quantize_seconds");
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+fn master_weights(ckpt: &Path, step: u64) -> Vec<u32> {
+    let ck = gpt::checkpoint::load(&ckpt.join(gpt::checkpoint::file_name(step))).unwrap();
+    ck.params.iter().map(|x| x.to_bits()).collect()
+}
+
+fn trainer_logs_match(mode: &[&str], tag: &str) {
+    let dir = tmpdir(tag);
+    let mut extra = vec![
+        "--steps",
+        "5",
+        "--eval-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+    ];
+    extra.extend(mode);
+    let (lagged, lagged_log) = run(&dir, "lagged", false, &extra);
+    let (host, host_log) = run(&dir, "host", true, &extra);
+    let (lagged, host) = (lagged.unwrap(), host.unwrap());
+    // The deferred read happened: of 5 steps, 2 and 4 (eval and checkpoint) and 5 (the last)
+    // are read at once, 1 and 3 after the next was queued.
+    assert_eq!(
+        lagged.steps_read_late, 2,
+        "device steps read after the next was queued"
+    );
+    assert_eq!(host.steps_read_late, 0);
+    let bits = |v: &[(u64, f32)]| v.iter().map(|&(s, l)| (s, l.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&lagged.losses), bits(&host.losses), "losses");
+    assert_eq!(
+        bits(&lagged.val_losses),
+        bits(&host.val_losses),
+        "validation losses"
+    );
+    assert_eq!(lagged.val_losses.len(), 3);
+    // Every logged record (train, eval, mx_layers) but the clock's.
+    assert_eq!(logged_numbers(&lagged_log), logged_numbers(&host_log));
+    assert!(lagged_log.iter().any(|r| r["type"] == "eval"));
+    // The checkpoints hold the same weights.
+    for step in [2, 4, 5] {
+        assert_eq!(
+            master_weights(&dir.join("lagged-ckpt"), step),
+            master_weights(&dir.join("host-ckpt"), step),
+            "checkpoint of step {step}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn trainer_logs_are_identical_with_the_deferred_read() {
+    trainer_logs_match(&[], "bf16");
+}
+
+#[test]
+fn a_non_finite_step_read_late_stops_with_the_host_paths_error() {
+    // Step 3's checkpoint with NaN second moments: the resumed step 4 is finite but its update
+    // makes every weight NaN, so step 5's loss is NaN. Step 5 is read after step 6 was queued
+    // (6 is a checkpoint step): the error must name step 5 as the host path does, step 6 must
+    // write no checkpoint, and step 3's must stay as it was.
+    let dir = tmpdir("nan");
+    let every = ["--checkpoint-every", "3", "--eval-every", "0"];
+    let (first, _) = run(
+        &dir,
+        "first",
+        false,
+        &[&["--steps", "3"][..], &every].concat(),
+    );
+    first.unwrap();
+    let src = dir.join("first-ckpt").join(gpt::checkpoint::file_name(3));
+    let mut ck = gpt::checkpoint::load(&src).unwrap();
+    ck.adam_v.iter_mut().for_each(|v| *v = f32::NAN);
+    let mut errors = vec![];
+    for (name, host_path) in [("lagged", false), ("host", true)] {
+        let ckdir = dir.join(format!("{name}-ckpt"));
+        std::fs::create_dir_all(&ckdir).unwrap();
+        let planted = gpt::checkpoint::save(&ckdir, &ck).unwrap();
+        let before = std::fs::read(&planted).unwrap();
+        let resume = planted.to_string_lossy().to_string();
+        let words = [&["--steps", "8", "--resume", &resume][..], &every].concat();
+        let (r, log) = run(&dir, name, host_path, &words);
+        let e = r.expect_err("a NaN loss must end the run");
+        assert!(e.starts_with("step 5: non-finite loss"), "{name}: {e}");
+        let steps: Vec<u64> = log
+            .iter()
+            .filter(|r| r["type"] == "train")
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, [4], "{name}: logged steps");
+        let left: Vec<u64> = gpt::checkpoint::list(&ckdir)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(left, [3], "{name}: checkpoints after the error");
+        assert!(
+            std::fs::read(&planted).unwrap() == before,
+            "{name}: step 3's checkpoint changed"
+        );
+        errors.push(e.replace(&*ckdir.to_string_lossy(), "CKPT"));
+    }
+    assert_eq!(errors[0], errors[1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1308,14 +1308,22 @@ impl Backend for CudaBackend {
             )
             .map_err(err)
         };
-        let r = st.step(&self.gpu, up, adamw_seed(up.adamw.t), &finish);
+        // The 4-bit telemetry total travels with the step's numbers (moved out for the call).
+        let mut mx = self.mx.take();
+        let r = st.step(
+            &self.gpu,
+            up,
+            adamw_seed(up.adamw.t),
+            mx.as_mut().map(|m| m.step_total()),
+            &finish,
+        );
+        self.mx = mx;
         self.step = Some(st);
         r
     }
 
-    fn take_step_stats(&mut self) -> BResult<Vec<StepStats>> {
-        let st = self.step.as_mut().expect("device step");
-        st.take(&self.gpu)
+    fn take_step_stats_through(&mut self, t: u64) -> BResult<Vec<StepStats>> {
+        self.step.as_mut().expect("device step").take_through(t)
     }
 
     fn graph_begin(&mut self, key: u64) -> BResult<bool> {

@@ -696,6 +696,16 @@ impl MxBackward {
         }
     }
 
+    /// The step's running total for the device step to copy to the host with the step's
+    /// numbers (and reset, on the device); the host's element count restarts here.
+    pub(super) fn step_total(&mut self) -> super::step::MxTotal<'_> {
+        super::step::MxTotal {
+            totals: &self.totals,
+            elements: std::mem::take(&mut self.elements),
+            block: self.block(),
+        }
+    }
+
     /// The step's telemetry since the last call (one device read of the total), and a reset.
     pub fn take_telemetry(&mut self, g: &Gpu) -> BResult<MxTelemetry> {
         let mut t = [0.0f64; ACC];
