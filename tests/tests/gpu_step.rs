@@ -634,3 +634,34 @@ fn a_non_finite_step_read_late_stops_with_the_host_paths_error() {
     assert_eq!(errors[0], errors[1]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn tokens_go_up_from_alternating_pinned_sets() {
+    // Each micro batch's tokens are staged in pinned memory, two sets in turn, copied without
+    // waiting; the device must hold exactly this batch's tokens (a copy from the other set
+    // would give the previous batch's), and the set's copies stay tracked until it is refilled.
+    let mut cfg = ModelConfig::named("tiny").unwrap();
+    cfg.vocab = 101;
+    cfg.padded_vocab = 128;
+    let (batch, seq) = (2, 16);
+    let mut be = CudaBackend::on(gpu(), &cfg, batch, seq).unwrap();
+    let mut rng = Rng(5);
+    for round in 0..5 {
+        let inp: Vec<u32> = (0..batch * seq).map(|_| rng.below(101) as u32).collect();
+        let tgt: Vec<u32> = (0..batch * seq).map(|_| rng.below(101) as u32).collect();
+        be.set_tokens(&inp, Some(&tgt)).unwrap();
+        let set = round % 2;
+        let pending = be.token_copies_pending();
+        assert!(
+            pending[2 * set] && pending[2 * set + 1],
+            "round {round}: {pending:?}"
+        );
+        let (di, dt) = be.tokens_on_device().unwrap();
+        let as_i32 = |v: &[u32]| v.iter().map(|&t| t as i32).collect::<Vec<_>>();
+        assert_eq!(di, as_i32(&inp), "round {round}: inputs");
+        assert_eq!(dt, as_i32(&tgt), "round {round}: targets");
+        let index = be.encoder_index().download(be.gpu()).unwrap();
+        let want = encoder::EncoderIndex::host_reference(&inp, 101).unwrap();
+        assert_eq!(index, want, "round {round}: index");
+    }
+}

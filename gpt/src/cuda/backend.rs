@@ -39,7 +39,7 @@ use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
 use crate::mx::fp8::{ForwardConfig, Fp8Operand, Fp8Scaling, Fp8State};
 use crate::mx::{MxConfig, MxTelemetry, SiteTelemetry};
 use runtime::cuda::half::bf16;
-use runtime::cuda::{CudaError, DeviceBuffer, Gpu};
+use runtime::cuda::{CudaError, DeviceBuffer, Gpu, PinnedBuffer};
 
 pub struct CudaBackend {
     layout: ParamLayout,
@@ -58,6 +58,11 @@ pub struct CudaBackend {
     stats: DeviceBuffer<f32>,
     inputs: DeviceBuffer<i32>,
     targets: DeviceBuffer<i32>,
+    /// Pinned host staging of the tokens (inputs, targets), two sets used in turn: a micro
+    /// batch's copy runs while the host fills the other set for the next one, and filling a
+    /// set waits for the copy that last read it (`PinnedBuffer::host`), two uploads back.
+    token_stage: [(PinnedBuffer<i32>, PinnedBuffer<i32>); 2],
+    next_stage: usize,
     /// The batch's positions grouped by token, for the encoder backward: built on the device
     /// from `inputs` when the tokens arrive, into buffers allocated once.
     encoder_index: k::encoder::EncoderIndex,
@@ -169,6 +174,17 @@ impl CudaBackend {
             stats: gpu.alloc(a.stats_total).map_err(err)?,
             inputs: gpu.alloc(bt).map_err(err)?,
             targets: gpu.alloc(bt).map_err(err)?,
+            token_stage: [
+                (
+                    gpu.alloc_pinned(bt).map_err(err)?,
+                    gpu.alloc_pinned(bt).map_err(err)?,
+                ),
+                (
+                    gpu.alloc_pinned(bt).map_err(err)?,
+                    gpu.alloc_pinned(bt).map_err(err)?,
+                ),
+            ],
+            next_stage: 0,
             encoder_index: k::encoder::EncoderIndex::new(&gpu, bt, cfg.vocab).map_err(err)?,
             has_tokens: false,
             has_targets: false,
@@ -246,6 +262,26 @@ impl CudaBackend {
             );
         }
         None
+    }
+
+    /// The current batch's tokens as the device holds them (inputs, targets), for tests.
+    pub fn tokens_on_device(&self) -> BResult<(Vec<i32>, Vec<i32>)> {
+        let g = &self.gpu;
+        Ok((
+            g.download(&self.inputs).map_err(err)?,
+            g.download(&self.targets).map_err(err)?,
+        ))
+    }
+
+    /// Whether the pinned token sets have copies in flight (inputs, targets of each set).
+    pub fn token_copies_pending(&self) -> [bool; 4] {
+        let [(a, b), (c, d)] = &self.token_stage;
+        [
+            a.is_pending(),
+            b.is_pending(),
+            c.is_pending(),
+            d.is_pending(),
+        ]
     }
 
     /// The encoder index of the current batch (tests compare it with the host's).
@@ -893,19 +929,29 @@ impl Backend for CudaBackend {
                 "token id {bad} is outside the vocabulary (< {vocab})"
             )));
         }
-        // Asynchronous copies (the stream is not drained), then the index built on the device.
-        let as_i32 = |v: &[u32]| v.iter().map(|&t| t as i32).collect::<Vec<i32>>();
-        self.gpu
-            .copy_to_device_async(&as_i32(inputs), &self.inputs)
+        // Into this micro batch's pinned set, then copies the DMA engine makes when the stream
+        // gets there (the host does not wait for them), then the index built on the device.
+        let g = &self.gpu;
+        let (pin_in, pin_tgt) = &mut self.token_stage[self.next_stage];
+        self.next_stage ^= 1;
+        let fill = |pinned: &mut PinnedBuffer<i32>, v: &[u32]| -> BResult<()> {
+            let host = pinned.host().map_err(err)?; // waits for the copy two uploads back
+            for (h, &t) in host.iter_mut().zip(v) {
+                *h = t as i32;
+            }
+            Ok(())
+        };
+        fill(pin_in, inputs)?;
+        g.copy_pinned_to_device_async(pin_in, &self.inputs, 0)
             .map_err(err)?;
         self.encoder_index
-            .build_on_device(&self.gpu, Ptr::of(&self.inputs))
+            .build_on_device(g, Ptr::of(&self.inputs))
             .map_err(err)?;
         self.has_tokens = true;
         self.has_targets = targets.is_some();
         if let Some(t) = targets {
-            self.gpu
-                .copy_to_device_async(&as_i32(t), &self.targets)
+            fill(pin_tgt, t)?;
+            g.copy_pinned_to_device_async(pin_tgt, &self.targets, 0)
                 .map_err(err)?;
         }
         Ok(())
