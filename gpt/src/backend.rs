@@ -330,6 +330,12 @@ pub trait Backend {
     fn take_step_stats_through(&mut self, _t: u64) -> BResult<Vec<StepStats>> {
         no_device_step(self, "take_step_stats")
     }
+    /// Before a micro batch's forward and backward on the device: its step and micro-batch
+    /// indices, for a backend that keeps what depends on them (the 4-bit backward's random
+    /// streams) in device memory, where a replayed CUDA graph reads them. Default: nothing.
+    fn begin_micro_batch(&mut self, _step: u32, _micro: u32) -> BResult<()> {
+        Ok(())
+    }
     /// CUDA graphs: before a micro batch's forward and backward (`Gpt::forward_backward_on_device`).
     /// True: run the ops (a backend with graphs on records them, when it has no graph for `key`
     /// yet); false: skip them, `graph_end` replays the recording. The default runs them.

@@ -201,6 +201,8 @@ struct Trained {
     master: Vec<u32>,
     m: Vec<u32>,
     v: Vec<u32>,
+    /// The device step's per-step 4-bit telemetry (empty on the host path).
+    telemetry: Vec<Option<gpt::mx::MxTelemetry>>,
 }
 
 fn f32_bits(v: &[f32]) -> Vec<u32> {
@@ -210,6 +212,12 @@ fn f32_bits(v: &[f32]) -> Vec<u32> {
 /// `steps` steps of the tiny model (2 micro batches each, fresh tokens every micro batch, a
 /// learning rate that changes every step, clipping that engages on some steps).
 fn train_tiny(path: StepPath, steps: usize) -> Trained {
+    train_tiny_in(path, steps, BackwardMode::Bf16)
+}
+
+/// `train_tiny` with the backward in `mode` (a 4-bit mode draws fresh random streams per step
+/// and micro batch: a graph replay must not reuse the captured ones).
+fn train_tiny_in(path: StepPath, steps: usize, mode: BackwardMode) -> Trained {
     let mut cfg = ModelConfig::named("tiny").unwrap();
     cfg.vocab = 1001;
     cfg.padded_vocab = 1024;
@@ -223,10 +231,17 @@ fn train_tiny(path: StepPath, steps: usize) -> Trained {
         len: gpt.params.total,
     };
     be.write(all, &gpt.init_params(3)).unwrap();
-    let plan = PrecisionPlan::uniform(BackwardMode::Bf16, gpt.cfg.layers);
+    let plan = PrecisionPlan::uniform(mode, gpt.cfg.layers);
+    be.set_mx_config(gpt::mx::MxConfig {
+        mode,
+        hadamard_block: 32,
+        signs: gpt::mx::HadamardSigns::Fresh,
+        seed: 11,
+    })
+    .unwrap();
     let bt = batch * seq;
     let mut rng = Rng(77);
-    let (mut losses, mut norms) = (vec![], vec![]);
+    let (mut losses, mut norms, mut telemetry) = (vec![], vec![], vec![]);
     let loss_scale = 1.0 / (bt * accum) as f32;
     // Clipping at 0.5 engages on the first steps of this run (norms ~1-2), not on all.
     let grad_clip = 0.5f32;
@@ -294,6 +309,7 @@ fn train_tiny(path: StepPath, steps: usize) -> Trained {
         );
         losses = stats.iter().map(|s| s.loss.to_bits()).collect();
         norms = stats.iter().map(|s| s.norm.to_bits()).collect();
+        telemetry = stats.iter().map(|s| s.mx.clone()).collect();
         assert!(be.take_step_stats().unwrap().is_empty());
     }
     // With graphs: the first micro batch and the first finish run directly (warm-up), the
@@ -305,6 +321,7 @@ fn train_tiny(path: StepPath, steps: usize) -> Trained {
     assert_eq!(be.graph_counts(), want, "(graphs recorded, graph launches)");
     let (master, m, v) = be.read_optimizer().unwrap();
     Trained {
+        telemetry,
         losses,
         norms,
         params: f32_bits(&be.read(all).unwrap()),
@@ -343,20 +360,37 @@ fn device_step_and_graph_replay_are_bit_identical_to_the_host_step() {
 }
 
 #[test]
+fn graph_replay_of_the_4_bit_backward_is_bit_identical() {
+    // Each GEMM's SR noise and RHT signs come from a stream keyed by step and micro batch:
+    // replays read those bits from device memory. MXFP4 with RHT + SR (fresh signs), NVFP4
+    // (SR on the gradient, fixed signs).
+    let steps = 2;
+    for mode in [BackwardMode::Mxfp4, BackwardMode::Nvfp4] {
+        let direct = train_tiny_in(StepPath::Device, steps, mode);
+        let graphs = train_tiny_in(StepPath::DeviceGraphs, steps, mode);
+        assert_same(&format!("{mode} graph replay"), &graphs, &direct);
+        // The step's telemetry too: replays count the elements their run counted.
+        assert!(direct
+            .telemetry
+            .iter()
+            .all(|t| t.as_ref().is_some_and(|t| t.elements > 0)));
+        assert_eq!(graphs.telemetry, direct.telemetry, "{mode} telemetry");
+    }
+}
+
+#[test]
 fn graphs_refuse_modes_that_pass_per_call_values() {
     let cfg = ModelConfig::named("tiny").unwrap();
     let gpt = Gpt::new(cfg, 1, 16).unwrap();
     let mut be = CudaBackend::on(gpu(), &gpt.cfg, 1, 16).unwrap();
     be.set_cuda_graphs(true);
-    be.set_mx_config(gpt::mx::MxConfig {
-        mode: BackwardMode::Mxfp4Rtn,
-        hadamard_block: 32,
-        signs: gpt::mx::HadamardSigns::Fresh,
-        seed: 1,
+    be.set_forward_config(gpt::mx::fp8::ForwardConfig {
+        mode: gpt::precision::ForwardMode::Fp8,
+        scaling: gpt::mx::fp8::Fp8Scaling::Delayed { history: 4 },
     })
     .unwrap();
     let e = be.graph_begin(1).unwrap_err().to_string();
-    assert!(e.contains("seeds") && e.contains("--backward bf16"), "{e}");
+    assert!(e.contains("FP8") && e.contains("--forward bf16"), "{e}");
 }
 
 #[test]

@@ -248,14 +248,9 @@ impl CudaBackend {
     }
 
     /// Why the current modes cannot be replayed from a graph (their launches take per-call
-    /// values by value), or None.
+    /// values by value), or None. (The 4-bit backward's per-GEMM streams can: their step and
+    /// micro-batch bits are in device memory, `begin_micro_batch`.)
     fn graph_obstacle(&self) -> Option<String> {
-        if self.mx.is_some() {
-            return Some(
-                "the quantized backward passes its per-GEMM seeds by value; use --backward bf16"
-                    .into(),
-            );
-        }
         if self.forward.is_fp8() {
             return Some(
                 "the FP8 forward passes its scaling slots by value; use --forward bf16".into(),
@@ -884,6 +879,10 @@ impl Backend for CudaBackend {
 
     fn set_mx_noise_measurement(&mut self, on: bool) {
         if let Some(m) = self.mx.as_mut() {
+            if m.measure_noise != on {
+                // The measurement's launches are part of a recorded micro batch or not.
+                self.step.as_mut().expect("device step").forget_graphs();
+            }
             m.measure_noise = on;
         }
         if let Some(t) = self.fp8_telemetry.as_mut() {
@@ -1372,14 +1371,32 @@ impl Backend for CudaBackend {
         self.step.as_mut().expect("device step").take_through(t)
     }
 
+    fn begin_micro_batch(&mut self, step: u32, micro: u32) -> BResult<()> {
+        let graphs = self.step.as_ref().expect("device step").graphs;
+        match self.mx.as_mut() {
+            Some(mx) => {
+                mx.device_streams = graphs;
+                mx.set_micro_batch(&self.gpu, step, micro)
+            }
+            None => Ok(()),
+        }
+    }
+
     fn graph_begin(&mut self, key: u64) -> BResult<bool> {
         let why_not = self.graph_obstacle();
         let st = self.step.as_mut().expect("device step");
-        st.graph_begin(&self.gpu, key, why_not)
+        let run = st.graph_begin(&self.gpu, key, why_not)?;
+        if let Some(mx) = self.mx.as_mut().filter(|_| st.graphs) {
+            mx.graph_micro_begin(run);
+        }
+        Ok(run)
     }
 
     fn graph_end(&mut self, ok: bool) -> BResult<()> {
         let st = self.step.as_mut().expect("device step");
+        if let Some(mx) = self.mx.as_mut().filter(|_| st.graphs) {
+            mx.graph_micro_end();
+        }
         st.graph_end(&self.gpu, ok)
     }
 }

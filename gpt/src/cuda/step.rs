@@ -1,9 +1,9 @@
 //! The CUDA backend's training step without host round trips, and its CUDA graphs.
 //!
 //! Per step the host enqueues, and never waits:
-//! - per micro batch: the tokens (an asynchronous copy), the encoder index built on the device
-//!   (`EncoderIndex::build_on_device`), the forward and backward, and the micro batch's mean
-//!   loss added to a device f64 sum (`step_loss_accumulate`);
+//! - per micro batch: the tokens (asynchronous copies from pinned memory), the encoder index
+//!   built on the device (`EncoderIndex::build_on_device`), the forward and backward, and the
+//!   micro batch's mean loss added to a device f64 sum (`step_loss_accumulate`);
 //! - the step's scalars (`StepParams`: lr, betas, bias corrections, eps, weight decay, clip,
 //!   seed, ring slot) in ONE copy to a device parameter block;
 //! - the finish: global norm, `step_finish` (the step's loss and norm into a device ring, the
@@ -21,9 +21,11 @@
 //! checked them): the micro batch's forward and backward runs once directly (a warm-up: kernel
 //! modules load and kernel attributes are set outside any capture), is captured the second
 //! time and replayed for every micro batch after (keyed by the loss scale, the one value it
-//! bakes in), and the finish likewise; what changes between replays is in device memory: tokens, the index, the
-//! parameter block. Modes whose launchers pass per-call values by value (MXFP4/NVFP4 seeds,
-//! FP8 delayed scaling's ring slots) are refused with graphs on.
+//! bakes in), and the finish likewise; what changes between replays is in device memory: tokens,
+//! the index, the parameter block, and the 4-bit backward's stream base (the step and
+//! micro-batch bits of every GEMM's random streams, `begin_micro_batch`; a replay adds the
+//! telemetry element counts its run counted). The FP8 forward, whose delayed scaling picks ring
+//! slots on the host, is refused with graphs on.
 //!
 //! NOT RUN ON A GPU: harness-tested; the driver path is compiled against the stub driver.
 

@@ -276,11 +276,11 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
     let needs_drain = |done: u64, per_layer_mx: bool| {
         done == args.steps
             || per_layer_mx
-            || (lead_val.is_some() && args.eval_every > 0 && done % args.eval_every == 0)
-            || (tokenizer.is_some() && done % args.sample_every == 0)
+            || (lead_val.is_some() && args.eval_every > 0 && done.is_multiple_of(args.eval_every))
+            || (tokenizer.is_some() && done.is_multiple_of(args.sample_every))
             || (args.checkpoint_dir.is_some()
                 && args.checkpoint_every > 0
-                && done % args.checkpoint_every == 0)
+                && done.is_multiple_of(args.checkpoint_every))
     };
     // The device step queued and not yet read; when the last step's numbers came back.
     let mut deferred: Option<Queued> = None;
