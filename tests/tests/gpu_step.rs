@@ -488,7 +488,7 @@ fn dataset(dir: &Path) -> String {
     prefix
 }
 
-/// A small model at B = 1, T = 16, one micro batch per step: the harness runs the LM head over
+/// A small model at B = 1, T = 16 (unless `extra` sets --seq), one micro batch per step: the harness runs the LM head over
 /// GPT-2's whole vocabulary (the trainer has no smaller one), so everything else is small.
 fn run(
     dir: &Path,
@@ -516,8 +516,6 @@ fn run(
         "2",
         "--batch",
         "1",
-        "--seq",
-        "16",
         "--data",
         &data,
         "--eval-batches",
@@ -533,6 +531,9 @@ fn run(
     ];
     if host_path {
         words.extend(["--skip-outliers", "1e30"]);
+    }
+    if !extra.contains(&"--seq") {
+        words.extend(["--seq", "16"]);
     }
     words.extend(extra);
     trainer_on_this_device();
@@ -570,7 +571,7 @@ fn master_weights(ckpt: &Path, step: u64) -> Vec<u32> {
     ck.params.iter().map(|x| x.to_bits()).collect()
 }
 
-fn trainer_logs_match(mode: &[&str], tag: &str) {
+fn trainer_logs_match(mode: &[&str], tag: &str, read_late: u64) {
     let dir = tmpdir(tag);
     let mut extra = vec![
         "--steps",
@@ -584,10 +585,11 @@ fn trainer_logs_match(mode: &[&str], tag: &str) {
     let (lagged, lagged_log) = run(&dir, "lagged", false, &extra);
     let (host, host_log) = run(&dir, "host", true, &extra);
     let (lagged, host) = (lagged.unwrap(), host.unwrap());
-    // The deferred read happened: of 5 steps, 2 and 4 (eval and checkpoint) and 5 (the last)
-    // are read at once, 1 and 3 after the next was queued.
+    // The deferred read happened: of 5 steps, 2 and 4 (eval and checkpoint), 5 (the last) and
+    // in a 4-bit mode 3 (per-layer telemetry) are read at once, the others after the next was
+    // queued.
     assert_eq!(
-        lagged.steps_read_late, 2,
+        lagged.steps_read_late, read_late,
         "device steps read after the next was queued"
     );
     assert_eq!(host.steps_read_late, 0);
@@ -602,6 +604,17 @@ fn trainer_logs_match(mode: &[&str], tag: &str) {
     // Every logged record (train, eval, mx_layers) but the clock's.
     assert_eq!(logged_numbers(&lagged_log), logged_numbers(&host_log));
     assert!(lagged_log.iter().any(|r| r["type"] == "eval"));
+    if !mode.is_empty() {
+        // The 4-bit telemetry was logged: every step's, and the per-layer records.
+        let train = lagged_log.iter().filter(|r| r["type"] == "train");
+        assert!(
+            train.clone().count() == 5
+                && train
+                    .clone()
+                    .all(|r| r["mx"]["relative_error"].as_f64() > Some(0.0))
+        );
+        assert!(lagged_log.iter().any(|r| r["type"] == "mx_layers"));
+    }
     // The checkpoints hold the same weights.
     for step in [2, 4, 5] {
         assert_eq!(
@@ -615,7 +628,23 @@ fn trainer_logs_match(mode: &[&str], tag: &str) {
 
 #[test]
 fn trainer_logs_are_identical_with_the_deferred_read() {
-    trainer_logs_match(&[], "bf16");
+    trainer_logs_match(&[], "bf16", 2);
+}
+
+#[test]
+fn trainer_logs_are_identical_with_the_deferred_read_mxfp4() {
+    // The step's MX telemetry comes back with its loss and norm; the per-layer records of
+    // step 3 are read before step 4 is queued.
+    // T = 32: wgrad's K is the micro batch's tokens, a multiple of the MX block.
+    let mode = [
+        "--backward",
+        "mxfp4",
+        "--hadamard-block",
+        "32",
+        "--seq",
+        "32",
+    ];
+    trainer_logs_match(&mode, "mxfp4", 1);
 }
 
 #[test]
