@@ -203,6 +203,8 @@ struct Trained {
     v: Vec<u32>,
     /// The device step's per-step 4-bit telemetry (empty on the host path).
     telemetry: Vec<Option<gpt::mx::MxTelemetry>>,
+    /// The per-site telemetry of the whole run.
+    sites: Vec<gpt::mx::SiteTelemetry>,
 }
 
 fn f32_bits(v: &[f32]) -> Vec<u32> {
@@ -212,12 +214,19 @@ fn f32_bits(v: &[f32]) -> Vec<u32> {
 /// `steps` steps of the tiny model (2 micro batches each, fresh tokens every micro batch, a
 /// learning rate that changes every step, clipping that engages on some steps).
 fn train_tiny(path: StepPath, steps: usize) -> Trained {
-    train_tiny_in(path, steps, BackwardMode::Bf16)
+    train_tiny_in(
+        path,
+        steps,
+        BackwardMode::Bf16,
+        ForwardConfig::HIGH_PRECISION,
+    )
 }
+
+use gpt::mx::fp8::{ForwardConfig, Fp8Scaling};
 
 /// `train_tiny` with the backward in `mode` (a 4-bit mode draws fresh random streams per step
 /// and micro batch: a graph replay must not reuse the captured ones).
-fn train_tiny_in(path: StepPath, steps: usize, mode: BackwardMode) -> Trained {
+fn train_tiny_in(path: StepPath, steps: usize, mode: BackwardMode, fwd: ForwardConfig) -> Trained {
     let mut cfg = ModelConfig::named("tiny").unwrap();
     cfg.vocab = 1001;
     cfg.padded_vocab = 1024;
@@ -239,6 +248,7 @@ fn train_tiny_in(path: StepPath, steps: usize, mode: BackwardMode) -> Trained {
         seed: 11,
     })
     .unwrap();
+    be.set_forward_config(fwd).unwrap();
     let bt = batch * seq;
     let mut rng = Rng(77);
     let (mut losses, mut norms, mut telemetry) = (vec![], vec![], vec![]);
@@ -321,6 +331,7 @@ fn train_tiny_in(path: StepPath, steps: usize, mode: BackwardMode) -> Trained {
     assert_eq!(be.graph_counts(), want, "(graphs recorded, graph launches)");
     let (master, m, v) = be.read_optimizer().unwrap();
     Trained {
+        sites: be.take_mx_site_telemetry(),
         telemetry,
         losses,
         norms,
@@ -366,8 +377,9 @@ fn graph_replay_of_the_4_bit_backward_is_bit_identical() {
     // (SR on the gradient, fixed signs).
     let steps = 2;
     for mode in [BackwardMode::Mxfp4, BackwardMode::Nvfp4] {
-        let direct = train_tiny_in(StepPath::Device, steps, mode);
-        let graphs = train_tiny_in(StepPath::DeviceGraphs, steps, mode);
+        let fwd = ForwardConfig::HIGH_PRECISION;
+        let direct = train_tiny_in(StepPath::Device, steps, mode, fwd);
+        let graphs = train_tiny_in(StepPath::DeviceGraphs, steps, mode, fwd);
         assert_same(&format!("{mode} graph replay"), &graphs, &direct);
         // The step's telemetry too: replays count the elements their run counted.
         assert!(direct
@@ -376,6 +388,21 @@ fn graph_replay_of_the_4_bit_backward_is_bit_identical() {
             .all(|t| t.as_ref().is_some_and(|t| t.elements > 0)));
         assert_eq!(graphs.telemetry, direct.telemetry, "{mode} telemetry");
     }
+}
+
+#[test]
+fn graph_replay_of_the_fp8_forward_with_current_scaling_is_bit_identical() {
+    // Current scaling computes every scale on the device: nothing per call goes by value.
+    // The per-layer FP8 telemetry counts the replays' elements too.
+    let fwd = ForwardConfig {
+        mode: gpt::precision::ForwardMode::Fp8,
+        scaling: Fp8Scaling::Current,
+    };
+    let direct = train_tiny_in(StepPath::Device, 2, BackwardMode::Bf16, fwd);
+    let graphs = train_tiny_in(StepPath::DeviceGraphs, 2, BackwardMode::Bf16, fwd);
+    assert_same("fp8 graph replay", &graphs, &direct);
+    assert!(!direct.sites.is_empty());
+    assert_eq!(graphs.sites, direct.sites, "fp8 per-layer telemetry");
 }
 
 #[test]

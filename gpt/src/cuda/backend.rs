@@ -249,11 +249,12 @@ impl CudaBackend {
 
     /// Why the current modes cannot be replayed from a graph (their launches take per-call
     /// values by value), or None. (The 4-bit backward's per-GEMM streams can: their step and
-    /// micro-batch bits are in device memory, `begin_micro_batch`.)
+    /// micro-batch bits are in device memory, `begin_micro_batch`; so can FP8 with current
+    /// scaling.)
     fn graph_obstacle(&self) -> Option<String> {
-        if self.forward.is_fp8() {
+        if self.fp8.as_ref().is_some_and(|f| f.delayed.is_some()) {
             return Some(
-                "the FP8 forward passes its scaling slots by value; use --forward bf16".into(),
+                "the FP8 forward's delayed scaling passes its amax ring slots by value; use --fp8-scaling current or --forward bf16".into(),
             );
         }
         None
@@ -886,6 +887,9 @@ impl Backend for CudaBackend {
             m.measure_noise = on;
         }
         if let Some(t) = self.fp8_telemetry.as_mut() {
+            if t.measure_noise != on {
+                self.step.as_mut().expect("device step").forget_graphs();
+            }
             t.measure_noise = on;
         }
     }
@@ -1389,6 +1393,9 @@ impl Backend for CudaBackend {
         if let Some(mx) = self.mx.as_mut().filter(|_| st.graphs) {
             mx.graph_micro_begin(run);
         }
+        if let Some(t) = self.fp8_telemetry.as_mut().filter(|_| st.graphs) {
+            t.graph_micro_begin(run);
+        }
         Ok(run)
     }
 
@@ -1396,6 +1403,9 @@ impl Backend for CudaBackend {
         let st = self.step.as_mut().expect("device step");
         if let Some(mx) = self.mx.as_mut().filter(|_| st.graphs) {
             mx.graph_micro_end();
+        }
+        if let Some(t) = self.fp8_telemetry.as_mut().filter(|_| st.graphs) {
+            t.graph_micro_end();
         }
         st.graph_end(&self.gpu, ok)
     }

@@ -24,8 +24,9 @@
 //! bakes in), and the finish likewise; what changes between replays is in device memory: tokens,
 //! the index, the parameter block, and the 4-bit backward's stream base (the step and
 //! micro-batch bits of every GEMM's random streams, `begin_micro_batch`; a replay adds the
-//! telemetry element counts its run counted). The FP8 forward, whose delayed scaling picks ring
-//! slots on the host, is refused with graphs on.
+//! telemetry element counts its run counted; so does the FP8 forward's telemetry). The FP8
+//! forward with delayed scaling, which picks its amax ring slots on the host, is refused with
+//! graphs on; with current scaling every scale is computed on the device and it replays.
 //!
 //! NOT RUN ON A GPU: harness-tested; the driver path is compiled against the stub driver.
 
