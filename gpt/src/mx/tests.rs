@@ -593,3 +593,88 @@ fn reused_buffers_give_the_results_of_fresh_ones() {
         );
     }
 }
+
+/// Random operand with every code (0..16) and scale bytes in [110, 150] (clear of the
+/// underflow/overflow caveat of `mx_gemm`), a NaN block now and then.
+fn random_operand(rows: usize, k: usize, r: &mut SplitMix64, nan: bool) -> MxOperand {
+    let nblk = k / 32;
+    let codes = (0..rows * k).map(|_| (r.next_u64() % 16) as u8).collect();
+    let scales = (0..rows * nblk)
+        .map(|_| {
+            if nan && r.next_u64() % 50 == 0 {
+                format::SCALE_NAN
+            } else {
+                110 + (r.next_u64() % 41) as u8
+            }
+        })
+        .collect();
+    MxOperand {
+        rows,
+        k,
+        codes,
+        scales,
+    }
+}
+
+/// Every MX GEMM kernel this CPU runs (the AVX2 integer one, the AVX2 f32-lane one, the
+/// portable one) equals the integer reference bit for bit: random codes and scales, shapes off
+/// the 6 x 16 tile (1, primes, one past a tile), accumulate or not into poisoned / random C
+/// with padding columns that must stay untouched, and the extreme codes (±12 everywhere) that
+/// reach the integer kernel's i16 bound of 4608 per lane.
+#[test]
+fn every_mx_gemm_kernel_equals_the_integer_reference_bit_for_bit() {
+    use super::gemm::{kernels_here, mx_gemm_with};
+    let mut r = SplitMix64::new(2026);
+    let shapes = [
+        (1, 1, 32),
+        (6, 16, 32),
+        (7, 17, 64),
+        (5, 13, 96),
+        (13, 31, 160),
+        (12, 32, 256),
+        (47, 97, 416),
+        (19, 50, 768),
+    ];
+    for (si, &(m, n, k)) in shapes.iter().enumerate() {
+        for variant in 0..4 {
+            let (mut a, mut b) = (
+                random_operand(m, k, &mut r, variant == 1),
+                random_operand(n, k, &mut r, variant == 1),
+            );
+            if variant >= 2 {
+                // All +12 against all -12 (and the reverse): the largest block dots.
+                let (ca, cb) = if variant == 2 { (7, 15) } else { (15, 7) };
+                a.codes.fill(ca);
+                b.codes.fill(cb);
+            }
+            let sr = variant % 2 == 1;
+            for accumulate in [false, true] {
+                let ldc = n + si % 3;
+                let start: Vec<f32> = if accumulate {
+                    randn(m * ldc, si as u64, 1.0)
+                } else {
+                    vec![f32::NAN; m * ldc]
+                };
+                let mut want = start.clone();
+                mx_gemm_int_reference(&a, &b, &mut want, ldc, accumulate, sr);
+                for kern in kernels_here() {
+                    let mut got = start.clone();
+                    mx_gemm_with(kern, &a, &b, &mut got, ldc, accumulate, sr);
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            let idx = i * ldc + j;
+                            let expect = if j < n { want[idx] } else { start[idx] };
+                            assert_eq!(
+                                got[idx].to_bits(),
+                                expect.to_bits(),
+                                "{kern:?} ({m},{n},{k}) variant {variant} acc={accumulate} [{i},{j}]: {} vs {}",
+                                got[idx],
+                                expect
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
