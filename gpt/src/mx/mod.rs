@@ -18,6 +18,8 @@ pub mod hadamard;
 pub mod nvfp4;
 pub mod philox;
 pub mod quantize;
+#[cfg(target_arch = "x86_64")]
+mod quantize_avx2;
 pub mod telemetry;
 
 use crate::cpu::gemm::{sgemm, MatRef};
@@ -299,21 +301,18 @@ pub fn quantize_rows_into(
     parallel_rows_mut(codes, k, 16, |rs, chunk| {
         let mut local = MxTelemetry::default();
         for (i, r) in rs.enumerate() {
-            for j in 0..nblk {
-                let src = &x[r * k + j * BLOCK..r * k + (j + 1) * BLOCK];
-                let dst = &mut chunk[i * k + j * BLOCK..i * k + (j + 1) * BLOCK];
-                let (s, st) = quantize::quantize_block(
-                    src,
-                    rounding,
-                    seed,
-                    stream,
-                    (r * k + j * BLOCK) as u64,
-                    dst,
-                );
-                // SAFETY: row r's scales belong to this worker.
-                unsafe { sp.set(r * nblk + j, s) };
-                local.add_block(&st, src, dst);
-            }
+            // SAFETY: row r's scales belong to this worker.
+            let row_scales = unsafe { sp.row(r * nblk, nblk) };
+            quantize::quantize_row(
+                &x[r * k..(r + 1) * k],
+                rounding,
+                seed,
+                stream,
+                (r * k) as u64,
+                &mut chunk[i * k..(i + 1) * k],
+                row_scales,
+                &mut local,
+            );
         }
         tel.lock().unwrap().merge(&local);
     });
@@ -332,9 +331,11 @@ struct SharedBytes(*mut u8, usize);
 unsafe impl Send for SharedBytes {}
 unsafe impl Sync for SharedBytes {}
 impl SharedBytes {
-    unsafe fn set(&self, i: usize, v: u8) {
-        assert!(i < self.1);
-        *self.0.add(i) = v;
+    /// Bytes `start..start + len`; the caller must be their only user.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, start: usize, len: usize) -> &mut [u8] {
+        assert!(start + len <= self.1);
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
 
