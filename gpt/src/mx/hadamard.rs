@@ -62,7 +62,7 @@ pub fn rht_row(row: &mut [f32], signs: &[f32]) {
     if crate::cpu::simd::avx2_fma() {
         let g = signs.len();
         assert!(
-            row.len() % g == 0,
+            row.len().is_multiple_of(g),
             "rht_row: row of {} is not a multiple of g = {g}",
             row.len()
         );

@@ -56,10 +56,10 @@ pub(super) unsafe fn quantize_row_avx2(
         let mut dd = [_mm256_setzero_ps(); 32];
         let mut ss = [_mm256_setzero_ps(); 32];
         let mut info = [Info::default(); 8];
-        for bi in 0..nb {
+        for (bi, inf) in info.iter_mut().enumerate().take(nb) {
             let b = b0 + bi;
             let (dst, terms) = (&mut codes[b * BLOCK..(b + 1) * BLOCK], bi * 4);
-            info[bi] = block(
+            *inf = block(
                 &x[b * BLOCK..(b + 1) * BLOCK],
                 rounding,
                 seed,

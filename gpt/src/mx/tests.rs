@@ -678,3 +678,93 @@ fn every_mx_gemm_kernel_equals_the_integer_reference_bit_for_bit() {
         }
     }
 }
+
+/// `backward_gemm` in every MXFP4 mode (its one fused pass per operand: gather K-major, RHT,
+/// quantize a chunk of rows at a time) against the pipeline written out step by step:
+/// `gather_k_major`, `rht_row` on every row, `quantize_rows`, `mx_gemm_int_reference`. Output
+/// bits, codes-derived counts exactly, the f64 error sums to rounding (their chunk merge order
+/// is the pool's). Row-major and transposed views of both operands, rows off every chunk and
+/// tile size, fresh and fixed signs, g = 32 and 64.
+#[test]
+fn fused_operand_pass_equals_the_step_by_step_pipeline() {
+    let mut r = SplitMix64::new(9);
+    for &(m, n, k, g) in &[(7, 13, 64, 32), (37, 21, 192, 64), (3, 50, 128, 64)] {
+        for mode in BackwardMode::ALL.into_iter().filter(|m| m.is_mxfp4()) {
+            for (case, signs) in [HadamardSigns::Fresh, HadamardSigns::Fixed]
+                .into_iter()
+                .enumerate()
+            {
+                let cfg = MxConfig {
+                    mode,
+                    hadamard_block: g,
+                    signs,
+                    seed: r.next_u64(),
+                };
+                let (ad, bd) = (
+                    gradient_like(m, k, r.next_u64()),
+                    gradient_like(k, n, r.next_u64()),
+                );
+                // case 0: A row-major (dgrad's dY), B row-major K x N (W);
+                // case 1: A transposed (wgrad's dY^T), B transposed (N x K stored).
+                let (a, b) = if case == 0 {
+                    (MatRef::row_major(&ad, m, k), MatRef::row_major(&bd, k, n))
+                } else {
+                    (MatRef::transposed(&ad, m, k), MatRef::transposed(&bd, k, n))
+                };
+                let gid = id(3 + case as u32);
+                let ldc = n + 1;
+                let mut c = vec![f32::NAN; m * ldc];
+                let mut t = MxTelemetry::default();
+                backward_gemm(&cfg, &gid, a, b, &mut c, ldc, false, Some(&mut t)).unwrap();
+
+                let (mut xa, mut xb) = (gather_k_major(a, true), gather_k_major(b, false));
+                if mode.uses_rht() {
+                    let s = hadamard::rht_signs(cfg.seed, cfg.sign_stream(&gid), g);
+                    for row in xa.chunks_exact_mut(k).chain(xb.chunks_exact_mut(k)) {
+                        hadamard::rht_row_plain(row, &s);
+                    }
+                }
+                let rounding = cfg.rounding();
+                let (qa, ta) =
+                    quantize_rows(&xa, m, k, rounding, cfg.seed, gid.stream(StreamRole::SrA))
+                        .unwrap();
+                let (qb, tb) =
+                    quantize_rows(&xb, n, k, rounding, cfg.seed, gid.stream(StreamRole::SrB))
+                        .unwrap();
+                let mut want = vec![f32::NAN; m * ldc];
+                mx_gemm_int_reference(&qa, &qb, &mut want, ldc, false, rounding == Rounding::Sr);
+                for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                    assert!(
+                        x.to_bits() == y.to_bits() || (i % ldc == n && x.is_nan() && y.is_nan()),
+                        "{mode} ({m},{n},{k}) case {case} [{i}]: {x} vs {y}"
+                    );
+                }
+                let mut tw = ta.clone();
+                tw.merge(&tb);
+                assert_eq!(
+                    (
+                        t.elements,
+                        t.clipped,
+                        t.nonfinite_blocks,
+                        t.underflow,
+                        t.underflow_counted
+                    ),
+                    (
+                        tw.elements,
+                        tw.clipped,
+                        tw.nonfinite_blocks,
+                        tw.underflow,
+                        tw.underflow_counted
+                    ),
+                    "{mode} case {case}: counts"
+                );
+                for (x, y) in [(t.sq_err, tw.sq_err), (t.sq_sum, tw.sq_sum)] {
+                    assert!(
+                        (x - y).abs() <= 1e-12 * y.abs(),
+                        "{mode} case {case}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+}
