@@ -382,6 +382,20 @@ fn gather_rows(v: MatRef, k_along_cols: bool, r_range: std::ops::Range<usize>, c
             chunk[i * k..(i + 1) * k].copy_from_slice(&v.data[r * rs..r * rs + k]);
         }
     } else {
+        #[cfg(target_arch = "x86_64")]
+        if rs == 1 && crate::cpu::simd::avx2_fma() {
+            // SAFETY: the CPU has AVX2 (checked); bounds are asserted inside.
+            return unsafe {
+                quantize_avx2::gather_transposed_avx2(
+                    v.data,
+                    ks,
+                    r_range.start,
+                    r_range.len(),
+                    k,
+                    chunk,
+                )
+            };
+        }
         // Transposing: walk K in tiles so reads along the view's rows stay in cache.
         const T: usize = 64;
         let r0 = r_range.start;

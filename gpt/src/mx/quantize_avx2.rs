@@ -81,7 +81,8 @@ pub(super) unsafe fn quantize_row_avx2(
                 let (sq_err, sq_sum) = if inf.zero {
                     (0.0, 0.0)
                 } else {
-                    let four_e = (2.0f64).powi(2 * inf.e);
+                    // (2.0f64).powi(2e) of the plain code, exactly (|2e| <= 254: a normal f64).
+                    let four_e = f64::from_bits(((1023 + 2 * inf.e) as u64) << 52);
                     (se[bi] as f64 * four_e, sq[bi] as f64 * four_e)
                 };
                 tel.sq_err += sq_err;
@@ -110,7 +111,7 @@ unsafe fn sums_by_lane(t: &[__m256; 32]) -> [f32; 8] {
 
 /// 8 x 8 transpose: out[i] lane j = r[j] lane i.
 #[inline(always)]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+pub(super) unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
     let t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -311,4 +312,42 @@ unsafe fn sr_mag(a: __m256, u: __m256) -> __m256i {
     let below7 = _mm256_cmpgt_epi32(_mm256_set1_epi32(7), lo);
     // lo + (lo < 7 && up): the masks are -1 where true.
     _mm256_sub_epi32(lo, _mm256_and_si256(below7, ints(up)))
+}
+
+/// The transposing case of the K-major gather on AVX2: `out[i·k + kk] = data[r0 + i + kk·ks]`
+/// for i < n, kk < k (the view's rows are contiguous along the K-major rows: wgrad's dY^T and
+/// X^T, dgrad's W). 8 x 8 tiles: eight contiguous loads, a register transpose, eight stores;
+/// the rows past a multiple of 8 element by element. Pure data movement.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn gather_transposed_avx2(
+    data: &[f32],
+    ks: usize,
+    r0: usize,
+    n: usize,
+    k: usize,
+    out: &mut [f32],
+) {
+    if n == 0 || k == 0 {
+        return;
+    }
+    assert!(out.len() >= n * k && r0 + n - 1 + (k - 1) * ks < data.len());
+    let (n8, k8) = (n / 8 * 8, k / 8 * 8);
+    let (src, dst) = (data.as_ptr(), out.as_mut_ptr());
+    for k0 in (0..k8).step_by(8) {
+        for i0 in (0..n8).step_by(8) {
+            let rows = std::array::from_fn(|j| _mm256_loadu_ps(src.add(r0 + i0 + (k0 + j) * ks)));
+            for (i, t) in transpose8(rows).into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add((i0 + i) * k + k0), t);
+            }
+        }
+    }
+    for i in 0..n {
+        let from = if i < n8 { k8 } else { 0 };
+        for kk in from..k {
+            out[i * k + kk] = data[r0 + i + kk * ks];
+        }
+    }
 }

@@ -768,3 +768,73 @@ fn fused_operand_pass_equals_the_step_by_step_pipeline() {
         }
     }
 }
+
+/// The K-major gather (its AVX2 8 x 8-tile path for views whose K-major rows are contiguous,
+/// and the scalar paths) against `MatRef::at`, element by element, on transposed, row-major and
+/// padded (column stride past the row count) views, sizes off the 8 x 8 tile, into a buffer
+/// poisoned by a larger earlier gather.
+#[test]
+fn k_major_gather_equals_the_view_element_by_element() {
+    let mut out = Vec::new();
+    gather_k_major_into(
+        MatRef::row_major(&randn(300 * 200, 1, 1.0), 300, 200),
+        true,
+        &mut out,
+    );
+    out.iter_mut().for_each(|v| *v = f32::NAN);
+    for &(rows, k, pad) in &[
+        (1, 32, 0),
+        (7, 64, 3),
+        (8, 32, 0),
+        (37, 96, 1),
+        (130, 64, 5),
+        (9, 40, 0),
+    ] {
+        let ld = rows + pad;
+        let data = randn(ld * k, (rows * k) as u64, 1.0);
+        let views = [
+            // K along columns, rows contiguous: A = dY^T (row stride 1, column stride >= rows).
+            (
+                MatRef {
+                    data: &data,
+                    rows,
+                    cols: k,
+                    row_stride: 1,
+                    col_stride: ld,
+                },
+                true,
+            ),
+            // K along rows of a K x rows row-major matrix: B = W or X (K-major rows strided).
+            (
+                MatRef {
+                    data: &data,
+                    rows: k,
+                    cols: rows,
+                    row_stride: ld,
+                    col_stride: 1,
+                },
+                false,
+            ),
+            // K along columns, contiguous rows of K: the copy path.
+            (MatRef::row_major(&data[..rows * k], rows, k), true),
+        ];
+        for (vi, (v, k_along_cols)) in views.into_iter().enumerate() {
+            gather_k_major_into(v, k_along_cols, &mut out);
+            assert_eq!(out.len(), rows * k);
+            for r in 0..rows {
+                for kk in 0..k {
+                    let want = if k_along_cols {
+                        v.at(r, kk)
+                    } else {
+                        v.at(kk, r)
+                    };
+                    assert_eq!(
+                        out[r * k + kk].to_bits(),
+                        want.to_bits(),
+                        "view {vi} ({rows}x{k}, pad {pad}) [{r},{kk}]"
+                    );
+                }
+            }
+        }
+    }
+}
