@@ -77,12 +77,14 @@ pub struct StepUpdate {
 }
 
 /// A finished step's loss (mean over its micro batches) and gradient norm, as the trainer logs
-/// them; `t` is the step's AdamW `t` (1-based).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// them; `t` is the step's AdamW `t` (1-based). `mx`: in a 4-bit backward mode, the step's
+/// quantization telemetry (what `take_mx_telemetry` would have returned right after the step).
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepStats {
     pub t: u64,
     pub loss: f32,
     pub norm: f32,
+    pub mx: Option<MxTelemetry>,
 }
 
 fn no_device_step<T>(be: &(impl Backend + ?Sized), what: &str) -> BResult<T> {
@@ -317,9 +319,22 @@ pub trait Backend {
     fn device_step(&mut self, _up: &StepUpdate) -> BResult<()> {
         no_device_step(self, "device_step")
     }
-    /// The (loss, norm) of the steps finished since the last call, in order: one read-back.
+    /// The numbers of the steps queued and not yet taken, in order; waits for all of them.
     fn take_step_stats(&mut self) -> BResult<Vec<StepStats>> {
+        self.take_step_stats_through(u64::MAX)
+    }
+    /// The numbers of the steps not yet taken whose AdamW `t` is at most `t`, in order; waits
+    /// for those steps only, not for work queued after them (the trainer reads step N while
+    /// step N + 1 runs). A step's 4-bit telemetry is in its `StepStats::mx`, not in
+    /// `take_mx_telemetry`.
+    fn take_step_stats_through(&mut self, _t: u64) -> BResult<Vec<StepStats>> {
         no_device_step(self, "take_step_stats")
+    }
+    /// Before a micro batch's forward and backward on the device: its step and micro-batch
+    /// indices, for a backend that keeps what depends on them (the 4-bit backward's random
+    /// streams) in device memory, where a replayed CUDA graph reads them. Default: nothing.
+    fn begin_micro_batch(&mut self, _step: u32, _micro: u32) -> BResult<()> {
+        Ok(())
     }
     /// CUDA graphs: before a micro batch's forward and backward (`Gpt::forward_backward_on_device`).
     /// True: run the ops (a backend with graphs on records them, when it has no graph for `key`

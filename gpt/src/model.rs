@@ -314,8 +314,9 @@ impl Gpt {
     /// (`Backend::has_device_step`): the micro batch's loss is added to the step's on the device
     /// (`record_loss`) instead of being read back, so nothing here waits for the device; the
     /// backend may record the micro batch as a CUDA graph once and replay it after
-    /// (`graph_begin`; the graph is keyed by `loss_scale`, the one value it bakes in: the
-    /// backend refuses graphs with the modes whose launches take per-call values).
+    /// (`graph_begin`; the graph is keyed by `loss_scale`, the one value it bakes in; the step
+    /// and micro-batch indices reach a replay through `begin_micro_batch`, in device memory;
+    /// the backend refuses graphs with the modes whose launches still take per-call values).
     pub fn forward_backward_on_device<B: Backend + ?Sized>(
         &self,
         be: &mut B,
@@ -324,6 +325,7 @@ impl Gpt {
         micro: u32,
         loss_scale: f32,
     ) -> BResult<()> {
+        be.begin_micro_batch(step, micro)?;
         let r = if be.graph_begin(loss_scale.to_bits() as u64)? {
             self.forward_backward_with(be, plan, step, micro, loss_scale, true)
                 .map(|_| ())

@@ -238,12 +238,18 @@ __device__ __forceinline__ void mx_quantize_impl(const bf16* __restrict__ src, i
     telemetry_block_store<MXQ_THREADS / 32>(t, part, partials);
 }
 
+// `sr_base`, `sign_base` (either may be NULL): device words added to `sr_stream` /
+// `sign_stream`, so that a CUDA graph captured once replays with the step and micro-batch bits
+// of the stream that the host writes there before each replay (gpt/src/cuda/step.rs); the
+// stream's other bits come by value.
 #define MX_QUANTIZE_KERNEL(NAME, COLWISE, SR)                                                      \
     extern "C" __global__ void __launch_bounds__(MXQ_THREADS)                                      \
         NAME(const bf16* src, int R, int C, uint8_t* codes, uint8_t* scales, bf16* deq,            \
-             double* partials, uint64_t seed, uint64_t sr_stream, uint64_t sign_stream, int g) {   \
-        mx_quantize_impl<COLWISE, SR>(src, R, C, codes, scales, deq, partials, seed, sr_stream,    \
-                                      sign_stream, g);                                             \
+             double* partials, uint64_t seed, uint64_t sr_stream, uint64_t sign_stream, int g,     \
+             const uint64_t* sr_base, const uint64_t* sign_base) {                                 \
+        mx_quantize_impl<COLWISE, SR>(src, R, C, codes, scales, deq, partials, seed,               \
+                                      sr_stream + (sr_base ? *sr_base : 0),                        \
+                                      sign_stream + (sign_base ? *sign_base : 0), g);              \
     }
 
 MX_QUANTIZE_KERNEL(mx_quantize_rowwise_rtn, false, false)

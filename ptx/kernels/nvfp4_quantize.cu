@@ -254,12 +254,17 @@ __device__ __forceinline__ void nvfp4_impl(const bf16* __restrict__ src, int R, 
                                       nullptr, seed, 0, sign_stream, g);                         \
     }
 
+// `sr_base`, `sign_base` (either may be NULL): device words added to the streams, as in
+// mx_quantize.cu (the step and micro-batch bits of a replayed CUDA graph).
+
 #define NVFP4_QUANTIZE_KERNEL(NAME, COLWISE, MODE)                                               \
     extern "C" __global__ void __launch_bounds__(NVQ_THREADS)                                    \
         NAME(const bf16* src, int R, int C, const float* enc, uint8_t* codes, uint8_t* scales,  \
-             double* partials, uint64_t seed, uint64_t sr_stream, uint64_t sign_stream, int g) { \
+             double* partials, uint64_t seed, uint64_t sr_stream, uint64_t sign_stream, int g,   \
+             const uint64_t* sr_base, const uint64_t* sign_base) {                               \
         nvfp4_impl<COLWISE, MODE>(src, R, C, nullptr, enc, codes, scales, partials, seed,        \
-                                  sr_stream, sign_stream, g);                                    \
+                                  sr_stream + (sr_base ? *sr_base : 0),                          \
+                                  sign_stream + (sign_base ? *sign_base : 0), g);                \
     }
 
 NVFP4_AMAX_KERNEL(nvfp4_amax_rowwise, false)

@@ -201,6 +201,10 @@ struct Trained {
     master: Vec<u32>,
     m: Vec<u32>,
     v: Vec<u32>,
+    /// The device step's per-step 4-bit telemetry (empty on the host path).
+    telemetry: Vec<Option<gpt::mx::MxTelemetry>>,
+    /// The per-site telemetry of the whole run.
+    sites: Vec<gpt::mx::SiteTelemetry>,
 }
 
 fn f32_bits(v: &[f32]) -> Vec<u32> {
@@ -210,6 +214,19 @@ fn f32_bits(v: &[f32]) -> Vec<u32> {
 /// `steps` steps of the tiny model (2 micro batches each, fresh tokens every micro batch, a
 /// learning rate that changes every step, clipping that engages on some steps).
 fn train_tiny(path: StepPath, steps: usize) -> Trained {
+    train_tiny_in(
+        path,
+        steps,
+        BackwardMode::Bf16,
+        ForwardConfig::HIGH_PRECISION,
+    )
+}
+
+use gpt::mx::fp8::{ForwardConfig, Fp8Scaling};
+
+/// `train_tiny` with the backward in `mode` (a 4-bit mode draws fresh random streams per step
+/// and micro batch: a graph replay must not reuse the captured ones).
+fn train_tiny_in(path: StepPath, steps: usize, mode: BackwardMode, fwd: ForwardConfig) -> Trained {
     let mut cfg = ModelConfig::named("tiny").unwrap();
     cfg.vocab = 1001;
     cfg.padded_vocab = 1024;
@@ -223,10 +240,18 @@ fn train_tiny(path: StepPath, steps: usize) -> Trained {
         len: gpt.params.total,
     };
     be.write(all, &gpt.init_params(3)).unwrap();
-    let plan = PrecisionPlan::uniform(BackwardMode::Bf16, gpt.cfg.layers);
+    let plan = PrecisionPlan::uniform(mode, gpt.cfg.layers);
+    be.set_mx_config(gpt::mx::MxConfig {
+        mode,
+        hadamard_block: 32,
+        signs: gpt::mx::HadamardSigns::Fresh,
+        seed: 11,
+    })
+    .unwrap();
+    be.set_forward_config(fwd).unwrap();
     let bt = batch * seq;
     let mut rng = Rng(77);
-    let (mut losses, mut norms) = (vec![], vec![]);
+    let (mut losses, mut norms, mut telemetry) = (vec![], vec![], vec![]);
     let loss_scale = 1.0 / (bt * accum) as f32;
     // Clipping at 0.5 engages on the first steps of this run (norms ~1-2), not on all.
     let grad_clip = 0.5f32;
@@ -294,6 +319,7 @@ fn train_tiny(path: StepPath, steps: usize) -> Trained {
         );
         losses = stats.iter().map(|s| s.loss.to_bits()).collect();
         norms = stats.iter().map(|s| s.norm.to_bits()).collect();
+        telemetry = stats.iter().map(|s| s.mx.clone()).collect();
         assert!(be.take_step_stats().unwrap().is_empty());
     }
     // With graphs: the first micro batch and the first finish run directly (warm-up), the
@@ -305,6 +331,8 @@ fn train_tiny(path: StepPath, steps: usize) -> Trained {
     assert_eq!(be.graph_counts(), want, "(graphs recorded, graph launches)");
     let (master, m, v) = be.read_optimizer().unwrap();
     Trained {
+        sites: be.take_mx_site_telemetry(),
+        telemetry,
         losses,
         norms,
         params: f32_bits(&be.read(all).unwrap()),
@@ -343,20 +371,53 @@ fn device_step_and_graph_replay_are_bit_identical_to_the_host_step() {
 }
 
 #[test]
+fn graph_replay_of_the_4_bit_backward_is_bit_identical() {
+    // Each GEMM's SR noise and RHT signs come from a stream keyed by step and micro batch:
+    // replays read those bits from device memory. MXFP4 with RHT + SR (fresh signs), NVFP4
+    // (SR on the gradient, fixed signs).
+    let steps = 2;
+    for mode in [BackwardMode::Mxfp4, BackwardMode::Nvfp4] {
+        let fwd = ForwardConfig::HIGH_PRECISION;
+        let direct = train_tiny_in(StepPath::Device, steps, mode, fwd);
+        let graphs = train_tiny_in(StepPath::DeviceGraphs, steps, mode, fwd);
+        assert_same(&format!("{mode} graph replay"), &graphs, &direct);
+        // The step's telemetry too: replays count the elements their run counted.
+        assert!(direct
+            .telemetry
+            .iter()
+            .all(|t| t.as_ref().is_some_and(|t| t.elements > 0)));
+        assert_eq!(graphs.telemetry, direct.telemetry, "{mode} telemetry");
+    }
+}
+
+#[test]
+fn graph_replay_of_the_fp8_forward_with_current_scaling_is_bit_identical() {
+    // Current scaling computes every scale on the device: nothing per call goes by value.
+    // The per-layer FP8 telemetry counts the replays' elements too.
+    let fwd = ForwardConfig {
+        mode: gpt::precision::ForwardMode::Fp8,
+        scaling: Fp8Scaling::Current,
+    };
+    let direct = train_tiny_in(StepPath::Device, 2, BackwardMode::Bf16, fwd);
+    let graphs = train_tiny_in(StepPath::DeviceGraphs, 2, BackwardMode::Bf16, fwd);
+    assert_same("fp8 graph replay", &graphs, &direct);
+    assert!(!direct.sites.is_empty());
+    assert_eq!(graphs.sites, direct.sites, "fp8 per-layer telemetry");
+}
+
+#[test]
 fn graphs_refuse_modes_that_pass_per_call_values() {
     let cfg = ModelConfig::named("tiny").unwrap();
     let gpt = Gpt::new(cfg, 1, 16).unwrap();
     let mut be = CudaBackend::on(gpu(), &gpt.cfg, 1, 16).unwrap();
     be.set_cuda_graphs(true);
-    be.set_mx_config(gpt::mx::MxConfig {
-        mode: BackwardMode::Mxfp4Rtn,
-        hadamard_block: 32,
-        signs: gpt::mx::HadamardSigns::Fresh,
-        seed: 1,
+    be.set_forward_config(gpt::mx::fp8::ForwardConfig {
+        mode: gpt::precision::ForwardMode::Fp8,
+        scaling: gpt::mx::fp8::Fp8Scaling::Delayed { history: 4 },
     })
     .unwrap();
     let e = be.graph_begin(1).unwrap_err().to_string();
-    assert!(e.contains("seeds") && e.contains("--backward bf16"), "{e}");
+    assert!(e.contains("FP8") && e.contains("--forward bf16"), "{e}");
 }
 
 #[test]
@@ -411,5 +472,286 @@ fn a_non_finite_loss_stops_the_updates_on_the_device() {
         ("second moments", &after.2, &before.2),
     ] {
         assert_eq!(f32_bits(a), f32_bits(b), "{name} changed after a NaN loss");
+    }
+}
+
+// ---- the trainer's loop on the CUDA backend: the deferred read of the device step ----
+//
+// `train_gpt --device cuda` runs here on the harness (MXGPT_CUDA_HARNESS=1, unless the tests
+// run on a GPU). The reference is the same run with `--skip-outliers` at a z-score no step
+// reaches: that takes the host path (the norm read back before the update, every step
+// synchronous), which gpu_step's tests above show is bit-identical to the device step.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn trainer_on_this_device() {
+    if !on_gpu(&gpu()) {
+        std::env::set_var("MXGPT_CUDA_HARNESS", "1");
+    }
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("mxgpt-gpu-step-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// PREFIX_train / PREFIX_val of short repeated random phrases (ids 100..600).
+fn dataset(dir: &Path) -> String {
+    let prefix = dir.join("synth").to_string_lossy().to_string();
+    let mut rng = Rng(12345);
+    for (part, docs) in [("train", 40), ("val", 11)] {
+        let mut w = dataio::MegatronWriter::create(&format!("{prefix}_{part}"), dataio::Dtype::U16)
+            .unwrap();
+        for _ in 0..docs {
+            let phrase: Vec<u32> = (0..5).map(|_| 100 + rng.below(500) as u32).collect();
+            let doc: Vec<u32> = phrase.iter().cycle().take(60).copied().collect();
+            w.add_document(&doc).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    prefix
+}
+
+/// A small model at B = 1, T = 16 (unless `extra` sets --seq), one micro batch per step: the harness runs the LM head over
+/// GPT-2's whole vocabulary (the trainer has no smaller one), so everything else is small.
+fn run(
+    dir: &Path,
+    name: &str,
+    host_path: bool,
+    extra: &[&str],
+) -> (Result<gpt::trainer::TrainSummary, String>, Vec<Value>) {
+    let data = dataset(dir);
+    let log = dir.join(format!("{name}.jsonl"));
+    let ckpt = dir.join(format!("{name}-ckpt"));
+    let (log_s, ckpt_s) = (
+        log.to_string_lossy().to_string(),
+        ckpt.to_string_lossy().to_string(),
+    );
+    let mut words = vec![
+        "--device",
+        "cuda",
+        "--model",
+        "tiny",
+        "--layers",
+        "1",
+        "--dim",
+        "32",
+        "--heads",
+        "2",
+        "--batch",
+        "1",
+        "--data",
+        &data,
+        "--eval-batches",
+        "1",
+        "--counters-every",
+        "0",
+        "--mx-telemetry-every",
+        "3",
+        "--log-json",
+        &log_s,
+        "--checkpoint-dir",
+        &ckpt_s,
+    ];
+    if host_path {
+        words.extend(["--skip-outliers", "1e30"]);
+    }
+    if !extra.contains(&"--seq") {
+        words.extend(["--seq", "16"]);
+    }
+    words.extend(extra);
+    trainer_on_this_device();
+    let args = gpt::trainer::parse_args(&words).unwrap();
+    let r = gpt::trainer::train(&args);
+    let records = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (r, records)
+}
+
+/// The records without what depends on the clock (or on the path, by construction).
+fn logged_numbers(records: &[Value]) -> Vec<Value> {
+    records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if let Some(o) = r.as_object_mut() {
+                for k in ["ms", "tokens_per_s", "mfu", "comm_ms"] {
+                    o.remove(k);
+                }
+                if let Some(mx) = o.get_mut("mx").and_then(|m| m.as_object_mut()) {
+                    mx.remove("quantize_seconds");
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+fn master_weights(ckpt: &Path, step: u64) -> Vec<u32> {
+    let ck = gpt::checkpoint::load(&ckpt.join(gpt::checkpoint::file_name(step))).unwrap();
+    ck.params.iter().map(|x| x.to_bits()).collect()
+}
+
+fn trainer_logs_match(mode: &[&str], tag: &str, read_late: u64) {
+    let dir = tmpdir(tag);
+    let mut extra = vec![
+        "--steps",
+        "5",
+        "--eval-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+    ];
+    extra.extend(mode);
+    let (lagged, lagged_log) = run(&dir, "lagged", false, &extra);
+    let (host, host_log) = run(&dir, "host", true, &extra);
+    let (lagged, host) = (lagged.unwrap(), host.unwrap());
+    // The deferred read happened: of 5 steps, 2 and 4 (eval and checkpoint), 5 (the last) and
+    // in a 4-bit mode 3 (per-layer telemetry) are read at once, the others after the next was
+    // queued.
+    assert_eq!(
+        lagged.steps_read_late, read_late,
+        "device steps read after the next was queued"
+    );
+    assert_eq!(host.steps_read_late, 0);
+    let bits = |v: &[(u64, f32)]| v.iter().map(|&(s, l)| (s, l.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&lagged.losses), bits(&host.losses), "losses");
+    assert_eq!(
+        bits(&lagged.val_losses),
+        bits(&host.val_losses),
+        "validation losses"
+    );
+    assert_eq!(lagged.val_losses.len(), 3);
+    // Every logged record (train, eval, mx_layers) but the clock's.
+    assert_eq!(logged_numbers(&lagged_log), logged_numbers(&host_log));
+    assert!(lagged_log.iter().any(|r| r["type"] == "eval"));
+    if !mode.is_empty() {
+        // The 4-bit telemetry was logged: every step's, and the per-layer records.
+        let train = lagged_log.iter().filter(|r| r["type"] == "train");
+        assert!(
+            train.clone().count() == 5
+                && train
+                    .clone()
+                    .all(|r| r["mx"]["relative_error"].as_f64() > Some(0.0))
+        );
+        assert!(lagged_log.iter().any(|r| r["type"] == "mx_layers"));
+    }
+    // The checkpoints hold the same weights.
+    for step in [2, 4, 5] {
+        assert_eq!(
+            master_weights(&dir.join("lagged-ckpt"), step),
+            master_weights(&dir.join("host-ckpt"), step),
+            "checkpoint of step {step}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn trainer_logs_are_identical_with_the_deferred_read() {
+    trainer_logs_match(&[], "bf16", 2);
+}
+
+#[test]
+fn trainer_logs_are_identical_with_the_deferred_read_mxfp4() {
+    // The step's MX telemetry comes back with its loss and norm; the per-layer records of
+    // step 3 are read before step 4 is queued.
+    // T = 32: wgrad's K is the micro batch's tokens, a multiple of the MX block.
+    let mode = [
+        "--backward",
+        "mxfp4",
+        "--hadamard-block",
+        "32",
+        "--seq",
+        "32",
+    ];
+    trainer_logs_match(&mode, "mxfp4", 1);
+}
+
+#[test]
+fn a_non_finite_step_read_late_stops_with_the_host_paths_error() {
+    // Step 3's checkpoint with NaN second moments: the resumed step 4 is finite but its update
+    // makes every weight NaN, so step 5's loss is NaN. Step 5 is read after step 6 was queued
+    // (6 is a checkpoint step): the error must name step 5 as the host path does, step 6 must
+    // write no checkpoint, and step 3's must stay as it was.
+    let dir = tmpdir("nan");
+    let every = ["--checkpoint-every", "3", "--eval-every", "0"];
+    let (first, _) = run(
+        &dir,
+        "first",
+        false,
+        &[&["--steps", "3"][..], &every].concat(),
+    );
+    first.unwrap();
+    let src = dir.join("first-ckpt").join(gpt::checkpoint::file_name(3));
+    let mut ck = gpt::checkpoint::load(&src).unwrap();
+    ck.adam_v.iter_mut().for_each(|v| *v = f32::NAN);
+    let mut errors = vec![];
+    for (name, host_path) in [("lagged", false), ("host", true)] {
+        let ckdir = dir.join(format!("{name}-ckpt"));
+        std::fs::create_dir_all(&ckdir).unwrap();
+        let planted = gpt::checkpoint::save(&ckdir, &ck).unwrap();
+        let before = std::fs::read(&planted).unwrap();
+        let resume = planted.to_string_lossy().to_string();
+        let words = [&["--steps", "8", "--resume", &resume][..], &every].concat();
+        let (r, log) = run(&dir, name, host_path, &words);
+        let e = r.expect_err("a NaN loss must end the run");
+        assert!(e.starts_with("step 5: non-finite loss"), "{name}: {e}");
+        let steps: Vec<u64> = log
+            .iter()
+            .filter(|r| r["type"] == "train")
+            .map(|r| r["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps, [4], "{name}: logged steps");
+        let left: Vec<u64> = gpt::checkpoint::list(&ckdir)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(left, [3], "{name}: checkpoints after the error");
+        assert!(
+            std::fs::read(&planted).unwrap() == before,
+            "{name}: step 3's checkpoint changed"
+        );
+        errors.push(e.replace(&*ckdir.to_string_lossy(), "CKPT"));
+    }
+    assert_eq!(errors[0], errors[1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tokens_go_up_from_alternating_pinned_sets() {
+    // Each micro batch's tokens are staged in pinned memory, two sets in turn, copied without
+    // waiting; the device must hold exactly this batch's tokens (a copy from the other set
+    // would give the previous batch's), and the set's copies stay tracked until it is refilled.
+    let mut cfg = ModelConfig::named("tiny").unwrap();
+    cfg.vocab = 101;
+    cfg.padded_vocab = 128;
+    let (batch, seq) = (2, 16);
+    let mut be = CudaBackend::on(gpu(), &cfg, batch, seq).unwrap();
+    let mut rng = Rng(5);
+    for round in 0..5 {
+        let inp: Vec<u32> = (0..batch * seq).map(|_| rng.below(101) as u32).collect();
+        let tgt: Vec<u32> = (0..batch * seq).map(|_| rng.below(101) as u32).collect();
+        be.set_tokens(&inp, Some(&tgt)).unwrap();
+        let set = round % 2;
+        let pending = be.token_copies_pending();
+        assert!(
+            pending[2 * set] && pending[2 * set + 1],
+            "round {round}: {pending:?}"
+        );
+        let (di, dt) = be.tokens_on_device().unwrap();
+        let as_i32 = |v: &[u32]| v.iter().map(|&t| t as i32).collect::<Vec<_>>();
+        assert_eq!(di, as_i32(&inp), "round {round}: inputs");
+        assert_eq!(dt, as_i32(&tgt), "round {round}: targets");
+        let index = be.encoder_index().download(be.gpu()).unwrap();
+        let want = encoder::EncoderIndex::host_reference(&inp, 101).unwrap();
+        assert_eq!(index, want, "round {round}: index");
     }
 }

@@ -39,7 +39,7 @@ use crate::layout::{ActLayout, Arena, ParamLayout, TensorRef};
 use crate::mx::fp8::{ForwardConfig, Fp8Operand, Fp8Scaling, Fp8State};
 use crate::mx::{MxConfig, MxTelemetry, SiteTelemetry};
 use runtime::cuda::half::bf16;
-use runtime::cuda::{CudaError, DeviceBuffer, Gpu};
+use runtime::cuda::{CudaError, DeviceBuffer, Gpu, PinnedBuffer};
 
 pub struct CudaBackend {
     layout: ParamLayout,
@@ -58,6 +58,11 @@ pub struct CudaBackend {
     stats: DeviceBuffer<f32>,
     inputs: DeviceBuffer<i32>,
     targets: DeviceBuffer<i32>,
+    /// Pinned host staging of the tokens (inputs, targets), two sets used in turn: a micro
+    /// batch's copy runs while the host fills the other set for the next one, and filling a
+    /// set waits for the copy that last read it (`PinnedBuffer::host`), two uploads back.
+    token_stage: [(PinnedBuffer<i32>, PinnedBuffer<i32>); 2],
+    next_stage: usize,
     /// The batch's positions grouped by token, for the encoder backward: built on the device
     /// from `inputs` when the tokens arrive, into buffers allocated once.
     encoder_index: k::encoder::EncoderIndex,
@@ -169,6 +174,17 @@ impl CudaBackend {
             stats: gpu.alloc(a.stats_total).map_err(err)?,
             inputs: gpu.alloc(bt).map_err(err)?,
             targets: gpu.alloc(bt).map_err(err)?,
+            token_stage: [
+                (
+                    gpu.alloc_pinned(bt).map_err(err)?,
+                    gpu.alloc_pinned(bt).map_err(err)?,
+                ),
+                (
+                    gpu.alloc_pinned(bt).map_err(err)?,
+                    gpu.alloc_pinned(bt).map_err(err)?,
+                ),
+            ],
+            next_stage: 0,
             encoder_index: k::encoder::EncoderIndex::new(&gpu, bt, cfg.vocab).map_err(err)?,
             has_tokens: false,
             has_targets: false,
@@ -232,20 +248,36 @@ impl CudaBackend {
     }
 
     /// Why the current modes cannot be replayed from a graph (their launches take per-call
-    /// values by value), or None.
+    /// values by value), or None. (The 4-bit backward's per-GEMM streams can: their step and
+    /// micro-batch bits are in device memory, `begin_micro_batch`; so can FP8 with current
+    /// scaling.)
     fn graph_obstacle(&self) -> Option<String> {
-        if self.mx.is_some() {
+        if self.fp8.as_ref().is_some_and(|f| f.delayed.is_some()) {
             return Some(
-                "the quantized backward passes its per-GEMM seeds by value; use --backward bf16"
-                    .into(),
-            );
-        }
-        if self.forward.is_fp8() {
-            return Some(
-                "the FP8 forward passes its scaling slots by value; use --forward bf16".into(),
+                "the FP8 forward's delayed scaling passes its amax ring slots by value; use --fp8-scaling current or --forward bf16".into(),
             );
         }
         None
+    }
+
+    /// The current batch's tokens as the device holds them (inputs, targets), for tests.
+    pub fn tokens_on_device(&self) -> BResult<(Vec<i32>, Vec<i32>)> {
+        let g = &self.gpu;
+        Ok((
+            g.download(&self.inputs).map_err(err)?,
+            g.download(&self.targets).map_err(err)?,
+        ))
+    }
+
+    /// Whether the pinned token sets have copies in flight (inputs, targets of each set).
+    pub fn token_copies_pending(&self) -> [bool; 4] {
+        let [(a, b), (c, d)] = &self.token_stage;
+        [
+            a.is_pending(),
+            b.is_pending(),
+            c.is_pending(),
+            d.is_pending(),
+        ]
     }
 
     /// The encoder index of the current batch (tests compare it with the host's).
@@ -848,9 +880,16 @@ impl Backend for CudaBackend {
 
     fn set_mx_noise_measurement(&mut self, on: bool) {
         if let Some(m) = self.mx.as_mut() {
+            if m.measure_noise != on {
+                // The measurement's launches are part of a recorded micro batch or not.
+                self.step.as_mut().expect("device step").forget_graphs();
+            }
             m.measure_noise = on;
         }
         if let Some(t) = self.fp8_telemetry.as_mut() {
+            if t.measure_noise != on {
+                self.step.as_mut().expect("device step").forget_graphs();
+            }
             t.measure_noise = on;
         }
     }
@@ -893,19 +932,29 @@ impl Backend for CudaBackend {
                 "token id {bad} is outside the vocabulary (< {vocab})"
             )));
         }
-        // Asynchronous copies (the stream is not drained), then the index built on the device.
-        let as_i32 = |v: &[u32]| v.iter().map(|&t| t as i32).collect::<Vec<i32>>();
-        self.gpu
-            .copy_to_device_async(&as_i32(inputs), &self.inputs)
+        // Into this micro batch's pinned set, then copies the DMA engine makes when the stream
+        // gets there (the host does not wait for them), then the index built on the device.
+        let g = &self.gpu;
+        let (pin_in, pin_tgt) = &mut self.token_stage[self.next_stage];
+        self.next_stage ^= 1;
+        let fill = |pinned: &mut PinnedBuffer<i32>, v: &[u32]| -> BResult<()> {
+            let host = pinned.host().map_err(err)?; // waits for the copy two uploads back
+            for (h, &t) in host.iter_mut().zip(v) {
+                *h = t as i32;
+            }
+            Ok(())
+        };
+        fill(pin_in, inputs)?;
+        g.copy_pinned_to_device_async(pin_in, &self.inputs, 0)
             .map_err(err)?;
         self.encoder_index
-            .build_on_device(&self.gpu, Ptr::of(&self.inputs))
+            .build_on_device(g, Ptr::of(&self.inputs))
             .map_err(err)?;
         self.has_tokens = true;
         self.has_targets = targets.is_some();
         if let Some(t) = targets {
-            self.gpu
-                .copy_to_device_async(&as_i32(t), &self.targets)
+            fill(pin_tgt, t)?;
+            g.copy_pinned_to_device_async(pin_tgt, &self.targets, 0)
                 .map_err(err)?;
         }
         Ok(())
@@ -1308,24 +1357,56 @@ impl Backend for CudaBackend {
             )
             .map_err(err)
         };
-        let r = st.step(&self.gpu, up, adamw_seed(up.adamw.t), &finish);
+        // The 4-bit telemetry total travels with the step's numbers (moved out for the call).
+        let mut mx = self.mx.take();
+        let r = st.step(
+            &self.gpu,
+            up,
+            adamw_seed(up.adamw.t),
+            mx.as_mut().map(|m| m.step_total()),
+            &finish,
+        );
+        self.mx = mx;
         self.step = Some(st);
         r
     }
 
-    fn take_step_stats(&mut self) -> BResult<Vec<StepStats>> {
-        let st = self.step.as_mut().expect("device step");
-        st.take(&self.gpu)
+    fn take_step_stats_through(&mut self, t: u64) -> BResult<Vec<StepStats>> {
+        self.step.as_mut().expect("device step").take_through(t)
+    }
+
+    fn begin_micro_batch(&mut self, step: u32, micro: u32) -> BResult<()> {
+        let graphs = self.step.as_ref().expect("device step").graphs;
+        match self.mx.as_mut() {
+            Some(mx) => {
+                mx.device_streams = graphs;
+                mx.set_micro_batch(&self.gpu, step, micro)
+            }
+            None => Ok(()),
+        }
     }
 
     fn graph_begin(&mut self, key: u64) -> BResult<bool> {
         let why_not = self.graph_obstacle();
         let st = self.step.as_mut().expect("device step");
-        st.graph_begin(&self.gpu, key, why_not)
+        let run = st.graph_begin(&self.gpu, key, why_not)?;
+        if let Some(mx) = self.mx.as_mut().filter(|_| st.graphs) {
+            mx.graph_micro_begin(run);
+        }
+        if let Some(t) = self.fp8_telemetry.as_mut().filter(|_| st.graphs) {
+            t.graph_micro_begin(run);
+        }
+        Ok(run)
     }
 
     fn graph_end(&mut self, ok: bool) -> BResult<()> {
         let st = self.step.as_mut().expect("device step");
+        if let Some(mx) = self.mx.as_mut().filter(|_| st.graphs) {
+            mx.graph_micro_end();
+        }
+        if let Some(t) = self.fp8_telemetry.as_mut().filter(|_| st.graphs) {
+            t.graph_micro_end();
+        }
         st.graph_end(&self.gpu, ok)
     }
 }

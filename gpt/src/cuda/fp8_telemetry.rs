@@ -27,6 +27,10 @@ pub struct Fp8Telemetry {
     /// (FP8 product, exact product), allocated at the first measured call.
     noise: Option<(DeviceBuffer<bf16>, DeviceBuffer<bf16>)>,
     largest_output: usize,
+    /// CUDA graphs: a replayed micro batch makes no host calls, so the site counts it adds are
+    /// learnt from a run of its ops (as the 4-bit backward's, cuda/mx.rs).
+    count_start: Option<Vec<u64>>,
+    replay_counts: Vec<u64>,
 }
 
 /// Bytes of device memory the telemetry may hold for `layers` blocks at `rows` = B·T tokens and
@@ -50,7 +54,29 @@ impl Fp8Telemetry {
             measure_noise: false,
             noise: None,
             largest_output: rows * 4 * channels,
+            count_start: None,
+            replay_counts: vec![0; layers * 4],
         })
+    }
+
+    /// Before a micro batch under CUDA graphs: `run` (learn what its calls count) or a replay
+    /// (add what a run counted).
+    pub fn graph_micro_begin(&mut self, run: bool) {
+        if run {
+            self.count_start = Some(self.site_elements.clone());
+        } else {
+            for (s, d) in self.site_elements.iter_mut().zip(&self.replay_counts) {
+                *s += d;
+            }
+        }
+    }
+
+    /// After a micro batch under CUDA graphs.
+    pub fn graph_micro_end(&mut self) {
+        if let Some(start) = self.count_start.take() {
+            let now = self.site_elements.iter();
+            self.replay_counts = now.zip(&start).map(|(a, b)| a - b).collect();
+        }
     }
 
     fn site(&self, at: &LinearForward) -> usize {

@@ -251,7 +251,24 @@ pub struct MxBackward {
     noise: Option<NoiseScratch>,
     /// The largest product [m, n] of the model's backward GEMMs, for the scratch's size.
     largest_product: usize,
+    /// With CUDA graphs: the random streams' step and micro-batch bits come from the device
+    /// word `stream_base` (written by `set_micro_batch` before each micro batch, read by the
+    /// quantize kernels at run time), the other bits by value, so that a replay draws the
+    /// streams of its own step. Off: the whole stream by value.
+    pub device_streams: bool,
+    stream_base: DeviceBuffer<u64>,
+    /// The value last written to `stream_base`.
+    base_value: Option<u64>,
+    /// A replayed micro batch makes no host calls, so the host-side element counts it adds are
+    /// learnt from a run of its ops (counts at the start of the run; what the run added).
+    count_start: Option<(u64, Vec<u64>)>,
+    replay_counts: (u64, Vec<u64>),
 }
+
+/// The bits of a GemmId stream that change from micro batch to micro batch (step 32 and
+/// micro-step 16, `GemmId::stream`); the others (layer, linear, GEMM, role) are fixed per call
+/// site and go by value even into a graph.
+const RUNTIME_BITS: u64 = !0xFFFF;
 
 /// Scratch of the noise measurement: the 4-bit product when it cannot be read from the GEMM's
 /// output (wgrad accumulates into dW), the exact product, the kernel's partial sums.
@@ -335,7 +352,72 @@ impl MxBackward {
             measure_noise: false,
             noise: None,
             largest_product: largest_product(model, batch * seq),
+            device_streams: false,
+            stream_base: g.alloc(1)?,
+            base_value: None,
+            count_start: None,
+            replay_counts: (0, vec![0; sites]),
         })
+    }
+
+    /// The run-time bits of the streams of micro batch `micro` of step `step`, into the device
+    /// word the quantize kernels add (an asynchronous copy, outside any capture).
+    pub fn set_micro_batch(&mut self, g: &Gpu, step: u32, micro: u32) -> BResult<()> {
+        let id = GemmId {
+            step,
+            micro_step: micro,
+            layer: 0,
+            linear: LinearKind::Qkv,
+            gemm: GemmKind::Dgrad,
+        };
+        let base = id.stream(StreamRole::SrA) & RUNTIME_BITS;
+        g.copy_to_device_async(&[base], &self.stream_base)
+            .map_err(cuda)?;
+        self.base_value = Some(base);
+        Ok(())
+    }
+
+    /// Before a micro batch under CUDA graphs: `run` (its ops are called: learn what they
+    /// count) or a replay (add what a run counted).
+    pub(super) fn graph_micro_begin(&mut self, run: bool) {
+        if run {
+            self.count_start = Some((self.elements, self.site_elements.clone()));
+        } else {
+            self.elements += self.replay_counts.0;
+            for (s, d) in self.site_elements.iter_mut().zip(&self.replay_counts.1) {
+                *s += d;
+            }
+        }
+    }
+
+    /// After a micro batch under CUDA graphs.
+    pub(super) fn graph_micro_end(&mut self) {
+        if let Some((e, sites)) = self.count_start.take() {
+            self.replay_counts = (
+                self.elements - e,
+                self.site_elements
+                    .iter()
+                    .zip(&sites)
+                    .map(|(a, b)| a - b)
+                    .collect(),
+            );
+        }
+    }
+
+    /// (stream by value, device word to add) for GEMM `id`'s stream `full`: all by value, or
+    /// with `device_streams` the run-time bits from `stream_base` (which must hold this micro
+    /// batch's: a replay would otherwise draw another step's noise).
+    fn split_stream(&self, id: &GemmId, full: u64) -> BResult<(u64, Option<Ptr<'_, u64>>)> {
+        if !self.device_streams {
+            return Ok((full, None));
+        }
+        if self.base_value != Some(full & RUNTIME_BITS) {
+            return Err(BackendError(format!(
+                "the quantized backward of step {} micro batch {} under CUDA graphs: the device stream base was not set for it (begin_micro_batch)",
+                id.step, id.micro_step
+            )));
+        }
+        Ok((full & !RUNTIME_BITS, Some(Ptr::of(&self.stream_base))))
     }
 
     /// Adds a quantize launch's partials (`rows` x `k` elements) to the step total and to the
@@ -373,7 +455,22 @@ impl MxBackward {
             partials: Some(Ptr::of(&self.partials)),
             ..target.out()
         };
-        kmx::quantize(g, s.src, s.r, s.c, spec, out).map_err(|e| BackendError(e.context))?;
+        // Fixed RHT signs are one constant stream: by value always.
+        let fresh_signs = self.cfg.signs == crate::mx::HadamardSigns::Fresh;
+        let (sr_stream, sr) = self.split_stream(id, spec.sr_stream)?;
+        let (sign_stream, sign) = if fresh_signs {
+            self.split_stream(id, spec.sign_stream)?
+        } else {
+            (spec.sign_stream, None)
+        };
+        let spec = QuantizeSpec {
+            sr_stream,
+            sign_stream,
+            ..*spec
+        };
+        let base = kmx::StreamBase { sr, sign };
+        kmx::quantize_based(g, s.src, s.r, s.c, &spec, out, base)
+            .map_err(|e| BackendError(e.context))?;
         self.accumulate_telemetry(g, id, rows, k)
     }
 
@@ -398,7 +495,15 @@ impl MxBackward {
             amax_partials: Ptr::of(&self.amax),
             partials: Some(Ptr::of(&self.partials)),
         };
-        knv::quantize(g, s.src, s.r, s.c, spec, out).map_err(|e| BackendError(e.context))?;
+        // Only the SR operand draws from a per-call stream (the signs are a constant).
+        let (sr_stream, sr) = if spec.rounding == Rounding::Sr {
+            self.split_stream(id, spec.sr_stream)?
+        } else {
+            (spec.sr_stream, None)
+        };
+        let spec = Nvfp4Spec { sr_stream, ..*spec };
+        knv::quantize_based(g, s.src, s.r, s.c, &spec, out, sr)
+            .map_err(|e| BackendError(e.context))?;
         self.accumulate_telemetry(g, id, rows, k)
     }
 
@@ -693,6 +798,16 @@ impl MxBackward {
             crate::mx::nvfp4::BLOCK as u64
         } else {
             crate::mx::format::BLOCK as u64
+        }
+    }
+
+    /// The step's running total for the device step to copy to the host with the step's
+    /// numbers (and reset, on the device); the host's element count restarts here.
+    pub(super) fn step_total(&mut self) -> super::step::MxTotal<'_> {
+        super::step::MxTotal {
+            totals: &self.totals,
+            elements: std::mem::take(&mut self.elements),
+            block: self.block(),
         }
     }
 

@@ -1,33 +1,41 @@
 //! The CUDA backend's training step without host round trips, and its CUDA graphs.
 //!
 //! Per step the host enqueues, and never waits:
-//! - per micro batch: the tokens (an asynchronous copy), the encoder index built on the device
-//!   (`EncoderIndex::build_on_device`), the forward and backward, and the micro batch's mean
-//!   loss added to a device f64 sum (`step_loss_accumulate`);
+//! - per micro batch: the tokens (asynchronous copies from pinned memory), the encoder index
+//!   built on the device (`EncoderIndex::build_on_device`), the forward and backward, and the
+//!   micro batch's mean loss added to a device f64 sum (`step_loss_accumulate`);
 //! - the step's scalars (`StepParams`: lr, betas, bias corrections, eps, weight decay, clip,
 //!   seed, ring slot) in ONE copy to a device parameter block;
 //! - the finish: global norm, `step_finish` (the step's loss and norm into a device ring, the
 //!   clip factor, a halt flag on a non-finite value) and AdamW reading its scalars and clip
 //!   factor from device memory (`adamw_update_multi_dev`).
 //!
-//! The host reads the ring (`take_step_stats`: one copy, which waits for the queue) once per
-//! logging interval. The numbers are the host path's bit for bit: the same f64 loss sum, the
-//! same f32 clip division, the same AdamW kernel body (tests/tests/gpu_step.rs).
+//! After the finish, the step's ring slot (and, in a 4-bit mode, the step's MX telemetry total,
+//! which is then reset on the device) is copied asynchronously into a pinned host slot with an
+//! event behind it (`StatsSlot`). `take_through(t)` waits for the events of the steps up to
+//! `t` only, so the trainer reads step N's numbers after it has queued step N + 1 and the queue
+//! never runs dry at a step boundary. The numbers are the host path's bit for bit: the same f64
+//! loss sum, the same f32 clip division, the same AdamW kernel body (tests/tests/gpu_step.rs).
 //!
 //! CUDA graphs (`MXGPT_CUDA_GRAPH=1` or `set_cuda_graphs`, off by default until a GPU run has
 //! checked them): the micro batch's forward and backward runs once directly (a warm-up: kernel
 //! modules load and kernel attributes are set outside any capture), is captured the second
 //! time and replayed for every micro batch after (keyed by the loss scale, the one value it
-//! bakes in), and the finish likewise; what changes between replays is in device memory: tokens, the index, the
-//! parameter block. Modes whose launchers pass per-call values by value (MXFP4/NVFP4 seeds,
-//! FP8 delayed scaling's ring slots) are refused with graphs on.
+//! bakes in), and the finish likewise; what changes between replays is in device memory: tokens,
+//! the index, the parameter block, and the 4-bit backward's stream base (the step and
+//! micro-batch bits of every GEMM's random streams, `begin_micro_batch`; a replay adds the
+//! telemetry element counts its run counted; so does the FP8 forward's telemetry). The FP8
+//! forward with delayed scaling, which picks its amax ring slots on the host, is refused with
+//! graphs on; with current scaling every scale is computed on the device and it replays.
 //!
 //! NOT RUN ON A GPU: harness-tested; the driver path is compiled against the stub driver.
 
 use super::kernels::step::{self as kstep, StepParams};
 use super::kernels::Ptr;
+use super::mx::{telemetry_of, ACC};
 use crate::backend::{BResult, BackendError, StepStats, StepUpdate};
-use runtime::cuda::{CudaError, DeviceBuffer, Gpu, Graph};
+use runtime::cuda::{CudaError, DeviceBuffer, Gpu, Graph, PinnedBuffer};
+use std::collections::VecDeque;
 
 /// Steps whose (loss, norm) the device ring holds before `take_step_stats` must be called.
 pub const RING: usize = 1024;
@@ -36,13 +44,42 @@ fn err(e: CudaError) -> BackendError {
     BackendError(format!("CUDA: {e}"))
 }
 
+/// A step's numbers on their way to the host: pinned slots the stream copies into after the
+/// step's finish, each with its own event (pinned.rs), so that reading one step waits for that
+/// step only.
+struct StatsSlot {
+    /// (loss, norm) from the step's ring slot.
+    stats: PinnedBuffer<f32>,
+    /// The MX telemetry total of the step (`ACC` f64), in a 4-bit backward mode.
+    mx: PinnedBuffer<f64>,
+}
+
+/// A finished (queued) step whose numbers the host has not taken yet.
+struct Pending {
+    t: u64,
+    slot: StatsSlot,
+    /// (elements quantized, elements per block) of the step's MX telemetry, when it has one.
+    mx: Option<(u64, u64)>,
+}
+
+/// A 4-bit backward's running telemetry total for `DeviceStep::step` to hand to the host with
+/// the step's numbers (and reset): the device accumulator (`ACC` f64, mx.rs) and the elements
+/// it counts.
+pub(crate) struct MxTotal<'a> {
+    pub(crate) totals: &'a DeviceBuffer<f64>,
+    pub(crate) elements: u64,
+    pub(crate) block: u64,
+}
+
 /// The device side of the step: parameter block, state, stats ring, and the graphs.
 pub(crate) struct DeviceStep {
     params: DeviceBuffer<StepParams>,
     state: DeviceBuffer<u64>,
     ring: DeviceBuffer<f32>,
-    /// AdamW `t` of the steps in the ring not yet taken, oldest first, from slot `first`.
-    pending: Vec<u64>,
+    /// The steps queued and not yet taken, oldest first; the oldest in ring slot `first`.
+    pending: VecDeque<Pending>,
+    /// Slots of taken steps, for reuse (pinned allocations are slow).
+    spare: Vec<StatsSlot>,
     first: usize,
     pub(crate) graphs: bool,
     /// The micro batch's graph and the key it was recorded for.
@@ -65,7 +102,8 @@ impl DeviceStep {
             params: g.alloc(1)?,
             state: g.alloc(kstep::STATE_WORDS)?,
             ring: g.alloc(2 * RING)?,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
+            spare: Vec::new(),
             first: 0,
             graphs: std::env::var("MXGPT_CUDA_GRAPH").is_ok_and(|v| v == "1"),
             micro: None,
@@ -153,12 +191,14 @@ impl DeviceStep {
     }
 
     /// Writes the step's parameter block (one asynchronous copy) and runs `enqueue_finish`
-    /// (norm, step_finish, AdamW) directly or as the recorded finish graph.
+    /// (norm, step_finish, AdamW) directly or as the recorded finish graph; then queues the
+    /// copies of the step's numbers (and `mx`'s total, which is reset) to the host.
     pub(crate) fn step(
         &mut self,
         g: &Gpu,
         up: &StepUpdate,
         seed: u32,
+        mx: Option<MxTotal>,
         enqueue_finish: &dyn Fn(&DeviceStep) -> BResult<()>,
     ) -> BResult<()> {
         if self.pending.len() == RING {
@@ -210,31 +250,60 @@ impl DeviceStep {
             g.launch_graph(self.finish.as_ref().expect("recorded above"))
                 .map_err(err)?;
         }
-        self.pending.push(hp.t);
+        // The step's numbers to the host, without waiting (the event behind each copy is what
+        // `take_through` waits for).
+        let mut s = match self.spare.pop() {
+            Some(s) => s,
+            None => StatsSlot {
+                stats: g.alloc_pinned(2).map_err(err)?,
+                mx: g.alloc_pinned(ACC).map_err(err)?,
+            },
+        };
+        g.copy_to_pinned_async(&self.ring, 2 * slot, &mut s.stats)
+            .map_err(err)?;
+        let mx = match mx {
+            Some(m) => {
+                g.copy_to_pinned_async(m.totals, 0, &mut s.mx)
+                    .map_err(err)?;
+                g.fill_bytes_range(m.totals, 0, ACC, 0).map_err(err)?;
+                Some((m.elements, m.block))
+            }
+            None => None,
+        };
+        self.pending.push_back(Pending {
+            t: hp.t,
+            slot: s,
+            mx,
+        });
         Ok(())
     }
 
-    /// The (loss, norm) of the pending steps: one copy of the ring (waits for the queue).
-    pub(crate) fn take(&mut self, g: &Gpu) -> BResult<Vec<StepStats>> {
-        if self.pending.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ring = g.download(&self.ring).map_err(err)?;
-        let out = self
-            .pending
-            .iter()
-            .enumerate()
-            .map(|(i, &t)| {
-                let s = (self.first + i) % RING;
-                StepStats {
-                    t,
-                    loss: ring[2 * s],
-                    norm: ring[2 * s + 1],
+    /// The numbers of the pending steps whose AdamW `t` is at most `through`, oldest first;
+    /// waits for those steps' copies only, not for work queued after them.
+    pub(crate) fn take_through(&mut self, through: u64) -> BResult<Vec<StepStats>> {
+        let mut out = Vec::new();
+        while self.pending.front().is_some_and(|p| p.t <= through) {
+            let mut p = self.pending.pop_front().expect("checked above");
+            let (loss, norm) = {
+                let v = p.slot.stats.host().map_err(err)?;
+                (v[0], v[1])
+            };
+            let mx = match p.mx {
+                Some((elements, block)) => {
+                    let t = p.slot.mx.host().map_err(err)?;
+                    Some(telemetry_of(t, elements, block))
                 }
-            })
-            .collect();
-        self.first = (self.first + self.pending.len()) % RING;
-        self.pending.clear();
+                None => None,
+            };
+            out.push(StepStats {
+                t: p.t,
+                loss,
+                norm,
+                mx,
+            });
+            self.first = (self.first + 1) % RING;
+            self.spare.push(p.slot);
+        }
         Ok(out)
     }
 }

@@ -39,6 +39,8 @@ pub struct TrainSummary {
     pub tokens_per_s: f64,
     pub ms_per_step: f64,
     pub backend: Option<BackendInfo>,
+    /// Device steps whose loss and norm were read after the next step had been queued.
+    pub steps_read_late: u64,
 }
 
 fn all_params(gpt: &Gpt) -> TensorRef {
@@ -49,12 +51,33 @@ fn all_params(gpt: &Gpt) -> TensorRef {
     }
 }
 
+/// A step whose work is queued and whose numbers the host has not looked at yet (the
+/// deferred read of the device step).
+struct Queued {
+    step: u64,
+    lr: f32,
+    adamw: AdamW,
+    t0: Instant,
+    /// Time spent queueing the step's end (its collectives, with several ranks).
+    comm_ms: f64,
+    per_layer_mx: bool,
+    /// (loss, norm) where the host computed them; None: the device step has them.
+    host_stats: Option<(f32, f32)>,
+}
+
 /// A loss above this many times that of uniform guessing (ln V) means the weights have
 /// diverged, whatever the z-scores say (they need a full window of history).
 const DIVERGED_LOSS_FACTOR: f32 = 2.0;
 /// The z-score beyond which a checkpoint's loss is out of the normal range when
 /// `--skip-outliers` does not set one.
 const NORMAL_Z: f64 = 5.0;
+
+/// `TrainArgs` from command-line words (without the program name), as `train_gpt` parses
+/// them; the error is argh's message.
+pub fn parse_args(words: &[&str]) -> Result<TrainArgs, String> {
+    use argh::FromArgs;
+    TrainArgs::from_args(&["train_gpt"], words).map_err(|e| e.output)
+}
 
 /// Runs training as the arguments say, in this process alone. Errors are complete sentences.
 pub fn train(args: &TrainArgs) -> Result<TrainSummary, String> {
@@ -242,9 +265,26 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
     let normal_z = args.skip_outliers.map_or(NORMAL_Z, |z| z as f64);
     let per_rank = s.accum / s.ranks;
     // A GPU backend keeps the step on the device (one rank, no outlier skipping, which needs
-    // the norm before the update): the loss and the norm come back in one read after the step
-    // is queued, and the update is skipped on the device when either is not finite.
+    // the norm before the update): the update is skipped on the device when the loss or the
+    // norm is not finite (and so is every later one: a sticky halt flag), and the host reads a
+    // step's loss and norm only after it has queued the next step, so that the device never
+    // waits for the host at a step boundary. Steps after which the host needs the state as the
+    // step left it (evaluation, sampling, a checkpoint, per-layer telemetry, the last step) are
+    // read before anything more is queued. The logged numbers are the same either way.
     let on_device = be.has_device_step() && s.ranks == 1 && args.skip_outliers.is_none();
+    let lead_val = data.val.as_ref().filter(|_| lead);
+    let needs_drain = |done: u64, per_layer_mx: bool| {
+        done == args.steps
+            || per_layer_mx
+            || (lead_val.is_some() && args.eval_every > 0 && done.is_multiple_of(args.eval_every))
+            || (tokenizer.is_some() && done.is_multiple_of(args.sample_every))
+            || (args.checkpoint_dir.is_some()
+                && args.checkpoint_every > 0
+                && done.is_multiple_of(args.checkpoint_every))
+    };
+    // The device step queued and not yet read; when the last step's numbers came back.
+    let mut deferred: Option<Queued> = None;
+    let mut last_read: Option<Instant> = None;
 
     for step in start_step..args.steps {
         if let Some(w) = &watched {
@@ -300,196 +340,244 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
             grad_scale: 1.0,
         };
         let t_comm = Instant::now();
-        let (loss, norm) = if on_device {
+        let host_stats = if on_device {
             be.device_step(&StepUpdate {
                 adamw,
                 grad_clip: args.grad_clip,
                 micro_batches: s.accum,
             })
             .map_err(|e| e.to_string())?;
-            let stats = be.take_step_stats().map_err(|e| e.to_string())?;
-            let st = stats.last().ok_or("the device step recorded no loss")?;
-            (st.loss, st.norm)
+            None
         } else if s.ranks == 1 {
             let norm = be.grad_norm().map_err(|e| e.to_string())?;
-            ((loss_sum / s.accum as f64) as f32, norm)
+            Some(((loss_sum / s.accum as f64) as f32, norm))
         } else {
             let loss = (dist.sum_f64(loss_sum)? / s.accum as f64) as f32;
-            (loss, reduce_gradients(be.as_mut(), dist, &shards)?)
+            Some((loss, reduce_gradients(be.as_mut(), dist, &shards)?))
         };
-        let mut comm_ms = t_comm.elapsed().as_secs_f64() * 1e3;
-        let telemetry = be.take_mx_telemetry();
-        let (zl, zn) = (loss_z.z(loss as f64), norm_z.z(norm as f64));
-        health.judge(
-            loss,
-            loss.is_finite() && loss <= diverged_loss && zl.is_none_or(|z| z <= normal_z),
-        );
-        if !loss.is_finite() || !norm.is_finite() {
-            return Err(format!(
-                "step {}: non-finite {} (loss {loss}, gradient norm {norm}){}; stopped before updating the weights. {}",
-                step + 1,
-                if loss.is_finite() { "gradient norm" } else { "loss" },
-                mx_nonfinite_note(&telemetry),
-                health.advice()
-            ));
+        let queued = Queued {
+            step,
+            lr,
+            adamw,
+            t0,
+            comm_ms: t_comm.elapsed().as_secs_f64() * 1e3,
+            per_layer_mx,
+            host_stats,
+        };
+        // Step N - 1 is read now that step N is queued; step N at once when the host needs
+        // the state it leaves, else after step N + 1 is queued.
+        let mut ready = Vec::with_capacity(2);
+        ready.extend(deferred.take());
+        if on_device && !needs_drain(step + 1, per_layer_mx) {
+            deferred = Some(queued);
+        } else {
+            ready.push(queued);
         }
-        loss_z.push(loss as f64);
-        norm_z.push(norm as f64);
-        let skip = args.skip_outliers.and_then(|limit| {
-            let over = |z: Option<f64>| z.filter(|&z| z > limit as f64);
-            match (over(zl), over(zn)) {
-                (Some(z), _) => Some(format!("loss z-score {z:.2} > {limit}")),
-                (None, Some(z)) => Some(format!("gradient-norm z-score {z:.2} > {limit}")),
-                _ => None,
-            }
-        });
-        if skip.is_none() && !on_device {
-            let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
-                args.grad_clip / norm
-            } else {
-                1.0
-            };
-            let hp = AdamW {
-                grad_scale,
-                ..adamw
-            };
-            be.adamw(&hp).map_err(|e| e.to_string())?;
-            if s.ranks > 1 {
-                let t_gather = Instant::now();
-                gather_params(be.as_mut(), dist, &shards)?;
-                comm_ms += t_gather.elapsed().as_secs_f64() * 1e3;
-            }
-        }
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        let done = step + 1;
-        // The first step of a process pays for page faults and warm-up: keep it out of averages.
-        if done > start_step + 1 || args.steps - start_step == 1 {
-            total_ms += ms;
-            timed_steps += 1;
-        }
-        recent_ms.push(ms);
-        if recent_ms.len() > 20 {
-            recent_ms.remove(0);
-        }
-        let avg_ms = recent_ms.iter().sum::<f64>() / recent_ms.len() as f64;
-        let tokens_per_s = tokens_per_step / (ms / 1e3);
-        let eta = format_duration(avg_ms / 1e3 * (args.steps - done) as f64);
-        let mut mx_note = mx_summary(&telemetry);
-        if s.ranks > 1 {
-            mx_note = format!(
-                " | {:.0} tok/s/rank | comm {comm_ms:.1} ms{mx_note}",
-                tokens_per_s / s.ranks as f64
-            );
-        }
-        let mfu = peak_tflops.map(|p| runtime::counters::mfu(flops_per_token, tokens_per_s, p));
-        let mfu_note = mfu
-            .map(|m| format!(" | MFU {:.1}%", m * 100.0))
-            .unwrap_or_default();
-        skipped_steps += skip.is_some() as u64;
-        let skip_note = skip
-            .as_ref()
-            .map(|why| format!(" | skipped the update: {why}"))
-            .unwrap_or_default();
-        log::info!(
-            "step {done:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.4} | {ms:.1} ms | {tokens_per_s:.0} tok/s{mfu_note} | ETA {eta}{mx_note}{skip_note}",
-            args.steps
-        );
-        let mut rec = json!({"type": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": norm, "ms": ms, "tokens_per_s": tokens_per_s, "skipped": skip.is_some()});
-        if let Some(z) = zl {
-            rec["loss_z"] = json!(z);
-        }
-        if let Some(z) = zn {
-            rec["grad_norm_z"] = json!(z);
-        }
-        if let Some(m) = mfu {
-            rec["mfu"] = json!(m);
-        }
-        if s.ranks > 1 {
-            rec["ranks"] = json!(s.ranks);
-            rec["comm_ms"] = json!(comm_ms);
-        }
-        if s.plan.mode.is_quantized() {
-            rec["mx"] = telemetry.summary_json();
-        }
-        tokens_since_sample += tokens_per_step as u64;
-        if let Some(c) = &counters {
-            if done % args.counters_every == 0 || done == args.steps {
-                let sample = c.sample();
-                energy.add(&sample, tokens_since_sample);
-                tokens_since_sample = 0;
-                log::info!("step {done:>5}/{} | gpu {}", args.steps, sample.short());
-                rec["counters"] = serde_json::from_str(&sample.to_json()).unwrap_or(Value::Null);
-            }
-        }
-        json_log.record(&rec)?;
-        summary.losses.push((done, loss));
-        if per_layer_mx {
-            be.set_mx_noise_measurement(false);
-            let sites = be.take_mx_site_telemetry();
-            if !sites.is_empty() {
-                log::info!(
-                    "step {done:>5}/{} | mx per layer: {}",
-                    args.steps,
-                    crate::mx::telemetry::sites_note(&sites)
-                );
-                json_log.record(&json!({
-                    "type": "mx_layers",
-                    "step": done,
-                    "steps": args.mx_telemetry_every.min(done - start_step),
-                    "sites": sites.iter().map(|x| x.json()).collect::<Vec<_>>(),
-                }))?;
-            }
-        }
-
-        let last = done == args.steps;
-        if let Some(val) = data.val.as_ref().filter(|_| lead) {
-            if args.eval_every > 0 && (done % args.eval_every == 0 || last) {
-                let vl = evaluate(&s.gpt, be.as_mut(), val, args)?;
-                log::info!(
-                    "step {done:>5}/{} | val loss {vl:.4} | val ppl {:.2}",
-                    args.steps,
-                    (vl as f64).exp()
-                );
-                json_log.record(&json!({"type": "eval", "step": done, "val_loss": vl}))?;
-                summary.val_losses.push((done, vl));
-            }
-        }
-        if let Some(tok) = &tokenizer {
-            if done % args.sample_every == 0 || last {
-                let text = sample(
-                    &s.gpt,
-                    be.as_mut(),
-                    tok,
-                    args.sample_tokens,
-                    args.seed ^ done,
-                )?;
-                log::info!("sample at step {done}:\n{text}\n---");
-            }
-        }
-        if let Some(dir) = &args.checkpoint_dir {
-            if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || last {
-                let fp8 = be.fp8_state().map_err(|e| e.to_string())?;
-                let header = Header {
-                    model: s.cfg,
-                    step: done,
-                    num_params: s.gpt.params.total,
-                    ranks: s.ranks,
-                    train: train_state_json(
-                        &s,
-                        &loader.state(),
-                        &settings,
-                        &[&loss_z, &norm_z],
-                        fp8.as_ref(),
-                    ),
-                };
-                let p = save_state(dir, &header, be.as_mut(), dist)?;
-                let good = health.good.as_ref().map(|(g, _)| g.as_path());
-                if lead {
-                    checkpoint::prune(dir, args.keep_checkpoints, good.as_slice())?;
+        let queued_last = step;
+        for q in ready {
+            let Queued {
+                step,
+                lr,
+                adamw,
+                t0,
+                comm_ms: queue_ms,
+                per_layer_mx,
+                host_stats,
+            } = q;
+            let ((loss, norm), telemetry) = match host_stats {
+                Some(ln) => (ln, be.take_mx_telemetry()),
+                None => {
+                    summary.steps_read_late += (step < queued_last) as u64;
+                    let stats = be
+                        .take_step_stats_through(step + 1)
+                        .map_err(|e| e.to_string())?;
+                    let st = stats
+                        .into_iter()
+                        .find(|st| st.t == step + 1)
+                        .ok_or_else(|| {
+                            format!("step {}: the device step recorded no loss", step + 1)
+                        })?;
+                    ((st.loss, st.norm), st.mx.unwrap_or_default())
                 }
-                log::info!("checkpoint: {}", p.display());
-                health.pending = Some(p.clone());
-                summary.last_checkpoint = Some(p);
+            };
+            let mut comm_ms = queue_ms;
+            let (zl, zn) = (loss_z.z(loss as f64), norm_z.z(norm as f64));
+            health.judge(
+                loss,
+                loss.is_finite() && loss <= diverged_loss && zl.is_none_or(|z| z <= normal_z),
+            );
+            if !loss.is_finite() || !norm.is_finite() {
+                return Err(format!(
+                    "step {}: non-finite {} (loss {loss}, gradient norm {norm}){}; stopped before updating the weights. {}",
+                    step + 1,
+                    if loss.is_finite() { "gradient norm" } else { "loss" },
+                    mx_nonfinite_note(&telemetry),
+                    health.advice()
+                ));
+            }
+            loss_z.push(loss as f64);
+            norm_z.push(norm as f64);
+            let skip = args.skip_outliers.and_then(|limit| {
+                let over = |z: Option<f64>| z.filter(|&z| z > limit as f64);
+                match (over(zl), over(zn)) {
+                    (Some(z), _) => Some(format!("loss z-score {z:.2} > {limit}")),
+                    (None, Some(z)) => Some(format!("gradient-norm z-score {z:.2} > {limit}")),
+                    _ => None,
+                }
+            });
+            if skip.is_none() && !on_device {
+                let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
+                    args.grad_clip / norm
+                } else {
+                    1.0
+                };
+                let hp = AdamW {
+                    grad_scale,
+                    ..adamw
+                };
+                be.adamw(&hp).map_err(|e| e.to_string())?;
+                if s.ranks > 1 {
+                    let t_gather = Instant::now();
+                    gather_params(be.as_mut(), dist, &shards)?;
+                    comm_ms += t_gather.elapsed().as_secs_f64() * 1e3;
+                }
+            }
+            // A step read after the next was queued ran from the previous read (the device was
+            // busy with it until then), not from when it was queued.
+            let started = last_read.map_or(t0, |r| r.max(t0));
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            last_read = Some(Instant::now());
+            let done = step + 1;
+            // The first step of a process pays for page faults and warm-up: keep it out of averages.
+            if done > start_step + 1 || args.steps - start_step == 1 {
+                total_ms += ms;
+                timed_steps += 1;
+            }
+            recent_ms.push(ms);
+            if recent_ms.len() > 20 {
+                recent_ms.remove(0);
+            }
+            let avg_ms = recent_ms.iter().sum::<f64>() / recent_ms.len() as f64;
+            let tokens_per_s = tokens_per_step / (ms / 1e3);
+            let eta = format_duration(avg_ms / 1e3 * (args.steps - done) as f64);
+            let mut mx_note = mx_summary(&telemetry);
+            if s.ranks > 1 {
+                mx_note = format!(
+                    " | {:.0} tok/s/rank | comm {comm_ms:.1} ms{mx_note}",
+                    tokens_per_s / s.ranks as f64
+                );
+            }
+            let mfu = peak_tflops.map(|p| runtime::counters::mfu(flops_per_token, tokens_per_s, p));
+            let mfu_note = mfu
+                .map(|m| format!(" | MFU {:.1}%", m * 100.0))
+                .unwrap_or_default();
+            skipped_steps += skip.is_some() as u64;
+            let skip_note = skip
+                .as_ref()
+                .map(|why| format!(" | skipped the update: {why}"))
+                .unwrap_or_default();
+            log::info!(
+                "step {done:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.4} | {ms:.1} ms | {tokens_per_s:.0} tok/s{mfu_note} | ETA {eta}{mx_note}{skip_note}",
+                args.steps
+            );
+            let mut rec = json!({"type": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": norm, "ms": ms, "tokens_per_s": tokens_per_s, "skipped": skip.is_some()});
+            if let Some(z) = zl {
+                rec["loss_z"] = json!(z);
+            }
+            if let Some(z) = zn {
+                rec["grad_norm_z"] = json!(z);
+            }
+            if let Some(m) = mfu {
+                rec["mfu"] = json!(m);
+            }
+            if s.ranks > 1 {
+                rec["ranks"] = json!(s.ranks);
+                rec["comm_ms"] = json!(comm_ms);
+            }
+            if s.plan.mode.is_quantized() {
+                rec["mx"] = telemetry.summary_json();
+            }
+            tokens_since_sample += tokens_per_step as u64;
+            if let Some(c) = &counters {
+                if done % args.counters_every == 0 || done == args.steps {
+                    let sample = c.sample();
+                    energy.add(&sample, tokens_since_sample);
+                    tokens_since_sample = 0;
+                    log::info!("step {done:>5}/{} | gpu {}", args.steps, sample.short());
+                    rec["counters"] =
+                        serde_json::from_str(&sample.to_json()).unwrap_or(Value::Null);
+                }
+            }
+            json_log.record(&rec)?;
+            summary.losses.push((done, loss));
+            if per_layer_mx {
+                be.set_mx_noise_measurement(false);
+                let sites = be.take_mx_site_telemetry();
+                if !sites.is_empty() {
+                    log::info!(
+                        "step {done:>5}/{} | mx per layer: {}",
+                        args.steps,
+                        crate::mx::telemetry::sites_note(&sites)
+                    );
+                    json_log.record(&json!({
+                        "type": "mx_layers",
+                        "step": done,
+                        "steps": args.mx_telemetry_every.min(done - start_step),
+                        "sites": sites.iter().map(|x| x.json()).collect::<Vec<_>>(),
+                    }))?;
+                }
+            }
+
+            let last = done == args.steps;
+            if let Some(val) = data.val.as_ref().filter(|_| lead) {
+                if args.eval_every > 0 && (done % args.eval_every == 0 || last) {
+                    let vl = evaluate(&s.gpt, be.as_mut(), val, args)?;
+                    log::info!(
+                        "step {done:>5}/{} | val loss {vl:.4} | val ppl {:.2}",
+                        args.steps,
+                        (vl as f64).exp()
+                    );
+                    json_log.record(&json!({"type": "eval", "step": done, "val_loss": vl}))?;
+                    summary.val_losses.push((done, vl));
+                }
+            }
+            if let Some(tok) = &tokenizer {
+                if done % args.sample_every == 0 || last {
+                    let text = sample(
+                        &s.gpt,
+                        be.as_mut(),
+                        tok,
+                        args.sample_tokens,
+                        args.seed ^ done,
+                    )?;
+                    log::info!("sample at step {done}:\n{text}\n---");
+                }
+            }
+            if let Some(dir) = &args.checkpoint_dir {
+                if (args.checkpoint_every > 0 && done % args.checkpoint_every == 0) || last {
+                    let fp8 = be.fp8_state().map_err(|e| e.to_string())?;
+                    let header = Header {
+                        model: s.cfg,
+                        step: done,
+                        num_params: s.gpt.params.total,
+                        ranks: s.ranks,
+                        train: train_state_json(
+                            &s,
+                            &loader.state(),
+                            &settings,
+                            &[&loss_z, &norm_z],
+                            fp8.as_ref(),
+                        ),
+                    };
+                    let p = save_state(dir, &header, be.as_mut(), dist)?;
+                    let good = health.good.as_ref().map(|(g, _)| g.as_path());
+                    if lead {
+                        checkpoint::prune(dir, args.keep_checkpoints, good.as_slice())?;
+                    }
+                    log::info!("checkpoint: {}", p.display());
+                    health.pending = Some(p.clone());
+                    summary.last_checkpoint = Some(p);
+                }
             }
         }
     }

@@ -220,6 +220,30 @@ impl Device for CudaDevice {
         self.synchronize("copy device -> host")
     }
 
+    unsafe fn copy_to_host_async(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()> {
+        check(
+            sys::cuMemcpyDtoHAsync_v2(dst.cast(), src, bytes, self.stream),
+            || format!("asynchronous copy of {bytes} B device -> pinned host memory"),
+        )
+    }
+
+    fn alloc_host(&self, bytes: usize) -> Result<*mut u8> {
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; context current. Flags 0: portable to this context only.
+        check(unsafe { sys::cuMemHostAlloc(&mut p, bytes, 0) }, || {
+            format!("cuMemHostAlloc of {bytes} B (pinned host memory)")
+        })?;
+        Ok(p.cast())
+    }
+
+    fn free_host_fn(&self) -> unsafe fn(*mut u8) {
+        unsafe fn free(p: *mut u8) {
+            // As cuMemFree: an error only follows a sticky fault, already reported.
+            sys::cuMemFreeHost(p.cast());
+        }
+        free
+    }
+
     unsafe fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         check(
             sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream),
@@ -387,6 +411,13 @@ impl Drop for CudaDevice {
 pub(crate) struct RawEvent(CUevent);
 
 impl RawEvent {
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        // SAFETY: created by cuEventCreate.
+        check(unsafe { sys::cuEventSynchronize(self.0) }, || {
+            "cuEventSynchronize (the work before the event failed?)".into()
+        })
+    }
+
     pub(crate) fn elapsed_ms(&self, start: &RawEvent) -> Result<f32> {
         let mut ms = 0f32;
         // SAFETY: both events were created and recorded by a CudaDevice.

@@ -1,4 +1,4 @@
-//! Events for timing work on the stream.
+//! Events for timing work on the stream, and for waiting for one point of it (pinned.rs).
 
 use super::error::Result;
 
@@ -17,6 +17,22 @@ pub(crate) enum EventInner {
 }
 
 impl Event {
+    /// Waits until the work queued before the event's last record has run (not what was queued
+    /// after it). On the harness that work is done already.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.inner {
+            #[cfg(feature = "cuda")]
+            EventInner::Cuda(e) => e.synchronize(),
+            EventInner::Host(t) => match t.get() {
+                Some(_) => Ok(()),
+                None => Err(super::CudaError::new(
+                    "synchronize on an event never recorded",
+                    600,
+                )),
+            },
+        }
+    }
+
     /// Milliseconds from `start` to `self`, waiting for `self` to complete.
     pub fn elapsed_ms(&self, start: &Event) -> Result<f32> {
         match (&self.inner, &start.inner) {

@@ -100,6 +100,22 @@ impl Device for HostDevice {
         Ok(())
     }
 
+    unsafe fn copy_to_host_async(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()> {
+        self.copy_to_host(dst, src, bytes) // the harness's stream is always idle
+    }
+
+    fn alloc_host(&self, bytes: usize) -> Result<*mut u8> {
+        harness::alloc(bytes)
+            .ok_or_else(|| CudaError::new(format!("pinned host allocation of {bytes} B failed"), 2))
+    }
+
+    fn free_host_fn(&self) -> unsafe fn(*mut u8) {
+        unsafe fn free(p: *mut u8) {
+            harness::free(p);
+        }
+        free
+    }
+
     unsafe fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         if let Some(nodes) = self.capture.borrow_mut().as_mut() {
             nodes.push(HostNode::Copy { dst, src, bytes });

@@ -28,6 +28,7 @@ mod event;
 mod graph;
 mod launch;
 mod memory;
+mod pinned;
 
 #[cfg(feature = "cuda")]
 mod driver;
@@ -51,6 +52,7 @@ pub use graph::{Graph, CAPTURE_UNSUPPORTED};
 pub use half;
 pub use launch::{KernelArg, LaunchConfig};
 pub use memory::{DeviceBuffer, DeviceElem};
+pub use pinned::PinnedBuffer;
 /// The embedded kernels (and `ptx::host`, CPU mirrors of their bit-level helpers).
 pub use ptx;
 
@@ -119,6 +121,12 @@ pub(crate) trait Device {
     unsafe fn copy_to_device_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<()>;
     /// # Safety: `dst` valid for `bytes`; `src` a live device range.
     unsafe fn copy_to_host(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()>;
+    /// Enqueues the copy without waiting: `dst` (pinned, pinned.rs) is written when the stream
+    /// reaches it. # Safety: `dst` valid for `bytes` until then; `src` a live device range.
+    unsafe fn copy_to_host_async(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()>;
+    /// `bytes` > 0 of page-locked host memory (pinned.rs).
+    fn alloc_host(&self, bytes: usize) -> Result<*mut u8>;
+    fn free_host_fn(&self) -> unsafe fn(*mut u8);
     /// # Safety: both live device ranges of `bytes`.
     unsafe fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
     /// # Safety: a live device range of `bytes`.
@@ -166,7 +174,15 @@ impl Gpu {
 
     /// GPU `ordinal` through the NVIDIA driver. Errors say plainly when there is no driver
     /// (stub libcuda), no device, too old a driver, or no GPU support in this build.
+    ///
+    /// With the `harness` feature built in, `MXGPT_CUDA_HARNESS=1` opens the host execution
+    /// harness instead (in order schedule): how tests run the trainer's `--device cuda` on
+    /// machines without a GPU.
     pub fn new(ordinal: usize) -> Result<Gpu> {
+        #[cfg(feature = "harness")]
+        if std::env::var("MXGPT_CUDA_HARNESS").is_ok_and(|v| v == "1") {
+            return Ok(Gpu::harness(Schedule::InOrder));
+        }
         #[cfg(feature = "cuda")]
         {
             Ok(Gpu::with(Box::new(driver::CudaDevice::open(ordinal)?)))

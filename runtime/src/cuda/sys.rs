@@ -35,6 +35,8 @@ extern "C" {
     pub fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> Status;
     pub fn cuMemAlloc_v2(ptr: *mut CUdeviceptr, bytes: usize) -> Status;
     pub fn cuMemFree_v2(ptr: CUdeviceptr) -> Status;
+    pub fn cuMemHostAlloc(ptr: *mut *mut c_void, bytes: usize, flags: c_uint) -> Status;
+    pub fn cuMemFreeHost(ptr: *mut c_void) -> Status;
     pub fn cuMemcpyHtoDAsync_v2(
         dst: CUdeviceptr,
         src: *const c_void,

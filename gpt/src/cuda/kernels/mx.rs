@@ -89,7 +89,43 @@ pub fn quantize(
     spec: &QuantizeSpec,
     out: QuantizeOut,
 ) -> Result<()> {
+    quantize_based(g, src, r, c, spec, out, StreamBase::default())
+}
+
+/// Device words the kernels add to a spec's streams at run time (None: nothing): a CUDA graph
+/// captures the launch's streams by value, so a replay gets the step and micro-batch bits of
+/// its streams from here (gpt/src/cuda/step.rs), the rest of each stream from the spec.
+#[derive(Clone, Copy, Default)]
+pub struct StreamBase<'a> {
+    pub sr: Option<Ptr<'a, u64>>,
+    pub sign: Option<Ptr<'a, u64>>,
+}
+
+impl StreamBase<'_> {
+    /// (sr, sign) device addresses, 0 for none; each must hold one u64.
+    pub(crate) fn addrs(&self, kernel: &str) -> Result<(u64, u64)> {
+        let one = |p: &Option<Ptr<u64>>, what: &str| -> Result<u64> {
+            match p {
+                Some(p) => check_len(kernel, what, p, 1).map(|_| p.addr()),
+                None => Ok(0),
+            }
+        };
+        Ok((one(&self.sr, "sr_base")?, one(&self.sign, "sign_base")?))
+    }
+}
+
+/// `quantize` with the streams' run-time parts in device memory (`StreamBase`).
+pub fn quantize_based(
+    g: &Gpu,
+    src: Ptr<bf16>,
+    r: usize,
+    c: usize,
+    spec: &QuantizeSpec,
+    out: QuantizeOut,
+    base: StreamBase,
+) -> Result<()> {
     const K: &str = "mx_quantize";
+    let (sr_base, sign_base) = base.addrs(K)?;
     let (rows_out, k) = spec.layout.shape(r, c);
     if rows_out == 0 || k == 0 {
         return Err(err(format!("{K}: empty operand [{r}, {c}]")));
@@ -175,7 +211,8 @@ pub fn quantize(
     };
     let (ri, ci, gi) = (r as i32, c as i32, g_rht as i32);
     // SAFETY: NAME(const bf16* src, int R, int C, uint8_t* codes, uint8_t* scales, bf16* deq,
-    // double* partials, uint64_t seed, uint64_t sr_stream, uint64_t sign_stream, int g);
+    // double* partials, uint64_t seed, uint64_t sr_stream, uint64_t sign_stream, int g,
+    // const uint64_t* sr_base, const uint64_t* sign_base);
     // lengths, alignment and disjointness checked above; NULL outputs are skipped.
     unsafe {
         g.launch(
@@ -193,6 +230,8 @@ pub fn quantize(
                 &spec.sr_stream,
                 &spec.sign_stream,
                 &gi,
+                &sr_base,
+                &sign_base,
             ],
         )
     }

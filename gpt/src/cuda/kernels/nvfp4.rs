@@ -75,7 +75,26 @@ pub fn quantize(
     spec: &Nvfp4Spec,
     out: Nvfp4Out,
 ) -> Result<()> {
+    quantize_based(g, src, r, c, spec, out, None)
+}
+
+/// `quantize` with the SR stream's run-time part (step and micro-batch bits) read from the
+/// device word `sr_base` (see `mx::StreamBase`; NVFP4's sign stream is a constant).
+pub fn quantize_based(
+    g: &Gpu,
+    src: Ptr<bf16>,
+    r: usize,
+    c: usize,
+    spec: &Nvfp4Spec,
+    out: Nvfp4Out,
+    sr_base: Option<Ptr<u64>>,
+) -> Result<()> {
     const K: &str = "nvfp4_quantize";
+    let (sr_base, sign_base) = super::mx::StreamBase {
+        sr: sr_base,
+        sign: None,
+    }
+    .addrs(K)?;
     let (rows_out, k) = spec.layout.shape(r, c);
     if rows_out == 0 || k == 0 {
         return Err(err(format!("{K}: empty operand [{r}, {c}]")));
@@ -150,7 +169,8 @@ pub fn quantize(
     // uint64_t sign_stream, int g); nvfp4_tensor_scale(float* enc, const float* amax_partials,
     // int n); nvfp4_quantize_*(const bf16* src, int R, int C, const float* enc, uint8_t* codes,
     // uint8_t* scales, double* partials, uint64_t seed, uint64_t sr_stream,
-    // uint64_t sign_stream, int g). Lengths, alignment and disjointness checked above; a NULL
+    // uint64_t sign_stream, int g, const uint64_t* sr_base, const uint64_t* sign_base).
+    // Lengths, alignment and disjointness checked above; a NULL
     // `partials` is skipped by the kernel.
     unsafe {
         g.launch(
@@ -190,6 +210,8 @@ pub fn quantize(
                 &spec.sr_stream,
                 &sign_stream,
                 &gi,
+                &sr_base,
+                &sign_base,
             ],
         )
     }
