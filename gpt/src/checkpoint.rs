@@ -754,6 +754,34 @@ mod tests {
         .unwrap();
     }
 
+    /// A GPU rank's shard carries its BF16 parameters as a third array; 2 arrays (a CPU
+    /// rank's) still load, and anything else is refused when writing.
+    #[test]
+    fn a_shard_holds_two_or_three_arrays() {
+        let d = tmpdir("shard-arrays");
+        let x: Vec<Vec<f32>> = (0..3)
+            .map(|a| (0..7).map(|i| (10 * a + i) as f32 + 0.5).collect())
+            .collect();
+        for arrays in [2, 3] {
+            save_shard(&d, 9, (1, 3), (7, 7), arrays, &mut |i, at, c| {
+                c.copy_from_slice(&x[i][at..at + c.len()]);
+                Ok(())
+            })
+            .unwrap();
+            let mut got = vec![vec![f32::NAN; 7]; 3];
+            let n = load_shard(&d, 9, (1, 3), (7, 7), &mut |i, at, c| {
+                got[i][at..at + c.len()].copy_from_slice(c);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(n, arrays);
+            assert_eq!(&got[..arrays], &x[..arrays]);
+        }
+        let e = save_shard(&d, 9, (1, 3), (7, 7), 4, &mut |_, _, _| Ok(())).unwrap_err();
+        assert!(e.contains("2 or 3 arrays"), "{e}");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn sharded_checkpoints_round_trip_prune_and_refuse_the_wrong_shard() {
         let d = tmpdir("shards");

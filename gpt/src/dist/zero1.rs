@@ -125,7 +125,7 @@ pub fn load_device_checkpoint(
     dz.gather_params(dist, &shards)
 }
 
-pub(crate) const NO_DEVICE_ZERO1: &str = "a data-parallel checkpoint on a device backend without ZeRO-1 support (the CUDA backend sets it up with set_data_parallel)";
+const NO_DEVICE_ZERO1: &str = "a data-parallel checkpoint on a device backend without ZeRO-1 support (the CUDA backend sets it up with set_data_parallel)";
 
 /// A device backend's data-parallel checkpoint of `h` into `dir`, the CPU's format: each rank
 /// writes its ZeRO-1 shard (moments and BF16 parameters), all wait for each other, the FP32
@@ -138,6 +138,17 @@ pub fn save_device_checkpoint(
 ) -> Result<PathBuf, String> {
     let dz = be.device_zero1().ok_or(NO_DEVICE_ZERO1)?;
     let st = dz.read_shard()?;
+    let shards = Shards::even(h.num_params, dist.size());
+    let mine = shards.range(dist.rank());
+    if (st.offset, st.master.len()) != (mine.start, mine.len()) {
+        return Err(format!(
+            "checkpoint of rank {} of {}: the device holds the optimizer state of parameters {}..{}, not that rank's shard {mine:?}",
+            dist.rank(),
+            dist.size(),
+            st.offset,
+            st.offset + st.master.len()
+        ));
+    }
     let (m, v, params) = (&st.m, &st.v, &st.params);
     checkpoint::save_shard(
         dir,
@@ -153,9 +164,8 @@ pub fn save_device_checkpoint(
     dist.barrier()?;
     // The model file holds every FP32 master weight: the shards gathered (on every rank, as
     // the transport has no gather to one root; a host copy of the parameters per rank).
-    let shards = Shards::even(h.num_params, dist.size());
     let mut master = vec![0.0f32; h.num_params];
-    master[shards.range(dist.rank())].copy_from_slice(&st.master);
+    master[mine].copy_from_slice(&st.master);
     dist.all_gather(&mut master, &shards)?;
     if dist.rank() == 0 {
         checkpoint::save_streaming(dir, h, &mut |_, at, c| {
