@@ -332,7 +332,8 @@ fn cuda_ranks_child() {
 /// steps, a checkpoint, 2 more steps; fresh backends with other initial weights, resumed from
 /// the checkpoint, run the same 2 steps bit for bit (losses, norms, BF16 weights, every rank's
 /// optimizer shard). The files are the CPU path's format (a model file marking 2 ranks, one
-/// shard per rank, here with the BF16 parameters as a third array); 1 rank is refused by name.
+/// shard per rank, here with the BF16 parameters as a third array); 1 rank is refused by name;
+/// a rank whose shard is missing fails every rank's load with an error, without a hang.
 #[test]
 fn two_cuda_ranks_resume_from_their_checkpoint_bit_exactly() {
     let dir = std::env::temp_dir().join(format!("mxgpt-gpu-ckpt-{}", std::process::id()));
@@ -429,4 +430,20 @@ fn checkpoint_round_trip(dist: &dyn Transport, dir: &Path) {
     ] {
         assert_eq!(bits32(x), bits32(y), "rank {r}: {what}");
     }
+    // A rank that cannot read its part: every rank gets an error, none is left waiting in the
+    // parameter all-gather.
+    let shard1 = checkpoint::shard_path(dir, 2, 1, 2);
+    let away = shard1.with_extension("away");
+    if r == 1 {
+        std::fs::rename(&shard1, &away).unwrap();
+    }
+    dist.barrier().unwrap();
+    let e = zero1::load_device_checkpoint(&path, &h, &mut b, dist).unwrap_err();
+    let want = if r == 0 { "rank(s) [1]" } else { "rank1-of-2" };
+    assert!(e.contains(want), "rank {r}: {e}");
+    dist.barrier().unwrap();
+    if r == 1 {
+        std::fs::rename(&away, &shard1).unwrap();
+    }
+    dist.barrier().unwrap();
 }

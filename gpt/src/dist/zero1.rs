@@ -83,6 +83,29 @@ pub fn load_device_checkpoint(
     if h.ranks != dist.size() {
         return Err(checkpoint::ranks_mismatch(p, h.ranks, dist.size()));
     }
+    // The all-gather is a collective: every rank enters it, or none does (a rank that could not
+    // read its part must not leave the others waiting in it).
+    let read = read_device_shard(p, h, be, dist);
+    let ok = dist.all_gather_f64(read.is_ok() as u8 as f64)?;
+    read?;
+    let failed: Vec<usize> = (0..ok.len()).filter(|&r| ok[r] != 1.0).collect();
+    if !failed.is_empty() {
+        return Err(format!(
+            "checkpoint {}: rank(s) {failed:?} could not read their part (their messages say why)",
+            p.display()
+        ));
+    }
+    let dz = be.device_zero1().ok_or(NO_DEVICE_ZERO1)?;
+    dz.gather_params(dist, &Shards::even(h.num_params, dist.size()))
+}
+
+/// This rank's part of `load_device_checkpoint`, without collectives.
+fn read_device_shard(
+    p: &Path,
+    h: &Header,
+    be: &mut dyn Backend,
+    dist: &dyn Transport,
+) -> Result<(), String> {
     let shards = Shards::even(h.num_params, dist.size());
     let mine = shards.range(dist.rank());
     let mut st = ShardState {
@@ -121,8 +144,7 @@ pub fn load_device_checkpoint(
         st.params.clear();
     }
     let dz = be.device_zero1().ok_or(NO_DEVICE_ZERO1)?;
-    dz.write_shard(&st)?;
-    dz.gather_params(dist, &shards)
+    dz.write_shard(&st)
 }
 
 const NO_DEVICE_ZERO1: &str = "a data-parallel checkpoint on a device backend without ZeRO-1 support (the CUDA backend sets it up with set_data_parallel)";
