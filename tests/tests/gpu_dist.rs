@@ -159,7 +159,7 @@ fn data_parallel_backends_allocate_what_the_estimate_says() {
     for ranks in [1usize, 2, 3] {
         let (state, acts) = memory_estimate(&cfg, b, t, ranks);
         for rank in 0..ranks {
-            let g = Gpu::harness(Schedule::InOrder);
+            let g = gpu(); // fresh: its allocation count starts at 0
             let mut be = CudaBackend::on_ranks(g, &cfg, b, t, (rank, ranks)).unwrap();
             if ranks > 1 {
                 be.set_data_parallel(&Pretend(rank, ranks), CollectiveKind::HostStaged)
