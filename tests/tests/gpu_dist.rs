@@ -154,7 +154,7 @@ fn data_parallel_backends_allocate_what_the_estimate_says() {
     let n = gpt::layout::ParamLayout::new(&cfg).total;
     // Not in the estimate: the two-pass reductions' FP32 work buffer (checked separately by the
     // constructor) and the device step's parameter block and loss ring (a few KiB).
-    const SMALL: usize = 64 << 10;
+    const SMALL: usize = 16 << 10; // 8,260 bytes measured on the tiny model
     let mut per_rank = Vec::new();
     for ranks in [1usize, 2, 3] {
         let (state, acts) = memory_estimate(&cfg, b, t, ranks);
@@ -176,6 +176,7 @@ fn data_parallel_backends_allocate_what_the_estimate_says() {
                 got + slack >= est && got <= est + SMALL,
                 "{ranks} ranks, rank {rank}: allocated {got} bytes, estimated {est} (slack {slack})"
             );
+            eprintln!("{ranks} rank(s), rank {rank}: {got} bytes allocated, {est} estimated");
             per_rank.push((ranks, got));
         }
     }
