@@ -8,19 +8,24 @@
 //! applied once to the FP32 result. Codes times two are the integers 0, ±1, ±2, ±3, ±4, ±6, ±8,
 //! ±12, so a block's dot product is an integer of magnitude <= 32·144 = 4608: the integer path.
 //!
-//! Two implementations, bit-identical to each other:
+//! Implementations, all bit-identical to each other (tested on random shapes and codes):
 //! - `mx_gemm_int_reference`: the integer path as written: an i32 dot per block, converted to
 //!   f32, times the power-of-two scale (exact), added to an f32 accumulator in block order.
-//! - `mx_gemm`: the fast one. It runs the same arithmetic on f32 lanes: the codes-times-two are
-//!   f32 integers, so every partial sum inside a block is an integer below 2^24 and exact; at the
-//!   end of each block one FMA adds block_dot · scale to the accumulator — the same single
-//!   rounding as the reference, because block_dot · scale is exact. (This machine's CPUs have
-//!   AVX2 but no 8-bit dot instruction; f32 FMA lanes are the fastest exact integer dot here,
-//!   and the loop is the sgemm micro-kernel with a per-block epilogue.)
+//! - `mx_gemm`, the fast one, with three kernels: on AVX2 the 8-bit integer tile
+//!   (`tile_avx2_int`: `vpmaddubsw` on codes x 2 with an offset, i16 block sums, one i32
+//!   join per block); its twin on f32 lanes (`tile_avx2`, the previous kernel: codes x 2 as f32,
+//!   every partial sum an integer below 2^24, so exact); and a portable f32 tile. Each ends a
+//!   block with one FMA acc += block_dot · (sA · sB): the reference's single rounding, because
+//!   block_dot · scale is exact, and the blocks in the same order. Only the cross-block f32
+//!   order decides bits, and every kernel keeps the reference's.
 //!
-//! Work split: pack A into MR-row panels and B into NR-column panels (values 2q as f32, plus
-//! per-block scales), then parallel tasks over (M block, N group) tiles; the micro-kernel keeps
-//! MR x NR block sums in registers for 32 k-steps, then folds them into accumulators.
+//! Work split: pack A into MR-row panels and B into NR-column panels (f32 values, or bytes
+//! for the integer kernel, plus per-block scales), then parallel tasks over (8 A panels x 8 B
+//! panels) tiles; the micro-kernel keeps MR x NR block sums in registers for one 32-block,
+//! then folds them into f32 accumulators. Cost: 2·M·N·K integer ops on (M + N)·K bytes of codes
+//! (each byte reused N or M times from L1/L2): compute-bound. The integer kernel does 384
+//! products per 12 `vpmaddubsw` (2 per cycle on Zen 3: ~64 products a cycle in the loop, less
+//! the per-block epilogue), the f32 one 96 per 12 FMAs.
 //! Exactness caveat: a scale product 2^(eA+eB-2) below 2^-149 (both blocks near the bottom of
 //! E8M0's range, values below 1e-38) is 0 here and above 2^127 is inf; gradients never get there.
 
@@ -130,35 +135,40 @@ pub fn mx_gemm_exact_f64(a: &MxOperand, b: &MxOperand, sr: bool) -> Vec<f64> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kernel {
-    Avx2,
+pub(crate) enum Kernel {
+    /// 8-bit integer lanes (`vpmaddubsw`): the default where the CPU has AVX2.
+    Avx2Int,
+    /// f32 lanes (FMA), the previous kernel, kept as a twin (tests run it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Avx2F32,
     Portable,
 }
 
 impl Kernel {
     fn detect() -> Kernel {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Kernel::Avx2;
-            }
+        if crate::cpu::simd::avx2_fma() {
+            Kernel::Avx2Int
+        } else {
+            Kernel::Portable
         }
-        Kernel::Portable
     }
     fn tile(self) -> (usize, usize) {
         match self {
-            Kernel::Avx2 => (6, 16),
+            Kernel::Avx2Int | Kernel::Avx2F32 => (6, 16),
             Kernel::Portable => (4, 16),
         }
     }
 }
 
 /// Operand panels: `vals[p][k][r]` = 2q of row p*R + r at k (0 past the edge), and
-/// `scales[p][j][r]` = the row's block-j scale as f32 (times 2^shift).
+/// `scales[p][j][r]` = the row's block-j scale as f32 (times 2^shift). The integer kernel
+/// uses `bytes` and `corr` instead of `vals` (see `pack_int`).
 #[derive(Default)]
 struct Panels {
     r: usize,
     vals: Vec<f32>,
+    bytes: Vec<u8>,
+    corr: Vec<i32>,
     scales: Vec<f32>,
 }
 
@@ -167,12 +177,10 @@ struct Panels {
 /// the padding rows of an edge panel with zeros.
 fn pack(op: &MxOperand, r: usize, shift: i32, into: &mut Panels) {
     let (rows, k) = (op.rows, op.k);
-    let nblk = k / BLOCK;
     let np = rows.div_ceil(r);
     into.r = r;
     let (vals, scales) = (&mut into.vals, &mut into.scales);
     super::resize_for_overwrite(vals, np * k * r);
-    super::resize_for_overwrite(scales, np * nblk * r);
     let lut: [f32; 16] = std::array::from_fn(|c| e2m1_times_two(c as u8) as f32);
     runtime::cpu::parallel_rows_mut(vals, k * r, 1, |ps, chunk| {
         for (pi, p) in ps.enumerate() {
@@ -189,8 +197,108 @@ fn pack(op: &MxOperand, r: usize, shift: i32, into: &mut Panels) {
             }
         }
     });
+    pack_scales(op, r, shift, scales);
+}
+
+/// Packs `op` for the integer kernel: `bytes[p][q][i][0..4]` = 2q + `offset` of row p*R + i at
+/// k = 4q..4q+4 (a kernel load of 4·R bytes holds quad q of every row: one `vpmaddubsw`
+/// operand), zero past the edge. With `corr`, also `corr[p][j][i]` = 12 · Σ_{k in block j} 2q,
+/// the term the A side's offset of 12 adds to a block dot (see `tile_avx2_int`).
+#[cfg(target_arch = "x86_64")]
+fn pack_int(op: &MxOperand, r: usize, shift: i32, offset: i8, corr: bool, into: &mut Panels) {
+    let (rows, k) = (op.rows, op.k);
+    let nblk = k / BLOCK;
+    let np = rows.div_ceil(r);
+    into.r = r;
+    super::resize_for_overwrite(&mut into.bytes, np * k * r);
+    if corr {
+        super::resize_for_overwrite(&mut into.corr, np * nblk * r);
+    }
+    let cp = SendPtr(into.corr.as_mut_ptr());
+    runtime::cpu::parallel_rows_mut(&mut into.bytes, k * r, 1, |ps, chunk| {
+        for (pi, p) in ps.enumerate() {
+            let panel = &mut chunk[pi * k * r..(pi + 1) * k * r];
+            let live = r.min(rows - p * r);
+            let codes = &op.codes[p * r * k..(p * r + live) * k];
+            // SAFETY: panel p's corrections (nblk·r from p·nblk·r) belong to this task; the
+            // CPU has AVX2 (this kernel is only chosen then).
+            unsafe {
+                let c = corr
+                    .then(|| std::slice::from_raw_parts_mut(cp.get().add(p * nblk * r), nblk * r));
+                pack_int_panel(panel, c, codes, live, r, k, offset);
+            }
+        }
+    });
+    pack_scales(op, r, shift, &mut into.scales);
+}
+
+/// One panel of `pack_int`: per row and block, 32 codes mapped through a 16-entry table with
+/// `vpshufb`, scattered as eight 4-byte words; the block's correction from the same register.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_int_panel(
+    panel: &mut [u8],
+    mut corr: Option<&mut [i32]>,
+    codes: &[u8],
+    live: usize,
+    r: usize,
+    k: usize,
+    offset: i8,
+) {
+    use std::arch::x86_64::*;
+    assert!(panel.len() == k * r && codes.len() == live * k && live <= r);
+    if live < r {
+        panel.fill(0);
+        if let Some(c) = corr.as_deref_mut() {
+            c.fill(0);
+        }
+    }
+    let t: [i8; 16] = std::array::from_fn(|c| e2m1_times_two(c as u8) + offset);
+    let lut = _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i));
+    let (low4, twelve, ones) = (
+        _mm256_set1_epi8(0x0F),
+        _mm256_set1_epi8(12),
+        _mm256_set1_epi16(1),
+    );
+    let out = panel.as_mut_ptr();
+    for i in 0..live {
+        for j in 0..k / BLOCK {
+            let src = _mm256_loadu_si256(codes.as_ptr().add(i * k + j * BLOCK) as *const __m256i);
+            let v = _mm256_shuffle_epi8(lut, _mm256_and_si256(src, low4));
+            let words: [u32; 8] = std::mem::transmute(v);
+            for (q, w) in words.iter().enumerate() {
+                let at = (j * 8 + q) * 4 * r + 4 * i;
+                (out.add(at) as *mut u32).write_unaligned(*w);
+            }
+            if let Some(c) = corr.as_deref_mut() {
+                // 12 · (sum of the 32 signed values): pairs in i16, then i32, then across lanes.
+                let s = _mm256_madd_epi16(_mm256_maddubs_epi16(twelve, v), ones);
+                let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+                let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+                c[j * r + i] = _mm_cvtsi128_si32(s);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut i32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(&self) -> *mut i32 {
+        self.0
+    }
+}
+
+/// `scales[p][j][r]` = row p*R + r's block-j scale as f32 times 2^shift (0 past the edge).
+fn pack_scales(op: &MxOperand, r: usize, shift: i32, scales: &mut Vec<f32>) {
+    let nblk = op.k / BLOCK;
+    let np = op.rows.div_ceil(r);
+    super::resize_for_overwrite(scales, np * nblk * r);
     for p in 0..np {
-        let live = r.min(rows - p * r);
+        let live = r.min(op.rows - p * r);
         if live < r {
             scales[p * nblk * r..(p + 1) * nblk * r].fill(0.0);
         }
@@ -207,8 +315,8 @@ thread_local! {
     /// The calling thread's A and B panels, kept between GEMMs (see `pack`).
     static PANELS: std::cell::RefCell<(Panels, Panels)> = const {
         std::cell::RefCell::new((
-            Panels { r: 0, vals: Vec::new(), scales: Vec::new() },
-            Panels { r: 0, vals: Vec::new(), scales: Vec::new() },
+            Panels { r: 0, vals: Vec::new(), bytes: Vec::new(), corr: Vec::new(), scales: Vec::new() },
+            Panels { r: 0, vals: Vec::new(), bytes: Vec::new(), corr: Vec::new(), scales: Vec::new() },
         ))
     };
 }
@@ -248,6 +356,31 @@ pub(crate) fn mx_gemm_portable(
     mx_gemm_impl(Kernel::Portable, a, b, c, ldc, accumulate, sr)
 }
 
+/// The kernels this CPU can run (tests compare each with the reference).
+#[cfg(test)]
+pub(crate) fn kernels_here() -> Vec<Kernel> {
+    let mut k = vec![Kernel::Portable];
+    if crate::cpu::simd::avx2_fma() {
+        k.extend([Kernel::Avx2F32, Kernel::Avx2Int]);
+    }
+    k
+}
+
+/// `mx_gemm` on a chosen kernel (for tests).
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mx_gemm_with(
+    kern: Kernel,
+    a: &MxOperand,
+    b: &MxOperand,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    sr: bool,
+) {
+    mx_gemm_impl(kern, a, b, c, ldc, accumulate, sr)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn mx_gemm_impl(
     kern: Kernel,
@@ -266,8 +399,17 @@ fn mx_gemm_impl(
     let (mr, nr) = kern.tile();
     // Taken out of the thread's cache (a nested call finds it empty) and put back after.
     let (mut pa, mut pb) = PANELS.with(|p| std::mem::take(&mut *p.borrow_mut()));
-    pack(a, mr, 0, &mut pa);
-    pack(b, nr, -2, &mut pb);
+    match kern {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Int => {
+            pack_int(a, mr, 0, 12, false, &mut pa);
+            pack_int(b, nr, -2, 0, true, &mut pb);
+        }
+        _ => {
+            pack(a, mr, 0, &mut pa);
+            pack(b, nr, -2, &mut pb);
+        }
+    }
     let nblk = k / BLOCK;
     let (m_panels, n_panels) = (m.div_ceil(mr), n.div_ceil(nr));
     // Tasks: 8 A panels x 8 B panels, so each task reuses its panels from cache.
@@ -275,27 +417,35 @@ fn mx_gemm_impl(
     let (mg, ng) = (m_panels.div_ceil(GROUP), n_panels.div_ceil(GROUP));
     let cp = CPtr(c.as_mut_ptr());
     let factor = if sr { SR_FACTOR } else { 1.0 };
+    let (rpa, rpb) = (&pa, &pb);
     parallel_for(mg * ng, 1, |tasks| {
-        let mut acc = vec![0.0f32; mr * nr];
+        let mut acc = [0.0f32; 96];
+        let acc = &mut acc[..mr * nr];
         for t in tasks {
             let (gm, gn) = (t / ng, t % ng);
             for ip in gm * GROUP..((gm + 1) * GROUP).min(m_panels) {
                 for jp in gn * GROUP..((gn + 1) * GROUP).min(n_panels) {
-                    let av = &pa.vals[ip * k * mr..(ip + 1) * k * mr];
-                    let asc = &pa.scales[ip * nblk * mr..(ip + 1) * nblk * mr];
-                    let bv = &pb.vals[jp * k * nr..(jp + 1) * k * nr];
-                    let bsc = &pb.scales[jp * nblk * nr..(jp + 1) * nblk * nr];
                     acc.fill(0.0);
                     // SAFETY: kernels read within the panels (lengths checked by slicing).
-                    unsafe { tile_kernel(kern, nblk, av, asc, bv, bsc, &mut acc) };
+                    unsafe { tile_kernel(kern, nblk, k, ip, jp, rpa, rpb, acc) };
                     let (i0, j0) = (ip * mr, jp * nr);
-                    for i in 0..mr.min(m - i0) {
-                        for j in 0..nr.min(n - j0) {
-                            // SAFETY: (i0+i, j0+j) is inside C and owned by this task.
-                            let dst = unsafe { &mut *cp.get().add((i0 + i) * ldc + j0 + j) };
-                            store(dst, acc[i * nr + j] * factor, accumulate);
-                        }
-                    }
+                    let tile = Tile {
+                        rows: mr.min(m - i0),
+                        cols: nr.min(n - j0),
+                        nr,
+                        ldc,
+                    };
+                    // SAFETY: the tile's rows and columns are inside C and owned by this task.
+                    unsafe {
+                        store_tile(
+                            kern,
+                            acc,
+                            &tile,
+                            cp.get().add(i0 * ldc + j0),
+                            factor,
+                            accumulate,
+                        )
+                    };
                 }
             }
         }
@@ -305,20 +455,95 @@ fn mx_gemm_impl(
     PANELS.with(|p| *p.borrow_mut() = (pa, pb));
 }
 
+/// Where a finished tile goes: `rows` x `cols` of C (leading dim `ldc`) from an MR x `nr`
+/// accumulator.
+struct Tile {
+    rows: usize,
+    cols: usize,
+    nr: usize,
+    ldc: usize,
+}
+
+/// The MR x NR tile (A panel `ip`, B panel `jp`) of the kernel `kern` into `acc`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_kernel(
     kern: Kernel,
     nblk: usize,
-    av: &[f32],
-    asc: &[f32],
-    bv: &[f32],
-    bsc: &[f32],
+    k: usize,
+    ip: usize,
+    jp: usize,
+    pa: &Panels,
+    pb: &Panels,
     acc: &mut [f32],
 ) {
+    let (mr, nr) = (pa.r, pb.r);
+    let asc = &pa.scales[ip * nblk * mr..(ip + 1) * nblk * mr];
+    let bsc = &pb.scales[jp * nblk * nr..(jp + 1) * nblk * nr];
     match kern {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => tile_avx2(nblk, av, asc, bv, bsc, acc),
-        _ => tile_portable::<4, 16>(nblk, av, asc, bv, bsc, acc),
+        Kernel::Avx2Int => {
+            let aq = &pa.bytes[ip * k * mr..(ip + 1) * k * mr];
+            let bq = &pb.bytes[jp * k * nr..(jp + 1) * k * nr];
+            let corr = &pb.corr[jp * nblk * nr..(jp + 1) * nblk * nr];
+            tile_avx2_int(nblk, aq, asc, bq, corr, bsc, acc)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2F32 => {
+            let av = &pa.vals[ip * k * mr..(ip + 1) * k * mr];
+            let bv = &pb.vals[jp * k * nr..(jp + 1) * k * nr];
+            tile_avx2(nblk, av, asc, bv, bsc, acc)
+        }
+        _ => {
+            let av = &pa.vals[ip * k * mr..(ip + 1) * k * mr];
+            let bv = &pb.vals[jp * k * nr..(jp + 1) * k * nr];
+            tile_portable::<4, 16>(nblk, av, asc, bv, bsc, acc)
+        }
+    }
+}
+
+/// C[i][j] = (or +=) acc[i][j] · factor over the tile at `c`: the same f32 operations as
+/// `store`, 8 lanes at a time for a full-width tile on AVX2.
+unsafe fn store_tile(
+    kern: Kernel,
+    acc: &[f32],
+    t: &Tile,
+    c: *mut f32,
+    factor: f32,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if kern != Kernel::Portable && t.nr == 16 && t.cols == 16 {
+        return store_tile_avx2(acc, t, c, factor, accumulate);
+    }
+    let _ = kern;
+    for i in 0..t.rows {
+        for j in 0..t.cols {
+            store(
+                &mut *c.add(i * t.ldc + j),
+                acc[i * t.nr + j] * factor,
+                accumulate,
+            );
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn store_tile_avx2(acc: &[f32], t: &Tile, c: *mut f32, factor: f32, accumulate: bool) {
+    use std::arch::x86_64::*;
+    assert!(acc.len() >= t.rows * 16);
+    let f = _mm256_set1_ps(factor);
+    for i in 0..t.rows {
+        for h in [0, 8] {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(acc.as_ptr().add(i * 16 + h)), f);
+            let p = c.add(i * t.ldc + h);
+            let v = if accumulate {
+                _mm256_add_ps(_mm256_loadu_ps(p), v)
+            } else {
+                v
+            };
+            _mm256_storeu_ps(p, v);
+        }
     }
 }
 
@@ -400,6 +625,70 @@ unsafe fn tile_avx2(
                     _mm256_mul_ps(sa, s1),
                     _mm256_loadu_ps(p.add(8)),
                 ),
+            );
+        }
+    }
+}
+
+/// AVX2 integer tile, 6 x 16 (the default kernel). Codes times two are integers in [-12, 12];
+/// A is packed as 2q + 12 (unsigned, <= 24) and B as 2q (signed), so `vpmaddubsw` of a
+/// broadcast A quad (4 k of one row) and a B register (4 k of 8 columns) gives per i16 lane
+/// the exact sum of two products, |.| <= 2 · 24 · 12. Twelve i16 accumulators (6 rows x 16
+/// columns x 2 lanes) add 8 quads = one 32-block: each lane sums 16 products, |.| <= 4608 <
+/// 2^15, exact. At the block's end `vpmaddwd` by 1 joins a column's two lanes in i32, minus the
+/// offset's 12 · Σ 2qB (packed per column), is the block's exact integer dot, converted to
+/// f32 (exact, < 2^24) and folded in exactly as `tile_avx2` does: acc += dot · (sA · sB) in
+/// one FMA. Same dot, same scale product, same FMA, in block order: the same bits.
+/// Per quad: 2 loads, 6 broadcasts, 12 `vpmaddubsw` + 12 `vpaddw` for 384 products (the f32
+/// kernel needs 48 FMAs for them).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2_int(
+    nblk: usize,
+    aq: &[u8],
+    asc: &[f32],
+    bq: &[u8],
+    bcorr: &[i32],
+    bsc: &[f32],
+    acc: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const MR: usize = 6;
+    const NR: usize = 16;
+    assert!(aq.len() >= nblk * BLOCK * MR && bq.len() >= nblk * BLOCK * NR && acc.len() >= MR * NR);
+    assert!(asc.len() >= nblk * MR && bsc.len() >= nblk * NR && bcorr.len() >= nblk * NR);
+    let (a, b) = (aq.as_ptr(), bq.as_ptr());
+    let accp = acc.as_mut_ptr();
+    let ones = _mm256_set1_epi16(1);
+    for j in 0..nblk {
+        let mut s = [_mm256_setzero_si256(); 2 * MR];
+        for q in j * 8..(j + 1) * 8 {
+            let bp = b.add(q * 4 * NR) as *const __m256i;
+            let (b0, b1) = (_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1)));
+            let ap = a.add(q * 4 * MR) as *const i32;
+            for i in 0..MR {
+                let ai = _mm256_set1_epi32(ap.add(i).read_unaligned());
+                s[2 * i] = _mm256_add_epi16(s[2 * i], _mm256_maddubs_epi16(ai, b0));
+                s[2 * i + 1] = _mm256_add_epi16(s[2 * i + 1], _mm256_maddubs_epi16(ai, b1));
+            }
+        }
+        let cp = bcorr.as_ptr().add(j * NR) as *const __m256i;
+        let (c0, c1) = (_mm256_loadu_si256(cp), _mm256_loadu_si256(cp.add(1)));
+        let s0 = _mm256_loadu_ps(bsc.as_ptr().add(j * NR));
+        let s1 = _mm256_loadu_ps(bsc.as_ptr().add(j * NR + 8));
+        for i in 0..MR {
+            let d0 = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(s[2 * i], ones), c0));
+            let d1 =
+                _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_madd_epi16(s[2 * i + 1], ones), c1));
+            let sa = _mm256_broadcast_ss(&asc[j * MR + i]);
+            let p = accp.add(i * NR);
+            _mm256_storeu_ps(
+                p,
+                _mm256_fmadd_ps(d0, _mm256_mul_ps(sa, s0), _mm256_loadu_ps(p)),
+            );
+            _mm256_storeu_ps(
+                p.add(8),
+                _mm256_fmadd_ps(d1, _mm256_mul_ps(sa, s1), _mm256_loadu_ps(p.add(8))),
             );
         }
     }

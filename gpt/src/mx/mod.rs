@@ -18,6 +18,8 @@ pub mod hadamard;
 pub mod nvfp4;
 pub mod philox;
 pub mod quantize;
+#[cfg(target_arch = "x86_64")]
+mod quantize_avx2;
 pub mod telemetry;
 
 use crate::cpu::gemm::{sgemm, MatRef};
@@ -299,21 +301,18 @@ pub fn quantize_rows_into(
     parallel_rows_mut(codes, k, 16, |rs, chunk| {
         let mut local = MxTelemetry::default();
         for (i, r) in rs.enumerate() {
-            for j in 0..nblk {
-                let src = &x[r * k + j * BLOCK..r * k + (j + 1) * BLOCK];
-                let dst = &mut chunk[i * k + j * BLOCK..i * k + (j + 1) * BLOCK];
-                let (s, st) = quantize::quantize_block(
-                    src,
-                    rounding,
-                    seed,
-                    stream,
-                    (r * k + j * BLOCK) as u64,
-                    dst,
-                );
-                // SAFETY: row r's scales belong to this worker.
-                unsafe { sp.set(r * nblk + j, s) };
-                local.add_block(&st, src, dst);
-            }
+            // SAFETY: row r's scales belong to this worker.
+            let row_scales = unsafe { sp.row(r * nblk, nblk) };
+            quantize::quantize_row(
+                &x[r * k..(r + 1) * k],
+                rounding,
+                seed,
+                stream,
+                (r * k) as u64,
+                &mut chunk[i * k..(i + 1) * k],
+                row_scales,
+                &mut local,
+            );
         }
         tel.lock().unwrap().merge(&local);
     });
@@ -332,9 +331,11 @@ struct SharedBytes(*mut u8, usize);
 unsafe impl Send for SharedBytes {}
 unsafe impl Sync for SharedBytes {}
 impl SharedBytes {
-    unsafe fn set(&self, i: usize, v: u8) {
-        assert!(i < self.1);
-        *self.0.add(i) = v;
+    /// Bytes `start..start + len`; the caller must be their only user.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, start: usize, len: usize) -> &mut [u8] {
+        assert!(start + len <= self.1);
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
 
@@ -348,41 +349,134 @@ pub(crate) fn gather_k_major(v: MatRef, k_along_cols: bool) -> Vec<f32> {
 
 /// `gather_k_major` into `out`, reusing its allocation (every element is rewritten).
 fn gather_k_major_into(v: MatRef, k_along_cols: bool, out: &mut Vec<f32>) {
-    let (rows, k) = if k_along_cols {
-        (v.rows, v.cols)
-    } else {
-        (v.cols, v.rows)
-    };
+    let (rows, k) = k_major_shape(v, k_along_cols);
     resize_for_overwrite(out, rows * k);
     if rows == 0 || k == 0 {
         return;
     }
+    parallel_rows_mut(out, k, 8, |r_range, chunk| {
+        gather_rows(v, k_along_cols, r_range, chunk)
+    });
+}
+
+/// (rows, K) of the K-major form of `v`.
+fn k_major_shape(v: MatRef, k_along_cols: bool) -> (usize, usize) {
+    if k_along_cols {
+        (v.rows, v.cols)
+    } else {
+        (v.cols, v.rows)
+    }
+}
+
+/// Rows `r_range` of the K-major form of `v` into `chunk` (rows of K values).
+fn gather_rows(v: MatRef, k_along_cols: bool, r_range: std::ops::Range<usize>, chunk: &mut [f32]) {
+    let k = k_major_shape(v, k_along_cols).1;
     // Element (r, kk) of the K-major result sits at v[r*rs + kk*ks] of the view.
     let (rs, ks) = if k_along_cols {
         (v.row_stride, v.col_stride)
     } else {
         (v.col_stride, v.row_stride)
     };
-    parallel_rows_mut(out, k, 8, |r_range, chunk| {
-        if ks == 1 {
-            for (i, r) in r_range.enumerate() {
-                chunk[i * k..(i + 1) * k].copy_from_slice(&v.data[r * rs..r * rs + k]);
-            }
-        } else {
-            // Transposing: walk K in tiles so reads along the view's rows stay in cache.
-            const T: usize = 64;
-            let r0 = r_range.start;
-            let n = r_range.len();
-            for k0 in (0..k).step_by(T) {
-                for i in 0..n {
-                    let r = r0 + i;
-                    for kk in k0..(k0 + T).min(k) {
-                        chunk[i * k + kk] = v.data[r * rs + kk * ks];
-                    }
+    if ks == 1 {
+        for (i, r) in r_range.enumerate() {
+            chunk[i * k..(i + 1) * k].copy_from_slice(&v.data[r * rs..r * rs + k]);
+        }
+    } else {
+        #[cfg(target_arch = "x86_64")]
+        if rs == 1 && crate::cpu::simd::avx2_fma() {
+            // SAFETY: the CPU has AVX2 (checked); bounds are asserted inside.
+            return unsafe {
+                quantize_avx2::gather_transposed_avx2(
+                    v.data,
+                    ks,
+                    r_range.start,
+                    r_range.len(),
+                    k,
+                    chunk,
+                )
+            };
+        }
+        // Transposing: walk K in tiles so reads along the view's rows stay in cache.
+        const T: usize = 64;
+        let r0 = r_range.start;
+        let n = r_range.len();
+        for k0 in (0..k).step_by(T) {
+            for i in 0..n {
+                let r = r0 + i;
+                for kk in k0..(k0 + T).min(k) {
+                    chunk[i * k + kk] = v.data[r * rs + kk * ks];
                 }
             }
         }
+    }
+}
+
+/// One operand of an MXFP4 GEMM in one parallel pass: per chunk of rows, gather them K-major
+/// into `buf` (scratch), apply the RHT with `signs` if given, quantize each row into `op`.
+/// The same values as `gather_k_major`, `rht_row` on every row, then `quantize_rows`, but
+/// each chunk's rows are transformed and quantized while they sit in L1/L2, and one pass
+/// (one join) instead of three.
+#[allow(clippy::too_many_arguments)]
+fn prepare_operand(
+    v: MatRef,
+    k_along_cols: bool,
+    signs: Option<&[f32]>,
+    rounding: Rounding,
+    seed: u64,
+    stream: u64,
+    buf: &mut Vec<f32>,
+    op: &mut MxOperand,
+) -> MxTelemetry {
+    let (rows, k) = k_major_shape(v, k_along_cols);
+    let nblk = k / BLOCK;
+    resize_for_overwrite(buf, rows * k);
+    op.rows = rows;
+    op.k = k;
+    resize_for_overwrite(&mut op.codes, rows * k);
+    resize_for_overwrite(&mut op.scales, rows * nblk);
+    if rows == 0 || k == 0 {
+        return MxTelemetry::default();
+    }
+    let tel = std::sync::Mutex::new(MxTelemetry::default());
+    let sp = SharedBytes(op.scales.as_mut_ptr(), op.scales.len());
+    let bp = SharedF32(buf.as_mut_ptr(), buf.len());
+    parallel_rows_mut(&mut op.codes, k, 16, |rs, codes| {
+        // SAFETY: rows `rs` of the scratch and of the scales belong to this chunk.
+        let x = unsafe { bp.rows(rs.start * k, rs.len() * k) };
+        gather_rows(v, k_along_cols, rs.clone(), x);
+        let mut local = MxTelemetry::default();
+        for (i, r) in rs.enumerate() {
+            let row = &mut x[i * k..(i + 1) * k];
+            if let Some(s) = signs {
+                hadamard::rht_row(row, s);
+            }
+            quantize::quantize_row(
+                row,
+                rounding,
+                seed,
+                stream,
+                (r * k) as u64,
+                &mut codes[i * k..(i + 1) * k],
+                unsafe { sp.row(r * nblk, nblk) },
+                &mut local,
+            );
+        }
+        tel.lock().unwrap().merge(&local);
     });
+    tel.into_inner().unwrap()
+}
+
+#[derive(Clone, Copy)]
+struct SharedF32(*mut f32, usize);
+unsafe impl Send for SharedF32 {}
+unsafe impl Sync for SharedF32 {}
+impl SharedF32 {
+    /// Values `start..start + len`; the caller must be their only user.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn rows(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.1);
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
 }
 
 /// Per-thread buffers of `backward_gemm` (K-major operands and their quantized forms), kept
@@ -476,18 +570,10 @@ fn mxfp4_gemm(
     let (k, g) = (a.cols, cfg.hadamard_block);
     let started = std::time::Instant::now();
     let GemmScratch { xa, xb, qa, qb } = scratch;
-    gather_k_major_into(a, true, xa);
-    gather_k_major_into(b, false, xb);
-    if cfg.mode.uses_rht() {
-        let signs = hadamard::rht_signs(cfg.seed, cfg.sign_stream(id), g);
-        for x in [&mut *xa, &mut *xb] {
-            parallel_rows_mut(x, k, 8, |_, chunk| {
-                for row in chunk.chunks_exact_mut(k) {
-                    hadamard::rht_row(row, &signs);
-                }
-            });
-        }
-    }
+    let signs = cfg
+        .mode
+        .uses_rht()
+        .then(|| hadamard::rht_signs(cfg.seed, cfg.sign_stream(id), g));
     let rounding = cfg.rounding();
     let empty = || MxOperand {
         rows: 0,
@@ -497,24 +583,11 @@ fn mxfp4_gemm(
     };
     let qa = qa.get_or_insert_with(empty);
     let qb = qb.get_or_insert_with(empty);
-    let ta = quantize_rows_into(
-        xa,
-        a.rows,
-        k,
-        rounding,
-        cfg.seed,
-        id.stream(StreamRole::SrA),
-        qa,
-    )?;
-    let tb = quantize_rows_into(
-        xb,
-        b.cols,
-        k,
-        rounding,
-        cfg.seed,
-        id.stream(StreamRole::SrB),
-        qb,
-    )?;
+    let (sa, sb) = (id.stream(StreamRole::SrA), id.stream(StreamRole::SrB));
+    let s = signs.as_deref();
+    let ta = prepare_operand(a, true, s, rounding, cfg.seed, sa, xa, qa);
+    let tb = prepare_operand(b, false, s, rounding, cfg.seed, sb, xb, qb);
+    debug_assert_eq!((qa.k, qb.k), (k, k));
     let quantize_seconds = started.elapsed().as_secs_f64();
     gemm::mx_gemm(qa, qb, c, ldc, accumulate, rounding == Rounding::Sr);
     if let Some(t) = telemetry {

@@ -242,6 +242,72 @@ fn quantize_block_fast(
     (scale_byte, st)
 }
 
+/// Quantizes one K-major row of `x.len() / 32` blocks: codes, one scale byte per block, and each
+/// block's statistics added to `tel` in block order, exactly as `quantize_row_blocks` (the
+/// twin: `quantize_block` then `MxTelemetry::add_block` per block). On AVX2 the telemetry's
+/// pinned-order sums run eight blocks at a time in SIMD lanes (`quantize_avx2`).
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_row(
+    x: &[f32],
+    rounding: Rounding,
+    seed: u64,
+    stream: u64,
+    first_index: u64,
+    codes: &mut [u8],
+    scales: &mut [u8],
+    tel: &mut super::MxTelemetry,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::simd::avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe {
+            super::quantize_avx2::quantize_row_avx2(
+                x,
+                rounding,
+                seed,
+                stream,
+                first_index,
+                codes,
+                scales,
+                tel,
+            )
+        };
+    }
+    quantize_row_blocks(x, rounding, seed, stream, first_index, codes, scales, tel)
+}
+
+/// `quantize_row` block by block (the portable path and the twin the AVX2 row is tested
+/// against).
+#[allow(clippy::too_many_arguments)]
+pub fn quantize_row_blocks(
+    x: &[f32],
+    rounding: Rounding,
+    seed: u64,
+    stream: u64,
+    first_index: u64,
+    codes: &mut [u8],
+    scales: &mut [u8],
+    tel: &mut super::MxTelemetry,
+) {
+    for (j, ((src, dst), s)) in x
+        .chunks_exact(BLOCK)
+        .zip(codes.chunks_exact_mut(BLOCK))
+        .zip(scales.iter_mut())
+        .enumerate()
+    {
+        let (scale, st) = quantize_block(
+            src,
+            rounding,
+            seed,
+            stream,
+            first_index + (j * BLOCK) as u64,
+            dst,
+        );
+        *s = scale;
+        tel.add_block(&st, src, dst);
+    }
+}
+
 /// The plain reference of `quantize_block` (the rules above, written out one element at a
 /// time).
 ///
@@ -373,6 +439,100 @@ mod tests {
                     assert_eq!(got.1.nonfinite, want.1.nonfinite);
                     assert_eq!(got.1.sq_err.to_bits(), want.1.sq_err.to_bits());
                     assert_eq!(got.1.sq_sum.to_bits(), want.1.sq_sum.to_bits());
+                }
+            }
+        }
+    }
+
+    /// A random block like those of the test above: magnitudes 2^-140..2^120, zeros, grid
+    /// points, ties; now and then an all-zero or a non-finite block.
+    fn random_block(r: &mut crate::rng::SplitMix64, x: &mut [f32]) {
+        let mag = (r.next_f64() * 260.0 - 140.0) as i32;
+        for v in x.iter_mut() {
+            *v = (r.next_normal() as f32) * exp2i(mag.clamp(-126, 120));
+            match r.next_u64() % 16 {
+                0 => *v = 0.0,
+                1 => *v = E2M1_VALUES[(r.next_u64() % 8) as usize] * exp2i(mag.clamp(-120, 120)),
+                2 => *v = [0.25f32, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0][(r.next_u64() % 7) as usize],
+                _ => {}
+            }
+        }
+        match r.next_u64() % 40 {
+            0 => x.fill(0.0),
+            1 => {
+                x[(r.next_u64() % 32) as usize] =
+                    [f32::NAN, f32::INFINITY][r.next_u64() as usize % 2]
+            }
+            2 => x.fill(-0.0),
+            _ => {}
+        }
+    }
+
+    /// `quantize_row` (the AVX2 row where the CPU has it, eight blocks' telemetry sums in SIMD
+    /// lanes) and its twin `quantize_row_blocks` against `quantize_block_plain` +
+    /// `add_block` per block: codes, scales and every telemetry field bit for bit, rows of
+    /// 1..25 blocks (not multiples of 8), both roundings, poisoned outputs.
+    #[test]
+    fn quantize_row_is_bit_identical_to_plain_blocks() {
+        use crate::mx::MxTelemetry;
+        let mut r = crate::rng::SplitMix64::new(7);
+        for trial in 0..400u64 {
+            let nblk = 1 + (r.next_u64() % 25) as usize;
+            let mut x = vec![0.0f32; nblk * BLOCK];
+            for blk in x.chunks_exact_mut(BLOCK) {
+                random_block(&mut r, blk);
+            }
+            let first = 32 * (r.next_u64() % 5000);
+            for rounding in [Rounding::Rtn, Rounding::Sr] {
+                let (mut want_c, mut want_s) = (vec![0xEEu8; x.len()], vec![0xEEu8; nblk]);
+                let mut want_t = MxTelemetry::default();
+                for j in 0..nblk {
+                    let (src, dst) = (&x[j * 32..(j + 1) * 32], &mut want_c[j * 32..(j + 1) * 32]);
+                    let (s, st) =
+                        quantize_block_plain(src, rounding, 3, trial, first + 32 * j as u64, dst);
+                    want_s[j] = s;
+                    want_t.add_block(&st, src, dst);
+                }
+                type RowFn =
+                    fn(&[f32], Rounding, u64, u64, u64, &mut [u8], &mut [u8], &mut MxTelemetry);
+                let fns: [(&str, RowFn); 2] = [
+                    ("quantize_row", quantize_row),
+                    ("quantize_row_blocks", quantize_row_blocks),
+                ];
+                for (name, f) in fns {
+                    let (mut c, mut s) = (vec![0xEEu8; x.len()], vec![0xEEu8; nblk]);
+                    let mut t = MxTelemetry::default();
+                    f(&x, rounding, 3, trial, first, &mut c, &mut s, &mut t);
+                    let what = format!("{name} trial {trial} {rounding:?} nblk {nblk}");
+                    assert_eq!(c, want_c, "{what}: codes");
+                    assert_eq!(s, want_s, "{what}: scales");
+                    assert_eq!(
+                        (
+                            t.elements,
+                            t.clipped,
+                            t.nonfinite_blocks,
+                            t.underflow,
+                            t.underflow_counted
+                        ),
+                        (
+                            want_t.elements,
+                            want_t.clipped,
+                            want_t.nonfinite_blocks,
+                            want_t.underflow,
+                            want_t.underflow_counted
+                        ),
+                        "{what}: counts"
+                    );
+                    assert_eq!(
+                        t.sq_err.to_bits(),
+                        want_t.sq_err.to_bits(),
+                        "{what}: sq_err"
+                    );
+                    assert_eq!(
+                        t.sq_sum.to_bits(),
+                        want_t.sq_sum.to_bits(),
+                        "{what}: sq_sum"
+                    );
                 }
             }
         }

@@ -593,3 +593,248 @@ fn reused_buffers_give_the_results_of_fresh_ones() {
         );
     }
 }
+
+/// Random operand with every code (0..16) and scale bytes in [110, 150] (clear of the
+/// underflow/overflow caveat of `mx_gemm`), a NaN block now and then.
+fn random_operand(rows: usize, k: usize, r: &mut SplitMix64, nan: bool) -> MxOperand {
+    let nblk = k / 32;
+    let codes = (0..rows * k).map(|_| (r.next_u64() % 16) as u8).collect();
+    let scales = (0..rows * nblk)
+        .map(|_| {
+            if nan && r.next_u64() % 50 == 0 {
+                format::SCALE_NAN
+            } else {
+                110 + (r.next_u64() % 41) as u8
+            }
+        })
+        .collect();
+    MxOperand {
+        rows,
+        k,
+        codes,
+        scales,
+    }
+}
+
+/// Every MX GEMM kernel this CPU runs (the AVX2 integer one, the AVX2 f32-lane one, the
+/// portable one) equals the integer reference bit for bit: random codes and scales, shapes off
+/// the 6 x 16 tile (1, primes, one past a tile), accumulate or not into poisoned / random C
+/// with padding columns that must stay untouched, and the extreme codes (±12 everywhere) that
+/// reach the integer kernel's i16 bound of 4608 per lane.
+#[test]
+fn every_mx_gemm_kernel_equals_the_integer_reference_bit_for_bit() {
+    use super::gemm::{kernels_here, mx_gemm_with};
+    let mut r = SplitMix64::new(2026);
+    let shapes = [
+        (1, 1, 32),
+        (6, 16, 32),
+        (7, 17, 64),
+        (5, 13, 96),
+        (13, 31, 160),
+        (12, 32, 256),
+        (47, 97, 416),
+        (19, 50, 768),
+    ];
+    for (si, &(m, n, k)) in shapes.iter().enumerate() {
+        for variant in 0..4 {
+            let (mut a, mut b) = (
+                random_operand(m, k, &mut r, variant == 1),
+                random_operand(n, k, &mut r, variant == 1),
+            );
+            if variant >= 2 {
+                // All +12 against all -12 (and the reverse): the largest block dots.
+                let (ca, cb) = if variant == 2 { (7, 15) } else { (15, 7) };
+                a.codes.fill(ca);
+                b.codes.fill(cb);
+            }
+            let sr = variant % 2 == 1;
+            for accumulate in [false, true] {
+                let ldc = n + si % 3;
+                let start: Vec<f32> = if accumulate {
+                    randn(m * ldc, si as u64, 1.0)
+                } else {
+                    vec![f32::NAN; m * ldc]
+                };
+                let mut want = start.clone();
+                mx_gemm_int_reference(&a, &b, &mut want, ldc, accumulate, sr);
+                for kern in kernels_here() {
+                    let mut got = start.clone();
+                    mx_gemm_with(kern, &a, &b, &mut got, ldc, accumulate, sr);
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            let idx = i * ldc + j;
+                            let expect = if j < n { want[idx] } else { start[idx] };
+                            assert_eq!(
+                                got[idx].to_bits(),
+                                expect.to_bits(),
+                                "{kern:?} ({m},{n},{k}) variant {variant} acc={accumulate} [{i},{j}]: {} vs {}",
+                                got[idx],
+                                expect
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `backward_gemm` in every MXFP4 mode (its one fused pass per operand: gather K-major, RHT,
+/// quantize a chunk of rows at a time) against the pipeline written out step by step:
+/// `gather_k_major`, `rht_row` on every row, `quantize_rows`, `mx_gemm_int_reference`. Output
+/// bits, codes-derived counts exactly, the f64 error sums to rounding (their chunk merge order
+/// is the pool's). Row-major and transposed views of both operands, rows off every chunk and
+/// tile size, fresh and fixed signs, g = 32 and 64.
+#[test]
+fn fused_operand_pass_equals_the_step_by_step_pipeline() {
+    let mut r = SplitMix64::new(9);
+    for &(m, n, k, g) in &[(7, 13, 64, 32), (37, 21, 192, 64), (3, 50, 128, 64)] {
+        for mode in BackwardMode::ALL.into_iter().filter(|m| m.is_mxfp4()) {
+            for (case, signs) in [HadamardSigns::Fresh, HadamardSigns::Fixed]
+                .into_iter()
+                .enumerate()
+            {
+                let cfg = MxConfig {
+                    mode,
+                    hadamard_block: g,
+                    signs,
+                    seed: r.next_u64(),
+                };
+                let (ad, bd) = (
+                    gradient_like(m, k, r.next_u64()),
+                    gradient_like(k, n, r.next_u64()),
+                );
+                // case 0: A row-major (dgrad's dY), B row-major K x N (W);
+                // case 1: A transposed (wgrad's dY^T), B transposed (N x K stored).
+                let (a, b) = if case == 0 {
+                    (MatRef::row_major(&ad, m, k), MatRef::row_major(&bd, k, n))
+                } else {
+                    (MatRef::transposed(&ad, m, k), MatRef::transposed(&bd, k, n))
+                };
+                let gid = id(3 + case as u32);
+                let ldc = n + 1;
+                let mut c = vec![f32::NAN; m * ldc];
+                let mut t = MxTelemetry::default();
+                backward_gemm(&cfg, &gid, a, b, &mut c, ldc, false, Some(&mut t)).unwrap();
+
+                let (mut xa, mut xb) = (gather_k_major(a, true), gather_k_major(b, false));
+                if mode.uses_rht() {
+                    let s = hadamard::rht_signs(cfg.seed, cfg.sign_stream(&gid), g);
+                    for row in xa.chunks_exact_mut(k).chain(xb.chunks_exact_mut(k)) {
+                        hadamard::rht_row_plain(row, &s);
+                    }
+                }
+                let rounding = cfg.rounding();
+                let (qa, ta) =
+                    quantize_rows(&xa, m, k, rounding, cfg.seed, gid.stream(StreamRole::SrA))
+                        .unwrap();
+                let (qb, tb) =
+                    quantize_rows(&xb, n, k, rounding, cfg.seed, gid.stream(StreamRole::SrB))
+                        .unwrap();
+                let mut want = vec![f32::NAN; m * ldc];
+                mx_gemm_int_reference(&qa, &qb, &mut want, ldc, false, rounding == Rounding::Sr);
+                for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                    assert!(
+                        x.to_bits() == y.to_bits() || (i % ldc == n && x.is_nan() && y.is_nan()),
+                        "{mode} ({m},{n},{k}) case {case} [{i}]: {x} vs {y}"
+                    );
+                }
+                let mut tw = ta.clone();
+                tw.merge(&tb);
+                assert_eq!(
+                    (
+                        t.elements,
+                        t.clipped,
+                        t.nonfinite_blocks,
+                        t.underflow,
+                        t.underflow_counted
+                    ),
+                    (
+                        tw.elements,
+                        tw.clipped,
+                        tw.nonfinite_blocks,
+                        tw.underflow,
+                        tw.underflow_counted
+                    ),
+                    "{mode} case {case}: counts"
+                );
+                for (x, y) in [(t.sq_err, tw.sq_err), (t.sq_sum, tw.sq_sum)] {
+                    assert!(
+                        (x - y).abs() <= 1e-12 * y.abs(),
+                        "{mode} case {case}: {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The K-major gather (its AVX2 8 x 8-tile path for views whose K-major rows are contiguous,
+/// and the scalar paths) against `MatRef::at`, element by element, on transposed, row-major and
+/// padded (column stride past the row count) views, sizes off the 8 x 8 tile, into a buffer
+/// poisoned by a larger earlier gather.
+#[test]
+fn k_major_gather_equals_the_view_element_by_element() {
+    let mut out = Vec::new();
+    gather_k_major_into(
+        MatRef::row_major(&randn(300 * 200, 1, 1.0), 300, 200),
+        true,
+        &mut out,
+    );
+    out.iter_mut().for_each(|v| *v = f32::NAN);
+    for &(rows, k, pad) in &[
+        (1, 32, 0),
+        (7, 64, 3),
+        (8, 32, 0),
+        (37, 96, 1),
+        (130, 64, 5),
+        (9, 40, 0),
+    ] {
+        let ld = rows + pad;
+        let data = randn(ld * k, (rows * k) as u64, 1.0);
+        let views = [
+            // K along columns, rows contiguous: A = dY^T (row stride 1, column stride >= rows).
+            (
+                MatRef {
+                    data: &data,
+                    rows,
+                    cols: k,
+                    row_stride: 1,
+                    col_stride: ld,
+                },
+                true,
+            ),
+            // K along rows of a K x rows row-major matrix: B = W or X (K-major rows strided).
+            (
+                MatRef {
+                    data: &data,
+                    rows: k,
+                    cols: rows,
+                    row_stride: ld,
+                    col_stride: 1,
+                },
+                false,
+            ),
+            // K along columns, contiguous rows of K: the copy path.
+            (MatRef::row_major(&data[..rows * k], rows, k), true),
+        ];
+        for (vi, (v, k_along_cols)) in views.into_iter().enumerate() {
+            gather_k_major_into(v, k_along_cols, &mut out);
+            assert_eq!(out.len(), rows * k);
+            for r in 0..rows {
+                for kk in 0..k {
+                    let want = if k_along_cols {
+                        v.at(r, kk)
+                    } else {
+                        v.at(kk, r)
+                    };
+                    assert_eq!(
+                        out[r * k + kk].to_bits(),
+                        want.to_bits(),
+                        "view {vi} ({rows}x{k}, pad {pad}) [{r},{kk}]"
+                    );
+                }
+            }
+        }
+    }
+}
