@@ -17,9 +17,11 @@
 //! Version 2 is a data-parallel run's checkpoint: `ckpt_<step>.bin` holds the header (with
 //! `ranks` N and `arrays`, the array lengths) and the parameters only; rank r's AdamW moments of
 //! its ZeRO-1 shard are in `ckpt_<step>.rank<r>-of-<N>.bin` (header: step, rank, ranks, offset,
-//! arrays; then first and second moments). Every rank writes its shard, all wait for each
-//! other, then rank 0 writes the model file: it is the marker, written last, and a checkpoint
-//! counts only when it exists.
+//! arrays; then first and second moments, and from a GPU run a third array: the shard's BF16
+//! parameters as the device held them, exact in FP32, since they are the stochastic rounding of
+//! the master weights and a resume must not round them again). Every rank writes its shard,
+//! all wait for each other, then rank 0 writes the model file: it is the marker, written last,
+//! and a checkpoint counts only when it exists.
 //!
 //! A checkpoint is written to `NAME.tmp`, flushed to disk, then renamed over `NAME`, so a crash
 //! never leaves a half-written file under a checkpoint's name; files are named
@@ -355,36 +357,53 @@ pub fn peek(path: &Path) -> Result<Header, String> {
     parse_header(path, &h)
 }
 
+/// Why checkpoint `p`, written by `written` ranks, cannot be resumed on `now` ranks.
+pub fn ranks_mismatch(p: &Path, written: usize, now: usize) -> String {
+    format!(
+        "checkpoint {} was written by {written} rank(s), this run has {now}: resume it on {written} (re-sharding the optimizer state to another number of ranks is not supported)",
+        p.display()
+    )
+}
+
 /// Rank `rank`'s optimizer shard of the checkpoint at `step` of an N-rank run.
 pub fn shard_path(dir: &Path, step: u64, rank: usize, ranks: usize) -> PathBuf {
     dir.join(format!("ckpt_{step:08}.rank{rank}-of-{ranks}.bin"))
 }
 
-/// Writes this rank's optimizer shard (AdamW first and second moments of the parameters
-/// `offset..offset + len`, from `fill` as arrays 0 and 1) atomically.
+/// Writes this rank's optimizer shard atomically: `arrays` arrays of the parameters
+/// `offset..offset + len` from `fill`: 0 and 1 the AdamW first and second moments; with
+/// `arrays` = 3, array 2 the BF16 parameters a device held (see the module doc).
 pub fn save_shard(
     dir: &Path,
     step: u64,
     (rank, ranks): (usize, usize),
     (offset, len): (usize, usize),
+    arrays: usize,
     fill: &mut Fill,
 ) -> Result<PathBuf, String> {
+    if !(2..=3).contains(&arrays) {
+        return Err(format!(
+            "an optimizer shard holds 2 or 3 arrays (moments, BF16 parameters), not {arrays}"
+        ));
+    }
     let path = shard_path(dir, step, rank, ranks);
+    let lens = vec![len; arrays];
     let header = json!({"kind": "optimizer shard", "step": step, "rank": rank, "ranks": ranks,
-                        "offset": offset, "arrays": [len, len]});
-    write_atomic(&path, VERSION_SHARDED, &header, &[len, len], fill)?;
+                        "offset": offset, "arrays": lens});
+    write_atomic(&path, VERSION_SHARDED, &header, &lens, fill)?;
     Ok(path)
 }
 
-/// Reads and verifies this rank's optimizer shard of the checkpoint at `step`, streaming the
-/// moments into `take`; the shard must cover exactly `offset..offset + len`.
+/// Reads and verifies this rank's optimizer shard of the checkpoint at `step`, streaming its
+/// arrays into `take` (0, 1 the moments; 2, if the shard has it, the BF16 parameters); the
+/// shard must cover exactly `offset..offset + len`. Returns how many arrays it held.
 pub fn load_shard(
     dir: &Path,
     step: u64,
     (rank, ranks): (usize, usize),
     (offset, len): (usize, usize),
     take: &mut Take,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let path = shard_path(dir, step, rank, ranks);
     let h = read_verified(&path, &mut |i, at, c| {
         if at + c.len() > len {
@@ -406,14 +425,15 @@ pub fn load_shard(
         Some(ranks as u64),
         Some(offset as u64),
     );
-    if found != want || array_lens(VERSION_SHARDED, &h)? != [len, len] {
+    let lens = array_lens(VERSION_SHARDED, &h)?;
+    if found != want || !(2..=3).contains(&lens.len()) || lens.iter().any(|&l| l != len) {
         return Err(format!(
-            "checkpoint shard {}: holds (step, rank, ranks, offset) {found:?} with arrays {}, expected {want:?} with two arrays of {len}",
+            "checkpoint shard {}: holds (step, rank, ranks, offset) {found:?} with arrays {}, expected {want:?} with two or three arrays of {len}",
             path.display(),
             h["arrays"]
         ));
     }
-    Ok(())
+    Ok(lens.len())
 }
 
 /// Writes `ck` (a whole single-process checkpoint in memory) atomically into `dir`.
@@ -712,6 +732,7 @@ mod tests {
                 ck.step,
                 (rank, 2),
                 (range.start, range.len()),
+                2,
                 &mut |i, at, c| {
                     c.copy_from_slice(&[m, v][i][at..at + c.len()]);
                     Ok(())
@@ -731,6 +752,34 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    /// A GPU rank's shard carries its BF16 parameters as a third array; 2 arrays (a CPU
+    /// rank's) still load, and anything else is refused when writing.
+    #[test]
+    fn a_shard_holds_two_or_three_arrays() {
+        let d = tmpdir("shard-arrays");
+        let x: Vec<Vec<f32>> = (0..3)
+            .map(|a| (0..7).map(|i| (10 * a + i) as f32 + 0.5).collect())
+            .collect();
+        for arrays in [2, 3] {
+            save_shard(&d, 9, (1, 3), (7, 7), arrays, &mut |i, at, c| {
+                c.copy_from_slice(&x[i][at..at + c.len()]);
+                Ok(())
+            })
+            .unwrap();
+            let mut got = vec![vec![f32::NAN; 7]; 3];
+            let n = load_shard(&d, 9, (1, 3), (7, 7), &mut |i, at, c| {
+                got[i][at..at + c.len()].copy_from_slice(c);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(n, arrays);
+            assert_eq!(&got[..arrays], &x[..arrays]);
+        }
+        let e = save_shard(&d, 9, (1, 3), (7, 7), 4, &mut |_, _, _| Ok(())).unwrap_err();
+        assert!(e.contains("2 or 3 arrays"), "{e}");
+        fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -101,20 +101,24 @@ impl MemoryEstimate {
         } else {
             0.0
         };
-        // The CPU streams checkpoints; a GPU backend hands over whole host copies.
-        let state_copies = if run.device == Device::Cpu {
-            0.0
-        } else {
-            3.0 * p
+        // The CPU streams checkpoints; a GPU backend hands over whole host copies: the three
+        // FP32 state arrays, or with N ranks its ZeRO-1 shard of them and of the BF16 weights
+        // (4 arrays of P/N), plus, to save, every FP32 master weight (gathered for rank 0's
+        // model file; zero1::save_device_checkpoint).
+        let shard = 4.0 * p / run.ranks as f64;
+        let (load_copies, save_copies) = match (run.device, run.ranks) {
+            (Device::Cpu, _) => (0.0, 0.0),
+            (Device::Cuda, 1) => (3.0 * p, 3.0 * p),
+            (Device::Cuda, _) => (shard, shard + p),
         };
         let io = CHECKPOINT_IO_BUFFER as f64 + 64.0 * 1024.0;
         if run.resume {
-            transient.push(("checkpoint load", state_copies + bf16_copy + io));
+            transient.push(("checkpoint load", load_copies + bf16_copy + io));
         } else {
             transient.push(("weight initialization", p + bf16_copy));
         }
         if run.checkpoints {
-            transient.push(("checkpoint save", state_copies + io));
+            transient.push(("checkpoint save", save_copies + io));
         }
         if run.ranks > 1 {
             // The summed gradient shard and the receive buffer of the reduce-scatter.
@@ -324,6 +328,19 @@ mod tests {
         };
         // (three copies against the initialization's FP32 and BF16 copies of the weights)
         assert!((gpu(true) - gpu(false) - 1.5 * p * (1.0 + MARGIN)).abs() < 2.0 * MIB);
+        // 4 GPU ranks: host copies of the rank's shard of master, m, v and BF16 weights (P/4
+        // each), and every master weight gathered for the model file: 2P against the 1.5P of
+        // the initialization.
+        let gpu4 = |checkpoints| {
+            MemoryEstimate::new(&RunPlan {
+                device: Device::Cuda,
+                checkpoints,
+                ranks: 4,
+                ..plan(&gpt)
+            })
+            .peak
+        };
+        assert!((gpu4(true) - gpu4(false) - 0.5 * p * (1.0 + MARGIN)).abs() < 2.0 * MIB);
         // ZeRO-1 on 2 ranks: half the moments per rank, plus the reduce-scatter's buffers.
         let two = MemoryEstimate::new(&RunPlan {
             ranks: 2,

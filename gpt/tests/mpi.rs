@@ -4,31 +4,15 @@
 #![cfg(feature = "mpi")]
 
 mod common;
+#[path = "../../tests/src/mpirun.rs"]
+mod mpirun;
 use common::*;
 use gpt::checkpoint;
 use gpt::dist::Shards;
+use mpirun::{mpirun, run_child};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// `mpirun -np N` with what a 2-core CI machine running as root needs, under a 5-minute
-/// `timeout` so that a job that hangs fails its test instead of stalling CI.
-fn mpirun(np: usize) -> Command {
-    let mut c = Command::new("timeout");
-    c.args([
-        "300",
-        "mpirun",
-        "-np",
-        &np.to_string(),
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-    ])
-    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    .env("OMPI_MCA_rmaps_base_oversubscribe", "1");
-    c
-}
 
 /// train_gpt on `np` ranks (1: without mpirun); returns the exit code and the output.
 fn train(np: usize, args: &[&str]) -> (i32, String) {
@@ -241,27 +225,8 @@ fn two_ranks_equal_one_rank_with_twice_the_accumulation() {
 /// (oversubscribed), where a sum in another order than rank order would show.
 #[test]
 fn collectives_sum_in_rank_order_and_regather_exactly() {
-    let exe = std::env::current_exe().unwrap();
     for np in [2, 3] {
-        let out = mpirun(np)
-            .arg(&exe)
-            .args([
-                "--exact",
-                "transport_child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env("MXGPT_MPI_CHILD", "1")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{text}");
-        assert_eq!(text.matches("transport child: ok").count(), np, "{text}");
+        run_child(np, "transport_child", "transport child: ok", &[]);
     }
 }
 

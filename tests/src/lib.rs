@@ -2,3 +2,4 @@
 
 /// Helpers shared by the GPU test files (tests/tests/gpu_*.rs).
 pub mod gpu;
+pub mod mpirun;

@@ -4,7 +4,9 @@
 
 use gpt::cuda::dist::{rank_order_sum, rank_order_sum_host};
 use gpt::cuda::kernels::Ptr;
+use gpt::dist::Shards;
 use runtime::cuda::half::bf16;
+use runtime::cuda::{Gpu, Schedule};
 use tests::gpu::*;
 
 /// Rank r's part: magnitudes from 2^-12 to 2^12, so that the order of a sum of 3 or more parts
@@ -83,7 +85,6 @@ fn rank_order_sum_checks_its_operands() {
 /// (gpu_schedules.rs). Harness only.
 #[test]
 fn rank_order_sum_is_the_same_under_every_schedule() {
-    use runtime::cuda::{Gpu, Schedule};
     if on_gpu(&gpu()) {
         return;
     }
@@ -101,5 +102,94 @@ fn rank_order_sum_is_the_same_under_every_schedule() {
         let out = poisoned::<bf16>(&g, n);
         rank_order_sum(&g, Ptr::of(&out), Ptr::of(&dp), n, ranks).unwrap();
         assert_eq!(bits(&g.download(&out).unwrap()), want, "{s:?}");
+    }
+}
+
+/// Data-parallel set-up needs only the rank and the size of a transport (host-staged: no NCCL);
+/// every collective is refused.
+struct Pretend(usize, usize);
+
+impl gpt::dist::Transport for Pretend {
+    fn rank(&self) -> usize {
+        self.0
+    }
+    fn size(&self) -> usize {
+        self.1
+    }
+    fn reduce_scatter_sum(&self, _: &[f32], _: &Shards, _: &mut [f32]) -> Result<(), String> {
+        Err("pretend".into())
+    }
+    fn exchange(&self, _: &[f32], _: &Shards, _: &mut [f32]) -> Result<(), String> {
+        Err("pretend".into())
+    }
+    fn all_gather(&self, _: &mut [f32], _: &Shards) -> Result<(), String> {
+        Err("pretend".into())
+    }
+    fn all_gather_f64(&self, _: f64) -> Result<Vec<f64>, String> {
+        Err("pretend".into())
+    }
+    fn broadcast(&self, _: &mut [u8], _: usize) -> Result<(), String> {
+        Err("pretend".into())
+    }
+    fn barrier(&self) -> Result<(), String> {
+        Err("pretend".into())
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+/// The device memory a CUDA backend allocates (counted by the device) against its estimate
+/// (`cuda::memory_estimate`, the numbers its out-of-memory check uses), for 1 rank and for each
+/// of 2 and 3 data-parallel ranks: ZeRO-1 keeps the FP32 master weights and both moments of the
+/// rank's shard only, so a rank's allocation drops by what the estimate says.
+#[test]
+fn data_parallel_backends_allocate_what_the_estimate_says() {
+    use gpt::cuda::backend::{memory_estimate, work_len, CudaBackend};
+    use gpt::cuda::dist::CollectiveKind;
+    let mut cfg = gpt::config::ModelConfig::named("tiny").unwrap();
+    cfg.vocab = 1001;
+    cfg.padded_vocab = 1024;
+    let (b, t) = (2, 16);
+    let n = gpt::layout::ParamLayout::new(&cfg).total;
+    // Not in the estimate: the two-pass reductions' FP32 work buffer (checked separately by the
+    // constructor) and the device step's parameter block and loss ring (a few KiB).
+    const SMALL: usize = 16 << 10; // 8,260 bytes measured on the tiny model
+    let mut per_rank = Vec::new();
+    for ranks in [1usize, 2, 3] {
+        let (state, acts) = memory_estimate(&cfg, b, t, ranks);
+        for rank in 0..ranks {
+            let g = gpu(); // fresh: its allocation count starts at 0
+            let mut be = CudaBackend::on_ranks(g, &cfg, b, t, (rank, ranks)).unwrap();
+            if ranks > 1 {
+                be.set_data_parallel(&Pretend(rank, ranks), CollectiveKind::HostStaged)
+                    .unwrap();
+            }
+            let got = be.gpu().bytes_allocated();
+            let work = 4 * work_len(&cfg, b, t).unwrap();
+            let shard = Shards::even(n, ranks).range(rank).len();
+            // The estimate takes the largest shard: exact for the largest, above by the
+            // difference (12 bytes per parameter, 2 more per rank staged) for the others.
+            let slack = (n.div_ceil(ranks) - shard) * (12 + 2 * ranks);
+            let est = state + acts + work;
+            assert!(
+                got + slack >= est && got <= est + SMALL,
+                "{ranks} ranks, rank {rank}: allocated {got} bytes, estimated {est} (slack {slack})"
+            );
+            eprintln!("{ranks} rank(s), rank {rank}: {got} bytes allocated, {est} estimated");
+            per_rank.push((ranks, got));
+        }
+    }
+    // What ZeRO-1 saves: FP32 master, m, v of the other ranks' parameters, less the exchange's
+    // BF16 staging of the shard from every rank.
+    let one = per_rank[0].1 as i64;
+    for &(ranks, got) in &per_rank[1..] {
+        let shard = n.div_ceil(ranks) as i64;
+        let saved = one - got as i64;
+        let want = 12 * (n as i64 - shard) - 2 * shard * ranks as i64;
+        assert!(
+            (saved - want).abs() <= 14 * ranks as i64,
+            "{ranks} ranks: a rank allocates {saved} bytes less than 1 rank, expected {want}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 #![cfg(feature = "mpi")]
 
 use gpt::backend::Backend;
+use gpt::checkpoint;
 use gpt::config::ModelConfig;
 use gpt::cpu::ops::AdamW;
 use gpt::cuda::dist::{reduce_scatter_sum, CollectiveKind, DeviceCollective, HostStaged};
@@ -17,51 +18,17 @@ use gpt::precision::BackwardMode;
 use gpt::rng::SplitMix64;
 use runtime::cuda::half::bf16;
 use std::path::Path;
-use std::process::Command;
 use tests::gpu::*;
-
-fn mpirun(np: usize) -> Command {
-    let mut c = Command::new("timeout");
-    c.args([
-        "300",
-        "mpirun",
-        "-np",
-        &np.to_string(),
-        "--oversubscribe",
-        "--bind-to",
-        "none",
-    ])
-    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    c
-}
+use tests::mpirun::run_child;
 
 #[test]
 fn host_staged_device_collectives_sum_in_rank_order_and_regather_exactly() {
-    let exe = std::env::current_exe().unwrap();
     for np in [2, 3] {
-        let out = mpirun(np)
-            .arg(&exe)
-            .args([
-                "--exact",
-                "device_collective_child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env("MXGPT_MPI_CHILD", "1")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "{text}");
-        assert_eq!(
-            text.matches("device collective child: ok").count(),
+        run_child(
             np,
-            "{text}"
+            "device_collective_child",
+            "device collective child: ok",
+            &[],
         );
     }
 }
@@ -148,24 +115,17 @@ fn model() -> Gpt {
     Gpt::new(cfg, 2, 16).unwrap()
 }
 
-/// The trainer's step on the CUDA backend (trainer::train_with, reduced to its arithmetic):
-/// rank r runs micro batches r*A/N .. (r+1)*A/N, the MXFP4 randomness keyed by (step, micro);
-/// with N ranks ZeRO-1 (zero1::reduce_gradients, this rank's shard of AdamW, gather_params).
-/// Returns every step's loss and gradient norm, and the final BF16 parameters.
-fn train(dist: &dyn Transport, mode: BackwardMode) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+/// A CUDA backend for this rank of `dist` (ZeRO-1 with N > 1), initial weights of `seed`.
+fn backend(dist: &dyn Transport, mode: BackwardMode, seed: u64) -> CudaBackend {
     let gpt = model();
-    let mut be = CudaBackend::on(gpu(), &gpt.cfg, gpt.batch, gpt.seq).unwrap();
     let n = dist.size();
+    let ranks = (dist.rank(), n);
+    let mut be = CudaBackend::on_ranks(gpu(), &gpt.cfg, gpt.batch, gpt.seq, ranks).unwrap();
     if n > 1 {
         be.set_data_parallel(dist, CollectiveKind::HostStaged)
             .unwrap();
     }
-    let all = TensorRef {
-        arena: Arena::Params,
-        offset: 0,
-        len: gpt.params.total,
-    };
-    be.write(all, &gpt.init_params(7)).unwrap();
+    be.write(all_params(&gpt), &gpt.init_params(seed)).unwrap();
     be.set_mx_config(MxConfig {
         mode,
         hadamard_block: 32,
@@ -173,12 +133,35 @@ fn train(dist: &dyn Transport, mode: BackwardMode) -> (Vec<f32>, Vec<f32>, Vec<f
         seed: 5,
     })
     .unwrap();
+    be
+}
+
+fn all_params(gpt: &Gpt) -> TensorRef {
+    TensorRef {
+        arena: Arena::Params,
+        offset: 0,
+        len: gpt.params.total,
+    }
+}
+
+/// The trainer's step on the CUDA backend (trainer::train_with, reduced to its arithmetic):
+/// rank r runs micro batches r*A/N .. (r+1)*A/N, the MXFP4 randomness keyed by (step, micro);
+/// with N ranks ZeRO-1 (zero1::reduce_gradients, this rank's shard of AdamW, gather_params).
+/// Returns every step's loss and gradient norm.
+fn run_steps(
+    be: &mut CudaBackend,
+    dist: &dyn Transport,
+    mode: BackwardMode,
+    steps: std::ops::Range<u32>,
+) -> (Vec<f32>, Vec<f32>) {
+    let gpt = model();
+    let n = dist.size();
     let plan = PrecisionPlan::uniform(mode, gpt.cfg.layers);
     let bt = gpt.tokens_per_batch();
     let shards = Shards::even(gpt.params.total, n);
     let per_rank = ACCUM / n;
     let (mut losses, mut norms) = (vec![], vec![]);
-    for step in 0..STEPS {
+    for step in steps {
         be.zero_grads().unwrap();
         let mut loss_sum = 0.0f64;
         for micro in 0..ACCUM {
@@ -195,17 +178,14 @@ fn train(dist: &dyn Transport, mode: BackwardMode) -> (Vec<f32>, Vec<f32>, Vec<f
             be.set_tokens(&inp, Some(&tgt)).unwrap();
             let scale = 1.0 / (bt * ACCUM) as f32;
             loss_sum += gpt
-                .forward_backward(&mut be, &plan, step, micro as u32, scale)
+                .forward_backward(be, &plan, step, micro as u32, scale)
                 .unwrap() as f64;
         }
         let (loss, norm) = if n == 1 {
             (loss_sum / ACCUM as f64, be.grad_norm().unwrap())
         } else {
             let loss = dist.sum_f64(loss_sum).unwrap() / ACCUM as f64;
-            (
-                loss,
-                zero1::reduce_gradients(&mut be, dist, &shards).unwrap(),
-            )
+            (loss, zero1::reduce_gradients(be, dist, &shards).unwrap())
         };
         be.adamw(&AdamW {
             lr: 1e-3,
@@ -218,12 +198,20 @@ fn train(dist: &dyn Transport, mode: BackwardMode) -> (Vec<f32>, Vec<f32>, Vec<f
         })
         .unwrap();
         if n > 1 {
-            zero1::gather_params(&mut be, dist, &shards).unwrap();
+            zero1::gather_params(be, dist, &shards).unwrap();
         }
         losses.push(loss as f32);
         norms.push(norm);
     }
-    (losses, norms, be.read(all).unwrap())
+    (losses, norms)
+}
+
+/// `STEPS` steps from the initial weights; every step's loss and gradient norm, and the final
+/// BF16 parameters.
+fn train(dist: &dyn Transport, mode: BackwardMode) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let mut be = backend(dist, mode, 7);
+    let (losses, norms) = run_steps(&mut be, dist, mode, 0..STEPS);
+    (losses, norms, be.read(all_params(&model())).unwrap())
 }
 
 fn bits32(v: &[f32]) -> Vec<u32> {
@@ -251,27 +239,15 @@ fn two_cuda_ranks_equal_one_rank_with_twice_the_accumulation() {
     std::fs::create_dir_all(&dir).unwrap();
     for mode in [BackwardMode::Bf16, BackwardMode::Mxfp4] {
         let (l1, n1, p1) = train(&Local, mode);
-        let exe = std::env::current_exe().unwrap();
-        let out = mpirun(2)
-            .arg(&exe)
-            .args([
-                "--exact",
-                "cuda_ranks_child",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env("MXGPT_MPI_CHILD", "1")
-            .env("MXGPT_DP_MODE", mode.name())
-            .env("MXGPT_DP_OUT", &dir)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        run_child(
+            2,
+            "cuda_ranks_child",
+            "cuda ranks child: ok",
+            &[
+                ("MXGPT_DP_MODE", mode.name().as_ref()),
+                ("MXGPT_DP_OUT", dir.as_os_str()),
+            ],
         );
-        assert!(out.status.success(), "{text}");
         let (p2a, p2b) = (
             read_f32s(&dir.join("params0")),
             read_f32s(&dir.join("params1")),
@@ -349,4 +325,125 @@ fn cuda_ranks_child() {
     std::fs::write(Path::new(&out).join(format!("params{r}")), bytes(&params)).unwrap();
     std::fs::write(Path::new(&out).join(format!("losses{r}")), bytes(&losses)).unwrap();
     std::fs::write(Path::new(&out).join(format!("norms{r}")), bytes(&norms)).unwrap();
+    println!("cuda ranks child: ok");
+}
+
+/// Checkpoints of 2 CUDA ranks (host-staged collectives, on the harness), MXFP4 backward: 2
+/// steps, a checkpoint, 2 more steps; fresh backends with other initial weights, resumed from
+/// the checkpoint, run the same 2 steps bit for bit (losses, norms, BF16 weights, every rank's
+/// optimizer shard). The files are the CPU path's format (a model file marking 2 ranks, one
+/// shard per rank, here with the BF16 parameters as a third array); 1 rank is refused by name;
+/// a rank whose shard is missing fails every rank's load with an error, without a hang.
+#[test]
+fn two_cuda_ranks_resume_from_their_checkpoint_bit_exactly() {
+    let dir = std::env::temp_dir().join(format!("mxgpt-gpu-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    run_child(
+        2,
+        "cuda_checkpoint_child",
+        "cuda checkpoint child: ok",
+        &[("MXGPT_DP_CKPT", dir.as_os_str())],
+    );
+    let p = dir.join(checkpoint::file_name(2));
+    let h = checkpoint::peek(&p).unwrap();
+    let n = model().params.total;
+    assert_eq!((h.ranks, h.num_params, h.step), (2, n, 2));
+    let shards = Shards::even(n, 2);
+    for r in 0..2 {
+        let range = shards.range(r);
+        let arrays = checkpoint::load_shard(
+            &dir,
+            2,
+            (r, 2),
+            (range.start, range.len()),
+            &mut |_, _, _| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(arrays, 3, "rank {r}: moments and BF16 parameters");
+    }
+    // Another number of ranks: the CPU path's refusal.
+    let mut be = backend(&Local, BackwardMode::Bf16, 7);
+    let e = zero1::load_device_checkpoint(&p, &h, &mut be, &Local).unwrap_err();
+    assert!(
+        e.contains("written by 2 rank(s), this run has 1") && e.contains("re-sharding"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cuda_checkpoint_child() {
+    let Ok(dir) = std::env::var("MXGPT_DP_CKPT") else {
+        return; // only under mpirun, started by the test above
+    };
+    let dist = gpt::dist::from_env().unwrap();
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        checkpoint_round_trip(dist.as_ref(), Path::new(&dir))
+    }));
+    if run.is_err() {
+        dist.abort(1)
+    }
+    println!("cuda checkpoint child: ok");
+}
+
+fn checkpoint_round_trip(dist: &dyn Transport, dir: &Path) {
+    use gpt::dist::zero1::DeviceZero1;
+    let mode = BackwardMode::Mxfp4;
+    let gpt = model();
+    let mut a = backend(dist, mode, 7);
+    run_steps(&mut a, dist, mode, 0..2);
+    let h = checkpoint::Header {
+        model: gpt.cfg,
+        step: 2,
+        num_params: gpt.params.total,
+        ranks: dist.size(),
+        train: serde_json::json!({}),
+    };
+    let path = zero1::save_device_checkpoint(dir, &h, &mut a, dist).unwrap();
+    dist.barrier().unwrap(); // rank 0 writes the model file last
+    let (la, na) = run_steps(&mut a, dist, mode, 2..4);
+    // Other initial weights: everything must come from the checkpoint.
+    let mut b = backend(dist, mode, 8);
+    let h = checkpoint::peek(&path).unwrap();
+    zero1::load_device_checkpoint(&path, &h, &mut b, dist).unwrap();
+    let (lb, nb) = run_steps(&mut b, dist, mode, 2..4);
+    let r = dist.rank();
+    assert_eq!(
+        bits32(&la),
+        bits32(&lb),
+        "rank {r}: losses after the resume"
+    );
+    assert_eq!(bits32(&na), bits32(&nb), "rank {r}: gradient norms");
+    let all = all_params(&gpt);
+    assert_eq!(
+        bits32(&a.read(all).unwrap()),
+        bits32(&b.read(all).unwrap()),
+        "rank {r}: BF16 weights"
+    );
+    let (sa, sb) = (a.read_shard().unwrap(), b.read_shard().unwrap());
+    assert_eq!(sa.offset, sb.offset);
+    for (what, x, y) in [
+        ("master weights", &sa.master, &sb.master),
+        ("first moments", &sa.m, &sb.m),
+        ("second moments", &sa.v, &sb.v),
+    ] {
+        assert_eq!(bits32(x), bits32(y), "rank {r}: {what}");
+    }
+    // A rank that cannot read its part: every rank gets an error, none is left waiting in the
+    // parameter all-gather.
+    let shard1 = checkpoint::shard_path(dir, 2, 1, 2);
+    let away = shard1.with_extension("away");
+    if r == 1 {
+        std::fs::rename(&shard1, &away).unwrap();
+    }
+    dist.barrier().unwrap();
+    let e = zero1::load_device_checkpoint(&path, &h, &mut b, dist).unwrap_err();
+    let want = if r == 0 { "rank(s) [1]" } else { "rank1-of-2" };
+    assert!(e.contains(want), "rank {r}: {e}");
+    dist.barrier().unwrap();
+    if r == 1 {
+        std::fs::rename(&away, &shard1).unwrap();
+    }
+    dist.barrier().unwrap();
 }

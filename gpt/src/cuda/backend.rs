@@ -2,7 +2,8 @@
 //!
 //! Memory (DESIGN.md): parameters, parameter gradients, activations and activation gradients in
 //! BF16; per-row statistics (layernorm mean/rstd, attention log-sum-exp, losses) and the AdamW
-//! state (FP32 master weights, both moments) in FP32. Every arena of `layout.rs` is one device
+//! state (FP32 master weights, both moments) in FP32, for every parameter or, data parallel, for
+//! this rank's ZeRO-1 shard only (`on_ranks`). Every arena of `layout.rs` is one device
 //! allocation, so a `TensorRef` becomes a base pointer plus an offset. Ops that need temporary
 //! FP32 space (the deterministic two-pass reductions) share one `work` buffer sized for the
 //! largest of them: everything runs in order on one stream, so they never overlap.
@@ -50,9 +51,12 @@ pub struct CudaBackend {
     tokens_per_batch: usize,
     params: DeviceBuffer<bf16>,
     grads: DeviceBuffer<bf16>,
+    /// FP32 master weights and AdamW moments of the parameters `opt_at..opt_at + master.len()`:
+    /// all of them, or this rank's ZeRO-1 shard (`on_ranks`).
     master: DeviceBuffer<f32>,
     adam_m: DeviceBuffer<f32>,
     adam_v: DeviceBuffer<f32>,
+    opt_at: usize,
     acts: DeviceBuffer<bf16>,
     scratch: DeviceBuffer<bf16>,
     stats: DeviceBuffer<f32>,
@@ -102,18 +106,51 @@ fn gib(bytes: usize) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 
-/// Device bytes a model needs at micro batch `batch` x `seq` (without the `work` buffer, which
-/// is small): (parameters + optimizer state, activations and their gradients).
-pub fn memory_estimate(cfg: &ModelConfig, batch: usize, seq: usize) -> (usize, usize) {
+/// Device bytes a model needs at micro batch `batch` x `seq` on each of `ranks` data-parallel
+/// ranks (without the `work` buffer, which is small): (parameters + optimizer state,
+/// activations and their gradients). With N > 1 ranks (ZeRO-1) the FP32 master weights and
+/// moments are the largest rank's shard, and the gradient exchange stages every rank's part of
+/// that shard (BF16, `cuda::dist::Zero1State`).
+pub fn memory_estimate(
+    cfg: &ModelConfig,
+    batch: usize,
+    seq: usize,
+    ranks: usize,
+) -> (usize, usize) {
     let n = ParamLayout::new(cfg).total;
     let a = ActLayout::new(cfg, batch, seq);
-    // bf16 params + bf16 grads + f32 master, m, v
-    let state = n * (2 + 2 + 4 * 3);
+    let shard = n.div_ceil(ranks.max(1));
+    let exchange = if ranks > 1 { 2 * shard * ranks } else { 0 };
+    // bf16 params + bf16 grads + f32 master, m, v of the shard (+ the exchange's staging)
+    let state = n * (2 + 2) + shard * 4 * 3 + exchange;
     let bt = batch * seq;
     // tokens and targets; the encoder index (<= 3 bt + 3 ints) and its build scratch.
     let index = 4 * (3 * bt + 3 + 2 * cfg.vocab + bt);
     let acts = 2 * (a.acts_total + a.scratch_total) + 4 * a.stats_total + 4 * 2 * bt + index;
     (state, acts)
+}
+
+/// FP32 elements of the `work` buffer the two-pass reductions share at micro batch `batch` x
+/// `seq`: the largest of them (everything runs in order on one stream).
+pub fn work_len(cfg: &ModelConfig, batch: usize, seq: usize) -> BResult<usize> {
+    let (layout, bt, c) = (ParamLayout::new(cfg), batch * seq, cfg.channels);
+    Ok([
+        k::layernorm::layernorm_backward_scratch_len(bt, c),
+        k::gemm::bias_backward_scratch_len(bt, 4 * c),
+        // split-K partials and the fused bias gradient's partial sums (linear_backward_with)
+        k::gemm::linear_layers_scratch_len(
+            &k::gemm::GemmOptions::from_env().map_err(err)?,
+            bt,
+            c,
+            cfg.padded_vocab,
+        ),
+        k::attention::attention_backward_scratch_len(batch, seq, c, cfg.heads),
+        k::global_norm::grad_norm_scratch_len(layout.total),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(1)
+    .max(1))
 }
 
 impl CudaBackend {
@@ -125,28 +162,27 @@ impl CudaBackend {
 
     /// The backend on an open device (a GPU, or the host harness in tests).
     pub fn on(gpu: Gpu, cfg: &ModelConfig, batch: usize, seq: usize) -> BResult<Self> {
+        Self::on_ranks(gpu, cfg, batch, seq, (0, 1))
+    }
+
+    /// As `on`, for rank `rank` of `ranks` data-parallel ranks: FP32 master weights and AdamW
+    /// moments for this rank's ZeRO-1 shard only (`dist::Shards::even`); `set_data_parallel`
+    /// then joins the ranks.
+    pub fn on_ranks(
+        gpu: Gpu,
+        cfg: &ModelConfig,
+        batch: usize,
+        seq: usize,
+        (rank, ranks): (usize, usize),
+    ) -> BResult<Self> {
         let layout = ParamLayout::new(cfg);
         let a = ActLayout::new(cfg, batch, seq);
         let bt = batch * seq;
-        let c = cfg.channels;
-        let work_len = [
-            k::layernorm::layernorm_backward_scratch_len(bt, c),
-            k::gemm::bias_backward_scratch_len(bt, 4 * c),
-            // split-K partials and the fused bias gradient's partial sums (linear_backward_with)
-            k::gemm::linear_layers_scratch_len(
-                &k::gemm::GemmOptions::from_env().map_err(err)?,
-                bt,
-                c,
-                cfg.padded_vocab,
-            ),
-            k::attention::attention_backward_scratch_len(batch, seq, c, cfg.heads),
-            k::global_norm::grad_norm_scratch_len(layout.total),
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(1)
-        .max(1);
-        let (state, acts) = memory_estimate(cfg, batch, seq);
+        let work_len = work_len(cfg, batch, seq)?;
+        if rank >= ranks {
+            return Err(BackendError(format!("rank {rank} of {ranks} ranks")));
+        }
+        let (state, acts) = memory_estimate(cfg, batch, seq, ranks);
         let need = state + acts + 4 * work_len;
         let (free, total) = gpu.memory_info().map_err(err)?;
         // Leave room for the context, module images and allocator granularity.
@@ -163,12 +199,14 @@ impl CudaBackend {
             )));
         }
         let n = layout.total;
+        let opt = crate::dist::Shards::even(n, ranks).range(rank);
         let backend = CudaBackend {
             params: gpu.alloc(n).map_err(err)?,
             grads: gpu.alloc(n).map_err(err)?,
-            master: gpu.alloc(n).map_err(err)?,
-            adam_m: gpu.alloc(n).map_err(err)?,
-            adam_v: gpu.alloc(n).map_err(err)?,
+            master: gpu.alloc(opt.len()).map_err(err)?,
+            adam_m: gpu.alloc(opt.len()).map_err(err)?,
+            adam_v: gpu.alloc(opt.len()).map_err(err)?,
+            opt_at: opt.start,
             acts: gpu.alloc(a.acts_total).map_err(err)?,
             scratch: gpu.alloc(a.scratch_total).map_err(err)?,
             stats: gpu.alloc(a.stats_total).map_err(err)?,
@@ -224,8 +262,35 @@ impl CudaBackend {
         dist: &dyn crate::dist::Transport,
         kind: super::dist::CollectiveKind,
     ) -> BResult<()> {
+        if self.opt_range()
+            != crate::dist::Shards::even(self.layout.total, dist.size()).range(dist.rank())
+        {
+            return Err(BackendError(format!(
+                "rank {} of {}: this backend holds the optimizer state of parameters {:?}, not that rank's ZeRO-1 shard: open it with CudaBackend::on_ranks",
+                dist.rank(),
+                dist.size(),
+                self.opt_range()
+            )));
+        }
         let st = super::dist::Zero1State::new(&self.gpu, dist, self.layout.total, kind);
         self.dp = Some(st.map_err(BackendError)?);
+        Ok(())
+    }
+
+    /// The parameters whose FP32 master weights and moments this backend holds.
+    fn opt_range(&self) -> std::ops::Range<usize> {
+        self.opt_at..self.opt_at + self.master.len()
+    }
+
+    /// Whole-state transfers need the whole optimizer state (a ZeRO-1 shard goes through
+    /// `DeviceZero1::read_shard`/`write_shard`).
+    fn check_unsharded(&self) -> BResult<()> {
+        if self.master.len() != self.layout.total {
+            return Err(BackendError(format!(
+                "the optimizer state is a ZeRO-1 shard (parameters {:?}): read or write it through DeviceZero1::read_shard/write_shard",
+                self.opt_range()
+            )));
+        }
         Ok(())
     }
 
@@ -583,9 +648,19 @@ impl Backend for CudaBackend {
                 .copy_to_device_at(values, &self.stats, dst.offset)
                 .map_err(err),
             Arena::Params => {
-                // The FP32 values become the master weights; the BF16 parameters their rounding.
-                g.copy_to_device_at(values, &self.master, dst.offset)
+                // The FP32 values become the master weights (those of this rank's shard); the
+                // BF16 parameters their rounding.
+                let (at, end) = (dst.offset, dst.offset + dst.len);
+                let o = self.opt_range();
+                if at.max(o.start) < end.min(o.end) {
+                    let s = at.max(o.start)..end.min(o.end);
+                    g.copy_to_device_at(
+                        &values[s.start - at..s.end - at],
+                        &self.master,
+                        s.start - o.start,
+                    )
                     .map_err(err)?;
+                }
                 g.copy_to_device_at(&to_bf16(values), &self.params, dst.offset)
                     .map_err(err)
             }
@@ -621,6 +696,7 @@ impl Backend for CudaBackend {
     }
 
     fn read_optimizer(&self) -> BResult<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        self.check_unsharded()?;
         let g = &self.gpu;
         Ok((
             g.download(&self.master).map_err(err)?,
@@ -633,6 +709,7 @@ impl Backend for CudaBackend {
     /// master weights. (The run that saved them held their stochastic rounding, so a resumed GPU
     /// run is not bit-identical to an uninterrupted one, unlike on the CPU.)
     fn write_optimizer(&mut self, master: &[f32], m: &[f32], v: &[f32]) -> BResult<()> {
+        self.check_unsharded()?;
         let n = self.layout.total;
         for (what, x) in [
             ("master weights", master),
@@ -1279,8 +1356,10 @@ impl Backend for CudaBackend {
         };
         // Every tensor in one multi-tensor launch (or one reference launch per range when
         // MXGPT_MEMBOUND_KERNELS=reference); the same bits either way.
-        // Data parallel: this rank's shard of every tensor only (ZeRO-1).
-        let shard = self.dp.as_ref().map_or(0..self.layout.total, |d| d.mine());
+        // Data parallel: this rank's shard of every tensor only (ZeRO-1). The launch sees the
+        // shard's span of the parameters and gradients, so offsets are from its start (and the
+        // stochastic rounding is keyed by the position in the shard).
+        let shard = self.opt_range();
         let ranges: Vec<k::adamw::AdamwRange> = self
             .layout
             .tensors
@@ -1293,16 +1372,16 @@ impl Backend for CudaBackend {
             })
             .filter(|(_, r)| !r.is_empty())
             .map(|(t, r)| k::adamw::AdamwRange {
-                offset: r.start,
+                offset: r.start - shard.start,
                 len: r.len(),
                 decay: t.weight_decay(),
             })
             .collect();
         k::adamw::adamw_update_ranges(
             &self.gpu,
-            Ptr::of(&self.params),
+            Ptr::of(&self.params).slice(shard.start, shard.len()),
             Ptr::of(&self.master),
-            Ptr::of(&self.grads),
+            Ptr::of(&self.grads).slice(shard.start, shard.len()),
             Ptr::of(&self.adam_m),
             Ptr::of(&self.adam_v),
             &ranges,
@@ -1313,7 +1392,7 @@ impl Backend for CudaBackend {
 
     fn has_device_step(&self) -> bool {
         // The device step updates every parameter: not with a ZeRO-1 shard (data parallel).
-        self.dp.is_none()
+        self.dp.is_none() && self.master.len() == self.layout.total
     }
 
     fn record_loss(&mut self, losses: TensorRef) -> BResult<()> {
@@ -1427,6 +1506,48 @@ impl crate::dist::zero1::DeviceZero1 for CudaBackend {
     ) -> Result<(), String> {
         let dp = self.dp.as_ref().ok_or(NOT_DATA_PARALLEL)?;
         dp.gather_params(&self.gpu, dist, shards, &self.params)
+    }
+    fn read_shard(&self) -> Result<crate::dist::zero1::ShardState, String> {
+        let (g, o) = (&self.gpu, self.opt_range());
+        let e = |e: CudaError| e.to_string();
+        let mut params = vec![bf16::ZERO; o.len()];
+        g.copy_to_host_at(&self.params, o.start, &mut params)
+            .map_err(e)?;
+        Ok(crate::dist::zero1::ShardState {
+            offset: o.start,
+            master: g.download(&self.master).map_err(e)?,
+            m: g.download(&self.adam_m).map_err(e)?,
+            v: g.download(&self.adam_v).map_err(e)?,
+            params: params.iter().map(|x| x.to_f32()).collect(),
+        })
+    }
+    fn write_shard(&mut self, st: &crate::dist::zero1::ShardState) -> Result<(), String> {
+        let (g, o) = (&self.gpu, self.opt_range());
+        let fits = |x: &[f32]| x.len() == o.len();
+        if st.offset != o.start
+            || !(fits(&st.master) && fits(&st.m) && fits(&st.v))
+            || !(st.params.is_empty() || fits(&st.params))
+        {
+            return Err(format!(
+                "optimizer shard at {} with {}/{}/{}/{} master/m/v/parameter values for this rank's shard {o:?}",
+                st.offset,
+                st.master.len(),
+                st.m.len(),
+                st.v.len(),
+                st.params.len()
+            ));
+        }
+        let e = |e: CudaError| e.to_string();
+        g.copy_to_device(&st.master, &self.master).map_err(e)?;
+        g.copy_to_device(&st.m, &self.adam_m).map_err(e)?;
+        g.copy_to_device(&st.v, &self.adam_v).map_err(e)?;
+        let params = if st.params.is_empty() {
+            &st.master
+        } else {
+            &st.params
+        };
+        g.copy_to_device_at(&to_bf16(params), &self.params, o.start)
+            .map_err(e)
     }
 }
 

@@ -16,8 +16,13 @@
 //!   (libnccl loaded at run time by `crate::dist::nccl`). Compiled in CI; NEVER RUN (no GPU,
 //!   let alone two, was at hand).
 //!
-//! Not done: overlapping the exchange with the backward (per-layer buckets on a second stream);
-//! the exchange starts after the last micro batch's backward.
+//! Memory: a data-parallel backend holds FP32 master weights and moments for its shard only
+//! (`CudaBackend::on_ranks`); `Zero1State` adds the staging buffer of the exchanged parts.
+//! Checkpoints of the shards: `crate::dist::zero1::save_device_checkpoint`.
+//!
+//! Not done: overlapping the exchange with the backward (per-layer buckets on a second stream,
+//! designed in the README's data-parallel section); the exchange starts after the last micro
+//! batch's backward.
 
 pub use super::kernels::dp_sum::{rank_order_sum, rank_order_sum_host};
 use super::kernels::Ptr;

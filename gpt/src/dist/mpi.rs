@@ -34,6 +34,52 @@ impl Mpi {
     }
 }
 
+impl Mpi {
+    /// The data movement of a reduce-scatter: every rank's `send[shards.range(rank)]` (this
+    /// rank's own included), handed to `each` in rank order, one part at a time (so a sum
+    /// needs one part's buffer, not N). Sends to every other rank go out first, non-blocking.
+    fn parts_in_rank_order(
+        &self,
+        send: &[f32],
+        shards: &Shards,
+        each: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), String> {
+        let me = self.rank;
+        let mine = shards.range(me);
+        assert_eq!(
+            send.len(),
+            shards.total,
+            "reduce-scatter of a buffer its shards do not describe"
+        );
+        count(shards.range(0).len(), "a gradient shard")?;
+        let mut recv = vec![0.0f32; mine.len()];
+        mpi::request::scope(|scope| {
+            let sends: Vec<_> = (0..self.size)
+                .filter(|&r| r != me)
+                .map(|r| {
+                    self.world
+                        .process_at_rank(r as i32)
+                        .immediate_send(scope, &send[shards.range(r)])
+                })
+                .collect();
+            for r in 0..self.size {
+                if r == me {
+                    each(r, &send[mine.clone()]);
+                } else {
+                    self.world
+                        .process_at_rank(r as i32)
+                        .receive_into(&mut recv[..]);
+                    each(r, &recv);
+                }
+            }
+            for s in sends {
+                s.wait();
+            }
+        });
+        Ok(())
+    }
+}
+
 /// MPI counts and displacements are C ints.
 fn count(n: usize, what: &str) -> Result<i32, String> {
     i32::try_from(n).map_err(|_| {
@@ -58,88 +104,30 @@ impl Transport for Mpi {
         shards: &Shards,
         out: &mut [f32],
     ) -> Result<(), String> {
-        let me = self.rank;
-        let mine = shards.range(me);
-        assert_eq!(
-            send.len(),
-            shards.total,
-            "reduce-scatter of a buffer its shards do not describe"
-        );
         assert_eq!(
             out.len(),
-            mine.len(),
+            shards.range(self.rank).len(),
             "reduce-scatter output is not this rank's shard"
         );
-        count(shards.range(0).len(), "a gradient shard")?;
-        let mut recv = vec![0.0f32; mine.len()];
-        mpi::request::scope(|scope| {
-            let sends: Vec<_> = (0..self.size)
-                .filter(|&r| r != me)
-                .map(|r| {
-                    self.world
-                        .process_at_rank(r as i32)
-                        .immediate_send(scope, &send[shards.range(r)])
-                })
-                .collect();
-            for r in 0..self.size {
-                let part: &[f32] = if r == me {
-                    &send[mine.clone()]
-                } else {
-                    self.world
-                        .process_at_rank(r as i32)
-                        .receive_into(&mut recv[..]);
-                    &recv
-                };
-                if r == 0 {
-                    out.copy_from_slice(part);
-                } else {
-                    out.iter_mut().zip(part).for_each(|(o, x)| *o += *x);
-                }
+        self.parts_in_rank_order(send, shards, &mut |r, part| {
+            if r == 0 {
+                out.copy_from_slice(part);
+            } else {
+                out.iter_mut().zip(part).for_each(|(o, x)| *o += *x);
             }
-            for s in sends {
-                s.wait();
-            }
-        });
-        Ok(())
+        })
     }
 
     fn exchange(&self, send: &[f32], shards: &Shards, recv: &mut [f32]) -> Result<(), String> {
-        let me = self.rank;
-        let mine = shards.range(me);
-        let m = mine.len();
-        assert_eq!(
-            send.len(),
-            shards.total,
-            "exchange of a buffer its shards do not describe"
-        );
+        let m = shards.range(self.rank).len();
         assert_eq!(
             recv.len(),
             m * self.size,
             "exchange output is not ranks x this rank's shard"
         );
-        count(shards.range(0).len(), "a gradient shard")?;
-        mpi::request::scope(|scope| {
-            let sends: Vec<_> = (0..self.size)
-                .filter(|&r| r != me)
-                .map(|r| {
-                    self.world
-                        .process_at_rank(r as i32)
-                        .immediate_send(scope, &send[shards.range(r)])
-                })
-                .collect();
-            for r in 0..self.size {
-                let slot = &mut recv[r * m..(r + 1) * m];
-                if r == me {
-                    slot.copy_from_slice(&send[mine.clone()]);
-                } else {
-                    self.world.process_at_rank(r as i32).receive_into(slot);
-                }
-            }
-            for s in sends {
-                s.wait();
-            }
-        });
-        Ok(())
+        self.parts_in_rank_order(send, shards, &mut |r, part| {
+            recv[r * m..(r + 1) * m].copy_from_slice(part)
+        })
     }
 
     fn all_gather(&self, buf: &mut [f32], shards: &Shards) -> Result<(), String> {

@@ -1,9 +1,11 @@
 //! ZeRO-1's two collectives on a backend's state, shared by the trainer and the benchmark: the
 //! gradients summed over ranks (in rank order) into this rank's shard, and the updated
-//! parameter shards gathered back onto every rank.
+//! parameter shards gathered back onto every rank; and the checkpoints of a device's shards.
 
 use super::{Shards, Transport};
 use crate::backend::Backend;
+use crate::checkpoint::{self, Header};
+use std::path::{Path, PathBuf};
 
 /// ZeRO-1: sums every rank's gradients (in rank order) into this rank's shard of the gradient
 /// buffer (the rest of it is stale from here on) and returns the global gradient norm.
@@ -46,6 +48,153 @@ pub trait DeviceZero1 {
     fn reduce_gradients(&mut self, dist: &dyn Transport, shards: &Shards) -> Result<f32, String>;
     /// As [`gather_params`].
     fn gather_params(&mut self, dist: &dyn Transport, shards: &Shards) -> Result<(), String>;
+    /// Host copies of this rank's shard of the optimizer state (checkpoints).
+    fn read_shard(&self) -> Result<ShardState, String>;
+    /// Restores this rank's shard: master weights, moments, and the BF16 parameters of the
+    /// shard (`params`, or the round-to-nearest of the master weights when empty). The other
+    /// ranks' parameters arrive with the next `gather_params`.
+    fn write_shard(&mut self, st: &ShardState) -> Result<(), String>;
+}
+
+/// One rank's ZeRO-1 shard of a device's optimizer state, parameters `offset..offset + len`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardState {
+    pub offset: usize,
+    /// FP32 master weights.
+    pub master: Vec<f32>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    /// The BF16 parameters as the device holds them (each value exact in FP32): the stochastic
+    /// rounding of `master` by the last update, which round-to-nearest would not reproduce.
+    pub params: Vec<f32>,
 }
 
 const UNSUPPORTED: &str = "data-parallel training needs a backend with ZeRO-1 support: the CPU backend, or the CUDA backend set up for it (CudaBackend::set_data_parallel)";
+
+/// A device's ZeRO-1 shard from checkpoint `p` (header `h`, written by as many ranks as `dist` has): the master weights of this rank's shard
+/// from the model file, the moments (and the BF16 parameters, when a GPU run wrote them) from
+/// the shard file; then the parameter all-gather rebuilds every rank's full BF16 weights.
+pub fn load_device_checkpoint(
+    p: &Path,
+    h: &Header,
+    be: &mut dyn Backend,
+    dist: &dyn Transport,
+) -> Result<(), String> {
+    if h.ranks != dist.size() {
+        return Err(checkpoint::ranks_mismatch(p, h.ranks, dist.size()));
+    }
+    // The all-gather is a collective: every rank enters it, or none does (a rank that could not
+    // read its part must not leave the others waiting in it).
+    let read = read_device_shard(p, h, be, dist);
+    let ok = dist.all_gather_f64(read.is_ok() as u8 as f64)?;
+    read?;
+    let failed: Vec<usize> = (0..ok.len()).filter(|&r| ok[r] != 1.0).collect();
+    if !failed.is_empty() {
+        return Err(format!(
+            "checkpoint {}: rank(s) {failed:?} could not read their part (their messages say why)",
+            p.display()
+        ));
+    }
+    let dz = be.device_zero1().ok_or(NO_DEVICE_ZERO1)?;
+    dz.gather_params(dist, &Shards::even(h.num_params, dist.size()))
+}
+
+/// This rank's part of `load_device_checkpoint`, without collectives.
+fn read_device_shard(
+    p: &Path,
+    h: &Header,
+    be: &mut dyn Backend,
+    dist: &dyn Transport,
+) -> Result<(), String> {
+    let shards = Shards::even(h.num_params, dist.size());
+    let mine = shards.range(dist.rank());
+    let mut st = ShardState {
+        offset: mine.start,
+        master: vec![0.0; mine.len()],
+        m: vec![0.0; mine.len()],
+        v: vec![0.0; mine.len()],
+        params: vec![0.0; mine.len()],
+    };
+    checkpoint::load_streaming(p, &mut |i, at, c| {
+        // Array 0, the parameters: keep the part of the chunk inside this rank's shard.
+        let (lo, hi) = (at.max(mine.start), (at + c.len()).min(mine.end));
+        if i == 0 && lo < hi {
+            st.master[lo - mine.start..hi - mine.start].copy_from_slice(&c[lo - at..hi - at]);
+        }
+        Ok(())
+    })?;
+    let dir = p.parent().unwrap_or(Path::new("."));
+    let arrays = checkpoint::load_shard(
+        dir,
+        h.step,
+        (dist.rank(), dist.size()),
+        (mine.start, mine.len()),
+        &mut |i, at, c| {
+            let dst = match i {
+                0 => &mut st.m,
+                1 => &mut st.v,
+                _ => &mut st.params,
+            };
+            dst[at..at + c.len()].copy_from_slice(c);
+            Ok(())
+        },
+    )?;
+    if arrays < 3 {
+        // A CPU run's checkpoint: the BF16 weights become the nearest of the master weights.
+        st.params.clear();
+    }
+    let dz = be.device_zero1().ok_or(NO_DEVICE_ZERO1)?;
+    dz.write_shard(&st)
+}
+
+const NO_DEVICE_ZERO1: &str = "a data-parallel checkpoint on a device backend without ZeRO-1 support (the CUDA backend sets it up with set_data_parallel)";
+
+/// A device backend's data-parallel checkpoint of `h` into `dir`, the CPU's format: each rank
+/// writes its ZeRO-1 shard (moments and BF16 parameters), all wait for each other, the FP32
+/// master weights are gathered and rank 0 writes the model file, the marker, last.
+pub fn save_device_checkpoint(
+    dir: &Path,
+    h: &Header,
+    be: &mut dyn Backend,
+    dist: &dyn Transport,
+) -> Result<PathBuf, String> {
+    let dz = be.device_zero1().ok_or(NO_DEVICE_ZERO1)?;
+    let st = dz.read_shard()?;
+    let shards = Shards::even(h.num_params, dist.size());
+    let mine = shards.range(dist.rank());
+    if (st.offset, st.master.len()) != (mine.start, mine.len()) {
+        return Err(format!(
+            "checkpoint of rank {} of {}: the device holds the optimizer state of parameters {}..{}, not that rank's shard {mine:?}",
+            dist.rank(),
+            dist.size(),
+            st.offset,
+            st.offset + st.master.len()
+        ));
+    }
+    let (m, v, params) = (&st.m, &st.v, &st.params);
+    checkpoint::save_shard(
+        dir,
+        h.step,
+        (dist.rank(), dist.size()),
+        (st.offset, st.m.len()),
+        3,
+        &mut |i, at, c| {
+            c.copy_from_slice(&[m, v, params][i][at..at + c.len()]);
+            Ok(())
+        },
+    )?;
+    dist.barrier()?;
+    // The model file holds every FP32 master weight: the shards gathered (on every rank, as
+    // the transport has no gather to one root; a host copy of the parameters per rank).
+    let mut master = vec![0.0f32; h.num_params];
+    master[mine].copy_from_slice(&st.master);
+    dist.all_gather(&mut master, &shards)?;
+    if dist.rank() == 0 {
+        checkpoint::save_streaming(dir, h, &mut |_, at, c| {
+            c.copy_from_slice(&master[at..at + c.len()]);
+            Ok(())
+        })
+    } else {
+        Ok(dir.join(checkpoint::file_name(h.step)))
+    }
+}

@@ -3,7 +3,7 @@
 use super::{setup::Setup, TrainArgs};
 use crate::backend::{Backend, HostState};
 use crate::checkpoint::{self, Header};
-use crate::dist::Transport;
+use crate::dist::{zero1, Transport};
 use crate::model::Gpt;
 use crate::mx::fp8::Fp8State;
 use crate::outliers::OutlierDetector;
@@ -232,26 +232,24 @@ pub(super) fn refuse_incompatible(p: &Path, h: &Header, s: &Setup) -> Result<(),
         ));
     }
     if h.ranks != s.ranks {
-        return Err(format!(
-            "checkpoint {} was written by {} rank(s), this run has {}: resume it on {} (re-sharding the optimizer state to another number of ranks is not supported)",
-            p.display(),
-            h.ranks,
-            s.ranks,
-            h.ranks
-        ));
+        return Err(checkpoint::ranks_mismatch(p, h.ranks, s.ranks));
     }
     Ok(())
 }
 
 /// Streams checkpoint `p` into the backend: parameters (and, with one rank, the moments) from
 /// the model file; with N ranks this rank's moments from its shard file. A backend without host
-/// state (the GPU) gets whole host copies through `write_optimizer`.
+/// state (the GPU) gets whole host copies through `write_optimizer`, or with N ranks its shard
+/// through `DeviceZero1::write_shard`.
 pub(super) fn load_state(
     p: &Path,
     h: &Header,
     be: &mut dyn Backend,
     dist: &dyn Transport,
 ) -> Result<(), String> {
+    if be.host_state().is_none() && dist.size() > 1 {
+        return zero1::load_device_checkpoint(p, h, be, dist);
+    }
     let Some(HostState {
         params,
         m,
@@ -284,7 +282,12 @@ pub(super) fn load_state(
             h.step,
             (dist.rank(), dist.size()),
             shard,
-            &mut |i, at, c| put(if i == 0 { m } else { v }, at, c),
+            // Array 2 (a GPU run's BF16 parameters) does not concern the FP32 CPU backend.
+            &mut |i, at, c| match i {
+                0 => put(m, at, c),
+                1 => put(v, at, c),
+                _ => Ok(()),
+            },
         )?;
     }
     Ok(())
@@ -299,6 +302,9 @@ pub(super) fn save_state(
     be: &mut dyn Backend,
     dist: &dyn Transport,
 ) -> Result<PathBuf, String> {
+    if be.host_state().is_none() && dist.size() > 1 {
+        return zero1::save_device_checkpoint(dir, h, be, dist);
+    }
     let Some(HostState {
         params,
         m,
@@ -330,6 +336,7 @@ pub(super) fn save_state(
             h.step,
             (dist.rank(), dist.size()),
             shard,
+            2,
             &mut |i, at, c| copy(c, if i == 0 { m } else { v }, at),
         )?;
         dist.barrier()?;

@@ -254,18 +254,19 @@ pub(super) fn make_backend(
             CpuBackend::with_moments(&gpt.cfg, gpt.batch, gpt.seq, shard)
                 .map_err(|e| e.to_string())?,
         )),
-        Device::Cuda if shard.is_some() && args.checkpoint_dir.is_some() => Err(format!(
-            "{} ranks on --device cuda with --checkpoint-dir: checkpoints of a data-parallel GPU run are not implemented yet (each rank's optimizer shard lives on its GPU); drop --checkpoint-dir, or use --device cpu or one rank",
-            dist.size()
-        )),
         Device::Cuda if shard.is_some() => {
             // One GPU per rank: this machine's rank r drives GPU r.
             let gpu = ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"]
                 .iter()
                 .find_map(|k| std::env::var(k).ok()?.parse().ok())
                 .unwrap_or(0);
-            let mut be = crate::cuda::CudaBackend::new(gpu, &gpt.cfg, gpt.batch, gpt.seq)
-                .map_err(|e| format!("--device cuda (rank {}: GPU {gpu}): {e}", dist.rank()))?;
+            let at = |e: String| format!("--device cuda (rank {}: GPU {gpu}): {e}", dist.rank());
+            let dev = runtime::cuda::Gpu::new(gpu).map_err(|e| at(e.to_string()))?;
+            // FP32 master weights and moments of this rank's ZeRO-1 shard only.
+            let ranks = (dist.rank(), dist.size());
+            let mut be =
+                crate::cuda::CudaBackend::on_ranks(dev, &gpt.cfg, gpt.batch, gpt.seq, ranks)
+                    .map_err(|e| at(e.to_string()))?;
             be.set_mx_gemm(args.mx_gemm.parse()?)
                 .map_err(|e| e.to_string())?;
             let kind = crate::cuda::dist::CollectiveKind::from_env()?;

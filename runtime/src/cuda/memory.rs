@@ -99,7 +99,9 @@ impl Gpu {
                     free.unwrap_or_else(|e| format!("free memory unknown ({e})"))
                 )
             };
-            self.dev.alloc(bytes, &what)?
+            let p = self.dev.alloc(bytes, &what)?;
+            self.allocated.set(self.allocated.get() + bytes);
+            p
         } else {
             0
         };

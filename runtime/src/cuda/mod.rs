@@ -158,6 +158,8 @@ pub struct Gpu {
     /// Stream capture in progress (graph.rs), and the launches it recorded.
     capturing: Cell<bool>,
     captured_launches: Cell<usize>,
+    /// Bytes handed out by `alloc` so far (frees not subtracted): what a constructor allocated.
+    allocated: Cell<usize>,
 }
 
 impl Gpu {
@@ -169,6 +171,7 @@ impl Gpu {
             sync_each_launch: std::env::var("MXGPT_CUDA_SYNC").is_ok_and(|v| v == "1"),
             capturing: Cell::new(false),
             captured_launches: Cell::new(0),
+            allocated: Cell::new(0),
         }
     }
 
@@ -215,6 +218,12 @@ impl Gpu {
     /// Free and total device memory in bytes.
     pub fn memory_info(&self) -> Result<(usize, usize)> {
         self.dev.memory_info()
+    }
+
+    /// Bytes allocated through this `Gpu` since it was opened, frees not subtracted (tests compare
+    /// what a backend allocates with its memory estimate).
+    pub fn bytes_allocated(&self) -> usize {
+        self.allocated.get()
     }
 
     /// Waits for all work queued on the stream; `what` names the work in the error.
