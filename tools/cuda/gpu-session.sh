@@ -68,7 +68,7 @@ SECONDS=0
 TEST_ORDER=(gpu_kernels gpu_layernorm gpu_gemm gpu_attention gpu_classifier gpu_mx_quantize gpu_mx_gemm gpu_train
     gpu_step gpu_mx_tcgen05)
 declare -A TEST_BUDGETS=([gpu_kernels]=20 [gpu_layernorm]=15 [gpu_gemm]=25 [gpu_attention]=20
-    [gpu_classifier]=15 [gpu_mx_quantize]=15 [gpu_mx_gemm]=20 [gpu_train]=35 [gpu_step]=20
+    [gpu_classifier]=15 [gpu_mx_quantize]=15 [gpu_mx_gemm]=20 [gpu_train]=35 [gpu_step]=45
     [gpu_mx_tcgen05]=10)
 MEMCHECK_ORDER=(gpu_kernels gpu_layernorm gpu_classifier gpu_mx_quantize gpu_attention gpu_gemm gpu_mx_gemm)
 RACECHECK_ORDER=(gpu_layernorm gpu_attention gpu_classifier gpu_gemm gpu_mx_quantize gpu_mx_gemm gpu_kernels)
