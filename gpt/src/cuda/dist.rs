@@ -249,6 +249,32 @@ impl CollectiveKind {
     }
 }
 
+/// The CUDA backend of data-parallel rank `dist.rank()` (the trainer's and the step bench's):
+/// one GPU per rank, the node-local rank's (`OMPI_COMM_WORLD_LOCAL_RANK` or `MPI_LOCALRANKID`,
+/// else GPU 0); FP32 master weights and moments of this rank's ZeRO-1 shard only; the data
+/// movement `CollectiveKind::from_env` names.
+pub fn rank_backend(
+    cfg: &crate::config::ModelConfig,
+    batch: usize,
+    seq: usize,
+    dist: &dyn Transport,
+    mx_gemm: super::MxGemmChoice,
+) -> Result<super::CudaBackend, String> {
+    let gpu = ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse().ok())
+        .unwrap_or(0);
+    let at = |e: String| format!("--device cuda (rank {}: GPU {gpu}): {e}", dist.rank());
+    let dev = Gpu::new(gpu).map_err(|e| at(e.to_string()))?;
+    let ranks = (dist.rank(), dist.size());
+    let mut be =
+        super::CudaBackend::on_ranks(dev, cfg, batch, seq, ranks).map_err(|e| at(e.to_string()))?;
+    be.set_mx_gemm(mx_gemm).map_err(|e| e.to_string())?;
+    be.set_data_parallel(dist, CollectiveKind::from_env()?)
+        .map_err(|e| format!("--device cuda, {} ranks: {e}", dist.size()))?;
+    Ok(be)
+}
+
 impl Zero1State {
     /// This rank's shard of `total` parameters over `dist`'s ranks, on `g`.
     pub fn new(

@@ -254,26 +254,13 @@ pub(super) fn make_backend(
             CpuBackend::with_moments(&gpt.cfg, gpt.batch, gpt.seq, shard)
                 .map_err(|e| e.to_string())?,
         )),
-        Device::Cuda if shard.is_some() => {
-            // One GPU per rank: this machine's rank r drives GPU r.
-            let gpu = ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID"]
-                .iter()
-                .find_map(|k| std::env::var(k).ok()?.parse().ok())
-                .unwrap_or(0);
-            let at = |e: String| format!("--device cuda (rank {}: GPU {gpu}): {e}", dist.rank());
-            let dev = runtime::cuda::Gpu::new(gpu).map_err(|e| at(e.to_string()))?;
-            // FP32 master weights and moments of this rank's ZeRO-1 shard only.
-            let ranks = (dist.rank(), dist.size());
-            let mut be =
-                crate::cuda::CudaBackend::on_ranks(dev, &gpt.cfg, gpt.batch, gpt.seq, ranks)
-                    .map_err(|e| at(e.to_string()))?;
-            be.set_mx_gemm(args.mx_gemm.parse()?)
-                .map_err(|e| e.to_string())?;
-            let kind = crate::cuda::dist::CollectiveKind::from_env()?;
-            be.set_data_parallel(dist, kind)
-                .map_err(|e| format!("--device cuda, {} ranks: {e}", dist.size()))?;
-            Ok(Box::new(be))
-        }
+        Device::Cuda if shard.is_some() => Ok(Box::new(crate::cuda::dist::rank_backend(
+            &gpt.cfg,
+            gpt.batch,
+            gpt.seq,
+            dist,
+            args.mx_gemm.parse()?,
+        )?)),
         Device::Cuda => cuda_backend(args, gpt),
     }
 }

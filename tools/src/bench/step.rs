@@ -163,7 +163,16 @@ impl BenchDevice<'_> {
     fn backend(&self, gpt: &Gpt) -> Result<Box<dyn Backend>, String> {
         let shard = (self.dist.size() > 1)
             .then(|| Shards::even(gpt.params.total, self.dist.size()).range(self.dist.rank()));
-        if self.gpu {
+        if self.gpu && self.dist.size() > 1 {
+            let be = gpt::cuda::dist::rank_backend(
+                &gpt.cfg,
+                gpt.batch,
+                gpt.seq,
+                self.dist,
+                self.mx_gemm,
+            )?;
+            Ok(Box::new(be))
+        } else if self.gpu {
             gpu_backend(gpt, self.mx_gemm)
         } else {
             Ok(Box::new(
