@@ -14,24 +14,29 @@
 use super::gemm::{sgemm, MatRef};
 use runtime::cpu::{parallel_for, parallel_rows_mut};
 
+// Attention lives in its own file; these are the names the backend and the tests call.
+pub use super::attention::{
+    attention_backward, attention_backward_plain, attention_forward, attention_forward_plain,
+};
+
 pub const LAYERNORM_EPS: f32 = 1e-5;
 
 /// A raw pointer that may be shared across the scoped workers of one op, for outputs whose
 /// disjoint parts are strided (attention heads, embedding columns). Every use documents why the
 /// writes of different workers never touch the same element.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32, usize);
+pub(super) struct SharedMut(*mut f32, usize);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
-    fn new(s: &mut [f32]) -> Self {
+    pub(super) fn new(s: &mut [f32]) -> Self {
         SharedMut(s.as_mut_ptr(), s.len())
     }
     /// # Safety
     /// No two live slices obtained from the same `SharedMut` may overlap.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
+    pub(super) unsafe fn slice(&self, offset: usize, len: usize) -> &mut [f32] {
         assert!(offset + len <= self.1, "SharedMut slice out of bounds");
         std::slice::from_raw_parts_mut(self.0.add(offset), len)
     }
@@ -429,140 +434,6 @@ pub fn gelu_forward_plain(out: &mut [f32], inp: &[f32]) {
 pub fn gelu_backward_plain(d: &mut [f32], pre: &[f32]) {
     for (g, x) in d.iter_mut().zip(pre) {
         *g *= gelu_grad(*x);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Causal multi-head attention, flash style: the forward saves only the output and the
-// log-sum-exp of each softmax row; the backward recomputes the probabilities. Never a T x T
-// matrix in memory (one row of T scores per worker).
-
-/// qkv [B, T, 3C] (q | k | v, head h at channels h*hs..), out [B, T, C], lse [B, NH, T].
-pub fn attention_forward(
-    out: &mut [f32],
-    lse: &mut [f32],
-    qkv: &[f32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
-) {
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
-    let (op, lp) = (SharedMut::new(out), SharedMut::new(lse));
-    parallel_for(b * nh, 1, |pairs| {
-        super::simd::with_avx2(|| {
-            let mut scores = vec![0.0f32; t];
-            let mut acc = vec![0.0f32; hs];
-            for pair in pairs {
-                let (bi, h) = (pair / nh, pair % nh);
-                let row = |tt: usize, part: usize| {
-                    let base = (bi * t + tt) * 3 * c + part * c + h * hs;
-                    &qkv[base..base + hs]
-                };
-                for t1 in 0..t {
-                    let q = row(t1, 0);
-                    let mut maxv = f32::NEG_INFINITY;
-                    for t2 in 0..=t1 {
-                        let s = dot(q, row(t2, 1)) * scale;
-                        scores[t2] = s;
-                        maxv = maxv.max(s);
-                    }
-                    let mut sum = 0.0f32;
-                    acc.fill(0.0);
-                    for t2 in 0..=t1 {
-                        let p = exp_f32(scores[t2] - maxv);
-                        sum += p;
-                        axpy(&mut acc, p, row(t2, 2));
-                    }
-                    let inv = 1.0 / sum;
-                    // SAFETY: (bi, h) owns out[bi, :, h*hs..(h+1)*hs] and lse[bi, h, :].
-                    let o = unsafe { op.slice((bi * t + t1) * c + h * hs, hs) };
-                    for (o, a) in o.iter_mut().zip(&acc) {
-                        *o = a * inv;
-                    }
-                    unsafe { lp.slice((bi * nh + h) * t + t1, 1)[0] = maxv + sum.ln() };
-                }
-            }
-        })
-    });
-}
-
-/// dqkv [B, T, 3C] (overwritten) from dout [B, T, C], using the saved out and lse.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
-    dqkv: &mut [f32],
-    dout: &[f32],
-    qkv: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    b: usize,
-    t: usize,
-    c: usize,
-    nh: usize,
-) {
-    let hs = c / nh;
-    let scale = 1.0 / (hs as f32).sqrt();
-    let dp = SharedMut::new(dqkv);
-    parallel_for(b * nh, 1, |pairs| {
-        super::simd::with_avx2(|| {
-            let mut dscore = vec![0.0f32; t];
-            for pair in pairs {
-                let (bi, h) = (pair / nh, pair % nh);
-                let at = |tt: usize, part: usize| (bi * t + tt) * 3 * c + part * c + h * hs;
-                // SAFETY: (bi, h) owns the head-h channels of q, k and v in dqkv[bi, :, :].
-                for tt in 0..t {
-                    for part in 0..3 {
-                        unsafe { dp.slice(at(tt, part), hs) }.fill(0.0);
-                    }
-                }
-                for t1 in 0..t {
-                    let q = &qkv[at(t1, 0)..at(t1, 0) + hs];
-                    let d_o = &dout[(bi * t + t1) * c + h * hs..][..hs];
-                    let o = &out[(bi * t + t1) * c + h * hs..][..hs];
-                    let l = lse[(bi * nh + h) * t + t1];
-                    let d_sum = dot(d_o, o); // sum_t2 P dP, the softmax-backward correction
-                    for t2 in 0..=t1 {
-                        let k = &qkv[at(t2, 1)..at(t2, 1) + hs];
-                        let v = &qkv[at(t2, 2)..at(t2, 2) + hs];
-                        let p = exp_f32(dot(q, k) * scale - l);
-                        // dV[t2] += P * dO[t1]
-                        axpy(unsafe { dp.slice(at(t2, 2), hs) }, p, d_o);
-                        dscore[t2] = p * (dot(d_o, v) - d_sum) * scale;
-                    }
-                    let dq = unsafe { dp.slice(at(t1, 0), hs) };
-                    for t2 in 0..=t1 {
-                        let k = &qkv[at(t2, 1)..at(t2, 1) + hs];
-                        axpy(dq, dscore[t2], k);
-                        axpy(unsafe { dp.slice(at(t2, 1), hs) }, dscore[t2], q);
-                    }
-                }
-            }
-        })
-    });
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight partial sums so the compiler can vectorize without reassociating (fixed order).
-    let mut acc = [0.0f32; 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
-        for j in 0..8 {
-            acc[j] += a[i * 8 + j] * b[i * 8 + j];
-        }
-    }
-    let mut s = 0.0;
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + s
-}
-
-#[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
     }
 }
 

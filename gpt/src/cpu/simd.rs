@@ -108,3 +108,14 @@ pub unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_6
         _mm256_permute2f128_ps::<0x31>(u3, u7),
     ]
 }
+
+/// `with_avx2` with the choice made by the caller: AVX2 + FMA when `enable` and the CPU has
+/// them, else the portable copy (tests run both copies of one kernel in one process).
+#[inline(always)]
+pub fn with_avx2_if<R>(enable: bool, f: impl FnOnce() -> R) -> R {
+    if enable && avx2_fma() {
+        with_avx2(f)
+    } else {
+        f()
+    }
+}
