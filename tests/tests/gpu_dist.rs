@@ -193,3 +193,196 @@ fn data_parallel_backends_allocate_what_the_estimate_says() {
         );
     }
 }
+
+/// One AdamW step's optimizer state: the whole model's, or a ZeRO-1 shard's.
+struct Adam {
+    master: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// `steps` AdamW steps (seed 40 + t) on the parameters `[start, start + state.len)`: `params`
+/// and `grads` are the whole model's buffers, sliced as the backend slices them, the state is
+/// `[start, end)`'s only, the tensor ranges cut to it with offsets from `start`, and the
+/// stochastic rounding keyed from `index_base`. Returns the state after.
+#[allow(clippy::too_many_arguments)]
+fn adamw_on_shard(
+    g: &Gpu,
+    imp: gpt::cuda::kernels::membound::MemImpl,
+    tensors: &[(std::ops::Range<usize>, bool)],
+    params: &runtime::cuda::DeviceBuffer<bf16>,
+    grads: &runtime::cuda::DeviceBuffer<bf16>,
+    state: &Adam,
+    start: usize,
+    index_base: u64,
+    steps: u32,
+) -> Adam {
+    use gpt::cuda::kernels::adamw;
+    let len = state.master.len();
+    let ranges: Vec<adamw::AdamwRange> = tensors
+        .iter()
+        .map(|(r, decay)| (r.start.max(start)..r.end.min(start + len), *decay))
+        .filter(|(r, _)| !r.is_empty())
+        .map(|(r, decay)| adamw::AdamwRange {
+            offset: r.start - start,
+            len: r.len(),
+            decay,
+        })
+        .collect();
+    let (master, m, v) = (
+        g.upload(&state.master).unwrap(),
+        g.upload(&state.m).unwrap(),
+        g.upload(&state.v).unwrap(),
+    );
+    for t in 1..=steps {
+        let hp = adamw::AdamwArgs {
+            lr: 3e-3,
+            beta1: 0.85,
+            beta2: 0.97,
+            beta1_correction: 1.0 - 0.85f32.powi(t as i32),
+            beta2_correction: 1.0 - 0.97f32.powi(t as i32),
+            eps: 1e-6,
+            weight_decay: 0.2,
+            grad_scale: 0.7,
+            seed: 40 + t,
+            index_base,
+        };
+        adamw::adamw_update_ranges_with(
+            g,
+            imp,
+            Ptr::of(params).slice(start, len),
+            Ptr::of(&master),
+            Ptr::of(grads).slice(start, len),
+            Ptr::of(&m),
+            Ptr::of(&v),
+            &ranges,
+            &hp,
+        )
+        .unwrap();
+    }
+    Adam {
+        master: g.download(&master).unwrap(),
+        m: g.download(&m).unwrap(),
+        v: g.download(&v).unwrap(),
+    }
+}
+
+/// ZeRO-1's update on the GPU: each rank runs AdamW on its shard of the optimizer state, with
+/// the stochastic rounding of the BF16 weights keyed by the element's global index
+/// (`AdamwArgs::index_base` = the shard's start), so that the shards together write exactly the
+/// full update: master weights, moments and BF16 weights bit for bit, 2 steps, for 2 and 3
+/// even shards (boundaries inside 8-vectors and tensors: the reference kernel, as the launcher
+/// picks for a misaligned shard) and an 8-aligned 3-way split (the vectorized kernel too). The
+/// shards write into poisoned BF16 weights, and nothing outside their shard.
+#[test]
+fn sharded_adamw_is_the_slice_of_the_full_update_bit_for_bit() {
+    use gpt::cuda::kernels::membound::MemImpl;
+    let g = gpu();
+    let mut rng = Rng(0xADA5);
+    let mut cfg = gpt::config::ModelConfig::new(2, 12, 3, 10).unwrap();
+    cfg.vocab = 45;
+    cfg.padded_vocab = 51; // an odd total: shards start inside 8-vectors
+    let layout = gpt::layout::ParamLayout::new(&cfg);
+    let total = layout.total;
+    let tensors: Vec<(std::ops::Range<usize>, bool)> = layout
+        .tensors
+        .iter()
+        .map(|t| (t.offset..t.offset + t.len(), t.weight_decay()))
+        .collect();
+    let full = Adam {
+        master: rng.vec_f32(total, 1.0),
+        m: rng.vec_f32(total, 0.01),
+        v: rng.vec_f32(total, 0.01).iter().map(|x| x.abs()).collect(),
+    };
+    let grads = g.upload(&rng.vec_bf16(total, 0.1)).unwrap();
+    let want_params = poisoned::<bf16>(&g, total);
+    let want = adamw_on_shard(
+        &g,
+        MemImpl::Reference,
+        &tensors,
+        &want_params,
+        &grads,
+        &full,
+        0,
+        0,
+        2,
+    );
+    let want_params = bits(&g.download(&want_params).unwrap());
+    let even = |n: usize| -> Vec<usize> {
+        (0..=n)
+            .map(|r| Shards::even(total, n).range(r).start)
+            .collect()
+    };
+    let aligned: Vec<usize> = even(3)
+        .iter()
+        .map(|&s| s.min(total) / 8 * 8)
+        .chain([total])
+        .collect();
+    let splits = [even(2), even(3), aligned];
+    assert!(
+        splits[..2].iter().flatten().any(|s| s % 8 != 0),
+        "no shard starts mid-vector"
+    );
+    for bounds in &splits {
+        let bounds: Vec<usize> = bounds
+            .iter()
+            .copied()
+            .take_while(|&s| s < total)
+            .chain([total])
+            .collect();
+        for imp in [MemImpl::Reference, MemImpl::Vectorized] {
+            let starts = &bounds[..bounds.len() - 1];
+            if imp == MemImpl::Vectorized && starts.iter().any(|s| s % 8 != 0) {
+                continue; // the vectorized kernel needs 16-byte aligned slices
+            }
+            let params = poisoned::<bf16>(&g, total);
+            for w in bounds.windows(2) {
+                let r = w[0]..w[1];
+                let state = Adam {
+                    master: full.master[r.clone()].to_vec(),
+                    m: full.m[r.clone()].to_vec(),
+                    v: full.v[r.clone()].to_vec(),
+                };
+                let before = bits(&g.download(&params).unwrap());
+                let got = adamw_on_shard(
+                    &g,
+                    imp,
+                    &tensors,
+                    &params,
+                    &grads,
+                    &state,
+                    r.start,
+                    r.start as u64,
+                    2,
+                );
+                let what = format!("{imp:?}, shards at {bounds:?}, shard {r:?}");
+                for (name, x, y) in [
+                    ("master", &got.master, &want.master),
+                    ("m", &got.m, &want.m),
+                    ("v", &got.v, &want.v),
+                ] {
+                    let (x, y): (Vec<u32>, Vec<u32>) = (
+                        x.iter().map(|v| v.to_bits()).collect(),
+                        y[r.clone()].iter().map(|v| v.to_bits()).collect(),
+                    );
+                    assert!(x == y, "{what}: {name} is not the full update's slice");
+                }
+                let after = bits(&g.download(&params).unwrap());
+                for i in (0..total).filter(|i| !r.contains(i)) {
+                    assert_eq!(
+                        after[i], before[i],
+                        "{what}: BF16 weight {i} outside it written"
+                    );
+                }
+            }
+            let got = bits(&g.download(&params).unwrap());
+            let differ: Vec<usize> = (0..total).filter(|&i| got[i] != want_params[i]).collect();
+            assert!(
+                differ.is_empty(),
+                "{imp:?}, shards at {bounds:?}: {} BF16 weights differ from the full update (first {:?})",
+                differ.len(),
+                &differ[..differ.len().min(5)]
+            );
+        }
+    }
+}

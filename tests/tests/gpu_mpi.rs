@@ -297,7 +297,18 @@ fn two_cuda_ranks_equal_one_rank_with_twice_the_accumulation() {
             p1.len(),
             apart / moved
         );
-        assert!(apart / moved < 0.15, "{mode}: 2 ranks drifted from 1 rank");
+        // Measured 0.021 (bf16) and 0.098 (mxfp4); 0.06 / 0.12 while a shard's stochastic
+        // rounding was keyed by the position in the shard instead of the global index.
+        let limit = if mode == BackwardMode::Bf16 {
+            0.04
+        } else {
+            0.15
+        };
+        assert!(
+            apart / moved < limit,
+            "{mode}: 2 ranks drifted from 1 rank: {:.3}",
+            apart / moved
+        );
         assert!(dl < 1e-3, "{mode}: losses drifted: {l1:?} vs {l2:?}");
         // The norm is not scale-invariant as AdamW's update nearly is: a lost or doubled
         // contribution shows here. Step 1 differs only by the rounding of the sum.

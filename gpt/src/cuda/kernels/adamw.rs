@@ -64,12 +64,16 @@ pub struct AdamwArgs {
     pub grad_scale: f32,
     /// Stochastic-rounding seed: pass a fresh one every step (e.g. a hash of run seed and step).
     pub seed: u32,
+    /// The global index of the buffers' element 0: element i rounds with `sr_hash(seed,
+    /// index_base + i)`. 0 for whole buffers; a ZeRO-1 shard passes its start, so that its
+    /// update writes the bits of the same slice of the full update.
+    pub index_base: u64,
 }
 
 /// One AdamW step on elements `[offset, offset + n)` of the flat parameter buffers, in place:
 /// `m`, `v`, `master` (f32) are updated and `params` (bf16) is overwritten with the stochastic
-/// rounding of the new master weight (`sr_hash(seed, i)` of the GLOBAL index i, so results do
-/// not depend on how the buffer is split into launches). All pointers are the WHOLE buffers
+/// rounding of the new master weight (`sr_hash(seed, hp.index_base + i)`, keyed by the GLOBAL
+/// index, so results do not depend on how the buffer is split into launches or shards). All pointers are the WHOLE buffers
 /// (the kernel adds `offset` itself); each must hold at least `offset + n` elements. `grads` is
 /// read only. No operand may overlap another. `n == 0` is a no-op.
 #[allow(clippy::too_many_arguments)]
@@ -98,8 +102,9 @@ pub fn adamw_update(
     }
     let k = g.kernel("adamw", K)?;
     let a = *hp;
-    // SAFETY: adamw_update(bf16*, float*, const bf16*, float*, float*, size_t offset, size_t n,
-    // float x 8, unsigned int seed); every buffer holds offset + n elements (checked).
+    // SAFETY: adamw_update(bf16*, float*, const bf16*, float*, float*, unsigned long long
+    // index_base, size_t offset, size_t n, float x 8, unsigned int seed); every buffer holds
+    // offset + n elements (checked).
     unsafe {
         g.launch(
             &k,
@@ -110,6 +115,7 @@ pub fn adamw_update(
                 &grads,
                 &m,
                 &v,
+                &a.index_base,
                 &offset,
                 &n,
                 &a.lr,
@@ -207,8 +213,8 @@ pub fn adamw_update_ranges_with(
     let a = *hp;
     for chunk in merged.chunks(MAX_SEGMENTS) {
         let (table, vecs) = table_of(chunk);
-        // SAFETY: adamw_update_multi(bf16*, float*, const bf16*, float*, float*, AdamwTable,
-        // float x 8, unsigned int seed); every buffer holds the table's last end (checked), the
+        // SAFETY: adamw_update_multi(bf16*, float*, const bf16*, float*, float*, unsigned long
+        // long index_base, AdamwTable, float x 8, unsigned int seed); every buffer holds the table's last end (checked), the
         // buffers are 16-byte aligned (checked), and the grid covers the 8-vectors from
         // floor(start[0] / 8) to ceil(end[count - 1] / 8).
         unsafe {
@@ -221,6 +227,7 @@ pub fn adamw_update_ranges_with(
                     &grads,
                     &m,
                     &v,
+                    &a.index_base,
                     &table,
                     &a.lr,
                     &a.beta1,
@@ -294,8 +301,8 @@ fn table_of(chunk: &[AdamwRange]) -> (AdamwTable, usize) {
 /// corrections, eps, weight decay, seed) read from `p` and the clip factor from `state`
 /// (written by `step::finish`) on the device, so nothing is passed by value that changes from
 /// step to step; skipped on the device when `state` says a loss or norm was not finite. The
-/// same bits as [`adamw_update_ranges`] with those values. The five buffers must be 16-byte
-/// aligned (an error otherwise).
+/// same bits as [`adamw_update_ranges`] with those values (`index_base` as
+/// [`AdamwArgs::index_base`]). The five buffers must be 16-byte aligned (an error otherwise).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_update_ranges_dev(
     g: &Gpu,
@@ -305,6 +312,7 @@ pub fn adamw_update_ranges_dev(
     m: Ptr<f32>,
     v: Ptr<f32>,
     ranges: &[AdamwRange],
+    index_base: u64,
     p: Ptr<super::step::StepParams>,
     state: Ptr<u64>,
 ) -> Result<()> {
@@ -334,14 +342,24 @@ pub fn adamw_update_ranges_dev(
     let k = g.kernel("adamw", K)?;
     for chunk in merged.chunks(MAX_SEGMENTS) {
         let (table, vecs) = table_of(chunk);
-        // SAFETY: adamw_update_multi_dev(bf16*, float*, const bf16*, float*, float*,
-        // AdamwTable, const StepParams*, const StepState*); buffers hold the table's last end
+        // SAFETY: adamw_update_multi_dev(bf16*, float*, const bf16*, float*, float*, unsigned
+        // long long index_base, AdamwTable, const StepParams*, const StepState*); buffers hold the table's last end
         // and are aligned (checked); the grid covers the table's 8-vectors.
         unsafe {
             g.launch(
                 &k,
                 LaunchConfig::linear(vecs, 256),
-                &[&params, &master, &grads, &m, &v, &table, &p, &state],
+                &[
+                    &params,
+                    &master,
+                    &grads,
+                    &m,
+                    &v,
+                    &index_base,
+                    &table,
+                    &p,
+                    &state,
+                ],
             )?
         };
     }
