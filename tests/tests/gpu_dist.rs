@@ -386,3 +386,126 @@ fn sharded_adamw_is_the_slice_of_the_full_update_bit_for_bit() {
         }
     }
 }
+
+/// `adamw_update_multi_dev` (the device step's update: scalars from device memory) keys its
+/// stochastic rounding on `index_base` as `adamw_update_multi` does: a shard-like slice of the
+/// buffers with a base updates bit for bit as the by-value kernel with the same base; with base
+/// 0 instead, the BF16 weights differ (the comparison can tell).
+#[test]
+fn device_scalar_adamw_keys_on_index_base_as_the_by_value_kernel() {
+    use gpt::cuda::kernels::{adamw, membound::MemImpl};
+    let g = gpu();
+    let mut rng = Rng(0xBA5E);
+    let (total, start) = (3000usize, 1016usize); // an 8-aligned slice
+    let len = total - start;
+    let ranges = [
+        adamw::AdamwRange {
+            offset: 0,
+            len: 700,
+            decay: true,
+        },
+        adamw::AdamwRange {
+            offset: 700,
+            len: len - 700,
+            decay: false,
+        },
+    ];
+    let hp = adamw::AdamwArgs {
+        lr: 3e-3,
+        beta1: 0.85,
+        beta2: 0.97,
+        beta1_correction: 0.15,
+        beta2_correction: 0.03,
+        eps: 1e-6,
+        weight_decay: 0.2,
+        grad_scale: 0.7,
+        seed: 77,
+        index_base: start as u64,
+    };
+    let master = rng.vec_f32(len, 1.0);
+    let m = rng.vec_f32(len, 0.01);
+    let v: Vec<f32> = rng.vec_f32(len, 0.01).iter().map(|x| x.abs()).collect();
+    let grads = g.upload(&rng.vec_bf16(total, 0.1)).unwrap();
+    // StepState: loss sum (f64), then the clip factor (f32) and the halted flag (i32).
+    let state = g.upload(&[0u64, hp.grad_scale.to_bits() as u64]).unwrap();
+    let p = g.upload(&[step_params(&hp)]).unwrap();
+    // The BF16 weights' and the master weights' bits.
+    let run = |dev: bool, base: u64| -> (Vec<u16>, Vec<u32>) {
+        let out = poisoned::<bf16>(&g, total);
+        let (dm, dmm, dv) = (
+            g.upload(&master).unwrap(),
+            g.upload(&m).unwrap(),
+            g.upload(&v).unwrap(),
+        );
+        let (po, gr) = (
+            Ptr::of(&out).slice(start, len),
+            Ptr::of(&grads).slice(start, len),
+        );
+        let (pm, pmm, pv) = (Ptr::of(&dm), Ptr::of(&dmm), Ptr::of(&dv));
+        if dev {
+            adamw::adamw_update_ranges_dev(
+                &g,
+                po,
+                pm,
+                gr,
+                pmm,
+                pv,
+                &ranges,
+                base,
+                Ptr::of(&p),
+                Ptr::of(&state),
+            )
+            .unwrap();
+        } else {
+            let a = adamw::AdamwArgs {
+                index_base: base,
+                ..hp
+            };
+            adamw::adamw_update_ranges_with(
+                &g,
+                MemImpl::Vectorized,
+                po,
+                pm,
+                gr,
+                pmm,
+                pv,
+                &ranges,
+                &a,
+            )
+            .unwrap();
+        }
+        (
+            bits(&g.download(&out).unwrap()),
+            g.download(&dm)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect(),
+        )
+    };
+    let want = run(false, start as u64);
+    assert!(
+        run(true, start as u64) == want,
+        "the device-scalar kernel differs"
+    );
+    let (zero, _) = run(true, 0);
+    assert!(zero != want.0, "index_base does not show in the weights");
+}
+
+/// The kernels' `StepParams` for the by-value arguments `a`.
+fn step_params(a: &gpt::cuda::kernels::adamw::AdamwArgs) -> gpt::cuda::kernels::step::StepParams {
+    gpt::cuda::kernels::step::StepParams {
+        lr: a.lr,
+        beta1: a.beta1,
+        beta2: a.beta2,
+        beta1_correction: a.beta1_correction,
+        beta2_correction: a.beta2_correction,
+        eps: a.eps,
+        weight_decay: a.weight_decay,
+        grad_clip: 0.0,
+        seed: a.seed,
+        slot: 0,
+        micro_batches: 1,
+        pad: 0,
+    }
+}
