@@ -8,8 +8,10 @@
 //! between the arenas and the file; on a GPU the three FP32 state arrays, which
 //! `Backend::read_optimizer`/`write_optimizer` exchange as whole host copies), on the CPU the
 //! quantized operands of the largest backward GEMM, and with N data-parallel ranks the
-//! collectives' buffers. With N ranks the estimate is per rank (ZeRO-1: each holds the AdamW
-//! moments of 1/N of the parameters). The
+//! collectives' host buffers (the CPU's reduce-scatter; on GPUs the host-staged exchange's when
+//! `MXGPT_DEVICE_COLLECTIVE=host`, none with NCCL, whose buffers are device memory, counted by
+//! `cuda::backend::memory_estimate`). With N ranks the estimate is per rank (ZeRO-1: each holds
+//! the AdamW moments of 1/N of the parameters, and on a GPU the master weights too). The
 //! memory-mapped dataset is not counted: its pages are page cache the kernel can evict.
 
 use crate::config::ModelConfig;
@@ -58,6 +60,27 @@ pub struct RunPlan<'a> {
     pub ranks: usize,
 }
 
+/// The host buffers of a data-parallel step's gradient collective (`p`: bytes of one FP32 copy
+/// of the parameters): the CPU's reduce-scatter; on GPUs the host-staged exchange's, none with
+/// NCCL (device memory).
+fn collective_host_bytes(
+    device: Device,
+    ranks: usize,
+    p: f64,
+    host_staged: bool,
+) -> Option<(&'static str, f64)> {
+    match device {
+        _ if ranks == 1 => None,
+        // The summed gradient shard and the receive buffer of the reduce-scatter.
+        Device::Cpu => Some(("gradient reduce-scatter", 2.0 * p / ranks as f64)),
+        // cuda::dist::HostStaged's exchange: the gradients as FP32 (P x 4 B; their BF16
+        // download, P x 2 B, is freed as they convert), the received parts (about P x 4 B) and
+        // their BF16 upload (P x 2 B). Its all-gather holds less (P x 6 B).
+        Device::Cuda if host_staged => Some(("host-staged gradient exchange", 2.5 * p)),
+        Device::Cuda => None,
+    }
+}
+
 /// An estimate, part by part, in bytes.
 #[derive(Clone, Debug)]
 pub struct MemoryEstimate {
@@ -103,8 +126,8 @@ impl MemoryEstimate {
         };
         // The CPU streams checkpoints; a GPU backend hands over whole host copies: the three
         // FP32 state arrays, or with N ranks its ZeRO-1 shard of them and of the BF16 weights
-        // (4 arrays of P/N), plus, to save, every FP32 master weight (gathered for rank 0's
-        // model file; zero1::save_device_checkpoint).
+        // (4 arrays of P/N), plus, to save, every FP32 master weight on rank 0 (gathered for
+        // its model file; zero1::save_device_checkpoint), the largest rank, which this counts.
         let shard = 4.0 * p / run.ranks as f64;
         let (load_copies, save_copies) = match (run.device, run.ranks) {
             (Device::Cpu, _) => (0.0, 0.0),
@@ -120,10 +143,11 @@ impl MemoryEstimate {
         if run.checkpoints {
             transient.push(("checkpoint save", save_copies + io));
         }
-        if run.ranks > 1 {
-            // The summed gradient shard and the receive buffer of the reduce-scatter.
-            transient.push(("gradient reduce-scatter", 2.0 * p / run.ranks as f64));
-        }
+        let host_staged = matches!(
+            crate::cuda::dist::CollectiveKind::from_env(),
+            Ok(crate::cuda::dist::CollectiveKind::HostStaged)
+        );
+        transient.extend(collective_host_bytes(run.device, run.ranks, p, host_staged));
         if run.device == Device::Cpu && run.mode != BackwardMode::Bf16 {
             transient.push((
                 "quantized backward operands",
@@ -347,6 +371,13 @@ mod tests {
             ..plan(&gpt)
         });
         assert!(two.describe().contains("gradient reduce-scatter"));
+        // GPU ranks: host buffers only when the exchange is staged through the host.
+        assert_eq!(collective_host_bytes(Device::Cuda, 2, p, false), None);
+        assert_eq!(
+            collective_host_bytes(Device::Cuda, 2, p, true),
+            Some(("host-staged gradient exchange", 2.5 * p))
+        );
+        assert_eq!(collective_host_bytes(Device::Cuda, 1, p, true), None);
         assert!(two.peak < fresh.peak - 0.9 * p, "{}", two.describe());
         let mx = MemoryEstimate::new(&RunPlan {
             mode: BackwardMode::Mxfp4,

@@ -7,15 +7,18 @@
 //   m[i]    = beta1 m[i] + (1 - beta1) g
 //   v[i]    = beta2 v[i] + (1 - beta2) g^2
 //   master -= lr * ( (m[i] / c1) / (sqrt(v[i] / c2) + eps) + weight_decay * master )
-//   params[i] = bf16_stochastic(master[i], sr_hash(seed, i))
+//   params[i] = bf16_stochastic(master[i], sr_hash(seed, index_base + i))
 // with c1 = 1 - beta1^t and c2 = 1 - beta2^t computed on the host (llm.c's form). Both kernels
 // below run exactly this per element (adamw_element), so they write the same bits.
 //
 // Stochastic rounding: sr_hash (common.cuh) is splitmix64's finalizer of
 // index + seed * 0x9E3779B97F4A7C15, high 32 bits; its low 16 bits are added below the bf16
-// mantissa before truncation. The index is the global index i, so the rounding does not depend
-// on launch geometry or range split. The host should pass a fresh seed each step (e.g. a hash of
-// run seed and step), otherwise the same element rounds the same way every step.
+// mantissa before truncation. The index is index_base + i: i is the element's index in the
+// buffers passed, index_base the global index of their element 0 (0 for whole buffers; a ZeRO-1
+// rank, whose master/m/v hold only its shard, passes the shard's start). So the rounding keys on
+// the element's place in the model, not on launch geometry, range split or sharding: a shard's
+// update writes the bits of the same slice of the full update. The host should pass a fresh
+// seed each step (e.g. a hash of run seed and step), else an element rounds alike every step.
 //
 // adamw_update (reference): one contiguous range per launch, one thread per element, scalar
 //   accesses. Weight decay per range: the host launches it once per parameter tensor (llm.c
@@ -23,9 +26,9 @@
 //   others. Pointers are the BASE pointers of the whole buffers; the kernel touches only
 //   [offset, offset + n).
 //     adamw_update(bf16* params, float* master, const bf16* grads, float* m, float* v,
-//                  size_t offset, size_t n, float lr, float beta1, float beta2,
-//                  float beta1_correction, float beta2_correction, float eps,
-//                  float weight_decay, float grad_scale, unsigned int seed)
+//                  unsigned long long index_base, size_t offset, size_t n, float lr,
+//                  float beta1, float beta2, float beta1_correction, float beta2_correction,
+//                  float eps, float weight_decay, float grad_scale, unsigned int seed)
 //     block 256, grid ceil(n / 256).
 //
 // adamw_update_multi: every parameter in ONE launch. The ranges come as a table passed by value
@@ -41,9 +44,10 @@
 //   bitwise those of one adamw_update launch per range. Base pointers 16-byte aligned (the
 //   launcher checks, and otherwise runs adamw_update per range).
 //     adamw_update_multi(bf16* params, float* master, const bf16* grads, float* m, float* v,
-//                        const AdamwTable table, float lr, float beta1, float beta2,
-//                        float beta1_correction, float beta2_correction, float eps,
-//                        float weight_decay, float grad_scale, unsigned int seed)
+//                        unsigned long long index_base, const AdamwTable table, float lr,
+//                        float beta1, float beta2, float beta1_correction,
+//                        float beta2_correction, float eps, float weight_decay,
+//                        float grad_scale, unsigned int seed)
 //     block 256, grid ceil((ceil(end / 8) - floor(start / 8)) / 256) over the table's span.
 //
 // adamw_update_multi_dev: adamw_update_multi with the step's scalars read from device memory
@@ -52,7 +56,8 @@
 //   needs no host round trip and a captured CUDA graph stays valid as lr, t and the seed change.
 //   Skips the update when StepState::halted is set (a non-finite loss or norm).
 //     adamw_update_multi_dev(bf16* params, float* master, const bf16* grads, float* m, float* v,
-//                            const AdamwTable table, const StepParams* p, const StepState* st)
+//                            unsigned long long index_base, const AdamwTable table,
+//                            const StepParams* p, const StepState* st)
 //     geometry as adamw_update_multi.
 //
 // Cost per parameter: read grad (2 B), master/m/v (12 B), write master/m/v (12 B) and param
@@ -92,10 +97,11 @@ __device__ __forceinline__ float adamw_element(float grad, float& mi, float& vi,
 }
 
 extern "C" __global__ void adamw_update(bf16* params, float* master, const bf16* grads, float* m,
-                                        float* v, size_t offset, size_t n, float lr, float beta1,
-                                        float beta2, float beta1_correction,
-                                        float beta2_correction, float eps, float weight_decay,
-                                        float grad_scale, unsigned int seed) {
+                                        float* v, unsigned long long index_base, size_t offset,
+                                        size_t n, float lr, float beta1, float beta2,
+                                        float beta1_correction, float beta2_correction,
+                                        float eps, float weight_decay, float grad_scale,
+                                        unsigned int seed) {
     size_t j = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= n) return;
     size_t i = offset + j;
@@ -105,14 +111,16 @@ extern "C" __global__ void adamw_update(bf16* params, float* master, const bf16*
     m[i] = mi;
     v[i] = vi;
     master[i] = w;
-    params[i] = to_bf16_stochastic(w, sr_hash(seed, (uint64_t)i));
+    params[i] = to_bf16_stochastic(w, sr_hash(seed, index_base + i));
 }
 
 // The multi-tensor update of the 8-vector this thread owns (adamw_update_multi's body, shared
 // with adamw_update_multi_dev so that both write the same bits).
 __device__ __forceinline__ void adamw_multi_vector(bf16* params, float* master, const bf16* grads,
-                                                   float* m, float* v, const AdamwTable& table,
-                                                   float lr, float beta1, float beta2,
+                                                   float* m, float* v,
+                                                   unsigned long long index_base,
+                                                   const AdamwTable& table, float lr,
+                                                   float beta1, float beta2,
                                                    float beta1_correction, float beta2_correction,
                                                    float eps, float weight_decay, float grad_scale,
                                                    unsigned int seed) {
@@ -146,7 +154,8 @@ __device__ __forceinline__ void adamw_multi_vector(bf16* params, float* master, 
         for (int k = 0; k < 8; k++) {
             w[k] = adamw_element(g[k], mi[k], vi[k], w[k], lr, beta1, beta2, beta1_correction,
                                  beta2_correction, eps, wd[k], grad_scale);
-            ph[k] = __bfloat16_as_ushort(to_bf16_stochastic(w[k], sr_hash(seed, i0 + k)));
+            uint32_t r = sr_hash(seed, index_base + i0 + k);
+            ph[k] = __bfloat16_as_ushort(to_bf16_stochastic(w[k], r));
         }
         store_f32x8(m + i0, mi);
         store_f32x8(v + i0, vi);
@@ -162,26 +171,27 @@ __device__ __forceinline__ void adamw_multi_vector(bf16* params, float* master, 
             m[i] = mi;
             v[i] = vi;
             master[i] = w;
-            params[i] = to_bf16_stochastic(w, sr_hash(seed, (uint64_t)i));
+            params[i] = to_bf16_stochastic(w, sr_hash(seed, index_base + i));
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256)
 adamw_update_multi(bf16* params, float* master, const bf16* grads, float* m, float* v,
-                   const __grid_constant__ AdamwTable table, float lr, float beta1, float beta2,
-                   float beta1_correction, float beta2_correction, float eps,
-                   float weight_decay, float grad_scale, unsigned int seed) {
-    adamw_multi_vector(params, master, grads, m, v, table, lr, beta1, beta2, beta1_correction,
-                       beta2_correction, eps, weight_decay, grad_scale, seed);
+                   unsigned long long index_base, const __grid_constant__ AdamwTable table,
+                   float lr, float beta1, float beta2, float beta1_correction,
+                   float beta2_correction, float eps, float weight_decay, float grad_scale,
+                   unsigned int seed) {
+    adamw_multi_vector(params, master, grads, m, v, index_base, table, lr, beta1, beta2,
+                       beta1_correction, beta2_correction, eps, weight_decay, grad_scale, seed);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
 adamw_update_multi_dev(bf16* params, float* master, const bf16* grads, float* m, float* v,
-                       const __grid_constant__ AdamwTable table, const StepParams* p,
-                       const StepState* st) {
+                       unsigned long long index_base, const __grid_constant__ AdamwTable table,
+                       const StepParams* p, const StepState* st) {
     if (st->halted) return;  // a non-finite loss or norm: no update (step.cu)
-    adamw_multi_vector(params, master, grads, m, v, table, p->lr, p->beta1, p->beta2,
+    adamw_multi_vector(params, master, grads, m, v, index_base, table, p->lr, p->beta1, p->beta2,
                        p->beta1_correction, p->beta2_correction, p->eps, p->weight_decay,
                        st->grad_scale, p->seed);
 }

@@ -1,6 +1,7 @@
 //! Starting tests under `mpirun`: shared by the test binaries that need several ranks
-//! (tests/tests/gpu_mpi.rs as `tests::mpirun`, gpt/tests/mpi.rs through `#[path]`, since the
-//! gpt package cannot depend on this one).
+//! (tests/tests/gpu_mpi.rs as `tests::mpirun`; gpt/tests/mpi.rs and tools/tests/bench_mpi.rs
+//! through `#[path]`: gpt cannot depend on this package (it depends on gpt); tools could as a
+//! dev-dependency, the path keeps its manifest as it is).
 
 use std::process::Command;
 

@@ -193,3 +193,319 @@ fn data_parallel_backends_allocate_what_the_estimate_says() {
         );
     }
 }
+
+/// One AdamW step's optimizer state: the whole model's, or a ZeRO-1 shard's.
+struct Adam {
+    master: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// `steps` AdamW steps (seed 40 + t) on the parameters `[start, start + state.len)`: `params`
+/// and `grads` are the whole model's buffers, sliced as the backend slices them, the state is
+/// `[start, end)`'s only, the tensor ranges cut to it with offsets from `start`, and the
+/// stochastic rounding keyed from `index_base`. Returns the state after.
+#[allow(clippy::too_many_arguments)]
+fn adamw_on_shard(
+    g: &Gpu,
+    imp: gpt::cuda::kernels::membound::MemImpl,
+    tensors: &[(std::ops::Range<usize>, bool)],
+    params: &runtime::cuda::DeviceBuffer<bf16>,
+    grads: &runtime::cuda::DeviceBuffer<bf16>,
+    state: &Adam,
+    start: usize,
+    index_base: u64,
+    steps: u32,
+) -> Adam {
+    use gpt::cuda::kernels::adamw;
+    let len = state.master.len();
+    let ranges: Vec<adamw::AdamwRange> = tensors
+        .iter()
+        .map(|(r, decay)| (r.start.max(start)..r.end.min(start + len), *decay))
+        .filter(|(r, _)| !r.is_empty())
+        .map(|(r, decay)| adamw::AdamwRange {
+            offset: r.start - start,
+            len: r.len(),
+            decay,
+        })
+        .collect();
+    let (master, m, v) = (
+        g.upload(&state.master).unwrap(),
+        g.upload(&state.m).unwrap(),
+        g.upload(&state.v).unwrap(),
+    );
+    for t in 1..=steps {
+        let hp = adamw::AdamwArgs {
+            lr: 3e-3,
+            beta1: 0.85,
+            beta2: 0.97,
+            beta1_correction: 1.0 - 0.85f32.powi(t as i32),
+            beta2_correction: 1.0 - 0.97f32.powi(t as i32),
+            eps: 1e-6,
+            weight_decay: 0.2,
+            grad_scale: 0.7,
+            seed: 40 + t,
+            index_base,
+        };
+        adamw::adamw_update_ranges_with(
+            g,
+            imp,
+            Ptr::of(params).slice(start, len),
+            Ptr::of(&master),
+            Ptr::of(grads).slice(start, len),
+            Ptr::of(&m),
+            Ptr::of(&v),
+            &ranges,
+            &hp,
+        )
+        .unwrap();
+    }
+    Adam {
+        master: g.download(&master).unwrap(),
+        m: g.download(&m).unwrap(),
+        v: g.download(&v).unwrap(),
+    }
+}
+
+/// ZeRO-1's update on the GPU: each rank runs AdamW on its shard of the optimizer state, with
+/// the stochastic rounding of the BF16 weights keyed by the element's global index
+/// (`AdamwArgs::index_base` = the shard's start), so that the shards together write exactly the
+/// full update: master weights, moments and BF16 weights bit for bit, 2 steps, for 2 and 3
+/// even shards (boundaries inside 8-vectors and tensors: the reference kernel, as the launcher
+/// picks for a misaligned shard) and an 8-aligned 3-way split (the vectorized kernel too). The
+/// shards write into poisoned BF16 weights, and nothing outside their shard.
+#[test]
+fn sharded_adamw_is_the_slice_of_the_full_update_bit_for_bit() {
+    use gpt::cuda::kernels::membound::MemImpl;
+    let g = gpu();
+    let mut rng = Rng(0xADA5);
+    let mut cfg = gpt::config::ModelConfig::new(2, 12, 3, 10).unwrap();
+    cfg.vocab = 45;
+    cfg.padded_vocab = 51; // an odd total: shards start inside 8-vectors
+    let layout = gpt::layout::ParamLayout::new(&cfg);
+    let total = layout.total;
+    let tensors: Vec<(std::ops::Range<usize>, bool)> = layout
+        .tensors
+        .iter()
+        .map(|t| (t.offset..t.offset + t.len(), t.weight_decay()))
+        .collect();
+    let full = Adam {
+        master: rng.vec_f32(total, 1.0),
+        m: rng.vec_f32(total, 0.01),
+        v: rng.vec_f32(total, 0.01).iter().map(|x| x.abs()).collect(),
+    };
+    let grads = g.upload(&rng.vec_bf16(total, 0.1)).unwrap();
+    let want_params = poisoned::<bf16>(&g, total);
+    let want = adamw_on_shard(
+        &g,
+        MemImpl::Reference,
+        &tensors,
+        &want_params,
+        &grads,
+        &full,
+        0,
+        0,
+        2,
+    );
+    let want_params = bits(&g.download(&want_params).unwrap());
+    let even = |n: usize| -> Vec<usize> {
+        (0..=n)
+            .map(|r| Shards::even(total, n).range(r).start)
+            .collect()
+    };
+    let aligned: Vec<usize> = even(3)
+        .iter()
+        .map(|&s| s.min(total) / 8 * 8)
+        .chain([total])
+        .collect();
+    let splits = [even(2), even(3), aligned];
+    assert!(
+        splits[..2].iter().flatten().any(|s| s % 8 != 0),
+        "no shard starts mid-vector"
+    );
+    for bounds in &splits {
+        let bounds: Vec<usize> = bounds
+            .iter()
+            .copied()
+            .take_while(|&s| s < total)
+            .chain([total])
+            .collect();
+        for imp in [MemImpl::Reference, MemImpl::Vectorized] {
+            let starts = &bounds[..bounds.len() - 1];
+            if imp == MemImpl::Vectorized && starts.iter().any(|s| s % 8 != 0) {
+                continue; // the vectorized kernel needs 16-byte aligned slices
+            }
+            let params = poisoned::<bf16>(&g, total);
+            for w in bounds.windows(2) {
+                let r = w[0]..w[1];
+                let state = Adam {
+                    master: full.master[r.clone()].to_vec(),
+                    m: full.m[r.clone()].to_vec(),
+                    v: full.v[r.clone()].to_vec(),
+                };
+                let before = bits(&g.download(&params).unwrap());
+                let got = adamw_on_shard(
+                    &g,
+                    imp,
+                    &tensors,
+                    &params,
+                    &grads,
+                    &state,
+                    r.start,
+                    r.start as u64,
+                    2,
+                );
+                let what = format!("{imp:?}, shards at {bounds:?}, shard {r:?}");
+                for (name, x, y) in [
+                    ("master", &got.master, &want.master),
+                    ("m", &got.m, &want.m),
+                    ("v", &got.v, &want.v),
+                ] {
+                    let (x, y): (Vec<u32>, Vec<u32>) = (
+                        x.iter().map(|v| v.to_bits()).collect(),
+                        y[r.clone()].iter().map(|v| v.to_bits()).collect(),
+                    );
+                    assert!(x == y, "{what}: {name} is not the full update's slice");
+                }
+                let after = bits(&g.download(&params).unwrap());
+                for i in (0..total).filter(|i| !r.contains(i)) {
+                    assert_eq!(
+                        after[i], before[i],
+                        "{what}: BF16 weight {i} outside it written"
+                    );
+                }
+            }
+            let got = bits(&g.download(&params).unwrap());
+            let differ: Vec<usize> = (0..total).filter(|&i| got[i] != want_params[i]).collect();
+            assert!(
+                differ.is_empty(),
+                "{imp:?}, shards at {bounds:?}: {} BF16 weights differ from the full update (first {:?})",
+                differ.len(),
+                &differ[..differ.len().min(5)]
+            );
+        }
+    }
+}
+
+/// `adamw_update_multi_dev` (the device step's update: scalars from device memory) keys its
+/// stochastic rounding on `index_base` as `adamw_update_multi` does: a shard-like slice of the
+/// buffers with a base updates bit for bit as the by-value kernel with the same base; with base
+/// 0 instead, the BF16 weights differ (the comparison can tell).
+#[test]
+fn device_scalar_adamw_keys_on_index_base_as_the_by_value_kernel() {
+    use gpt::cuda::kernels::{adamw, membound::MemImpl};
+    let g = gpu();
+    let mut rng = Rng(0xBA5E);
+    let (total, start) = (3000usize, 1016usize); // an 8-aligned slice
+    let len = total - start;
+    let ranges = [
+        adamw::AdamwRange {
+            offset: 0,
+            len: 700,
+            decay: true,
+        },
+        adamw::AdamwRange {
+            offset: 700,
+            len: len - 700,
+            decay: false,
+        },
+    ];
+    let hp = adamw::AdamwArgs {
+        lr: 3e-3,
+        beta1: 0.85,
+        beta2: 0.97,
+        beta1_correction: 0.15,
+        beta2_correction: 0.03,
+        eps: 1e-6,
+        weight_decay: 0.2,
+        grad_scale: 0.7,
+        seed: 77,
+        index_base: start as u64,
+    };
+    let master = rng.vec_f32(len, 1.0);
+    let m = rng.vec_f32(len, 0.01);
+    let v: Vec<f32> = rng.vec_f32(len, 0.01).iter().map(|x| x.abs()).collect();
+    let grads = g.upload(&rng.vec_bf16(total, 0.1)).unwrap();
+    // StepState: loss sum (f64), then the clip factor (f32) and the halted flag (i32).
+    let state = g.upload(&[0u64, hp.grad_scale.to_bits() as u64]).unwrap();
+    let p = g.upload(&[step_params(&hp)]).unwrap();
+    // The BF16 weights' and the master weights' bits.
+    let run = |dev: bool, base: u64| -> (Vec<u16>, Vec<u32>) {
+        let out = poisoned::<bf16>(&g, total);
+        let (dm, dmm, dv) = (
+            g.upload(&master).unwrap(),
+            g.upload(&m).unwrap(),
+            g.upload(&v).unwrap(),
+        );
+        let (po, gr) = (
+            Ptr::of(&out).slice(start, len),
+            Ptr::of(&grads).slice(start, len),
+        );
+        let (pm, pmm, pv) = (Ptr::of(&dm), Ptr::of(&dmm), Ptr::of(&dv));
+        if dev {
+            adamw::adamw_update_ranges_dev(
+                &g,
+                po,
+                pm,
+                gr,
+                pmm,
+                pv,
+                &ranges,
+                base,
+                Ptr::of(&p),
+                Ptr::of(&state),
+            )
+            .unwrap();
+        } else {
+            let a = adamw::AdamwArgs {
+                index_base: base,
+                ..hp
+            };
+            adamw::adamw_update_ranges_with(
+                &g,
+                MemImpl::Vectorized,
+                po,
+                pm,
+                gr,
+                pmm,
+                pv,
+                &ranges,
+                &a,
+            )
+            .unwrap();
+        }
+        (
+            bits(&g.download(&out).unwrap()),
+            g.download(&dm)
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect(),
+        )
+    };
+    let want = run(false, start as u64);
+    assert!(
+        run(true, start as u64) == want,
+        "the device-scalar kernel differs"
+    );
+    let (zero, _) = run(true, 0);
+    assert!(zero != want.0, "index_base does not show in the weights");
+}
+
+/// The kernels' `StepParams` for the by-value arguments `a`.
+fn step_params(a: &gpt::cuda::kernels::adamw::AdamwArgs) -> gpt::cuda::kernels::step::StepParams {
+    gpt::cuda::kernels::step::StepParams {
+        lr: a.lr,
+        beta1: a.beta1,
+        beta2: a.beta2,
+        beta1_correction: a.beta1_correction,
+        beta2_correction: a.beta2_correction,
+        eps: a.eps,
+        weight_decay: a.weight_decay,
+        grad_clip: 0.0,
+        seed: a.seed,
+        slot: 0,
+        micro_batches: 1,
+        pad: 0,
+    }
+}

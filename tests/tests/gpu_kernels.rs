@@ -536,6 +536,8 @@ fn adamw_launcher_passes_arguments_in_order() {
         weight_decay: 0.2,
         grad_scale: 0.7,
         seed: 1234,
+        // Past 32 bits: a truncated or dropped base shows in the rounding.
+        index_base: 0x1_2345_6789,
     };
     let (dp, dmaster, dg, dm, dv) = (
         g.upload(&params).unwrap(),
@@ -584,7 +586,7 @@ fn adamw_launcher_passes_arguments_in_order() {
         assert_close(&format!("master[{i}]"), &[gmaster[i]], &[w], 1e-5, 1e-7);
         assert_eq!(
             gp[i].to_bits(),
-            bf16_bits_stochastic(gmaster[i], sr_hash(hp.seed, i as u64)),
+            bf16_bits_stochastic(gmaster[i], sr_hash(hp.seed, hp.index_base + i as u64)),
             "param[{i}] is not the stochastic rounding of master"
         );
     }
@@ -1077,6 +1079,7 @@ fn adamw_steps(
             weight_decay: 0.2,
             grad_scale: 0.7,
             seed: 1234 + t,
+            index_base: 0,
         };
         let (p, ma, gr, m, v) = (
             Ptr::of(&dp),
@@ -1202,6 +1205,7 @@ fn multi_tensor_adamw_is_bitwise_the_per_tensor_update() {
         weight_decay: 0.1,
         grad_scale: 1.0,
         seed: 5,
+        index_base: 0,
     };
     let r = |offset, len| adamw::AdamwRange {
         offset,

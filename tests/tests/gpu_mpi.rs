@@ -51,10 +51,36 @@ fn device_collective_child() {
             dist: dist.as_ref(),
         })
     }));
-    if checked.is_err() {
+    let gathered =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_gather(dist.as_ref())));
+    if checked.is_err() || gathered.is_err() {
         dist.abort(1);
     }
     println!("device collective child: ok");
+}
+
+/// `Transport::gather` (the checkpoint's master weights to rank 0): every shard in place on
+/// the root, for each root; elsewhere the (empty) output untouched.
+fn check_gather(dist: &dyn Transport) {
+    let (me, n) = (dist.rank(), dist.size());
+    for total in [1usize, 7, 4099] {
+        let shards = Shards::even(total, n);
+        let value = |i: usize| (i * 31 % 1009) as f32 - 0.5;
+        let mine: Vec<f32> = shards.range(me).map(value).collect();
+        for root in 0..n {
+            let mut buf = vec![f32::NAN; if me == root { total } else { 0 }];
+            dist.gather(&mine, &shards, root, &mut buf).unwrap();
+            if me == root {
+                for (i, x) in buf.iter().enumerate() {
+                    assert_eq!(
+                        x.to_bits(),
+                        value(i).to_bits(),
+                        "gather to {root}: {i} of {total}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn check(dc: &dyn DeviceCollective) {
@@ -297,7 +323,18 @@ fn two_cuda_ranks_equal_one_rank_with_twice_the_accumulation() {
             p1.len(),
             apart / moved
         );
-        assert!(apart / moved < 0.15, "{mode}: 2 ranks drifted from 1 rank");
+        // Measured 0.021 (bf16) and 0.098 (mxfp4); 0.06 / 0.12 while a shard's stochastic
+        // rounding was keyed by the position in the shard instead of the global index.
+        let limit = if mode == BackwardMode::Bf16 {
+            0.04
+        } else {
+            0.15
+        };
+        assert!(
+            apart / moved < limit,
+            "{mode}: 2 ranks drifted from 1 rank: {:.3}",
+            apart / moved
+        );
         assert!(dl < 1e-3, "{mode}: losses drifted: {l1:?} vs {l2:?}");
         // The norm is not scale-invariant as AdamW's update nearly is: a lost or doubled
         // contribution shows here. Step 1 differs only by the rounding of the sum.
@@ -446,4 +483,20 @@ fn checkpoint_round_trip(dist: &dyn Transport, dir: &Path) {
         std::fs::rename(&away, &shard1).unwrap();
     }
     dist.barrier().unwrap();
+    // A rank that cannot write its shard (a directory where its file goes): every rank gets an
+    // error, none waits in the master weights' gather, and no model file marks the step.
+    let h9 = checkpoint::Header { step: 9, ..h };
+    if r == 1 {
+        std::fs::create_dir(checkpoint::shard_path(dir, 9, 1, 2)).unwrap();
+    }
+    dist.barrier().unwrap();
+    let e = zero1::save_device_checkpoint(dir, &h9, &mut b, dist).unwrap_err();
+    if r == 0 {
+        assert!(e.contains("rank(s) [1] could not write their shard"), "{e}");
+    }
+    dist.barrier().unwrap();
+    assert!(
+        !dir.join(checkpoint::file_name(9)).exists(),
+        "rank {r}: a model file for step 9"
+    );
 }

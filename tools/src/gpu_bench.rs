@@ -682,6 +682,7 @@ pub fn kernels(g: &Gpu, gpt: &Gpt, warmup: usize, reps: usize) -> Result<Vec<Tim
         weight_decay: 0.1,
         grad_scale: 1.0,
         seed: 1,
+        index_base: 0,
     };
     let ms = time(g, warmup, reps, |_| {
         k::adamw::adamw_update(

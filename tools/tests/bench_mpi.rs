@@ -3,26 +3,21 @@
 
 #![cfg(feature = "mpi")]
 
+// The shared mpirun command (tests/src/mpirun.rs), by path as gpt/tests/mpi.rs takes it, so
+// that tools' manifest keeps its dependencies (run_child is not used here).
+#[path = "../../tests/src/mpirun.rs"]
+#[allow(dead_code)]
+mod mpirun;
+
+use mpirun::mpirun;
 use serde_json::Value;
-use std::process::Command;
 
 #[test]
 fn two_rank_step_reports_collective_time_and_per_rank_throughput_from_rank_0_only() {
     let dir = std::env::temp_dir().join(format!("mxgpt-bench-mpi-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new("timeout")
-        .args([
-            "300",
-            "mpirun",
-            "-np",
-            "2",
-            "--oversubscribe",
-            "--bind-to",
-            "none",
-        ])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    let out = mpirun(2)
         .arg(env!("CARGO_BIN_EXE_bench"))
         .args(["--suite", "step", "--quick", "--reps", "4", "--out"])
         .arg(&dir)
@@ -76,18 +71,7 @@ fn two_rank_step_reports_collective_time_and_per_rank_throughput_from_rank_0_onl
 
 #[test]
 fn under_mpirun_only_the_step_suite_on_the_cpu_runs() {
-    let out = Command::new("timeout")
-        .args([
-            "120",
-            "mpirun",
-            "-np",
-            "2",
-            "--oversubscribe",
-            "--bind-to",
-            "none",
-        ])
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    let out = mpirun(2)
         .arg(env!("CARGO_BIN_EXE_bench"))
         .args(["--suite", "kernels", "--quick"])
         .output()

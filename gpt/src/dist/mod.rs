@@ -51,6 +51,25 @@ pub trait Transport {
         f()
     }
 
+    /// On `root`, `buf[shards.range(r)]` = rank r's `mine` for every r (`buf.len()` =
+    /// `shards.total` there); elsewhere `buf` is not touched (it may be empty). The default is
+    /// an all-gather (every rank holds the whole buffer for it); MPI gathers to the root only.
+    fn gather(
+        &self,
+        mine: &[f32],
+        shards: &Shards,
+        root: usize,
+        buf: &mut [f32],
+    ) -> Result<(), String> {
+        let mut all = vec![0.0f32; shards.total];
+        all[shards.range(self.rank())].copy_from_slice(mine);
+        self.all_gather(&mut all, shards)?;
+        if self.rank() == root {
+            buf.copy_from_slice(&all);
+        }
+        Ok(())
+    }
+
     /// The sum in rank order of every rank's `x`.
     fn sum_f64(&self, x: f64) -> Result<f64, String> {
         let all = self.all_gather_f64(x)?;

@@ -141,6 +141,37 @@ impl Transport for Mpi {
         Ok(())
     }
 
+    fn gather(
+        &self,
+        mine: &[f32],
+        shards: &Shards,
+        root: usize,
+        buf: &mut [f32],
+    ) -> Result<(), String> {
+        count(shards.total, "a gather")?;
+        assert_eq!(
+            mine.len(),
+            shards.range(self.rank).len(),
+            "gather input is not this rank's shard"
+        );
+        let at = self.world.process_at_rank(root as i32);
+        if self.rank != root {
+            at.gather_varcount_into(mine);
+            return Ok(());
+        }
+        assert_eq!(
+            buf.len(),
+            shards.total,
+            "gather output is not the whole buffer"
+        );
+        let ranges: Vec<_> = (0..self.size).map(|r| shards.range(r)).collect();
+        let counts: Vec<i32> = ranges.iter().map(|r| r.len() as i32).collect();
+        let displs: Vec<i32> = ranges.iter().map(|r| r.start as i32).collect();
+        let mut part = PartitionMut::new(buf, counts, displs);
+        at.gather_varcount_into_root(mine, &mut part);
+        Ok(())
+    }
+
     fn all_gather_f64(&self, x: f64) -> Result<Vec<f64>, String> {
         let mut all = vec![0.0f64; self.size];
         self.world.all_gather_into(&x, &mut all[..]);

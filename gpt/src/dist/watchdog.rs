@@ -131,6 +131,15 @@ impl Transport for Watched<'_> {
             self.inner.all_gather(buf, shards)
         })
     }
+    fn gather(
+        &self,
+        mine: &[f32],
+        shards: &Shards,
+        root: usize,
+        buf: &mut [f32],
+    ) -> Result<(), String> {
+        self.timed("a gather", || self.inner.gather(mine, shards, root, buf))
+    }
     fn all_gather_f64(&self, x: f64) -> Result<Vec<f64>, String> {
         self.timed("an all-gather of scalars", || self.inner.all_gather_f64(x))
     }

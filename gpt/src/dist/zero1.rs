@@ -86,17 +86,34 @@ pub fn load_device_checkpoint(
     // The all-gather is a collective: every rank enters it, or none does (a rank that could not
     // read its part must not leave the others waiting in it).
     let read = read_device_shard(p, h, be, dist);
-    let ok = dist.all_gather_f64(read.is_ok() as u8 as f64)?;
-    read?;
-    let failed: Vec<usize> = (0..ok.len()).filter(|&r| ok[r] != 1.0).collect();
-    if !failed.is_empty() {
-        return Err(format!(
-            "checkpoint {}: rank(s) {failed:?} could not read their part (their messages say why)",
-            p.display()
-        ));
-    }
+    agree(
+        dist,
+        read,
+        &format!("checkpoint {}", p.display()),
+        "read their part",
+    )?;
     let dz = be.device_zero1().ok_or(NO_DEVICE_ZERO1)?;
     dz.gather_params(dist, &Shards::even(h.num_params, dist.size()))
+}
+
+/// Every rank's `r` made known to all (a collective): `r`'s error on a rank that failed, an
+/// error naming the failed ranks on the others, so that all take the same path and none waits
+/// in a collective the others skip.
+fn agree<T>(
+    dist: &dyn Transport,
+    r: Result<T, String>,
+    what: &str,
+    did: &str,
+) -> Result<T, String> {
+    let ok = dist.all_gather_f64(r.is_ok() as u8 as f64)?;
+    let r = r?;
+    let failed: Vec<usize> = (0..ok.len()).filter(|&i| ok[i] != 1.0).collect();
+    if !failed.is_empty() {
+        return Err(format!(
+            "{what}: rank(s) {failed:?} could not {did} (their messages say why)"
+        ));
+    }
+    Ok(r)
 }
 
 /// This rank's part of `load_device_checkpoint`, without collectives.
@@ -172,7 +189,7 @@ pub fn save_device_checkpoint(
         ));
     }
     let (m, v, params) = (&st.m, &st.v, &st.params);
-    checkpoint::save_shard(
+    let saved = checkpoint::save_shard(
         dir,
         h.step,
         (dist.rank(), dist.size()),
@@ -182,19 +199,23 @@ pub fn save_device_checkpoint(
             c.copy_from_slice(&[m, v, params][i][at..at + c.len()]);
             Ok(())
         },
-    )?;
-    dist.barrier()?;
-    // The model file holds every FP32 master weight: the shards gathered (on every rank, as
-    // the transport has no gather to one root; a host copy of the parameters per rank).
-    let mut master = vec![0.0f32; h.num_params];
-    master[mine].copy_from_slice(&st.master);
-    dist.all_gather(&mut master, &shards)?;
-    if dist.rank() == 0 {
+    );
+    // Every shard is on disk (or every rank returns an error) before the model file, the
+    // marker, is written.
+    let what = format!("checkpoint of step {} in {}", h.step, dir.display());
+    agree(dist, saved, &what, "write their shard")?;
+    // The model file holds every FP32 master weight: the shards gathered on rank 0 only.
+    let root = dist.rank() == 0;
+    let mut master = vec![0.0f32; if root { h.num_params } else { 0 }];
+    dist.gather(&st.master, &shards, 0, &mut master)?;
+    let written = if root {
         checkpoint::save_streaming(dir, h, &mut |_, at, c| {
             c.copy_from_slice(&master[at..at + c.len()]);
             Ok(())
         })
     } else {
         Ok(dir.join(checkpoint::file_name(h.step)))
-    }
+    };
+    // Rank 0's outcome on every rank: the checkpoint counts on all or on none.
+    agree(dist, written, &what, "write the model file")
 }

@@ -157,7 +157,11 @@ pub fn train_with(args: &TrainArgs, dist: &dyn Transport) -> Result<TrainSummary
         info.name,
         info.device,
         info.threads,
-        if s.ranks > 1 { " per rank; ZeRO-1: each rank holds the AdamW moments of 1/N of the parameters" } else { "" }
+        match (s.ranks > 1, device) {
+            (false, _) => "",
+            (true, memory::Device::Cpu) => " per rank; ZeRO-1: each rank holds the AdamW moments of 1/N of the parameters",
+            (true, memory::Device::Cuda) => " per rank; ZeRO-1: each rank holds the FP32 master weights and AdamW moments of 1/N of the parameters",
+        }
     );
     log::info!(
         "data: {} training tokens{}",

@@ -240,7 +240,8 @@ pub(super) fn pick_device(args: &TrainArgs) -> Result<Device, String> {
     }
 }
 
-/// The backend; with several ranks it keeps AdamW moments for this rank's ZeRO-1 shard only.
+/// The backend; with several ranks it keeps AdamW moments (on a GPU also the FP32 master
+/// weights) for this rank's ZeRO-1 shard only.
 pub(super) fn make_backend(
     device: Device,
     args: &TrainArgs,

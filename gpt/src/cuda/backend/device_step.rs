@@ -75,6 +75,7 @@ impl CudaBackend {
                 Ptr::of(&self.adam_m),
                 Ptr::of(&self.adam_v),
                 &ranges,
+                0,
                 st.params(),
                 st.state(),
             )

@@ -53,12 +53,14 @@ impl CudaBackend {
             weight_decay: hp.weight_decay,
             grad_scale: hp.grad_scale,
             seed: adamw_seed(hp.t),
+            // Keyed by the global index (below), so a shard rounds as the full update would.
+            index_base: self.opt_range().start as u64,
         };
         // Every tensor in one multi-tensor launch (or one reference launch per range when
         // MXGPT_MEMBOUND_KERNELS=reference); the same bits either way.
         // Data parallel: this rank's shard of every tensor only (ZeRO-1). The launch sees the
-        // shard's span of the parameters and gradients, so offsets are from its start (and the
-        // stochastic rounding is keyed by the position in the shard).
+        // shard's span of the parameters and gradients, so offsets are from its start (the
+        // stochastic rounding adds the start back: `index_base`).
         let shard = self.opt_range();
         let ranges: Vec<k::adamw::AdamwRange> = self
             .layout

@@ -64,14 +64,116 @@ pub struct AdamwArgs {
     pub grad_scale: f32,
     /// Stochastic-rounding seed: pass a fresh one every step (e.g. a hash of run seed and step).
     pub seed: u32,
+    /// The global index of the buffers' element 0: element i rounds with `sr_hash(seed,
+    /// index_base + i)`. 0 for whole buffers; a ZeRO-1 shard passes its start, so that its
+    /// update writes the bits of the same slice of the full update.
+    pub index_base: u64,
+}
+
+/// The five buffers every AdamW kernel takes first, in this order.
+#[derive(Clone, Copy)]
+struct Buffers<'a> {
+    params: Ptr<'a, bf16>,
+    master: Ptr<'a, f32>,
+    grads: Ptr<'a, bf16>,
+    m: Ptr<'a, f32>,
+    v: Ptr<'a, f32>,
+}
+
+impl<'a> Buffers<'a> {
+    fn new(
+        params: Ptr<'a, bf16>,
+        master: Ptr<'a, f32>,
+        grads: Ptr<'a, bf16>,
+        m: Ptr<'a, f32>,
+        v: Ptr<'a, f32>,
+    ) -> Self {
+        Buffers {
+            params,
+            master,
+            grads,
+            m,
+            v,
+        }
+    }
+
+    /// Each buffer holds `end` elements; with `aligned16`, each starts 16-byte aligned (what
+    /// the vectorized kernels need). An error naming kernel `k` and the buffer otherwise.
+    fn check(&self, k: &str, end: usize, aligned16: bool) -> Result<()> {
+        check_len(k, "params", &self.params, end)?;
+        check_len(k, "master", &self.master, end)?;
+        check_len(k, "grads", &self.grads, end)?;
+        check_len(k, "m", &self.m, end)?;
+        check_len(k, "v", &self.v, end)?;
+        if aligned16 {
+            membound::check_aligned16(k, &self.named_addrs())?;
+        }
+        Ok(())
+    }
+
+    fn named_addrs(&self) -> [(&'static str, u64); 5] {
+        [
+            ("params", self.params.addr()),
+            ("master", self.master.addr()),
+            ("grads", self.grads.addr()),
+            ("m", self.m.addr()),
+            ("v", self.v.addr()),
+        ]
+    }
+
+    /// Launches adamw.cu's `kernel` with the argument list every AdamW kernel shares: the
+    /// five buffers, `index_base`, then `rest` (the kernel's range, then its scalars).
+    ///
+    /// # Safety
+    /// `rest` must be the kernel's remaining parameters in order, and the grid must touch only
+    /// elements the buffers hold (the callers check both against the kernel's signature).
+    unsafe fn launch(
+        &self,
+        g: &Gpu,
+        kernel: &str,
+        cfg: LaunchConfig,
+        index_base: &u64,
+        rest: &[&dyn KernelArg],
+    ) -> Result<()> {
+        let k = g.kernel("adamw", kernel)?;
+        let mut args: Vec<&dyn KernelArg> = vec![
+            &self.params,
+            &self.master,
+            &self.grads,
+            &self.m,
+            &self.v,
+            index_base,
+        ];
+        args.extend_from_slice(rest);
+        g.launch(&k, cfg, &args)
+    }
+}
+
+impl AdamwArgs {
+    /// The scalars `adamw_update` and `adamw_update_multi` take last, in order (float x 8,
+    /// unsigned int seed).
+    fn scalars(&self) -> [&dyn KernelArg; 9] {
+        [
+            &self.lr,
+            &self.beta1,
+            &self.beta2,
+            &self.beta1_correction,
+            &self.beta2_correction,
+            &self.eps,
+            &self.weight_decay,
+            &self.grad_scale,
+            &self.seed,
+        ]
+    }
 }
 
 /// One AdamW step on elements `[offset, offset + n)` of the flat parameter buffers, in place:
 /// `m`, `v`, `master` (f32) are updated and `params` (bf16) is overwritten with the stochastic
-/// rounding of the new master weight (`sr_hash(seed, i)` of the GLOBAL index i, so results do
-/// not depend on how the buffer is split into launches). All pointers are the WHOLE buffers
-/// (the kernel adds `offset` itself); each must hold at least `offset + n` elements. `grads` is
-/// read only. No operand may overlap another. `n == 0` is a no-op.
+/// rounding of the new master weight (`sr_hash(seed, hp.index_base + i)`, keyed by the GLOBAL
+/// index, so results do not depend on how the buffer is split into launches or shards). All
+/// pointers are the WHOLE buffers (the kernel adds `offset` itself); each must hold at least
+/// `offset + n` elements. `grads` is read only. No operand may overlap another. `n == 0` is a
+/// no-op.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_update(
     g: &Gpu,
@@ -84,46 +186,23 @@ pub fn adamw_update(
     n: usize,
     hp: &AdamwArgs,
 ) -> Result<()> {
+    update_range(g, &Buffers::new(params, master, grads, m, v), offset, n, hp)
+}
+
+fn update_range(g: &Gpu, b: &Buffers, offset: usize, n: usize, hp: &AdamwArgs) -> Result<()> {
     const K: &str = "adamw_update";
     let end = offset
         .checked_add(n)
         .ok_or_else(|| CudaError::new(format!("{K}: offset + n overflows"), 1))?;
-    check_len(K, "params", &params, end)?;
-    check_len(K, "master", &master, end)?;
-    check_len(K, "grads", &grads, end)?;
-    check_len(K, "m", &m, end)?;
-    check_len(K, "v", &v, end)?;
+    b.check(K, end, false)?;
     if n == 0 {
         return Ok(());
     }
-    let k = g.kernel("adamw", K)?;
-    let a = *hp;
-    // SAFETY: adamw_update(bf16*, float*, const bf16*, float*, float*, size_t offset, size_t n,
+    let mut rest: Vec<&dyn KernelArg> = vec![&offset, &n];
+    rest.extend_from_slice(&hp.scalars());
+    // SAFETY: adamw_update(5 buffers, unsigned long long index_base, size_t offset, size_t n,
     // float x 8, unsigned int seed); every buffer holds offset + n elements (checked).
-    unsafe {
-        g.launch(
-            &k,
-            LaunchConfig::linear(n, 256),
-            &[
-                &params,
-                &master,
-                &grads,
-                &m,
-                &v,
-                &offset,
-                &n,
-                &a.lr,
-                &a.beta1,
-                &a.beta2,
-                &a.beta1_correction,
-                &a.beta2_correction,
-                &a.eps,
-                &a.weight_decay,
-                &a.grad_scale,
-                &a.seed,
-            ],
-        )
-    }
+    unsafe { b.launch(g, K, LaunchConfig::linear(n, 256), &hp.index_base, &rest) }
 }
 
 /// One AdamW step over every range of `ranges` (e.g. all parameter tensors of a model), in
@@ -145,15 +224,9 @@ pub fn adamw_update_ranges(
     ranges: &[AdamwRange],
     hp: &AdamwArgs,
 ) -> Result<()> {
-    let addrs = [
-        params.addr(),
-        master.addr(),
-        grads.addr(),
-        m.addr(),
-        v.addr(),
-    ];
-    let imp = membound::pick(membound::aligned16(&addrs));
-    adamw_update_ranges_with(g, imp, params, master, grads, m, v, ranges, hp)
+    let b = Buffers::new(params, master, grads, m, v);
+    let imp = membound::pick(membound::aligned16(&b.named_addrs().map(|(_, a)| a)));
+    update_ranges(g, imp, &b, ranges, hp)
 }
 
 /// [`adamw_update_ranges`] on the kernels asked for: [`MemImpl::Reference`] launches
@@ -172,70 +245,60 @@ pub fn adamw_update_ranges_with(
     ranges: &[AdamwRange],
     hp: &AdamwArgs,
 ) -> Result<()> {
+    update_ranges(
+        g,
+        imp,
+        &Buffers::new(params, master, grads, m, v),
+        ranges,
+        hp,
+    )
+}
+
+fn update_ranges(
+    g: &Gpu,
+    imp: MemImpl,
+    b: &Buffers,
+    ranges: &[AdamwRange],
+    hp: &AdamwArgs,
+) -> Result<()> {
     const K: &str = "adamw_update_multi";
-    let merged = merge_ranges(ranges)?;
-    let Some(last) = merged.last() else {
-        return Ok(());
-    };
-    let end = last.offset + last.len;
-    check_len(K, "params", &params, end)?;
-    check_len(K, "master", &master, end)?;
-    check_len(K, "grads", &grads, end)?;
-    check_len(K, "m", &m, end)?;
-    check_len(K, "v", &v, end)?;
+    let merged = checked_ranges(K, b, ranges, imp == MemImpl::Vectorized)?;
     if imp == MemImpl::Reference {
         for r in &merged {
             let a = AdamwArgs {
                 weight_decay: if r.decay { hp.weight_decay } else { 0.0 },
                 ..*hp
             };
-            adamw_update(g, params, master, grads, m, v, r.offset, r.len, &a)?;
+            update_range(g, b, r.offset, r.len, &a)?;
         }
         return Ok(());
     }
-    membound::check_aligned16(
-        K,
-        &[
-            ("params", params.addr()),
-            ("master", master.addr()),
-            ("grads", grads.addr()),
-            ("m", m.addr()),
-            ("v", v.addr()),
-        ],
-    )?;
-    let k = g.kernel("adamw", K)?;
-    let a = *hp;
     for chunk in merged.chunks(MAX_SEGMENTS) {
         let (table, vecs) = table_of(chunk);
-        // SAFETY: adamw_update_multi(bf16*, float*, const bf16*, float*, float*, AdamwTable,
-        // float x 8, unsigned int seed); every buffer holds the table's last end (checked), the
-        // buffers are 16-byte aligned (checked), and the grid covers the 8-vectors from
-        // floor(start[0] / 8) to ceil(end[count - 1] / 8).
-        unsafe {
-            g.launch(
-                &k,
-                LaunchConfig::linear(vecs, 256),
-                &[
-                    &params,
-                    &master,
-                    &grads,
-                    &m,
-                    &v,
-                    &table,
-                    &a.lr,
-                    &a.beta1,
-                    &a.beta2,
-                    &a.beta1_correction,
-                    &a.beta2_correction,
-                    &a.eps,
-                    &a.weight_decay,
-                    &a.grad_scale,
-                    &a.seed,
-                ],
-            )?
-        };
+        let mut rest: Vec<&dyn KernelArg> = vec![&table];
+        rest.extend_from_slice(&hp.scalars());
+        // SAFETY: adamw_update_multi(5 buffers, unsigned long long index_base, AdamwTable,
+        // float x 8, unsigned int seed); every buffer holds the table's last end and is 16-byte
+        // aligned (checked), and the grid covers the 8-vectors from floor(start[0] / 8) to
+        // ceil(end[count - 1] / 8).
+        unsafe { b.launch(g, K, LaunchConfig::linear(vecs, 256), &hp.index_base, &rest)? };
     }
     Ok(())
+}
+
+/// `ranges` merged ([`merge_ranges`]), with the buffers checked to hold the last range's end
+/// (and, with `aligned16`, to be 16-byte aligned).
+fn checked_ranges(
+    k: &str,
+    b: &Buffers,
+    ranges: &[AdamwRange],
+    aligned16: bool,
+) -> Result<Vec<AdamwRange>> {
+    let merged = merge_ranges(ranges)?;
+    if let Some(last) = merged.last() {
+        b.check(k, last.offset + last.len, aligned16)?;
+    }
+    Ok(merged)
 }
 
 /// `ranges` validated (sorted, disjoint: an error otherwise), empty ones dropped, touching
@@ -294,8 +357,8 @@ fn table_of(chunk: &[AdamwRange]) -> (AdamwTable, usize) {
 /// corrections, eps, weight decay, seed) read from `p` and the clip factor from `state`
 /// (written by `step::finish`) on the device, so nothing is passed by value that changes from
 /// step to step; skipped on the device when `state` says a loss or norm was not finite. The
-/// same bits as [`adamw_update_ranges`] with those values. The five buffers must be 16-byte
-/// aligned (an error otherwise).
+/// same bits as [`adamw_update_ranges`] with those values (`index_base` as
+/// [`AdamwArgs::index_base`]). The five buffers must be 16-byte aligned (an error otherwise).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_update_ranges_dev(
     g: &Gpu,
@@ -305,43 +368,31 @@ pub fn adamw_update_ranges_dev(
     m: Ptr<f32>,
     v: Ptr<f32>,
     ranges: &[AdamwRange],
+    index_base: u64,
     p: Ptr<super::step::StepParams>,
     state: Ptr<u64>,
 ) -> Result<()> {
     const K: &str = "adamw_update_multi_dev";
-    let merged = merge_ranges(ranges)?;
-    let Some(last) = merged.last() else {
+    let b = Buffers::new(params, master, grads, m, v);
+    let merged = checked_ranges(K, &b, ranges, true)?;
+    if merged.is_empty() {
         return Ok(());
-    };
-    let end = last.offset + last.len;
-    check_len(K, "params", &params, end)?;
-    check_len(K, "master", &master, end)?;
-    check_len(K, "grads", &grads, end)?;
-    check_len(K, "m", &m, end)?;
-    check_len(K, "v", &v, end)?;
+    }
     check_len(K, "step params", &p, 1)?;
     check_len(K, "step state", &state, super::step::STATE_WORDS)?;
-    membound::check_aligned16(
-        K,
-        &[
-            ("params", params.addr()),
-            ("master", master.addr()),
-            ("grads", grads.addr()),
-            ("m", m.addr()),
-            ("v", v.addr()),
-        ],
-    )?;
-    let k = g.kernel("adamw", K)?;
     for chunk in merged.chunks(MAX_SEGMENTS) {
         let (table, vecs) = table_of(chunk);
-        // SAFETY: adamw_update_multi_dev(bf16*, float*, const bf16*, float*, float*,
-        // AdamwTable, const StepParams*, const StepState*); buffers hold the table's last end
-        // and are aligned (checked); the grid covers the table's 8-vectors.
+        // SAFETY: adamw_update_multi_dev(5 buffers, unsigned long long index_base, AdamwTable,
+        // const StepParams*, const StepState*); buffers hold the table's last end and are
+        // aligned, p and state hold a StepParams and a StepState (checked); the grid covers the
+        // table's 8-vectors.
         unsafe {
-            g.launch(
-                &k,
+            b.launch(
+                g,
+                K,
                 LaunchConfig::linear(vecs, 256),
-                &[&params, &master, &grads, &m, &v, &table, &p, &state],
+                &index_base,
+                &[&table, &p, &state],
             )?
         };
     }
