@@ -205,6 +205,8 @@ struct Trained {
     telemetry: Vec<Option<gpt::mx::MxTelemetry>>,
     /// The per-site telemetry of the whole run.
     sites: Vec<gpt::mx::SiteTelemetry>,
+    /// Delayed FP8 scaling's state at the end (amax rings and call counts).
+    fp8: Option<gpt::mx::fp8::Fp8State>,
 }
 
 fn f32_bits(v: &[f32]) -> Vec<u32> {
@@ -331,6 +333,7 @@ fn train_tiny_in(path: StepPath, steps: usize, mode: BackwardMode, fwd: ForwardC
     assert_eq!(be.graph_counts(), want, "(graphs recorded, graph launches)");
     let (master, m, v) = be.read_optimizer().unwrap();
     Trained {
+        fp8: be.fp8_state().unwrap(),
         sites: be.take_mx_site_telemetry(),
         telemetry,
         losses,
@@ -406,18 +409,30 @@ fn graph_replay_of_the_fp8_forward_with_current_scaling_is_bit_identical() {
 }
 
 #[test]
-fn graphs_refuse_modes_that_pass_per_call_values() {
-    let cfg = ModelConfig::named("tiny").unwrap();
-    let gpt = Gpt::new(cfg, 1, 16).unwrap();
-    let mut be = CudaBackend::on(gpu(), &gpt.cfg, 1, 16).unwrap();
-    be.set_cuda_graphs(true);
-    be.set_forward_config(gpt::mx::fp8::ForwardConfig {
+fn graph_replay_of_the_fp8_forward_with_delayed_scaling_is_bit_identical() {
+    // Delayed scaling records each training call's amax into its tensor's ring at slot
+    // calls % history: the count lives on the device and the amax kernel advances it, so every
+    // replay records into its own slot. 3 steps x 2 micro batches = 6 calls per tensor through
+    // rings of 4: the window slides and wraps.
+    let (steps, history) = (3, 4);
+    let fwd = ForwardConfig {
         mode: gpt::precision::ForwardMode::Fp8,
-        scaling: gpt::mx::fp8::Fp8Scaling::Delayed { history: 4 },
-    })
-    .unwrap();
-    let e = be.graph_begin(1).unwrap_err().to_string();
-    assert!(e.contains("FP8") && e.contains("--forward bf16"), "{e}");
+        scaling: Fp8Scaling::Delayed { history },
+    };
+    let direct = train_tiny_in(StepPath::Device, steps, BackwardMode::Bf16, fwd);
+    let graphs = train_tiny_in(StepPath::DeviceGraphs, steps, BackwardMode::Bf16, fwd);
+    assert_same("fp8 delayed graph replay", &graphs, &direct);
+    let want = direct.fp8.as_ref().expect("delayed scaling has a state");
+    assert!(
+        want.calls.iter().all(|&c| c == (steps * 2) as u64),
+        "{:?}",
+        want.calls
+    );
+    assert!(want.amax.iter().all(|&a| a > 0.0), "every slot recorded");
+    let got = graphs.fp8.as_ref().expect("delayed scaling has a state");
+    assert_eq!(got.calls, want.calls, "call counts");
+    assert_eq!(f32_bits(&got.amax), f32_bits(&want.amax), "amax rings");
+    assert_eq!(graphs.sites, direct.sites, "fp8 per-layer telemetry");
 }
 
 #[test]
