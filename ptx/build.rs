@@ -241,8 +241,13 @@ fn build_variant(
     if src.is_cu {
         // -O3 and no fast-math: the kernels are checked against CPU references, and expf/tanhf
         // accuracy matters more than the few percent fast-math would give on memory-bound ops.
+        // -fmad=false: no silent contraction of a*b+c into an FMA, the same rule as the host
+        // harness's -ffp-contract=off, so a kernel computes on the GPU the bits it computed on
+        // the harness (fast and plain twins are compared bit for bit there). A kernel that
+        // wants an FMA writes fmaf() explicitly, which both sides honour.
         let out = Command::new(nvcc)
-            .args(["-ptx", "-O3", "-std=c++17", "-lineinfo", "--Werror", "all-warnings"])
+            .args(["-ptx", "-O3", "-std=c++17", "-lineinfo", "-fmad=false"])
+            .args(["--Werror", "all-warnings"])
             .arg(format!("-arch={target}"))
             .arg("-o")
             .arg(&ptx_path)

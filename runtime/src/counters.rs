@@ -41,7 +41,13 @@ impl Counters {
     /// Opens NVML and checks that `device_index` exists. The error is one sentence ending in
     /// "counters off", meant to be printed as is.
     pub fn open(device_index: u32) -> Result<Counters, String> {
-        let nvml = Nvml::init().map_err(|e| format!("NVML not available: {e}; counters off"))?;
+        // Driver-only hosts and containers often ship only the versioned library, while
+        // `Nvml::init` opens the unversioned development name: try the versioned one first.
+        let nvml = Nvml::builder()
+            .lib_path(std::ffi::OsStr::new("libnvidia-ml.so.1"))
+            .init()
+            .or_else(|_| Nvml::init())
+            .map_err(|e| format!("NVML not available: {e}; counters off"))?;
         let device_name = nvml
             .device_by_index(device_index)
             .and_then(|d| d.name())

@@ -3,6 +3,7 @@
 # `ptxas -v --warn-on-spills` and prints registers / shared memory / spills per kernel.
 # Exits non-zero on any compile error, any spill, or ptxas warning C7510/C7511 (wgmma serialized).
 # Needs the toolchain: tools/cuda/install-toolchain.sh (this script sources its env file).
+# The nvcc flags are those of ptx/build.rs (-fmad=false included).
 # Nothing here runs a kernel: it is a static check, valid on a machine without a GPU.
 set -euo pipefail
 
@@ -28,7 +29,7 @@ for src in "$ROOT"/ptx/kernels/*.cu "$ROOT"/ptx/kernels/*.ptx; do
   for target in $targets; do
     ptx="$WORK/$name.$target.ptx"
     if [[ "$src" == *.cu ]]; then
-      if ! "$NVCC" -ptx -O3 -std=c++17 -lineinfo --Werror all-warnings -arch="$target" -o "$ptx" "$src" 2>"$WORK/nvcc.log"; then
+      if ! "$NVCC" -ptx -O3 -std=c++17 -lineinfo -fmad=false --Werror all-warnings -arch="$target" -o "$ptx" "$src" 2>"$WORK/nvcc.log"; then
         echo "FAIL $name $target: nvcc:"; cat "$WORK/nvcc.log"; status=1; continue
       fi
     else
