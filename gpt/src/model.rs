@@ -316,7 +316,7 @@ impl Gpt {
     /// backend may record the micro batch as a CUDA graph once and replay it after
     /// (`graph_begin`; the graph is keyed by `loss_scale`, the one value it bakes in; the step
     /// and micro-batch indices reach a replay through `begin_micro_batch`, in device memory;
-    /// the backend refuses graphs with the modes whose launches still take per-call values).
+    /// what differs per call, such as delayed FP8 scaling's ring slots, is on the device too).
     pub fn forward_backward_on_device<B: Backend + ?Sized>(
         &self,
         be: &mut B,

@@ -10,12 +10,16 @@
 //       block 256, grid G = amax_partials_len(n) (at most 1024): partials[b] = max |x| over the
 //       finite elements block b visits (grid-stride, 8 elements per 16-byte load when `vec`:
 //       x 16-byte aligned; a scalar tail). Max is exact: the result does not depend on G.
-//   fp8_amax_finish(float* rec, const float* partials, int n, float* history, int h, int slot)
+//   fp8_amax_finish(float* rec, const float* partials, int n, float* history, int h, int slot,
+//                   unsigned long long* calls)
 //       one block of 256: amax = max of the n partials; rec[0] = amax and rec[1] = the scale:
 //         h == 0 (current scaling): 448 / amax (1 for amax 0, the largest f32 on overflow);
 //         h > 0 (delayed: history = this tensor's ring of h amaxes, zeros empty): the same of
-//           the ring's maximum, or of amax while the ring is empty; then, when slot >= 0 (a
-//           training call; slot = calls % h, counted on the host), history[slot] = amax.
+//           the ring's maximum, or of amax while the ring is empty; then a training call
+//           records amax into its slot: slot >= 0, chosen by the caller (the plain path), or,
+//           with calls non-NULL (slot -1), slot = calls[0] % h from the tensor's call count on
+//           the device, which is then incremented: a replayed CUDA graph records into the slot
+//           of each replay's call, not the one of the capture. Neither: not recorded.
 //       Exactly Fp8State::scale: the window is read before this call is recorded.
 //   fp8_quantize_e4m3(uint8_t* out, const bf16* x, long long n, const float* rec)
 //       out[i] = E4M3(x[i] * rec[1]): one f32 multiply, then cvt.rn.satfinite.e4m3x2.f32 (sm_89+;
@@ -83,7 +87,8 @@ fp8_amax_partials(float* partials, const bf16* x, long long n, int vec) {
 }
 
 extern "C" __global__ void __launch_bounds__(FP8_THREADS)
-fp8_amax_finish(float* rec, const float* partials, int n, float* history, int h, int slot) {
+fp8_amax_finish(float* rec, const float* partials, int n, float* history, int h, int slot,
+                unsigned long long* calls) {
     __shared__ float sm[FP8_THREADS / 32];
     float m = 0.0f;
     for (int i = threadIdx.x; i < n; i += FP8_THREADS) m = fmaxf(m, partials[i]);
@@ -94,6 +99,10 @@ fp8_amax_finish(float* rec, const float* partials, int n, float* history, int h,
         float w = 0.0f;
         for (int i = 0; i < h; i++) w = fmaxf(w, history[i]);
         if (w > 0.0f) basis = w;
+        if (slot < 0 && calls != nullptr) {
+            slot = (int)(calls[0] % (unsigned long long)h);
+            calls[0] += 1;
+        }
         if (slot >= 0) history[slot] = amax;
     }
     rec[0] = amax;

@@ -16,7 +16,7 @@
 //!
 //! Outputs are poisoned before every launch.
 
-use gpt::cuda::kernels::fp8::{self as kfp8, Fp8Operand, History};
+use gpt::cuda::kernels::fp8::{self as kfp8, Fp8Operand, History, Record};
 use gpt::cuda::kernels::Ptr;
 use gpt::mx::fp8::{self, e4m3_from_f32, e4m3_to_f32, Fp8Scaling, Fp8State};
 use runtime::cuda::half::bf16;
@@ -92,7 +92,7 @@ fn scale_of(
     g: &Gpu,
     x: &[bf16],
     offset: usize,
-    history: Option<(&runtime::cuda::DeviceBuffer<f32>, Option<usize>)>,
+    history: Option<(&runtime::cuda::DeviceBuffer<f32>, Record)>,
 ) -> [f32; 2] {
     let mut padded = vec![bf16::from_f32(1e6); offset];
     padded.extend_from_slice(x);
@@ -105,9 +105,9 @@ fn scale_of(
         Ptr::of(&partials),
         Ptr::of(&buf).slice(offset, x.len()),
         x.len(),
-        history.map(|(ring, slot)| History {
+        history.map(|(ring, record)| History {
             ring: Ptr::of(ring),
-            slot,
+            record,
         }),
     )
     .unwrap();
@@ -159,10 +159,14 @@ fn amax_and_current_scale_equal_the_cpu() {
 #[test]
 fn delayed_scaling_follows_fp8_state() {
     // One tensor's ring of 3 on the device against Fp8State: training calls record, evaluation
-    // calls do not, the window slides, an empty window falls back to current scaling.
+    // calls do not, the window slides, an empty window falls back to current scaling. Twice:
+    // the slot chosen here (Record::Slot) and the slot from the call count on the device
+    // (Record::Counter, which the kernel increments; a poisoned second word must stay).
     let g = gpu();
     let h = 3;
     let ring = g.upload(&vec![0.0f32; h]).unwrap();
+    let counted = g.upload(&vec![0.0f32; h]).unwrap();
+    let calls = g.upload(&[0u64, 0xDEAD_BEEF]).unwrap();
     let mut state = Fp8State::new(1, h);
     let scaling = Fp8Scaling::Delayed { history: h };
     let mut rng = Rng(31);
@@ -172,8 +176,30 @@ fn delayed_scaling_follows_fp8_state() {
         let mut x = rng.vec_bf16(100, a / 2.0);
         x[37] = bf16::from_f32(-a);
         let want = state.scale(scaling, 0, a, train);
-        let slot = train.then(|| (state.calls[0] as usize - 1) % h);
-        let got = scale_of(&g, &x, 0, Some((&ring, slot)));
+        let record = match train {
+            true => Record::Slot((state.calls[0] as usize - 1) % h),
+            false => Record::No,
+        };
+        let got = scale_of(&g, &x, 0, Some((&ring, record)));
+        let record = match train {
+            true => Record::Counter(Ptr::of(&calls).slice(0, 1)),
+            false => Record::No,
+        };
+        assert_eq!(
+            scale_of(&g, &x, 0, Some((&counted, record))),
+            got,
+            "call {i}: the device count's amax and scale"
+        );
+        assert_eq!(
+            g.download(&counted).unwrap(),
+            &state.amax[..h],
+            "call {i}: the device count's ring"
+        );
+        assert_eq!(
+            g.download(&calls).unwrap(),
+            [state.calls[0], 0xDEAD_BEEF],
+            "call {i}: the device count"
+        );
         assert_eq!(got[0], a, "call {i}: amax");
         assert_eq!(
             got[1].to_bits(),
@@ -500,7 +526,7 @@ fn launchers_reject_what_the_kernels_cannot_do() {
         64,
         Some(History {
             ring: Ptr::of(&ring).slice(0, 2),
-            slot: Some(2),
+            record: Record::Slot(2),
         }),
     ));
     assert!(msg.contains("slot"), "{msg}");

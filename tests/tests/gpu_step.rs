@@ -205,6 +205,8 @@ struct Trained {
     telemetry: Vec<Option<gpt::mx::MxTelemetry>>,
     /// The per-site telemetry of the whole run.
     sites: Vec<gpt::mx::SiteTelemetry>,
+    /// Delayed FP8 scaling's state at the end (amax rings and call counts).
+    fp8: Option<gpt::mx::fp8::Fp8State>,
 }
 
 fn f32_bits(v: &[f32]) -> Vec<u32> {
@@ -331,6 +333,7 @@ fn train_tiny_in(path: StepPath, steps: usize, mode: BackwardMode, fwd: ForwardC
     assert_eq!(be.graph_counts(), want, "(graphs recorded, graph launches)");
     let (master, m, v) = be.read_optimizer().unwrap();
     Trained {
+        fp8: be.fp8_state().unwrap(),
         sites: be.take_mx_site_telemetry(),
         telemetry,
         losses,
@@ -406,18 +409,30 @@ fn graph_replay_of_the_fp8_forward_with_current_scaling_is_bit_identical() {
 }
 
 #[test]
-fn graphs_refuse_modes_that_pass_per_call_values() {
-    let cfg = ModelConfig::named("tiny").unwrap();
-    let gpt = Gpt::new(cfg, 1, 16).unwrap();
-    let mut be = CudaBackend::on(gpu(), &gpt.cfg, 1, 16).unwrap();
-    be.set_cuda_graphs(true);
-    be.set_forward_config(gpt::mx::fp8::ForwardConfig {
+fn graph_replay_of_the_fp8_forward_with_delayed_scaling_is_bit_identical() {
+    // Delayed scaling records each training call's amax into its tensor's ring at slot
+    // calls % history: the count lives on the device and the amax kernel advances it, so every
+    // replay records into its own slot. 3 steps x 2 micro batches = 6 calls per tensor through
+    // rings of 4: the window slides and wraps.
+    let (steps, history) = (3, 4);
+    let fwd = ForwardConfig {
         mode: gpt::precision::ForwardMode::Fp8,
-        scaling: gpt::mx::fp8::Fp8Scaling::Delayed { history: 4 },
-    })
-    .unwrap();
-    let e = be.graph_begin(1).unwrap_err().to_string();
-    assert!(e.contains("FP8") && e.contains("--forward bf16"), "{e}");
+        scaling: Fp8Scaling::Delayed { history },
+    };
+    let direct = train_tiny_in(StepPath::Device, steps, BackwardMode::Bf16, fwd);
+    let graphs = train_tiny_in(StepPath::DeviceGraphs, steps, BackwardMode::Bf16, fwd);
+    assert_same("fp8 delayed graph replay", &graphs, &direct);
+    let want = direct.fp8.as_ref().expect("delayed scaling has a state");
+    assert!(
+        want.calls.iter().all(|&c| c == (steps * 2) as u64),
+        "{:?}",
+        want.calls
+    );
+    assert!(want.amax.iter().all(|&a| a > 0.0), "every slot recorded");
+    let got = graphs.fp8.as_ref().expect("delayed scaling has a state");
+    assert_eq!(got.calls, want.calls, "call counts");
+    assert_eq!(f32_bits(&got.amax), f32_bits(&want.amax), "amax rings");
+    assert_eq!(graphs.sites, direct.sites, "fp8 per-layer telemetry");
 }
 
 #[test]
@@ -431,6 +446,7 @@ fn a_non_finite_loss_stops_the_updates_on_the_device() {
     let (batch, seq) = (1, 16);
     let gpt = Gpt::new(cfg, batch, seq).unwrap();
     let mut be = CudaBackend::on(gpu(), &gpt.cfg, batch, seq).unwrap();
+    be.set_cuda_graphs(false); // whatever MXGPT_CUDA_GRAPH a trainer test set meanwhile
     let all = TensorRef {
         arena: Arena::Params,
         offset: 0,
@@ -518,6 +534,37 @@ fn dataset(dir: &Path) -> String {
 /// A small model at B = 1, T = 16 (unless `extra` sets --seq), one micro batch per step: the harness runs the LM head over
 /// GPT-2's whole vocabulary (the trainer has no smaller one), so everything else is small.
 fn run(
+    dir: &Path,
+    name: &str,
+    host_path: bool,
+    extra: &[&str],
+) -> (Result<gpt::trainer::TrainSummary, String>, Vec<Value>) {
+    run_with(dir, name, host_path, extra, false)
+}
+
+/// The trainer's backend reads MXGPT_CUDA_GRAPH when it opens: trainer runs take turns, each
+/// with the variable as it asks.
+static TRAINER_ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// `run`, with CUDA graphs (MXGPT_CUDA_GRAPH=1) when `graphs`.
+fn run_with(
+    dir: &Path,
+    name: &str,
+    host_path: bool,
+    extra: &[&str],
+    graphs: bool,
+) -> (Result<gpt::trainer::TrainSummary, String>, Vec<Value>) {
+    let _turn = TRAINER_ENV.lock().unwrap_or_else(|e| e.into_inner());
+    match graphs {
+        true => std::env::set_var("MXGPT_CUDA_GRAPH", "1"),
+        false => std::env::remove_var("MXGPT_CUDA_GRAPH"),
+    }
+    let r = run_unlocked(dir, name, host_path, extra);
+    std::env::remove_var("MXGPT_CUDA_GRAPH");
+    r
+}
+
+fn run_unlocked(
     dir: &Path,
     name: &str,
     host_path: bool,
@@ -672,6 +719,68 @@ fn trainer_logs_are_identical_with_the_deferred_read_mxfp4() {
         "32",
     ];
     trainer_logs_match(&mode, "mxfp4", 1);
+}
+
+#[test]
+fn trainer_runs_are_identical_with_cuda_graphs() {
+    // `train_gpt --device cuda` with MXGPT_CUDA_GRAPH=1 against the same run without: the
+    // hardest modes at once (MXFP4 backward with RHT and SR, FP8 forward with delayed scaling
+    // and a ring of 2 that wraps), 2 micro batches per step (the replays see fresh tokens, step
+    // and micro-batch bits), evaluation between steps (direct, non-recording FP8 calls). Logs,
+    // validation losses and checkpoint files bit for bit.
+    let dir = tmpdir("graphs");
+    let extra = [
+        "--steps",
+        "3",
+        "--eval-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--seq",
+        "32",
+        "--total-batch-tokens",
+        "64",
+        "--backward",
+        "mxfp4",
+        "--hadamard-block",
+        "32",
+        "--forward",
+        "fp8",
+        "--fp8-scaling",
+        "delayed",
+        "--fp8-amax-history",
+        "2",
+    ];
+    let (graphs, graphs_log) = run_with(&dir, "graphs", false, &extra, true);
+    let (direct, direct_log) = run_with(&dir, "direct", false, &extra, false);
+    let (graphs, direct) = (graphs.unwrap(), direct.unwrap());
+    let bits = |v: &[(u64, f32)]| v.iter().map(|&(s, l)| (s, l.to_bits())).collect::<Vec<_>>();
+    assert_eq!(graphs.losses.len(), 3);
+    assert_eq!(bits(&graphs.losses), bits(&direct.losses), "losses");
+    assert_eq!(direct.val_losses.len(), 2); // steps 2 and 3 (the last)
+    assert_eq!(
+        bits(&graphs.val_losses),
+        bits(&direct.val_losses),
+        "validation losses"
+    );
+    assert_eq!(logged_numbers(&graphs_log), logged_numbers(&direct_log));
+    assert!(direct_log
+        .iter()
+        .any(|r| r["type"] == "train" && r["mx"]["relative_error"].as_f64() > Some(0.0)));
+    for step in [2, 3] {
+        let file = |run: &str| {
+            std::fs::read(
+                dir.join(format!("{run}-ckpt"))
+                    .join(gpt::checkpoint::file_name(step)),
+            )
+            .unwrap()
+        };
+        assert!(
+            file("graphs") == file("direct"),
+            "checkpoint of step {step}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -21,19 +21,6 @@ impl CudaBackend {
         (st.recorded, st.launched)
     }
 
-    /// Why the current modes cannot be replayed from a graph (their launches take per-call
-    /// values by value), or None. (The 4-bit backward's per-GEMM streams can: their step and
-    /// micro-batch bits are in device memory, `begin_micro_batch`; so can FP8 with current
-    /// scaling.)
-    fn graph_obstacle(&self) -> Option<String> {
-        if self.fp8.as_ref().is_some_and(|f| f.delayed.is_some()) {
-            return Some(
-                "the FP8 forward's delayed scaling passes its amax ring slots by value; use --fp8-scaling current or --forward bf16".into(),
-            );
-        }
-        None
-    }
-
     pub(super) fn has_device_step(&self) -> bool {
         // The device step updates every parameter: not with a ZeRO-1 shard (data parallel).
         self.dp.is_none() && self.master.len() == self.layout.total
@@ -111,9 +98,8 @@ impl CudaBackend {
     }
 
     pub(super) fn graph_begin(&mut self, key: u64) -> BResult<bool> {
-        let why_not = self.graph_obstacle();
         let st = self.step.as_mut().expect("device step");
-        let run = st.graph_begin(&self.gpu, key, why_not)?;
+        let run = st.graph_begin(&self.gpu, key)?;
         if let Some(mx) = self.mx.as_mut().filter(|_| st.graphs) {
             mx.graph_micro_begin(run);
         }

@@ -31,11 +31,13 @@ impl Fp8Scratch {
 }
 
 /// Delayed FP8 scaling: every tensor's ring of `history` amaxes on the device (layout of
-/// `Fp8State::amax`), and the training calls recorded per tensor (here, on the host).
-pub(super) struct Fp8History {
+/// `Fp8State::amax`), and the training calls recorded per tensor, also on the device: the
+/// amax kernel picks its ring slot from the count and increments it, so a replayed CUDA graph
+/// records into the slot of each replay's call (`kfp8::Record::Counter`).
+struct Fp8History {
     history: usize,
     rings: DeviceBuffer<f32>,
-    calls: Vec<u64>,
+    calls: DeviceBuffer<u64>,
 }
 
 /// The FP8 forward's device state.
@@ -46,7 +48,7 @@ pub(super) struct Fp8Forward {
     partials: DeviceBuffer<f32>,
     /// (amax, scale) of the input, then of the weight, of the current call.
     rec: DeviceBuffer<f32>,
-    pub(super) delayed: Option<Fp8History>,
+    delayed: Option<Fp8History>,
 }
 
 impl CudaBackend {
@@ -109,10 +111,12 @@ impl CudaBackend {
         let delayed = if history > 0 {
             let rings = g.alloc(tensors * history).map_err(err)?;
             g.fill_bytes(&rings, 0).map_err(err)?;
+            let calls = g.alloc(tensors).map_err(err)?;
+            g.fill_bytes(&calls, 0).map_err(err)?;
             Some(Fp8History {
                 history,
                 rings,
-                calls: vec![0; tensors],
+                calls,
             })
         } else {
             None
@@ -142,7 +146,7 @@ impl CudaBackend {
         Ok(Some(Fp8State {
             history: h.history,
             amax: self.gpu.download(&h.rings).map_err(err)?,
-            calls: h.calls.clone(),
+            calls: self.gpu.download(&h.calls).map_err(err)?,
         }))
     }
 
@@ -155,7 +159,7 @@ impl CudaBackend {
                     && state.amax.len() == h.rings.len() =>
             {
                 g.copy_to_device(&state.amax, &h.rings).map_err(err)?;
-                h.calls.clone_from(&state.calls);
+                g.copy_to_device(&state.calls, &h.calls).map_err(err)?;
                 Ok(())
             }
             h => {
@@ -190,13 +194,12 @@ impl CudaBackend {
         }
         let f = self
             .fp8
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| BackendError("linear_forward: the FP8 forward was not set up".into()))?;
-        // Delayed scaling: the ring of each operand, and the slot a training call records into
-        // (its call count modulo the history, counted here).
-        let mut slots = [None, None];
+        // Delayed scaling: the tensor (ring and call count) of each operand; a training call
+        // records into its ring at the slot its count on the device picks.
         let mut tensors = [0, 0];
-        if let Some(h) = f.delayed.as_mut() {
+        if let Some(h) = f.delayed.as_ref() {
             for (i, op) in [Fp8Operand::Input, Fp8Operand::Weight]
                 .into_iter()
                 .enumerate()
@@ -210,10 +213,6 @@ impl CudaBackend {
                     )));
                 }
                 tensors[i] = t;
-                if site.training {
-                    slots[i] = Some((h.calls[t] % h.history as u64) as usize);
-                    h.calls[t] += 1;
-                }
             }
         }
         let mut telemetry = self.fp8_telemetry.take();
@@ -221,16 +220,15 @@ impl CudaBackend {
             site,
             (out, inp, w, bias, gelu_out),
             (rows, ic, oc),
-            (slots, tensors),
+            tensors,
             telemetry.as_mut().filter(|_| site.training),
         );
         self.fp8_telemetry = telemetry;
         r
     }
 
-    /// The FP8 forward of a linear layer after the delayed-scaling bookkeeping (`slots`: the ring
-    /// slot each operand's training call records into, `tensors`: their rings), with the
-    /// telemetry of a training call.
+    /// The FP8 forward of a linear layer (`tensors`: the delayed-scaling tensors of its input and
+    /// weight, whose rings a training call records into), with the telemetry of a training call.
     #[allow(clippy::type_complexity)]
     fn fp8_linear_forward(
         &self,
@@ -243,7 +241,7 @@ impl CudaBackend {
             Option<TensorRef>,
         ),
         (rows, ic, oc): (usize, usize, usize),
-        (slots, tensors): ([Option<usize>; 2], [usize; 2]),
+        tensors: [usize; 2],
         telemetry: Option<&mut Fp8Telemetry>,
     ) -> BResult<()> {
         let f = self
@@ -257,7 +255,11 @@ impl CudaBackend {
         let ring = |i: usize| {
             f.delayed.as_ref().map(|h| kfp8::History {
                 ring: Ptr::of(&h.rings).slice(tensors[i] * h.history, h.history),
-                slot: slots[i],
+                record: if site.training {
+                    kfp8::Record::Counter(Ptr::of(&h.calls).slice(tensors[i], 1))
+                } else {
+                    kfp8::Record::No
+                },
             })
         };
         let context = |e: CudaError| {

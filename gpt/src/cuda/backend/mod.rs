@@ -14,8 +14,8 @@
 //!
 //! The FP8 forward (`--forward fp8`, docs/numerics.md section 9) runs the blocks' linear layers
 //! through fp8.cu / fp8_gemm.cu (`linear_forward`): per call each operand's amax and scale on
-//! the device (delayed scaling's amax rings are device buffers; the call counts that pick a
-//! ring's slot are kept here, on the host), E4M3 quantization, then the FP8 GEMM (E4M3
+//! the device (delayed scaling's amax rings are device buffers, and so are the call counts
+//! that pick a ring's slot), E4M3 quantization, then the FP8 GEMM (E4M3
 //! mma.sync on compute capability 8.9+, the BF16 fallback elsewhere or when asked).
 //!
 //! The training step can stay on the device (`device_step`, step.rs): the encoder index is built

@@ -6,7 +6,8 @@
 //!
 //! A tensor's scale lives on the device in a two-float record (amax, scale) that the GEMM reads
 //! there: an FP8 linear never waits for the host, also with delayed scaling, whose amax history
-//! is a device buffer (the call counts that pick the ring slot are kept by the caller).
+//! is a device buffer (the call counts that pick the ring slot: on the device, `Record::Counter`,
+//! or kept by the caller, `Record::Slot`).
 
 use super::{check_dim, check_disjoint, check_len, span, Ptr, Span};
 use runtime::cuda::{half::bf16, CudaError, Gpu, LaunchConfig, Result};
@@ -36,14 +37,26 @@ fn linear_cfg(n_threads: usize) -> LaunchConfig {
     }
 }
 
-/// Delayed scaling for one tensor: its ring of amaxes (`h` f32, zeros are empty slots) and the
-/// slot this call records into (Some only for a training call: `calls % h`).
+/// Delayed scaling for one tensor: its ring of amaxes (`h` f32, zeros are empty slots) and
+/// where this call records its amax.
 #[derive(Clone, Copy, Debug)]
 pub struct History<'a> {
     pub ring: Ptr<'a, f32>,
-    pub slot: Option<usize>,
+    pub record: Record<'a>,
 }
 
+/// Whether and where a delayed-scaling call records its amax into the ring.
+#[derive(Clone, Copy, Debug)]
+pub enum Record<'a> {
+    /// Not at all (an evaluation call).
+    No,
+    /// Into this slot, chosen by the caller (`calls % h`, counted on the host): the plain path.
+    Slot(usize),
+    /// Into slot `calls % h` of the tensor's call count (one u64) on the device, which the
+    /// kernel then increments: what a replayed CUDA graph needs (a slot passed by value would
+    /// be the capture's on every replay).
+    Counter(Ptr<'a, u64>),
+}
 /// `rec[0] = amax(x)` over the finite elements of `x` (`n` bf16), `rec[1]` = the tensor's scale:
 /// 448 / amax (current scaling, `history` None), or from the ring's largest amax with this call
 /// recorded afterwards (`Fp8State::scale`). Two launches; `partials` holds
@@ -63,23 +76,28 @@ pub fn tensor_scale(
     check_len(K, "rec", &rec, 2)?;
     check_len(K, "partials", &partials, np)?;
     let mut outputs: Vec<Span> = vec![span("rec", &rec, 2), span("partials", &partials, np)];
-    let (ring, h, slot) = match &history {
+    let (ring, h, slot, calls) = match &history {
         Some(hist) => {
             let h = hist.ring.len();
-            if h == 0 || hist.slot.is_some_and(|s| s >= h) {
+            if h == 0 || matches!(hist.record, Record::Slot(s) if s >= h) {
                 return Err(err(format!(
-                    "{K}: history of {h} slots, recording into slot {:?}",
-                    hist.slot
+                    "{K}: history of {h} slots, recording into {:?}",
+                    hist.record
                 )));
             }
             outputs.push(span("history", &hist.ring, h));
-            (
-                hist.ring.addr(),
-                h as i32,
-                hist.slot.map_or(-1, |s| s as i32),
-            )
+            let (slot, calls) = match hist.record {
+                Record::No => (-1, 0u64),
+                Record::Slot(s) => (s as i32, 0),
+                Record::Counter(c) => {
+                    check_len(K, "calls", &c, 1)?;
+                    outputs.push(span("calls", &c, 1));
+                    (-1, c.addr())
+                }
+            };
+            (hist.ring.addr(), h as i32, slot, calls)
         }
-        None => (0u64, 0i32, -1i32),
+        None => (0u64, 0i32, -1i32, 0u64),
     };
     check_disjoint(K, &outputs, &[span("x", &x, n)])?;
     let partial_kernel = g.kernel("fp8", "fp8_amax_partials")?;
@@ -94,7 +112,8 @@ pub fn tensor_scale(
     let npi = np as i32;
     // SAFETY: fp8_amax_partials(float* partials, const bf16* x, long long n, int vec) with
     // `vec` only for a 16-byte aligned x; fp8_amax_finish(float* rec, const float* partials,
-    // int n, float* history, int h, int slot) with history NULL when h = 0 and slot < h.
+    // int n, float* history, int h, int slot, unsigned long long* calls) with history NULL when
+    // h = 0, slot < h, calls NULL or one u64 (slot -1 then).
     // Lengths and disjointness checked above.
     unsafe {
         g.launch(&partial_kernel, cfg, &[&partials, &x, &nl, &vec])?;
@@ -105,7 +124,7 @@ pub fn tensor_scale(
                 block: (THREADS, 1, 1),
                 smem_bytes: 0,
             },
-            &[&rec, &partials, &npi, &ring, &h, &slot],
+            &[&rec, &partials, &npi, &ring, &h, &slot, &calls],
         )
     }
 }
