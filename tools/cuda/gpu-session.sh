@@ -7,7 +7,7 @@
 #
 # core (the default), stages in order of value, each under `timeout` with a budget in seconds:
 #   1. env             15  nvidia-smi, driver, compute capability, sanitizer version, CPU, memory
-#   2. test-gpu_*     265  each GPU test binary on GPU 0 (MXGPT_TEST_DEVICE=cuda, MXGPT_CUDA_SYNC=1,
+#   2. test-gpu_*     280  each GPU test binary on GPU 0 (MXGPT_TEST_DEVICE=cuda, MXGPT_CUDA_SYNC=1,
 #                          --test-threads=1); its own budget each (TEST_BUDGETS below). A binary
 #                          that hit a sticky fault (illegal address, launch failure: every later
 #                          test in that process fails with it) runs once more, skipping the
@@ -74,7 +74,7 @@ SECONDS=0
 TEST_ORDER=(gpu_kernels gpu_layernorm gpu_gemm gpu_attention gpu_classifier gpu_mx_quantize gpu_mx_gemm gpu_train
     gpu_step gpu_fp8 gpu_nvfp4 gpu_dist gpu_mx_tcgen05)
 declare -A TEST_BUDGETS=([gpu_kernels]=20 [gpu_layernorm]=15 [gpu_gemm]=25 [gpu_attention]=20
-    [gpu_classifier]=15 [gpu_mx_quantize]=15 [gpu_mx_gemm]=20 [gpu_train]=35 [gpu_step]=45
+    [gpu_classifier]=15 [gpu_mx_quantize]=15 [gpu_mx_gemm]=20 [gpu_train]=35 [gpu_step]=60
     [gpu_fp8]=15 [gpu_nvfp4]=15 [gpu_dist]=15 [gpu_mx_tcgen05]=10)
 SKIP_TESTS=" gpu_mpi "
 MEMCHECK_ORDER=(gpu_kernels gpu_layernorm gpu_classifier gpu_mx_quantize gpu_attention gpu_gemm gpu_mx_gemm)
