@@ -56,8 +56,8 @@ impl CudaBackend {
             // Keyed by the global index (below), so a shard rounds as the full update would.
             index_base: self.opt_range().start as u64,
         };
-        // Every tensor in one multi-tensor launch (or one reference launch per range when
-        // MXGPT_MEMBOUND_KERNELS=reference); the same bits either way.
+        // Every tensor in one multi-tensor launch (or one reference launch per range: see
+        // `adamw_kernels`); the same bits either way.
         // Data parallel: this rank's shard of every tensor only (ZeRO-1). The launch sees the
         // shard's span of the parameters and gradients, so offsets are from its start (the
         // stochastic rounding adds the start back: `index_base`).
@@ -79,17 +79,56 @@ impl CudaBackend {
                 decay: t.weight_decay(),
             })
             .collect();
-        k::adamw::adamw_update_ranges(
+        let (params, master, grads, m, v) = self.adamw_operands();
+        k::adamw::adamw_update_ranges_with(
             &self.gpu,
+            self.adamw_kernels(),
+            params,
+            master,
+            grads,
+            m,
+            v,
+            &ranges,
+            &args,
+        )
+        .map_err(err)
+    }
+
+    /// The five buffers `adamw` hands the kernels: this rank's shard of the BF16 parameters and
+    /// gradients, and the FP32 master weights and moments (the shard's only).
+    #[allow(clippy::type_complexity)]
+    fn adamw_operands(
+        &self,
+    ) -> (
+        Ptr<'_, bf16>,
+        Ptr<'_, f32>,
+        Ptr<'_, bf16>,
+        Ptr<'_, f32>,
+        Ptr<'_, f32>,
+    ) {
+        let shard = self.opt_range();
+        (
             Ptr::of(&self.params).slice(shard.start, shard.len()),
             Ptr::of(&self.master),
             Ptr::of(&self.grads).slice(shard.start, shard.len()),
             Ptr::of(&self.adam_m),
             Ptr::of(&self.adam_v),
-            &ranges,
-            &args,
         )
-        .map_err(err)
+    }
+
+    /// Which AdamW kernels `adamw` launches: the vectorized multi-tensor kernel when its five
+    /// buffers start 16-byte aligned (with ZeRO-1: when the shard starts at a multiple of 8
+    /// BF16 values, as `Shards::even` places every shard), else one reference launch per range
+    /// (or always, under MXGPT_MEMBOUND_KERNELS=reference).
+    pub fn adamw_kernels(&self) -> k::membound::MemImpl {
+        let (p, ma, g, m, v) = self.adamw_operands();
+        k::membound::pick(k::membound::aligned16(&[
+            p.addr(),
+            ma.addr(),
+            g.addr(),
+            m.addr(),
+            v.addr(),
+        ]))
     }
 }
 
