@@ -237,6 +237,19 @@ fn every_data_parallel_rank_takes_the_vectorized_adamw() {
             );
         }
     }
+    // Under 8 parameters per rank some shard is empty: refused by name, not run.
+    let most = total / 8;
+    for (ranks, ok) in [(most, true), (most + 1, false)] {
+        let mut be = CudaBackend::on_ranks(gpu(), &cfg, 2, 4, (0, ranks)).unwrap();
+        let set = be.set_data_parallel(&Pretend(0, ranks), CollectiveKind::HostStaged);
+        match set {
+            Ok(()) => assert!(ok, "{ranks} ranks: an empty shard accepted"),
+            Err(e) => assert!(
+                !ok && e.to_string().contains(&format!("use at most {most} ranks")),
+                "{ranks} ranks: {e}"
+            ),
+        }
+    }
     // The choice follows the alignment: a BF16 span 2 bytes past an aligned base is not.
     let g = gpu();
     let b = g.alloc::<bf16>(16).unwrap();

@@ -22,6 +22,18 @@ impl CudaBackend {
                 self.opt_range()
             )));
         }
+        // Only a model of under 8 parameters per rank gets an empty shard (`Shards::even`); the
+        // device path (norm, AdamW, NCCL) is not built for one: refused by name.
+        if self.opt_range().is_empty() {
+            return Err(BackendError(format!(
+                "rank {} of {}: its ZeRO-1 shard of the model's {} parameters is empty (shards start at multiples of {}): use at most {} ranks for this model",
+                dist.rank(),
+                dist.size(),
+                self.layout.total,
+                crate::dist::Shards::ALIGN,
+                self.layout.total / crate::dist::Shards::ALIGN
+            )));
+        }
         let st = crate::cuda::dist::Zero1State::new(&self.gpu, dist, self.layout.total, kind);
         self.dp = Some(st.map_err(BackendError)?);
         Ok(())
