@@ -29,13 +29,21 @@ enum Skip {
 
 /// Runs the pattern on a fresh harness in `order`; returns the main stream's copy of the sum.
 fn two_streams(order: StreamOrder, skip: Skip, values: &[bf16]) -> Vec<u16> {
-    let g = Gpu::harness_ordered(Schedule::InOrder, order);
+    pattern(
+        &Gpu::harness_ordered(Schedule::InOrder, order),
+        skip,
+        values,
+    )
+}
+
+/// The pattern on `g`.
+fn pattern(g: &Gpu, skip: Skip, values: &[bf16]) -> Vec<u16> {
     let n = values.len();
     let src = g.upload(values).unwrap();
     // The "gradients" start as zeros; the main stream's copy is their "backward".
     let grads = g.upload(&vec![bf16::ZERO; n]).unwrap();
-    let parts = poisoned::<bf16>(&g, 2 * n);
-    let sum = poisoned::<bf16>(&g, n);
+    let parts = poisoned::<bf16>(g, 2 * n);
+    let sum = poisoned::<bf16>(g, n);
     let result = g.upload(&vec![bf16::ZERO; n]).unwrap();
     let side = g.create_stream().unwrap();
     let (grads_ready, sum_ready) = (g.event().unwrap(), g.event().unwrap());
@@ -50,7 +58,7 @@ fn two_streams(order: StreamOrder, skip: Skip, values: &[bf16]) -> Vec<u16> {
             // The "exchange": each rank's part is this rank's gradients.
             g.copy_device_at(&grads, 0, &parts, r * n, n).unwrap();
         }
-        rank_order_sum(&g, Ptr::of(&sum), Ptr::of(&parts), n, 2).unwrap();
+        rank_order_sum(g, Ptr::of(&sum), Ptr::of(&parts), n, 2).unwrap();
         g.record(&sum_ready).unwrap();
     });
     if skip != Skip::MainWaitsForSide {
@@ -82,20 +90,42 @@ fn ordered_streams_give_the_same_bits_in_every_order() {
     }
 }
 
+/// The same on the test device: on a GPU (`MXGPT_TEST_DEVICE=cuda`) two real streams, large
+/// enough that the second stream's work would overlap the main stream's if it did not wait.
+#[test]
+fn ordered_streams_on_the_test_device() {
+    let g = gpu();
+    let v = values(if on_gpu(&g) { 1 << 24 } else { 4096 });
+    assert!(
+        pattern(&g, Skip::Nothing, &v) == doubled(&v),
+        "{}",
+        g.props().name
+    );
+}
+
 #[test]
 fn a_missing_wait_of_the_second_stream_shows_when_the_main_stream_runs_late() {
     let v = values(1000);
     // Eager cannot see it: everything ran in enqueue order.
-    assert_eq!(two_streams(StreamOrder::Eager, Skip::SideWaitsForMain, &v), doubled(&v));
+    assert_eq!(
+        two_streams(StreamOrder::Eager, Skip::SideWaitsForMain, &v),
+        doubled(&v)
+    );
     // Main late: the second stream read the gradients before the main stream wrote them.
     let got = two_streams(StreamOrder::MainLate, Skip::SideWaitsForMain, &v);
-    assert!(got.iter().all(|&b| b == 0), "the sum of the zeros the gradients started as");
+    assert!(
+        got.iter().all(|&b| b == 0),
+        "the sum of the zeros the gradients started as"
+    );
 }
 
 #[test]
 fn a_missing_wait_of_the_main_stream_shows_when_the_second_stream_runs_late() {
     let v = values(1000);
-    assert_eq!(two_streams(StreamOrder::Eager, Skip::MainWaitsForSide, &v), doubled(&v));
+    assert_eq!(
+        two_streams(StreamOrder::Eager, Skip::MainWaitsForSide, &v),
+        doubled(&v)
+    );
     // Side late: the main stream copied the sum before the second stream computed it.
     let got = two_streams(StreamOrder::SideLate, Skip::MainWaitsForSide, &v);
     assert!(got.iter().all(|&b| b == 0xFFFF), "the sum's NaN poison");
@@ -138,5 +168,8 @@ fn a_wait_on_an_event_never_recorded_does_not_wait() {
     let e = g.event().unwrap();
     g.on_stream(&side, || g.wait_event(&e)).unwrap();
     g.synchronize("the test").unwrap();
-    assert!(e.synchronize().is_err(), "synchronize on an event never recorded is an error");
+    assert!(
+        e.synchronize().is_err(),
+        "synchronize on an event never recorded is an error"
+    );
 }

@@ -90,10 +90,6 @@ impl CudaDevice {
         self.streams.borrow()[self.current.get()]
     }
 
-    fn synchronize_current(&self, what: &str) -> Result<()> {
-        self.sync_stream(self.stream(), what)
-    }
-
     fn sync_stream(&self, stream: CUstream, what: &str) -> Result<()> {
         // SAFETY: our streams are valid for the device's lifetime.
         check(unsafe { sys::cuStreamSynchronize(stream) }, || {
@@ -197,6 +193,10 @@ impl Device for CudaDevice {
         streams.iter().try_for_each(|&s| self.sync_stream(s, what))
     }
 
+    fn synchronize_current(&self, what: &str) -> Result<()> {
+        self.sync_stream(self.stream(), what)
+    }
+
     fn new_stream(&self) -> Result<usize> {
         let mut stream: CUstream = std::ptr::null_mut();
         // SAFETY: valid out-pointer, context current. Flags 0: blocking, like the main stream.
@@ -209,7 +209,10 @@ impl Device for CudaDevice {
     }
 
     fn set_stream(&self, index: usize) {
-        assert!(index < self.streams.borrow().len(), "stream {index} of this device");
+        assert!(
+            index < self.streams.borrow().len(),
+            "stream {index} of this device"
+        );
         self.current.set(index);
     }
 
@@ -302,9 +305,10 @@ impl Device for CudaDevice {
     }
 
     unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
-        check(sys::cuMemsetD8Async(dst, byte, bytes, self.stream()), || {
-            format!("memset of {bytes} B")
-        })
+        check(
+            sys::cuMemsetD8Async(dst, byte, bytes, self.stream()),
+            || format!("memset of {bytes} B"),
+        )
     }
 
     fn function(&self, module: &str, kernel: &str) -> Result<u64> {

@@ -59,9 +59,16 @@ impl StreamOrder {
 enum Op {
     Node(HostNode),
     /// From pageable host memory: the bytes were taken when the copy was enqueued.
-    ToDevice { dst: u64, data: Vec<u8> },
+    ToDevice {
+        dst: u64,
+        data: Vec<u8>,
+    },
     /// Into pinned host memory, written when the stream reaches it.
-    ToHost { dst: *mut u8, src: u64, bytes: usize },
+    ToHost {
+        dst: *mut u8,
+        src: u64,
+        bytes: usize,
+    },
     Record(Rc<HostEvent>),
     /// Wait until the event has run this many records.
     Wait(Rc<HostEvent>, u64),
@@ -113,7 +120,9 @@ impl HostDevice {
             capture: RefCell::new(None),
             props: DeviceProps {
                 ordinal: 0,
-                name: format!("host harness ({schedule:?} schedule, {order:?} streams; H100 model)"),
+                name: format!(
+                    "host harness ({schedule:?} schedule, {order:?} streams; H100 model)"
+                ),
                 sm_count: 132,
                 compute_capability: (9, 0),
                 total_memory: total,
@@ -159,6 +168,10 @@ impl Device for HostDevice {
         self.streams.run_all()
     }
 
+    fn synchronize_current(&self, _what: &str) -> Result<()> {
+        self.streams.run(self.current.get())
+    }
+
     fn new_stream(&self) -> Result<usize> {
         self.streams.queues.borrow_mut().push(VecDeque::new());
         self.streams.running.borrow_mut().push(false);
@@ -166,7 +179,10 @@ impl Device for HostDevice {
     }
 
     fn set_stream(&self, index: usize) {
-        assert!(index < self.streams.queues.borrow().len(), "stream {index} of this device");
+        assert!(
+            index < self.streams.queues.borrow().len(),
+            "stream {index} of this device"
+        );
         self.current.set(index);
     }
 

@@ -1,5 +1,6 @@
-//! The device layer: one GPU (or the host execution harness standing in for one), one stream,
-//! kernels loaded by name on first use, typed device buffers, checked launches, events.
+//! The device layer: one GPU (or the host execution harness standing in for one), its main
+//! stream and any others (`create_stream` / `on_stream`, ordered by events: `record`,
+//! `wait_event`), kernels loaded by name on first use, typed device buffers, checked launches.
 //!
 //! Two devices stand behind the same `Gpu` API, each behind a cargo feature:
 //! - `cuda`: a real GPU through the driver API (`driver.rs`, over cust_raw's types and link
@@ -14,8 +15,9 @@
 //! everywhere), and `Gpu::new` says that the build has no GPU support.
 //!
 //! Threading: a `Gpu` is not `Send`; use it from the thread that created it (a CUDA context is
-//! current on that thread). Launches are asynchronous on a GPU and synchronous on the harness;
-//! copies to the host wait for queued work. `MXGPT_CUDA_SYNC=1` synchronizes after every launch
+//! current on that thread). Launches are asynchronous on a GPU; on the harness they run when
+//! their stream's queue runs (at once by default, harness.rs); copies to or from the host wait
+//! for the work queued on their stream. `MXGPT_CUDA_SYNC=1` synchronizes after every launch
 //! so that an asynchronous fault is reported against the kernel that caused it.
 //!
 //! Stream capture (`begin_capture` / `end_capture` / `launch_graph`, graph.rs): CUDA graphs on a
@@ -114,6 +116,8 @@ pub(crate) trait Device {
     fn memory_info(&self) -> Result<(usize, usize)>;
     /// Waits for the work queued on every stream.
     fn synchronize(&self, what: &str) -> Result<()>;
+    /// Waits for the work queued on the current stream.
+    fn synchronize_current(&self, what: &str) -> Result<()>;
     /// A new stream; returns its index (0 is the main stream).
     fn new_stream(&self) -> Result<usize>;
     /// Sends what is enqueued from now on to stream `index`.
@@ -258,6 +262,12 @@ impl Gpu {
     pub fn synchronize(&self, what: &str) -> Result<()> {
         self.refuse_in_capture(&format!("synchronize ({what})"))?;
         self.dev.synchronize(what)
+    }
+
+    /// Waits for the work queued on the current stream only (`on_stream`).
+    pub fn synchronize_stream(&self, what: &str) -> Result<()> {
+        self.refuse_in_capture(&format!("synchronize ({what})"))?;
+        self.dev.synchronize_current(what)
     }
 
     /// The kernel `kernel` of module `module` (ptx/kernels/<module>.cu), loaded on first use

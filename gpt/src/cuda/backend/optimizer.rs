@@ -22,7 +22,8 @@ impl CudaBackend {
                 self.opt_range()
             )));
         }
-        let st = crate::cuda::dist::Zero1State::new(&self.gpu, dist, self.layout.total, kind);
+        let overlap = crate::cuda::dist::overlap_from_env().map_err(BackendError)?;
+        let st = crate::cuda::dist::Zero1State::new(&self.gpu, dist, &self.layout, kind, overlap);
         self.dp = Some(st.map_err(BackendError)?);
         Ok(())
     }
