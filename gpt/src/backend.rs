@@ -295,6 +295,11 @@ pub trait Backend {
         nh: usize,
     ) -> BResult<()>;
     fn zero(&mut self, t: TensorRef) -> BResult<()>;
+    /// Layer `layer`'s backward is done: its weight gradients are complete for this micro
+    /// batch (the CUDA backend lets their data-parallel exchange start here).
+    fn layer_backward_done(&mut self, _layer: usize) -> BResult<()> {
+        Ok(())
+    }
 
     // --- optimizer
     /// L2 norm of the whole gradient buffer.

@@ -466,6 +466,7 @@ impl Gpt {
                 la.ln1_rstd,
                 c,
             )?;
+            be.layer_backward_done(l)?;
         }
         be.encoder_backward(p.grad(Wte, 0), p.grad(Wpe, 0), a.d_residual, t, c)?;
         Ok(loss)

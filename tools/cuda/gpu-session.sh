@@ -123,7 +123,7 @@ stage() {
     # failed tests by name, then the first distinct errors (a panic's message follows its
     # "panicked at" line)
     local failures
-    failures="$(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$logs/$name.log" | head -n 12 | paste -sd ' ')"
+    failures="$(failed_tests "$logs/$name.log" | head -n 12 | paste -sd ' ')"
     [[ -z "$failures" ]] || echo "   failed: $failures" | cut -c1-600 >>"$summary"
     grep -E -A1 'panicked at|ERROR SUMMARY: [1-9]|^========= (Invalid|Error|Program hit)|^error|^Error' "$logs/$name.log" |
         grep -vE 'panicked at|^--$' | awk '!seen[$0]++' | head -n 4 | cut -c1-300 |
@@ -142,6 +142,11 @@ copy_json() {
         cp "$newest" "$out/$name"
         note "   -> $name"
     fi
+}
+
+# The names of the tests a test binary's log reports as failed, one per line.
+failed_tests() {
+    sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$1"
 }
 
 # The bundled test binaries named in ORDER (that exist), then any other gpu_* binary.
@@ -179,7 +184,7 @@ if [[ "$part" == core ]]; then
         stage "test-$n" "${TEST_BUDGETS[$n]:-15}" 3 "${sync[@]}" "$t" --test-threads=1
         # A sticky fault poisons the process's context: every later test fails with it. Run the
         # binary once more without the first failed test, to see the others' own results.
-        first="$(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$logs/test-$n.log" | head -n 1)"
+        first="$(failed_tests "$logs/test-$n.log" | head -n 1)"
         if [[ -n "$first" ]] && grep -qE 'ILLEGAL_ADDRESS|LAUNCH_FAILED|MISALIGNED_ADDRESS|ILLEGAL_INSTRUCTION' "$logs/test-$n.log"; then
             stage "test-$n-rerun" "${TEST_BUDGETS[$n]:-15}" 3 "${sync[@]}" "$t" --test-threads=1 --skip "$first"
         fi

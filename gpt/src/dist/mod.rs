@@ -31,6 +31,23 @@ pub trait Transport {
     /// every rank, `recv[r * m .. (r + 1) * m]` = rank r's `send[shards.range(rank)]`, this rank's
     /// own included, where m = that shard's length.
     fn exchange(&self, send: &[f32], shards: &Shards, recv: &mut [f32]) -> Result<(), String>;
+    /// An all-to-all of variable sizes: `send` holds, in rank order, `send_counts[r]` values
+    /// for each rank r; on return `recv` holds, in rank order, the `recv_counts[r]` values rank
+    /// r sent to this one (this rank's own included). Counts must match pairwise. The
+    /// overlapped exchange moves one gradient bucket at a time with it. (Local, MPI and the
+    /// watchdog's wrapper implement it; the default names the transport that does not.)
+    fn exchange_counts(
+        &self,
+        _send: &[f32],
+        _send_counts: &[usize],
+        _recv: &mut [f32],
+        _recv_counts: &[usize],
+    ) -> Result<(), String> {
+        Err(format!(
+            "this transport ({} ranks) has no variable-count exchange",
+            self.size()
+        ))
+    }
     /// On every rank, `buf[shards.range(r)]` = rank r's `buf[shards.range(r)]` for every r.
     fn all_gather(&self, buf: &mut [f32], shards: &Shards) -> Result<(), String>;
     /// Every rank's `x`, indexed by rank (small values: losses, norms, flags).
@@ -106,6 +123,21 @@ impl Transport for Local {
     }
     fn exchange(&self, send: &[f32], shards: &Shards, recv: &mut [f32]) -> Result<(), String> {
         recv.copy_from_slice(&send[shards.range(0)]);
+        Ok(())
+    }
+    fn exchange_counts(
+        &self,
+        send: &[f32],
+        send_counts: &[usize],
+        recv: &mut [f32],
+        recv_counts: &[usize],
+    ) -> Result<(), String> {
+        if send_counts != [send.len()] || recv_counts != [recv.len()] || send.len() != recv.len() {
+            return Err(format!(
+                "a 1-rank exchange of {send_counts:?} values into {recv_counts:?}"
+            ));
+        }
+        recv.copy_from_slice(send);
         Ok(())
     }
     fn all_gather(&self, _buf: &mut [f32], _shards: &Shards) -> Result<(), String> {

@@ -5,7 +5,7 @@
 //! failure, or a rank that dies, ends the whole job through `mpirun` instead of hanging.
 
 use super::{Shards, Transport};
-use mpi::datatype::PartitionMut;
+use mpi::datatype::{Partition, PartitionMut};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
@@ -128,6 +128,40 @@ impl Transport for Mpi {
         self.parts_in_rank_order(send, shards, &mut |r, part| {
             recv[r * m..(r + 1) * m].copy_from_slice(part)
         })
+    }
+
+    fn exchange_counts(
+        &self,
+        send: &[f32],
+        send_counts: &[usize],
+        recv: &mut [f32],
+        recv_counts: &[usize],
+    ) -> Result<(), String> {
+        let layout =
+            |counts: &[usize], len: usize, what: &str| -> Result<(Vec<i32>, Vec<i32>), String> {
+                if counts.len() != self.size || counts.iter().sum::<usize>() != len {
+                    return Err(format!(
+                        "{what} counts {counts:?} for {} ranks and {len} values",
+                        self.size
+                    ));
+                }
+                count(len, what)?;
+                let displs = counts
+                    .iter()
+                    .scan(0usize, |at, &c| {
+                        let d = *at;
+                        *at += c;
+                        Some(d as i32)
+                    })
+                    .collect();
+                Ok((counts.iter().map(|&c| c as i32).collect(), displs))
+            };
+        let (sc, sd) = layout(send_counts, send.len(), "an exchange's send")?;
+        let (rc, rd) = layout(recv_counts, recv.len(), "an exchange's receive")?;
+        let sent = Partition::new(send, sc, sd);
+        let mut received = PartitionMut::new(recv, rc, rd);
+        self.world.all_to_all_varcount_into(&sent, &mut received);
+        Ok(())
     }
 
     fn all_gather(&self, buf: &mut [f32], shards: &Shards) -> Result<(), String> {

@@ -126,6 +126,18 @@ impl Transport for Watched<'_> {
             self.inner.exchange(send, shards, recv)
         })
     }
+    fn exchange_counts(
+        &self,
+        send: &[f32],
+        send_counts: &[usize],
+        recv: &mut [f32],
+        recv_counts: &[usize],
+    ) -> Result<(), String> {
+        self.timed("a gradient bucket's exchange", || {
+            self.inner
+                .exchange_counts(send, send_counts, recv, recv_counts)
+        })
+    }
     fn all_gather(&self, buf: &mut [f32], shards: &Shards) -> Result<(), String> {
         self.timed("the parameter all-gather", || {
             self.inner.all_gather(buf, shards)

@@ -12,7 +12,7 @@ use super::{sys, Device, DeviceKind, DeviceProps, Kernel, LaunchConfig};
 use cust_raw::{
     CUcontext, CUdevice, CUevent, CUfunction, CUgraph, CUgraphExec, CUmodule, CUstream,
 };
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::os::raw::{c_char, c_int};
@@ -20,7 +20,11 @@ use std::os::raw::{c_char, c_int};
 pub(crate) struct CudaDevice {
     device: CUdevice,
     ctx: CUcontext,
-    stream: CUstream,
+    /// Stream 0 is the device's main stream; `Device::new_stream` adds more (blocking streams,
+    /// all destroyed with the device).
+    streams: RefCell<Vec<CUstream>>,
+    /// The stream launches, copies, memsets and event records go to (`Gpu::on_stream`).
+    current: Cell<usize>,
     props: DeviceProps,
     modules: RefCell<HashMap<String, CUmodule>>,
 }
@@ -73,11 +77,24 @@ impl CudaDevice {
             Ok(CudaDevice {
                 device,
                 ctx,
-                stream,
+                streams: RefCell::new(vec![stream]),
+                current: Cell::new(0),
                 props,
                 modules: RefCell::new(HashMap::new()),
             })
         }
+    }
+
+    /// The stream work is enqueued on now.
+    fn stream(&self) -> CUstream {
+        self.streams.borrow()[self.current.get()]
+    }
+
+    fn sync_stream(&self, stream: CUstream, what: &str) -> Result<()> {
+        // SAFETY: our streams are valid for the device's lifetime.
+        check(unsafe { sys::cuStreamSynchronize(stream) }, || {
+            format!("cuStreamSynchronize after {what} (an earlier asynchronous launch or copy failed; rerun with MXGPT_CUDA_SYNC=1 to find it)")
+        })
     }
 
     #[allow(dead_code)]
@@ -172,10 +189,46 @@ impl Device for CudaDevice {
     }
 
     fn synchronize(&self, what: &str) -> Result<()> {
-        // SAFETY: our stream is valid for the device's lifetime.
-        check(unsafe { sys::cuStreamSynchronize(self.stream) }, || {
-            format!("cuStreamSynchronize after {what} (an earlier asynchronous launch or copy failed; rerun with MXGPT_CUDA_SYNC=1 to find it)")
-        })
+        let streams = self.streams.borrow().clone();
+        streams.iter().try_for_each(|&s| self.sync_stream(s, what))
+    }
+
+    fn synchronize_current(&self, what: &str) -> Result<()> {
+        self.sync_stream(self.stream(), what)
+    }
+
+    fn new_stream(&self) -> Result<usize> {
+        let mut stream: CUstream = std::ptr::null_mut();
+        // SAFETY: valid out-pointer, context current. Flags 0: blocking, like the main stream.
+        check(unsafe { sys::cuStreamCreate(&mut stream, 0) }, || {
+            "cuStreamCreate (a second stream)".into()
+        })?;
+        let mut streams = self.streams.borrow_mut();
+        streams.push(stream);
+        Ok(streams.len() - 1)
+    }
+
+    fn set_stream(&self, index: usize) {
+        assert!(
+            index < self.streams.borrow().len(),
+            "stream {index} of this device"
+        );
+        self.current.set(index);
+    }
+
+    fn raw_stream(&self) -> *mut c_void {
+        self.stream().cast()
+    }
+
+    fn wait_event(&self, event: &Event) -> Result<()> {
+        match &event.inner {
+            // SAFETY: event and stream belong to this context; flags must be 0.
+            EventInner::Cuda(e) => check(
+                unsafe { sys::cuStreamWaitEvent(self.stream(), e.0, 0) },
+                || "cuStreamWaitEvent".into(),
+            ),
+            EventInner::Host(_) => Err(CudaError::new("a wait on a harness event on a GPU", 1)),
+        }
     }
 
     fn alloc(&self, bytes: usize, what: &dyn Fn() -> String) -> Result<u64> {
@@ -195,11 +248,11 @@ impl Device for CudaDevice {
 
     unsafe fn copy_to_device(&self, dst: u64, src: *const u8, bytes: usize) -> Result<()> {
         check(
-            sys::cuMemcpyHtoDAsync_v2(dst, src.cast(), bytes, self.stream),
+            sys::cuMemcpyHtoDAsync_v2(dst, src.cast(), bytes, self.stream()),
             || format!("copy of {bytes} B host -> device"),
         )?;
         // The host slice is borrowed only for this call: wait for the copy.
-        self.synchronize("copy host -> device")
+        self.synchronize_current("copy host -> device")
     }
 
     unsafe fn copy_to_device_async(&self, dst: u64, src: *const u8, bytes: usize) -> Result<()> {
@@ -207,22 +260,22 @@ impl Device for CudaDevice {
         // caller may reuse `src` at once; the stream is not synchronized. (Pinned staging would
         // make the copy itself asynchronous: not done.)
         check(
-            sys::cuMemcpyHtoDAsync_v2(dst, src.cast(), bytes, self.stream),
+            sys::cuMemcpyHtoDAsync_v2(dst, src.cast(), bytes, self.stream()),
             || format!("asynchronous copy of {bytes} B host -> device"),
         )
     }
 
     unsafe fn copy_to_host(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()> {
         check(
-            sys::cuMemcpyDtoHAsync_v2(dst.cast(), src, bytes, self.stream),
+            sys::cuMemcpyDtoHAsync_v2(dst.cast(), src, bytes, self.stream()),
             || format!("copy of {bytes} B device -> host"),
         )?;
-        self.synchronize("copy device -> host")
+        self.synchronize_current("copy device -> host")
     }
 
     unsafe fn copy_to_host_async(&self, dst: *mut u8, src: u64, bytes: usize) -> Result<()> {
         check(
-            sys::cuMemcpyDtoHAsync_v2(dst.cast(), src, bytes, self.stream),
+            sys::cuMemcpyDtoHAsync_v2(dst.cast(), src, bytes, self.stream()),
             || format!("asynchronous copy of {bytes} B device -> pinned host memory"),
         )
     }
@@ -246,15 +299,16 @@ impl Device for CudaDevice {
 
     unsafe fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         check(
-            sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream),
+            sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream()),
             || format!("copy of {bytes} B device -> device"),
         )
     }
 
     unsafe fn memset(&self, dst: u64, byte: u8, bytes: usize) -> Result<()> {
-        check(sys::cuMemsetD8Async(dst, byte, bytes, self.stream), || {
-            format!("memset of {bytes} B")
-        })
+        check(
+            sys::cuMemsetD8Async(dst, byte, bytes, self.stream()),
+            || format!("memset of {bytes} B"),
+        )
     }
 
     fn function(&self, module: &str, kernel: &str) -> Result<u64> {
@@ -307,7 +361,7 @@ impl Device for CudaDevice {
             cfg.block.1,
             cfg.block.2,
             cfg.smem_bytes,
-            self.stream,
+            self.stream(),
             params.as_mut_ptr(),
             std::ptr::null_mut(),
         );
@@ -328,7 +382,7 @@ impl Device for CudaDevice {
     fn record(&self, event: &Event) -> Result<()> {
         match &event.inner {
             // SAFETY: event and stream belong to this context.
-            EventInner::Cuda(e) => check(unsafe { sys::cuEventRecord(e.0, self.stream) }, || {
+            EventInner::Cuda(e) => check(unsafe { sys::cuEventRecord(e.0, self.stream()) }, || {
                 "cuEventRecord".into()
             }),
             EventInner::Host(_) => Err(CudaError::new("record of a harness event on a GPU", 1)),
@@ -338,7 +392,7 @@ impl Device for CudaDevice {
     fn begin_capture(&self) -> Result<()> {
         // SAFETY: our stream; global mode makes unsafe calls during the capture errors.
         check(
-            unsafe { sys::cuStreamBeginCapture_v2(self.stream, sys::STREAM_CAPTURE_MODE_GLOBAL) },
+            unsafe { sys::cuStreamBeginCapture_v2(self.stream(), sys::STREAM_CAPTURE_MODE_GLOBAL) },
             || "cuStreamBeginCapture".into(),
         )
     }
@@ -347,7 +401,7 @@ impl Device for CudaDevice {
         let mut graph: CUgraph = std::ptr::null_mut();
         // SAFETY: our stream, valid out-pointers; the graph is destroyed if instantiation fails.
         unsafe {
-            check(sys::cuStreamEndCapture(self.stream, &mut graph), || {
+            check(sys::cuStreamEndCapture(self.stream(), &mut graph), || {
                 "cuStreamEndCapture (an operation during the capture failed or was not capturable)"
                     .into()
             })?;
@@ -367,7 +421,7 @@ impl Device for CudaDevice {
         match &graph.inner {
             // SAFETY: an instantiated graph of this context, launched on our stream.
             GraphInner::Cuda(g) => {
-                check(unsafe { sys::cuGraphLaunch(g.exec, self.stream) }, || {
+                check(unsafe { sys::cuGraphLaunch(g.exec, self.stream()) }, || {
                     format!("cuGraphLaunch ({} kernels)", graph.launches())
                 })
             }
@@ -397,11 +451,16 @@ impl Drop for CudaDevice {
         // SAFETY: handles were created by this device; errors at teardown are ignored on purpose
         // (nothing useful can be done, and a sticky fault was already reported).
         unsafe {
-            sys::cuStreamSynchronize(self.stream);
+            let streams = self.streams.borrow().clone();
+            for &s in &streams {
+                sys::cuStreamSynchronize(s);
+            }
             for (_, m) in self.modules.borrow_mut().drain() {
                 sys::cuModuleUnload(m);
             }
-            sys::cuStreamDestroy_v2(self.stream);
+            for s in streams {
+                sys::cuStreamDestroy_v2(s);
+            }
             sys::cuDevicePrimaryCtxRelease_v2(self.device);
         }
     }

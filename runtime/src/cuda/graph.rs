@@ -43,6 +43,7 @@ pub(crate) enum GraphInner {
 
 /// One recorded operation of a harness capture.
 #[cfg_attr(not(feature = "harness"), allow(dead_code))]
+#[derive(Clone)]
 pub(crate) enum HostNode {
     Launch {
         kernel: super::Kernel,

@@ -217,6 +217,32 @@ impl Gpu {
         unsafe { self.dev.copy_device(dst.ptr, src.ptr, src.bytes()) }
     }
 
+    /// Stream-ordered copy of `len` elements from `src[src_offset..]` to `dst[dst_offset..]`
+    /// (the spans must not overlap if `src` and `dst` are one buffer).
+    pub fn copy_device_at<T: DeviceElem>(
+        &self,
+        src: &DeviceBuffer<T>,
+        src_offset: usize,
+        dst: &DeviceBuffer<T>,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        range_check::<T>(src.len, src_offset, len, "copy_device_at (source)")?;
+        range_check::<T>(dst.len, dst_offset, len, "copy_device_at (destination)")?;
+        if len == 0 {
+            return Ok(());
+        }
+        let size = std::mem::size_of::<T>();
+        // SAFETY: both spans checked against their live buffers.
+        unsafe {
+            self.dev.copy_device(
+                dst.ptr + (dst_offset * size) as u64,
+                src.ptr + (src_offset * size) as u64,
+                len * size,
+            )
+        }
+    }
+
     /// Sets every byte of `buf` to `byte` (stream-ordered). 0xFF poisons f32/bf16 with NaN,
     /// which tests use to catch elements a kernel forgot to write.
     pub fn fill_bytes<T: DeviceElem>(&self, buf: &DeviceBuffer<T>, byte: u8) -> Result<()> {

@@ -1,5 +1,6 @@
-//! The device layer: one GPU (or the host execution harness standing in for one), one stream,
-//! kernels loaded by name on first use, typed device buffers, checked launches, events.
+//! The device layer: one GPU (or the host execution harness standing in for one), its main
+//! stream and any others (`create_stream` / `on_stream`, ordered by events: `record`,
+//! `wait_event`), kernels loaded by name on first use, typed device buffers, checked launches.
 //!
 //! Two devices stand behind the same `Gpu` API, each behind a cargo feature:
 //! - `cuda`: a real GPU through the driver API (`driver.rs`, over cust_raw's types and link
@@ -14,8 +15,9 @@
 //! everywhere), and `Gpu::new` says that the build has no GPU support.
 //!
 //! Threading: a `Gpu` is not `Send`; use it from the thread that created it (a CUDA context is
-//! current on that thread). Launches are asynchronous on a GPU and synchronous on the harness;
-//! copies to the host wait for queued work. `MXGPT_CUDA_SYNC=1` synchronizes after every launch
+//! current on that thread). Launches are asynchronous on a GPU; on the harness they run when
+//! their stream's queue runs (at once by default, harness.rs); copies to or from the host wait
+//! for the work queued on their stream. `MXGPT_CUDA_SYNC=1` synchronizes after every launch
 //! so that an asynchronous fault is reported against the kernel that caused it.
 //!
 //! Stream capture (`begin_capture` / `end_capture` / `launch_graph`, graph.rs): CUDA graphs on a
@@ -39,6 +41,8 @@ mod sys;
 
 #[cfg(feature = "harness")]
 mod harness;
+#[cfg(feature = "harness")]
+pub use harness::StreamOrder;
 #[cfg(feature = "harness")]
 pub use ptx::harness::Schedule;
 
@@ -110,7 +114,18 @@ pub(crate) trait Device {
     fn kind(&self) -> DeviceKind;
     fn props(&self) -> &DeviceProps;
     fn memory_info(&self) -> Result<(usize, usize)>;
+    /// Waits for the work queued on every stream.
     fn synchronize(&self, what: &str) -> Result<()>;
+    /// Waits for the work queued on the current stream.
+    fn synchronize_current(&self, what: &str) -> Result<()>;
+    /// A new stream; returns its index (0 is the main stream).
+    fn new_stream(&self) -> Result<usize>;
+    /// Sends what is enqueued from now on to stream `index`.
+    fn set_stream(&self, index: usize);
+    /// The current stream's CUstream (null on the harness), for libraries that take one (NCCL).
+    fn raw_stream(&self) -> *mut c_void;
+    /// The current stream waits (on the device) for the work before `event`'s last record.
+    fn wait_event(&self, event: &Event) -> Result<()>;
     /// `bytes` > 0 of uninitialized memory; `what` describes the request for errors.
     fn alloc(&self, bytes: usize, what: &dyn Fn() -> String) -> Result<u64>;
     fn free_fn(&self) -> unsafe fn(u64);
@@ -160,7 +175,14 @@ pub struct Gpu {
     captured_launches: Cell<usize>,
     /// Bytes handed out by `alloc` so far (frees not subtracted): what a constructor allocated.
     allocated: Cell<usize>,
+    /// The stream work goes to (`on_stream`); 0 is the main stream.
+    stream: Cell<usize>,
 }
+
+/// A stream of a `Gpu` other than its main one (`Gpu::create_stream`), used through
+/// `Gpu::on_stream`.
+#[derive(Debug)]
+pub struct Stream(usize);
 
 impl Gpu {
     #[cfg_attr(not(any(feature = "cuda", feature = "harness")), allow(dead_code))]
@@ -172,6 +194,7 @@ impl Gpu {
             capturing: Cell::new(false),
             captured_launches: Cell::new(0),
             allocated: Cell::new(0),
+            stream: Cell::new(0),
         }
     }
 
@@ -202,9 +225,18 @@ impl Gpu {
     /// The host execution harness as a device (feature `harness`): kernels run on the CPU in
     /// the given thread schedule. Its properties model an H100 (132 SMs, compute capability
     /// 9.0, 227 KiB of opt-in shared memory), so launchers choose the geometry they would there.
+    /// Its streams run in the order `MXGPT_HARNESS_STREAMS` names (harness.rs; eager if
+    /// unset).
     #[cfg(feature = "harness")]
     pub fn harness(schedule: Schedule) -> Gpu {
-        Gpu::with(Box::new(harness::HostDevice::new(schedule)))
+        let order = StreamOrder::from_env().unwrap_or_else(|e| panic!("{e}"));
+        Gpu::harness_ordered(schedule, order)
+    }
+
+    /// The harness with its streams run in `order` (harness.rs).
+    #[cfg(feature = "harness")]
+    pub fn harness_ordered(schedule: Schedule, order: StreamOrder) -> Gpu {
+        Gpu::with(Box::new(harness::HostDevice::new(schedule, order)))
     }
 
     pub fn kind(&self) -> DeviceKind {
@@ -226,10 +258,16 @@ impl Gpu {
         self.allocated.get()
     }
 
-    /// Waits for all work queued on the stream; `what` names the work in the error.
+    /// Waits for all work queued on every stream; `what` names the work in the error.
     pub fn synchronize(&self, what: &str) -> Result<()> {
         self.refuse_in_capture(&format!("synchronize ({what})"))?;
         self.dev.synchronize(what)
+    }
+
+    /// Waits for the work queued on the current stream only (`on_stream`).
+    pub fn synchronize_stream(&self, what: &str) -> Result<()> {
+        self.refuse_in_capture(&format!("synchronize ({what})"))?;
+        self.dev.synchronize_current(what)
     }
 
     /// The kernel `kernel` of module `module` (ptx/kernels/<module>.cu), loaded on first use
@@ -289,12 +327,50 @@ impl Gpu {
         Ok(())
     }
 
+    /// A second stream (up to any number): work on different streams may run concurrently,
+    /// ordered only by events (`record` on one, `wait_event` on the other). Streams live as
+    /// long as the `Gpu`.
+    pub fn create_stream(&self) -> Result<Stream> {
+        self.refuse_in_capture("a stream creation")?;
+        Ok(Stream(self.dev.new_stream()?))
+    }
+
+    /// Runs `f` with every launch, copy, memset and event record it enqueues going to `stream`
+    /// (the main stream again afterwards, also if `f` fails). Copies to or from the host inside
+    /// `f` wait for `stream` only.
+    pub fn on_stream<R>(&self, stream: &Stream, f: impl FnOnce() -> R) -> R {
+        let before = self.stream.replace(stream.0);
+        self.dev.set_stream(stream.0);
+        struct Restore<'a>(&'a Gpu, usize);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.stream.set(self.1);
+                self.0.dev.set_stream(self.1);
+            }
+        }
+        let _restore = Restore(self, before);
+        f()
+    }
+
+    /// The current stream (as a CUstream; null on the harness) for a library that enqueues its
+    /// own work (NCCL).
+    pub fn raw_stream(&self) -> *mut c_void {
+        self.dev.raw_stream()
+    }
+
+    /// The current stream waits, on the device and without blocking the host, until the work
+    /// enqueued before `event`'s last `record` has run. An event never recorded is complete.
+    pub fn wait_event(&self, event: &Event) -> Result<()> {
+        self.refuse_in_capture("a wait on an event")?;
+        self.dev.wait_event(event)
+    }
+
     /// A timing event.
     pub fn event(&self) -> Result<Event> {
         self.dev.new_event()
     }
 
-    /// Enqueues `event` on the Gpu's stream.
+    /// Enqueues `event` on the current stream.
     pub fn record(&self, event: &Event) -> Result<()> {
         self.refuse_in_capture("an event record")?;
         self.dev.record(event)

@@ -32,6 +32,7 @@ extern "C" {
     pub fn cuStreamCreate(stream: *mut CUstream, flags: c_uint) -> Status;
     pub fn cuStreamDestroy_v2(stream: CUstream) -> Status;
     pub fn cuStreamSynchronize(stream: CUstream) -> Status;
+    pub fn cuStreamWaitEvent(stream: CUstream, event: CUevent, flags: c_uint) -> Status;
     pub fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> Status;
     pub fn cuMemAlloc_v2(ptr: *mut CUdeviceptr, bytes: usize) -> Status;
     pub fn cuMemFree_v2(ptr: CUdeviceptr) -> Status;

@@ -370,6 +370,14 @@ impl Backend for CudaBackend {
         self.has_device_step()
     }
 
+    fn layer_backward_done(&mut self, layer: usize) -> BResult<()> {
+        match &self.dp {
+            Some(dp) => dp
+                .layer_backward_done(&self.gpu, layer)
+                .map_err(BackendError),
+            None => Ok(()),
+        }
+    }
     fn record_loss(&mut self, losses: TensorRef) -> BResult<()> {
         self.record_loss(losses)
     }

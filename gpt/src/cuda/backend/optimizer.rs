@@ -34,7 +34,8 @@ impl CudaBackend {
                 self.layout.total / crate::dist::Shards::ALIGN
             )));
         }
-        let st = crate::cuda::dist::Zero1State::new(&self.gpu, dist, self.layout.total, kind);
+        let overlap = crate::cuda::dist::overlap_from_env().map_err(BackendError)?;
+        let st = crate::cuda::dist::Zero1State::new(&self.gpu, dist, &self.layout, kind, overlap);
         self.dp = Some(st.map_err(BackendError)?);
         Ok(())
     }
