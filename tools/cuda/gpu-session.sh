@@ -7,7 +7,7 @@
 #
 # core (the default), stages in order of value, each under `timeout` with a budget in seconds:
 #   1. env             15  nvidia-smi, driver, compute capability, sanitizer version, CPU, memory
-#   2. test-gpu_*     280  each GPU test binary on GPU 0 (MXGPT_TEST_DEVICE=cuda, MXGPT_CUDA_SYNC=1,
+#   2. test-gpu_*     310  each GPU test binary on GPU 0 (MXGPT_TEST_DEVICE=cuda, MXGPT_CUDA_SYNC=1,
 #                          --test-threads=1); its own budget each (TEST_BUDGETS below). A binary
 #                          that hit a sticky fault (illegal address, launch failure: every later
 #                          test in that process fails with it) runs once more, skipping the
@@ -72,10 +72,10 @@ SECONDS=0
 # Test binaries in order of value, with their budgets; a gpu_* binary not listed runs after
 # these, with 15 s. gpu_mpi needs mpirun and the `mpi` feature: it is not run here.
 TEST_ORDER=(gpu_kernels gpu_layernorm gpu_gemm gpu_attention gpu_classifier gpu_mx_quantize gpu_mx_gemm gpu_train
-    gpu_step gpu_fp8 gpu_nvfp4 gpu_dist gpu_mx_tcgen05)
+    gpu_step gpu_fp8 gpu_nvfp4 gpu_dist gpu_streams gpu_nccl gpu_mx_tcgen05)
 declare -A TEST_BUDGETS=([gpu_kernels]=20 [gpu_layernorm]=15 [gpu_gemm]=25 [gpu_attention]=20
     [gpu_classifier]=15 [gpu_mx_quantize]=15 [gpu_mx_gemm]=20 [gpu_train]=35 [gpu_step]=60
-    [gpu_fp8]=15 [gpu_nvfp4]=15 [gpu_dist]=15 [gpu_mx_tcgen05]=10)
+    [gpu_fp8]=15 [gpu_nvfp4]=15 [gpu_dist]=15 [gpu_streams]=10 [gpu_nccl]=20 [gpu_mx_tcgen05]=10)
 SKIP_TESTS=" gpu_mpi "
 MEMCHECK_ORDER=(gpu_kernels gpu_layernorm gpu_classifier gpu_mx_quantize gpu_attention gpu_gemm gpu_mx_gemm)
 RACECHECK_ORDER=(gpu_layernorm gpu_attention gpu_classifier gpu_gemm gpu_mx_quantize gpu_mx_gemm gpu_kernels)
@@ -176,6 +176,16 @@ ldd --version | head -n 1; ldconfig -p | grep -E 'libcuda\.so|libnvidia-ml\.so'
 ldd "$2/train_gpt" | grep -i 'not found' || echo "train_gpt: every shared library found"
 SH
 stage env 15 3 bash "$work/env.sh" "$commit" "$here"
+
+# NCCL for gpu_nccl (1 rank): the loan has no pip, but PyTorch's wheels bring libnccl.
+if [[ -z "${MXGPT_NCCL_LIB:-}" ]]; then
+    nccl="$(python3 -c 'import glob, site
+dirs = site.getsitepackages() + [site.getusersitepackages()]
+hits = [p for d in dirs for p in sorted(glob.glob(d + "/nvidia/*/lib/libnccl.so*"))]
+print(hits[0] if hits else "")' 2>/dev/null || true)"
+    [[ -n "$nccl" ]] && export MXGPT_NCCL_LIB="$nccl"
+fi
+note "NCCL: ${MXGPT_NCCL_LIB:-not found in the Python site-packages (gpu_nccl then fails, naming the paths tried)}"
 
 if [[ "$part" == core ]]; then
     # 2. The GPU kernel tests.

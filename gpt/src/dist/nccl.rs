@@ -20,7 +20,6 @@ struct UniqueId([u8; 128]);
 type Comm = *mut c_void;
 /// A cudaStream_t (null: the legacy default stream).
 pub type Stream = *mut c_void;
-const NCCL_FLOAT32: c_int = 7; // ncclFloat32 in nccl.h's ncclDataType_t
 const NCCL_UINT8: c_int = 1; // ncclUint8: raw bytes (bf16 moves as 2 bytes per element)
 
 /// The NCCL entry points this module calls (nccl.h, NCCL 2.x).
@@ -29,8 +28,6 @@ struct Api {
     comm_init_rank: unsafe extern "C" fn(*mut Comm, c_int, UniqueId, c_int) -> c_int,
     comm_destroy: unsafe extern "C" fn(Comm) -> c_int,
     get_error_string: unsafe extern "C" fn(c_int) -> *const c_char,
-    all_gather:
-        unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, Comm, Stream) -> c_int,
     send: unsafe extern "C" fn(*const c_void, usize, c_int, c_int, Comm, Stream) -> c_int,
     recv: unsafe extern "C" fn(*mut c_void, usize, c_int, c_int, Comm, Stream) -> c_int,
     group_start: unsafe extern "C" fn() -> c_int,
@@ -91,7 +88,6 @@ fn load_from(paths: &[PathBuf]) -> Result<Api, String> {
                 comm_init_rank: std::mem::transmute(sym("ncclCommInitRank")?),
                 comm_destroy: std::mem::transmute(sym("ncclCommDestroy")?),
                 get_error_string: std::mem::transmute(sym("ncclGetErrorString")?),
-                all_gather: std::mem::transmute(sym("ncclAllGather")?),
                 send: std::mem::transmute(sym("ncclSend")?),
                 recv: std::mem::transmute(sym("ncclRecv")?),
                 group_start: std::mem::transmute(sym("ncclGroupStart")?),
@@ -134,34 +130,10 @@ impl Nccl {
         Ok(Nccl { api, comm })
     }
 
-    /// Enqueues on `stream`: every rank's `count` floats at `send` into `recv` (rank r's at
-    /// `recv + r * count`).
-    ///
-    /// # Safety
-    /// `send` and `recv` are device pointers of the current context, `recv` holding ranks x count.
-    pub unsafe fn all_gather(
-        &self,
-        send: *const f32,
-        recv: *mut f32,
-        count: usize,
-        stream: Stream,
-    ) -> Result<(), String> {
-        check(
-            &self.api,
-            (self.api.all_gather)(
-                send.cast(),
-                recv.cast(),
-                count,
-                NCCL_FLOAT32,
-                self.comm,
-                stream,
-            ),
-            "ncclAllGather",
-        )
-    }
-
-    /// [`Nccl::exchange`] of raw bytes at device addresses: (peer, address, bytes). A peer may
-    /// be this rank (NCCL >= 2.7 pairs a send and a receive to self within the group).
+    /// Enqueues on `stream`, as one NCCL group, each (peer, address, bytes) of `sends` to that
+    /// peer and of `recvs` from it: raw bytes at device addresses (the data movement of a
+    /// reduce-scatter whose sum is ours, and of the all-gather). A peer may be this rank (NCCL
+    /// >= 2.7 pairs a send and a receive to self within the group).
     ///
     /// # Safety
     /// Every address is device memory of the current context, valid for its byte count.
@@ -199,35 +171,6 @@ impl Nccl {
                 (self.api.group_end)();
                 return Err(e);
             }
-        }
-        check(&self.api, (self.api.group_end)(), "ncclGroupEnd")
-    }
-
-    /// Enqueues on `stream`, as one NCCL group: each (peer, pointer, count) of `sends` to that
-    /// peer and of `recvs` from it (the data movement of a reduce-scatter whose sum is ours).
-    ///
-    /// # Safety
-    /// Every pointer is a device pointer of the current context, valid for its count.
-    pub unsafe fn exchange(
-        &self,
-        sends: &[(usize, *const f32, usize)],
-        recvs: &[(usize, *mut f32, usize)],
-        stream: Stream,
-    ) -> Result<(), String> {
-        check(&self.api, (self.api.group_start)(), "ncclGroupStart")?;
-        for &(peer, p, n) in sends {
-            check(
-                &self.api,
-                (self.api.send)(p.cast(), n, NCCL_FLOAT32, peer as c_int, self.comm, stream),
-                "ncclSend",
-            )?;
-        }
-        for &(peer, p, n) in recvs {
-            check(
-                &self.api,
-                (self.api.recv)(p.cast(), n, NCCL_FLOAT32, peer as c_int, self.comm, stream),
-                "ncclRecv",
-            )?;
         }
         check(&self.api, (self.api.group_end)(), "ncclGroupEnd")
     }
