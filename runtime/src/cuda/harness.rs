@@ -352,6 +352,15 @@ impl Device for HostDevice {
     }
 }
 
+impl Drop for HostDevice {
+    fn drop(&mut self) {
+        // As a GPU's context waits for its streams when it is destroyed.
+        if let Err(e) = self.streams.run_all() {
+            eprintln!("harness: queued work run as the device closed failed: {e}");
+        }
+    }
+}
+
 /// Runs the queued work of every harness device of this thread (before memory is freed).
 fn run_live_queues() {
     let live: Vec<Rc<Streams>> =
