@@ -398,6 +398,127 @@ fn overlapped_exchange_equals_the_serial_one_in_every_stream_order() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `train_gpt --device cuda` itself on 2 MPI ranks (the trainer's data-parallel CUDA path:
+/// `rank_backend`, the host-staged exchange, ZeRO-1 checkpoints), on the harness
+/// (`MXGPT_CUDA_HARNESS=1`), MXFP4: the overlapped exchange against the serial one, eager and
+/// with the main stream held back. Rank 0's logged numbers (what does not depend on the clock)
+/// and every checkpoint file, bit for bit.
+#[test]
+fn the_cuda_trainer_on_two_ranks_overlaps_with_the_serial_bits() {
+    let dir = std::env::temp_dir().join(format!("mxgpt-gpu-trainer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("synth").to_string_lossy().to_string();
+    let mut rng = Rng(4242);
+    for (part, docs) in [("train", 40), ("val", 11)] {
+        let mut w =
+            dataio::MegatronWriter::create(&format!("{data}_{part}"), dataio::Dtype::U16).unwrap();
+        for _ in 0..docs {
+            let doc: Vec<u32> = (0..60).map(|_| 100 + rng.below(500) as u32).collect();
+            w.add_document(&doc).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let run = |name: &str, overlap: &str, order: &str| -> (Vec<String>, Vec<(String, Vec<u8>)>) {
+        let out = dir.join(name);
+        run_child(
+            2,
+            "cuda_trainer_child",
+            "cuda trainer child: ok",
+            &[
+                ("MXGPT_TRAIN_OUT", out.as_os_str()),
+                ("MXGPT_TRAIN_DATA", data.as_ref()),
+                ("MXGPT_CUDA_HARNESS", "1".as_ref()),
+                ("MXGPT_DEVICE_COLLECTIVE", "host".as_ref()),
+                ("MXGPT_DP_OVERLAP", overlap.as_ref()),
+                ("MXGPT_HARNESS_STREAMS", order.as_ref()),
+            ],
+        );
+        let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+        let numbers = log
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                if let Some(o) = v.as_object_mut() {
+                    for k in ["ms", "tokens_per_s", "mfu", "comm_ms"] {
+                        o.remove(k);
+                    }
+                    if let Some(mx) = o.get_mut("mx").and_then(|m| m.as_object_mut()) {
+                        mx.remove("quantize_seconds");
+                    }
+                }
+                v.to_string()
+            })
+            .collect();
+        let mut files = Vec::new();
+        let mut stack = vec![out.join("ckpt")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_none_or(|x| x != "lock") {
+                    // (the run lock holds the run's PID)
+                    let rel = p.strip_prefix(&out).unwrap().to_string_lossy().to_string();
+                    files.push((rel, std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        files.sort();
+        (numbers, files)
+    };
+    let (serial_log, serial_files) = run("serial", "0", "eager");
+    assert!(
+        serial_log.len() >= 3,
+        "the log has the steps: {serial_log:?}"
+    );
+    assert!(
+        serial_files
+            .iter()
+            .any(|(n, _)| n.contains("shard") || n.contains("rank")),
+        "the checkpoint has the ranks' shards: {:?}",
+        serial_files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for (name, order) in [("overlap", "eager"), ("overlap-main-late", "main-late")] {
+        let (log, files) = run(name, "1", order);
+        assert_eq!(log, serial_log, "{name}: rank 0's log");
+        let names = |f: &[(String, Vec<u8>)]| f.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&files),
+            names(&serial_files),
+            "{name}: checkpoint files"
+        );
+        for (a, b) in files.iter().zip(&serial_files) {
+            assert!(a.1 == b.1, "{name}: {} differs from the serial run's", a.0);
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cuda_trainer_child() {
+    let Ok(out) = std::env::var("MXGPT_TRAIN_OUT") else {
+        return; // only under mpirun, started by the test above
+    };
+    let data = std::env::var("MXGPT_TRAIN_DATA").unwrap();
+    let (log, ckpt) = (format!("{out}/log.jsonl"), format!("{out}/ckpt"));
+    #[rustfmt::skip]
+    let words = [
+        "--device", "cuda", "--model", "tiny", "--layers", "2", "--dim", "64", "--heads", "2",
+        "--batch", "1", "--seq", "64", "--total-batch-tokens", "128", "--steps", "3",
+        "--backward", "mxfp4", "--data", &data, "--eval-every", "3", "--eval-batches", "1",
+        "--counters-every", "0", "--log-json", &log, "--checkpoint-dir", &ckpt,
+        "--checkpoint-every", "2",
+    ];
+    let args = gpt::trainer::parse_args(&words).unwrap();
+    let dist = gpt::dist::from_env().unwrap();
+    if let Err(e) = gpt::trainer::train_with(&args, dist.as_ref()) {
+        eprintln!("rank error: {e}");
+        std::process::exit(1);
+    }
+    println!("cuda trainer child: ok");
+}
+
 #[test]
 fn cuda_ranks_child() {
     let Ok(out) = std::env::var("MXGPT_DP_OUT") else {

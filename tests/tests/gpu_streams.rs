@@ -173,3 +173,25 @@ fn a_wait_on_an_event_never_recorded_does_not_wait() {
         "synchronize on an event never recorded is an error"
     );
 }
+
+/// A held-back launch fails when something forces it; forced by a free (which cannot return
+/// an error), the failure is reported by the device's next call, as a GPU reports an
+/// asynchronous fault.
+#[test]
+fn a_held_back_launch_that_fails_is_reported_by_the_next_call() {
+    let g = Gpu::harness_ordered(Schedule::InOrder, StreamOrder::MainLate);
+    let n = 64usize;
+    let out = poisoned::<bf16>(&g, n + 1);
+    let inp = g.upload(&vec![bf16::ONE; n + 1]).unwrap();
+    let k = g.kernel("gelu", "gelu_forward_vec").unwrap();
+    // Vectors of 8 from an odd element: misaligned, which the harness reports when it runs.
+    let (o, i) = (Ptr::of(&out).slice(1, n), Ptr::of(&inp).slice(1, n));
+    let cfg = runtime::cuda::LaunchConfig::linear(n.div_ceil(8), 256);
+    unsafe { g.launch(&k, cfg, &[&o, &i, &n]) }.expect("only queued");
+    drop(inp);
+    let e = g.download(&out).unwrap_err().to_string();
+    assert!(
+        e.contains("gelu_forward_vec") && e.contains("not 16-byte aligned"),
+        "{e}"
+    );
+}

@@ -81,6 +81,9 @@ pub(crate) struct Streams {
     queues: RefCell<Vec<VecDeque<Op>>>,
     /// Streams being run now: reaching one again is a cycle of waits (a deadlock on a GPU).
     running: RefCell<Vec<bool>>,
+    /// A failure of work run where no error could be returned (a free): the next operation
+    /// reports it, as a GPU reports an asynchronous fault at the next call.
+    deferred_error: RefCell<Option<CudaError>>,
 }
 
 thread_local! {
@@ -108,6 +111,7 @@ impl HostDevice {
             order,
             queues: RefCell::new(vec![VecDeque::new()]),
             running: RefCell::new(vec![false]),
+            deferred_error: RefCell::new(None),
         });
         LIVE.with(|l| {
             let mut l = l.borrow_mut();
@@ -352,14 +356,23 @@ impl Device for HostDevice {
     }
 }
 
+impl Drop for HostDevice {
+    fn drop(&mut self) {
+        // As a GPU's context waits for its streams when it is destroyed.
+        if let Err(e) = self.streams.run_all() {
+            eprintln!("harness: queued work run as the device closed failed: {e}");
+        }
+    }
+}
+
 /// Runs the queued work of every harness device of this thread (before memory is freed).
 fn run_live_queues() {
     let live: Vec<Rc<Streams>> =
         LIVE.with(|l| l.borrow().iter().filter_map(Weak::upgrade).collect());
     for s in live {
         if let Err(e) = s.run_all() {
-            // A free cannot fail; the failing kernel was stopped and is named here.
-            eprintln!("harness: queued work run before a free failed: {e}");
+            // A free cannot fail: the next operation on the device reports it.
+            s.deferred_error.borrow_mut().get_or_insert(e);
         }
     }
 }
@@ -376,6 +389,7 @@ impl HostDevice {
 
     /// Queues `op` on the current stream and runs the stream unless the order holds it back.
     fn enqueue(&self, op: Op) -> Result<()> {
+        self.streams.take_deferred_error()?;
         let s = self.current.get();
         self.streams.queues.borrow_mut()[s].push_back(op);
         if self.streams.order.holds_back(s) {
@@ -399,8 +413,16 @@ impl RunUntil for Streams {
 }
 
 impl Streams {
+    fn take_deferred_error(&self) -> Result<()> {
+        match self.deferred_error.borrow_mut().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Runs all of stream `s`'s queued work.
     fn run(&self, s: usize) -> Result<()> {
+        self.take_deferred_error()?;
         self.run_while(s, &|| true)
     }
 

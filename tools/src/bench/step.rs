@@ -136,6 +136,7 @@ impl Backend for TimedBackend {
         let s = Instant::now(); let r = self.inner.attention_backward(dqkv, dout, qkv, out, lse, b, t, c, nh); self.add(ATT, s); r
     }
     fn zero(&mut self, t: TensorRef) -> BResult<()> { let s = Instant::now(); let r = self.inner.zero(t); self.add(BWO, s); r }
+    fn layer_backward_done(&mut self, layer: usize) -> BResult<()> { self.inner.layer_backward_done(layer) }
     fn grad_norm(&mut self) -> BResult<f32> { let s = Instant::now(); let r = self.inner.grad_norm(); self.add(OPT, s); r }
     fn adamw(&mut self, hp: &AdamW) -> BResult<()> { let s = Instant::now(); let r = self.inner.adamw(hp); self.add(OPT, s); r }
 }
