@@ -8,9 +8,14 @@ use std::process::Command;
 /// `mpirun -np N` with what a 2-core CI machine running as root needs, under a 5-minute
 /// `timeout` so that a job that hangs fails its test instead of stalling CI.
 pub fn mpirun(np: usize) -> Command {
+    mpirun_within(np, 300)
+}
+
+/// [`mpirun`] ended after `secs` seconds (`timeout` then exits with status 124).
+pub fn mpirun_within(np: usize, secs: u32) -> Command {
     let mut c = Command::new("timeout");
     c.args([
-        "300",
+        &secs.to_string(),
         "mpirun",
         "-np",
         &np.to_string(),
@@ -28,8 +33,19 @@ pub fn mpirun(np: usize) -> Command {
 /// `envs`), asserts that the job succeeded and that every rank printed `ok` (the line
 /// "`ok`" the child prints last), and returns the job's output.
 pub fn run_child(np: usize, child: &str, ok: &str, envs: &[(&str, &std::ffi::OsStr)]) -> String {
+    run_child_within(np, child, ok, envs, 300)
+}
+
+/// [`run_child`], the job ended (and the test failed) after `secs` seconds.
+pub fn run_child_within(
+    np: usize,
+    child: &str,
+    ok: &str,
+    envs: &[(&str, &std::ffi::OsStr)],
+    secs: u32,
+) -> String {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let mut c = mpirun(np);
+    let mut c = mpirun_within(np, secs);
     c.arg(&exe)
         .args(["--exact", child, "--nocapture", "--test-threads", "1"])
         .env("MXGPT_MPI_CHILD", "1");

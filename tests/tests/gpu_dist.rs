@@ -170,7 +170,9 @@ fn data_parallel_backends_allocate_what_the_estimate_says() {
             let shard = Shards::even(n, ranks).range(rank).len();
             // The estimate takes the largest shard: exact for the largest, above by the
             // difference (12 bytes per parameter, 2 more per rank staged) for the others.
-            let slack = (n.div_ceil(ranks) - shard) * (12 + 2 * ranks);
+            // (Shards::even's 8-aligned shards may exceed n / ranks by up to 7 values: within
+            // SMALL above the estimate.)
+            let slack = n.div_ceil(ranks).saturating_sub(shard) * (12 + 2 * ranks);
             let est = state + acts + work;
             assert!(
                 got + slack >= est && got <= est + SMALL,
@@ -192,6 +194,67 @@ fn data_parallel_backends_allocate_what_the_estimate_says() {
             "{ranks} ranks: a rank allocates {saved} bytes less than 1 rank, expected {want}"
         );
     }
+}
+
+/// Every rank of a 2- and 3-rank CUDA run updates its shard with the vectorized AdamW kernel:
+/// `Shards::even` starts every shard at a multiple of 8 BF16 values, so the shard's slices of
+/// the parameters and gradients stay 16-byte aligned (a total of parameters that is not a
+/// multiple of 8 x ranks, so a plain r * total / n split would start mid-vector). The choice
+/// `adamw` makes is `CudaBackend::adamw_kernels`; a shard that does not start at a multiple of
+/// 8 would get the per-range reference kernel, checked here through a misaligned buffer base.
+#[test]
+fn every_data_parallel_rank_takes_the_vectorized_adamw() {
+    use gpt::cuda::backend::CudaBackend;
+    use gpt::cuda::dist::CollectiveKind;
+    use gpt::cuda::kernels::membound::{self, MemImpl};
+    assert!(
+        !membound::forced_reference(),
+        "run without {}=reference",
+        membound::ENV
+    );
+    let mut cfg = gpt::config::ModelConfig::new(2, 12, 3, 10).unwrap();
+    cfg.vocab = 45;
+    cfg.padded_vocab = 51;
+    let total = gpt::layout::ParamLayout::new(&cfg).total;
+    assert!(
+        [2usize, 3]
+            .iter()
+            .all(|&n| (1..n).any(|r| !(r * total / n).is_multiple_of(8))),
+        "a total of {total}: an r * total / n split would be aligned too"
+    );
+    for ranks in [1usize, 2, 3] {
+        for rank in 0..ranks {
+            let mut be = CudaBackend::on_ranks(gpu(), &cfg, 2, 4, (rank, ranks)).unwrap();
+            if ranks > 1 {
+                be.set_data_parallel(&Pretend(rank, ranks), CollectiveKind::HostStaged)
+                    .unwrap();
+            }
+            let start = Shards::even(total, ranks).range(rank).start;
+            assert_eq!(
+                be.adamw_kernels(),
+                MemImpl::Vectorized,
+                "rank {rank} of {ranks} (shard at {start} of {total}) falls back to the reference AdamW"
+            );
+        }
+    }
+    // Under 8 parameters per rank some shard is empty: refused by name, not run.
+    let most = total / 8;
+    for (ranks, ok) in [(most, true), (most + 1, false)] {
+        let mut be = CudaBackend::on_ranks(gpu(), &cfg, 2, 4, (0, ranks)).unwrap();
+        let set = be.set_data_parallel(&Pretend(0, ranks), CollectiveKind::HostStaged);
+        match set {
+            Ok(()) => assert!(ok, "{ranks} ranks: an empty shard accepted"),
+            Err(e) => assert!(
+                !ok && e.to_string().contains(&format!("use at most {most} ranks")),
+                "{ranks} ranks: {e}"
+            ),
+        }
+    }
+    // The choice follows the alignment: a BF16 span 2 bytes past an aligned base is not.
+    let g = gpu();
+    let b = g.alloc::<bf16>(16).unwrap();
+    let addrs = |at: usize| [Ptr::of(&b).slice(at, 8).addr(), Ptr::of(&b).addr()];
+    assert!(membound::aligned16(&addrs(8)) && !membound::aligned16(&addrs(1)));
 }
 
 /// One AdamW step's optimizer state: the whole model's, or a ZeRO-1 shard's.
@@ -313,15 +376,20 @@ fn sharded_adamw_is_the_slice_of_the_full_update_bit_for_bit() {
             .map(|r| Shards::even(total, n).range(r).start)
             .collect()
     };
-    let aligned: Vec<usize> = even(3)
-        .iter()
-        .map(|&s| s.min(total) / 8 * 8)
-        .chain([total])
-        .collect();
-    let splits = [even(2), even(3), aligned];
+    // The split before shards were 8-aligned (r * total / n): shards start mid-vector, which
+    // the reference kernel must handle too.
+    let unaligned = |n: usize| -> Vec<usize> { (0..=n).map(|r| r * total / n).collect() };
+    let splits = [unaligned(2), unaligned(3), even(2), even(3)];
     assert!(
         splits[..2].iter().flatten().any(|s| s % 8 != 0),
         "no shard starts mid-vector"
+    );
+    assert!(
+        splits[2..]
+            .iter()
+            .flatten()
+            .all(|&s| s % 8 == 0 || s == total),
+        "Shards::even starts a shard mid-vector: {splits:?}"
     );
     for bounds in &splits {
         let bounds: Vec<usize> = bounds

@@ -51,7 +51,7 @@ impl Mpi {
             shards.total,
             "reduce-scatter of a buffer its shards do not describe"
         );
-        count(shards.range(0).len(), "a gradient shard")?;
+        count(shards.max_len(), "a gradient shard")?;
         let mut recv = vec![0.0f32; mine.len()];
         mpi::request::scope(|scope| {
             let sends: Vec<_> = (0..self.size)

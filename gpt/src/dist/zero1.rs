@@ -80,49 +80,91 @@ pub fn load_device_checkpoint(
     be: &mut dyn Backend,
     dist: &dyn Transport,
 ) -> Result<(), String> {
-    if h.ranks != dist.size() {
-        return Err(checkpoint::ranks_mismatch(p, h.ranks, dist.size()));
-    }
+    load_zero1_checkpoint(p, h, be.device_zero1(), dist)
+}
+
+/// [`load_device_checkpoint`] into `dz`, a device's ZeRO-1 state (None: the backend has none,
+/// an error agreed on as any other).
+pub fn load_zero1_checkpoint(
+    p: &Path,
+    h: &Header,
+    dz: Option<&mut dyn DeviceZero1>,
+    dist: &dyn Transport,
+) -> Result<(), String> {
     // The all-gather is a collective: every rank enters it, or none does (a rank that could not
     // read its part must not leave the others waiting in it).
-    let read = read_device_shard(p, h, be, dist);
-    agree(
+    let read = dz
+        .ok_or_else(|| NO_DEVICE_ZERO1.to_string())
+        .and_then(|dz| read_device_shard(p, h, dz, dist).map(|()| dz));
+    let dz = agree(
         dist,
         read,
         &format!("checkpoint {}", p.display()),
         "read their part",
     )?;
-    let dz = be.device_zero1().ok_or(NO_DEVICE_ZERO1)?;
     dz.gather_params(dist, &Shards::even(h.num_params, dist.size()))
 }
 
-/// Every rank's `r` made known to all (a collective): `r`'s error on a rank that failed, an
-/// error naming the failed ranks on the others, so that all take the same path and none waits
-/// in a collective the others skip.
-fn agree<T>(
+/// Every rank's outcome `r` made known to all, through collectives that every rank runs in the
+/// same sequence whatever the outcomes (the ok flags, then each failed rank's message from it):
+/// on every rank, `r`'s value if all succeeded, else one error naming each failed rank with its
+/// message (just that message when every rank failed with the same one, as when a nested
+/// `agree` failed). So all ranks take the same path, none waits in a collective another skips,
+/// and rank 0, the one that logs, says why. One rank: `r` as it is.
+pub fn agree<T>(
     dist: &dyn Transport,
     r: Result<T, String>,
     what: &str,
     did: &str,
 ) -> Result<T, String> {
-    let ok = dist.all_gather_f64(r.is_ok() as u8 as f64)?;
-    let r = r?;
-    let failed: Vec<usize> = (0..ok.len()).filter(|&i| ok[i] != 1.0).collect();
-    if !failed.is_empty() {
-        return Err(format!(
-            "{what}: rank(s) {failed:?} could not {did} (their messages say why)"
-        ));
+    /// Bytes of a message that travel (the rest is cut).
+    const MAX_MESSAGE: usize = 4096;
+    let n = dist.size();
+    if n == 1 {
+        return r;
     }
-    Ok(r)
+    let own = r
+        .as_ref()
+        .err()
+        .map(|e| &e.as_bytes()[..e.len().min(MAX_MESSAGE)]);
+    // 0: succeeded; else 1 + the length of the message (exact in an f64).
+    let lens = dist.all_gather_f64(own.map_or(0.0, |m| 1.0 + m.len() as f64))?;
+    let mut failed = Vec::new();
+    for (rank, &len) in lens.iter().enumerate().filter(|(_, &l)| l != 0.0) {
+        let mut msg = vec![0u8; len as usize - 1];
+        if let (true, Some(m)) = (rank == dist.rank(), own) {
+            msg.copy_from_slice(m);
+        }
+        dist.broadcast(&mut msg, rank)?;
+        failed.push((rank, String::from_utf8_lossy(&msg).into_owned()));
+    }
+    if failed.is_empty() {
+        return r;
+    }
+    if failed.len() == n && failed.iter().all(|(_, m)| *m == failed[0].1) {
+        return Err(failed.swap_remove(0).1);
+    }
+    let ranks: Vec<usize> = failed.iter().map(|f| f.0).collect();
+    let why: Vec<String> = failed
+        .iter()
+        .map(|(rank, m)| format!("rank {rank} of {n}: {m}"))
+        .collect();
+    Err(format!(
+        "{what}: rank(s) {ranks:?} could not {did}: {}",
+        why.join("; ")
+    ))
 }
 
 /// This rank's part of `load_device_checkpoint`, without collectives.
 fn read_device_shard(
     p: &Path,
     h: &Header,
-    be: &mut dyn Backend,
+    dz: &mut dyn DeviceZero1,
     dist: &dyn Transport,
 ) -> Result<(), String> {
+    if h.ranks != dist.size() {
+        return Err(checkpoint::ranks_mismatch(p, h.ranks, dist.size()));
+    }
     let shards = Shards::even(h.num_params, dist.size());
     let mine = shards.range(dist.rank());
     let mut st = ShardState {
@@ -155,55 +197,53 @@ fn read_device_shard(
             dst[at..at + c.len()].copy_from_slice(c);
             Ok(())
         },
-    )?;
+    )
+    .map_err(|e| other_split(e, &mine))?;
     if arrays < 3 {
         // A CPU run's checkpoint: the BF16 weights become the nearest of the master weights.
         st.params.clear();
     }
-    let dz = be.device_zero1().ok_or(NO_DEVICE_ZERO1)?;
     dz.write_shard(&st)
+}
+
+/// A shard file's error, with what this build expects of it: a checkpoint whose shards were
+/// split otherwise (before shard boundaries were multiples of 8) is refused, never misread.
+pub fn other_split(e: String, mine: &std::ops::Range<usize>) -> String {
+    format!("{e} (this build's ZeRO-1 split gives this rank parameters {mine:?}, boundaries at multiples of {}: a checkpoint whose shards were split otherwise, as by builds before that, cannot be resumed)", Shards::ALIGN)
 }
 
 const NO_DEVICE_ZERO1: &str = "a data-parallel checkpoint on a device backend without ZeRO-1 support (the CUDA backend sets it up with set_data_parallel)";
 
 /// A device backend's data-parallel checkpoint of `h` into `dir`, the CPU's format: each rank
 /// writes its ZeRO-1 shard (moments and BF16 parameters), all wait for each other, the FP32
-/// master weights are gathered and rank 0 writes the model file, the marker, last.
+/// master weights are gathered and rank 0 writes the model file, the marker, last. A failure on
+/// any rank, before or between the collectives, fails every rank with an error naming it.
 pub fn save_device_checkpoint(
     dir: &Path,
     h: &Header,
     be: &mut dyn Backend,
     dist: &dyn Transport,
 ) -> Result<PathBuf, String> {
-    let dz = be.device_zero1().ok_or(NO_DEVICE_ZERO1)?;
-    let st = dz.read_shard()?;
+    save_zero1_checkpoint(dir, h, be.device_zero1(), dist)
+}
+
+/// [`save_device_checkpoint`] of `dz`, a device's ZeRO-1 state (None: the backend has none, an
+/// error agreed on as any other).
+pub fn save_zero1_checkpoint(
+    dir: &Path,
+    h: &Header,
+    dz: Option<&mut dyn DeviceZero1>,
+    dist: &dyn Transport,
+) -> Result<PathBuf, String> {
     let shards = Shards::even(h.num_params, dist.size());
-    let mine = shards.range(dist.rank());
-    if (st.offset, st.master.len()) != (mine.start, mine.len()) {
-        return Err(format!(
-            "checkpoint of rank {} of {}: the device holds the optimizer state of parameters {}..{}, not that rank's shard {mine:?}",
-            dist.rank(),
-            dist.size(),
-            st.offset,
-            st.offset + st.master.len()
-        ));
-    }
-    let (m, v, params) = (&st.m, &st.v, &st.params);
-    let saved = checkpoint::save_shard(
-        dir,
-        h.step,
-        (dist.rank(), dist.size()),
-        (st.offset, st.m.len()),
-        3,
-        &mut |i, at, c| {
-            c.copy_from_slice(&[m, v, params][i][at..at + c.len()]);
-            Ok(())
-        },
-    );
-    // Every shard is on disk (or every rank returns an error) before the model file, the
-    // marker, is written.
     let what = format!("checkpoint of step {} in {}", h.step, dir.display());
-    agree(dist, saved, &what, "write their shard")?;
+    // This rank's part, without collectives: any failure in it reaches every rank through the
+    // agreement, the first collective. Every shard is on disk (or every rank returns an error)
+    // before the model file, the marker, is written.
+    let saved = dz
+        .ok_or_else(|| NO_DEVICE_ZERO1.to_string())
+        .and_then(|dz| write_device_shard(dir, h, dz, dist, &shards));
+    let st = agree(dist, saved, &what, "write their shard")?;
     // The model file holds every FP32 master weight: the shards gathered on rank 0 only.
     let root = dist.rank() == 0;
     let mut master = vec![0.0f32; if root { h.num_params } else { 0 }];
@@ -218,4 +258,39 @@ pub fn save_device_checkpoint(
     };
     // Rank 0's outcome on every rank: the checkpoint counts on all or on none.
     agree(dist, written, &what, "write the model file")
+}
+
+/// This rank's part of `save_zero1_checkpoint` before the collectives: its shard read from the
+/// device, checked to be this rank's, and written (moments and BF16 parameters).
+fn write_device_shard(
+    dir: &Path,
+    h: &Header,
+    dz: &mut dyn DeviceZero1,
+    dist: &dyn Transport,
+    shards: &Shards,
+) -> Result<ShardState, String> {
+    let st = dz.read_shard()?;
+    let mine = shards.range(dist.rank());
+    let lens = [st.master.len(), st.m.len(), st.v.len(), st.params.len()];
+    if st.offset != mine.start || lens.iter().any(|&l| l != mine.len()) {
+        return Err(format!(
+            "checkpoint of rank {} of {}: the device holds the optimizer state of parameters {}.. ({lens:?} master/m/v/parameter values), not that rank's shard {mine:?}",
+            dist.rank(),
+            dist.size(),
+            st.offset,
+        ));
+    }
+    let (m, v, params) = (&st.m, &st.v, &st.params);
+    checkpoint::save_shard(
+        dir,
+        h.step,
+        (dist.rank(), dist.size()),
+        (st.offset, st.m.len()),
+        3,
+        &mut |i, at, c| {
+            c.copy_from_slice(&[m, v, params][i][at..at + c.len()]);
+            Ok(())
+        },
+    )?;
+    Ok(st)
 }

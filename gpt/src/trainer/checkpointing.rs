@@ -189,20 +189,19 @@ pub(super) fn resume_from(
             }
             Err(e) => Err(e),
         };
-        // Every rank must continue from the same checkpoint: it counts only if all read theirs.
-        let ok = dist.all_gather_f64(loaded.is_ok() as u8 as f64)?;
-        let failed: Vec<usize> = (0..ok.len()).filter(|&r| ok[r] != 1.0).collect();
-        let why = match loaded {
-            Ok(h) if failed.is_empty() => {
+        // Every rank must continue from the same checkpoint: it counts only if all read theirs
+        // (and every rank learns why one could not).
+        let what = format!("checkpoint {}", p.display());
+        let why = match zero1::agree(dist, loaded, &what, "read their part") {
+            Ok(h) => {
                 if !skipped.is_empty() {
-                    log::warn!("resume auto: using {}, the newest valid checkpoint", p.display());
+                    log::warn!(
+                        "resume auto: using {}, the newest valid checkpoint",
+                        p.display()
+                    );
                 }
                 return Ok(Some((p.clone(), h)));
             }
-            Ok(_) => format!(
-                "checkpoint {}: rank(s) {failed:?} could not read their part (their messages say why)",
-                p.display()
-            ),
             Err(e) => e,
         };
         if !auto {
@@ -288,7 +287,8 @@ pub(super) fn load_state(
                 1 => put(v, at, c),
                 _ => Ok(()),
             },
-        )?;
+        )
+        .map_err(|e| zero1::other_split(e, &(moments_at..moments_at + m.len())))?;
     }
     Ok(())
 }
@@ -329,23 +329,27 @@ pub(super) fn save_state(
         c.copy_from_slice(&src[at..at + c.len()]);
         Ok(())
     };
+    // With N ranks every step below that can fail on one rank is agreed on (`zero1::agree`):
+    // all ranks return the error, naming that rank, and none waits in a collective.
+    let what = format!("checkpoint of step {} in {}", h.step, dir.display());
     if dist.size() > 1 {
         let shard = (moments_at, m.len());
-        checkpoint::save_shard(
+        let saved = checkpoint::save_shard(
             dir,
             h.step,
             (dist.rank(), dist.size()),
             shard,
             2,
             &mut |i, at, c| copy(c, if i == 0 { m } else { v }, at),
-        )?;
-        dist.barrier()?;
+        );
+        zero1::agree(dist, saved, &what, "write their shard")?;
     }
-    if dist.rank() == 0 {
+    let written = if dist.rank() == 0 {
         checkpoint::save_streaming(dir, h, &mut |i, at, c| copy(c, [params, m, v][i], at))
     } else {
         Ok(dir.join(checkpoint::file_name(h.step)))
-    }
+    };
+    zero1::agree(dist, written, &what, "write the model file")
 }
 
 /// Continues the data order where the checkpoint left it. When the position cannot carry over

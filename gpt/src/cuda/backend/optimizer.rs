@@ -22,6 +22,18 @@ impl CudaBackend {
                 self.opt_range()
             )));
         }
+        // Only a model of under 8 parameters per rank gets an empty shard (`Shards::even`); the
+        // device path (norm, AdamW, NCCL) is not built for one: refused by name.
+        if self.opt_range().is_empty() {
+            return Err(BackendError(format!(
+                "rank {} of {}: its ZeRO-1 shard of the model's {} parameters is empty (shards start at multiples of {}): use at most {} ranks for this model",
+                dist.rank(),
+                dist.size(),
+                self.layout.total,
+                crate::dist::Shards::ALIGN,
+                self.layout.total / crate::dist::Shards::ALIGN
+            )));
+        }
         let overlap = crate::cuda::dist::overlap_from_env().map_err(BackendError)?;
         let st = crate::cuda::dist::Zero1State::new(&self.gpu, dist, &self.layout, kind, overlap);
         self.dp = Some(st.map_err(BackendError)?);
@@ -57,8 +69,8 @@ impl CudaBackend {
             // Keyed by the global index (below), so a shard rounds as the full update would.
             index_base: self.opt_range().start as u64,
         };
-        // Every tensor in one multi-tensor launch (or one reference launch per range when
-        // MXGPT_MEMBOUND_KERNELS=reference); the same bits either way.
+        // Every tensor in one multi-tensor launch (or one reference launch per range: see
+        // `adamw_kernels`); the same bits either way.
         // Data parallel: this rank's shard of every tensor only (ZeRO-1). The launch sees the
         // shard's span of the parameters and gradients, so offsets are from its start (the
         // stochastic rounding adds the start back: `index_base`).
@@ -80,17 +92,56 @@ impl CudaBackend {
                 decay: t.weight_decay(),
             })
             .collect();
-        k::adamw::adamw_update_ranges(
+        let (params, master, grads, m, v) = self.adamw_operands();
+        k::adamw::adamw_update_ranges_with(
             &self.gpu,
+            self.adamw_kernels(),
+            params,
+            master,
+            grads,
+            m,
+            v,
+            &ranges,
+            &args,
+        )
+        .map_err(err)
+    }
+
+    /// The five buffers `adamw` hands the kernels: this rank's shard of the BF16 parameters and
+    /// gradients, and the FP32 master weights and moments (the shard's only).
+    #[allow(clippy::type_complexity)]
+    fn adamw_operands(
+        &self,
+    ) -> (
+        Ptr<'_, bf16>,
+        Ptr<'_, f32>,
+        Ptr<'_, bf16>,
+        Ptr<'_, f32>,
+        Ptr<'_, f32>,
+    ) {
+        let shard = self.opt_range();
+        (
             Ptr::of(&self.params).slice(shard.start, shard.len()),
             Ptr::of(&self.master),
             Ptr::of(&self.grads).slice(shard.start, shard.len()),
             Ptr::of(&self.adam_m),
             Ptr::of(&self.adam_v),
-            &ranges,
-            &args,
         )
-        .map_err(err)
+    }
+
+    /// Which AdamW kernels `adamw` launches: the vectorized multi-tensor kernel when its five
+    /// buffers start 16-byte aligned (with ZeRO-1: when the shard starts at a multiple of 8
+    /// BF16 values, as `Shards::even` places every shard), else one reference launch per range
+    /// (or always, under MXGPT_MEMBOUND_KERNELS=reference).
+    pub fn adamw_kernels(&self) -> k::membound::MemImpl {
+        let (p, ma, g, m, v) = self.adamw_operands();
+        k::membound::pick(k::membound::aligned16(&[
+            p.addr(),
+            ma.addr(),
+            g.addr(),
+            m.addr(),
+            v.addr(),
+        ]))
     }
 }
 
