@@ -170,9 +170,7 @@ fn data_parallel_backends_allocate_what_the_estimate_says() {
             let shard = Shards::even(n, ranks).range(rank).len();
             // The estimate takes the largest shard: exact for the largest, above by the
             // difference (12 bytes per parameter, 2 more per rank staged) for the others.
-            // (Shards::even's 8-aligned shards may exceed n / ranks by up to 7 values: within
-            // SMALL above the estimate.)
-            let slack = n.div_ceil(ranks).saturating_sub(shard) * (12 + 2 * ranks);
+            let slack = (Shards::even(n, ranks).max_len() - shard) * (12 + 2 * ranks);
             let est = state + acts + work;
             assert!(
                 got + slack >= est && got <= est + SMALL,

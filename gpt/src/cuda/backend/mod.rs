@@ -126,7 +126,7 @@ pub fn memory_estimate(
 ) -> (usize, usize) {
     let n = ParamLayout::new(cfg).total;
     let a = ActLayout::new(cfg, batch, seq);
-    let shard = n.div_ceil(ranks.max(1));
+    let shard = crate::dist::Shards::even(n, ranks.max(1)).max_len();
     let exchange = if ranks > 1 { 2 * shard * ranks } else { 0 };
     // bf16 params + bf16 grads + f32 master, m, v of the shard (+ the exchange's staging)
     let state = n * (2 + 2) + shard * 4 * 3 + exchange;
